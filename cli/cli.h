@@ -1,0 +1,33 @@
+/* cli.h — the acem command line: one file per subcommand, no merge logic here. */
+#ifndef ACEM_CLI_H
+#define ACEM_CLI_H
+
+#include "acem.h"
+
+#include <stdbool.h>
+
+/* Exit statuses: 0 success, 1 failure, 2 usage error; 128 + signal when interrupted. */
+enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
+
+int cmd_merge(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
+int cmd_example(int argc, char **argv);
+
+/* Prints "acem: error: MSG" on one line to stderr. */
+void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Progress bar on stderr (only when it is a terminal); the callback for acem_merge. */
+typedef struct progress_bar {
+    bool enabled;
+    double start, last_draw;
+} progress_bar;
+void progress_init(progress_bar *p, bool quiet);
+void progress_update(void *user, const acem_progress *p);
+
+/* Runs a merge with signal handling and prints the summary unless quiet. */
+int cli_run_merge(const acem_merge_options *o, bool quiet);
+
+/* Peak resident set size of this process, in bytes. */
+unsigned long long cli_peak_rss(void);
+
+#endif

@@ -1,0 +1,66 @@
+/* cmd_inspect.c — `acem inspect PATH`: tensors (name, dtype, shape, bytes) and metadata. */
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void print_help(void) {
+    printf("usage: acem inspect PATH\n"
+           "\n"
+           "Validates a checkpoint (a .safetensors file or a Hugging Face directory) exactly as\n"
+           "a merge would, then lists its metadata and tensors in storage order.\n"
+           "\n"
+           "example:\n"
+           "  acem inspect ./gpt2\n");
+}
+
+int cmd_inspect(int argc, char **argv) {
+    if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        print_help();
+        return EXIT_OK;
+    }
+    if (argc != 2) {
+        cli_error("inspect takes exactly one path (see acem inspect --help)");
+        return EXIT_USAGE;
+    }
+    acem_checkpoint *ck;
+    acem_error err = {{0}};
+    if (acem_checkpoint_open(argv[1], &ck, &err)) {
+        cli_error("%s", err.msg);
+        return EXIT_FAIL;
+    }
+    size_t n_meta = acem_checkpoint_metadata_count(ck);
+    if (n_meta) printf("metadata:\n");
+    for (size_t i = 0; i < n_meta; i++) {
+        const char *k, *v;
+        acem_checkpoint_metadata_at(ck, i, &k, &v);
+        printf("  %s: %s\n", k, v);
+    }
+    size_t width = 4;
+    for (size_t i = 0; i < acem_checkpoint_count(ck); i++) {
+        size_t w = strlen(acem_checkpoint_at(ck, i)->name);
+        if (w > width) width = w;
+    }
+    if (width > 80) width = 80;
+    printf("%-*s  %-7s  %-24s  %12s\n", (int)width, "name", "dtype", "shape", "bytes");
+    uint64_t total_bytes = 0, total_numel = 0;
+    for (size_t i = 0; i < acem_checkpoint_count(ck); i++) {
+        const acem_tensor *t = acem_checkpoint_at(ck, i);
+        char shape[128];
+        size_t k = (size_t)snprintf(shape, sizeof shape, "[");
+        for (int d = 0; d < t->ndim && k < sizeof shape; d++)
+            k += (size_t)snprintf(shape + k, sizeof shape - k, "%s%llu", d ? ", " : "",
+                                  (unsigned long long)t->shape[d]);
+        if (k < sizeof shape) snprintf(shape + k, sizeof shape - k, "]");
+        printf("%-*s  %-7s  %-24s  %12llu\n", (int)width, t->name, acem_dtype_name(t->dtype),
+               shape, (unsigned long long)t->nbytes);
+        total_bytes += t->nbytes;
+        total_numel += t->numel;
+    }
+    char b[32];
+    printf("%zu tensors in %zu file%s, %llu elements, %s\n", acem_checkpoint_count(ck),
+           acem_checkpoint_file_count(ck), acem_checkpoint_file_count(ck) == 1 ? "" : "s",
+           (unsigned long long)total_numel, acem_format_bytes(total_bytes, b, sizeof b));
+    acem_checkpoint_close(ck);
+    return EXIT_OK;
+}

@@ -1,0 +1,243 @@
+/* cmd_merge.c — `acem merge`: flags (or a YAML config) into acem_merge_options. */
+#include "cli.h"
+
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_LIST 1024
+
+static void print_help(void) {
+    printf(
+        "usage: acem merge --base B --model M1 --model M2 [...] --method NAME -o OUT [options]\n"
+        "       acem merge CONFIG.yaml [-o OUT] [options]\n"
+        "\n"
+        "Merges T >= 2 experts fine-tuned from one base: for every tensor, Dt = Wt - W0, the\n"
+        "method combines the Dt into Delta, and OUT gets W0 + lambda * Delta. Models are\n"
+        ".safetensors files or Hugging Face directories (model.safetensors, or shards with\n"
+        "model.safetensors.index.json). OUT ending in .safetensors is one file; anything else\n"
+        "is a directory that also receives the base directory's config and tokenizer files.\n"
+        "The output appears only when complete; an existing one is kept unless --force.\n"
+        "\n"
+        "required:\n"
+        "  -b, --base PATH            the base model W0\n"
+        "  -m, --model PATH           an expert (repeat, at least twice)\n"
+        "  -M, --method NAME          merge method (below)\n"
+        "  -o, --output OUT           output file or directory\n"
+        "\n"
+        "options:\n"
+        "  -l, --lambda X             scale of the merged delta (default: the method's)\n"
+        "  -p, --param KEY=VALUE      method parameter (repeatable), e.g. density=0.3\n"
+        "      --seed N               seed of random methods (DARE), default 0\n"
+        "  -x, --exclude REGEX        keep tensors whose name matches from the base\n"
+        "                             (POSIX extended regex, repeatable)\n"
+        "      --preset P             the ACE reference's exclusions: gpt2, bert, roberta,\n"
+        "                             llama, clip-vit\n"
+        "      --dtype D              output dtype of float tensors: f32, f16, bf16, f64\n"
+        "                             (default: as the base)\n"
+        "      --precision P          compute precision f32 (default) or f64\n"
+        "      --max-shard-size S     split a directory output into shards of at most S\n"
+        "                             bytes (e.g. 5G, 500M)\n"
+        "  -t, --threads N            worker threads (default: all cores)\n"
+        "      --report FILE.json     write a per-tensor report\n"
+        "      --allow-nonfinite      merge tensors holding NaN or Inf (refused by default)\n"
+        "  -f, --force                replace an existing output (only once the new one is done)\n"
+        "  -q, --quiet                no progress bar, no summary\n"
+        "  -h, --help                 this help\n"
+        "\n"
+        "methods (integer and bool tensors are always copied from the base; these methods\n"
+        "act on every other tensor, 1-D ones included):\n");
+    for (size_t i = 0; i < acem_method_count(); i++)
+        printf("  %-16s %s\n", acem_method_name(i), acem_method_describe(i));
+    printf("\n"
+           "examples:\n"
+           "  acem merge -b gpt2 -m gpt2-cola -m gpt2-sst2 -M ties -p density=0.2 -o merged\n"
+           "  acem merge -b base.safetensors -m a.safetensors -m b.safetensors \\\n"
+           "             -M task_arithmetic -l 0.5 --dtype bf16 -o merged.safetensors\n"
+           "  acem merge merge.yaml -o merged      (schema: docs/config.md)\n");
+}
+
+/* Collected flags; applied over a YAML config when one is given. */
+typedef struct flags {
+    const char *base, *method, *out, *preset, *report, *config;
+    const char *models[MAX_LIST], *excludes[MAX_LIST];
+    acem_param params[MAX_LIST];
+    int n_models, n_excludes, n_params;
+    double lambda;
+    long long seed, threads;
+    uint64_t max_shard;
+    acem_dtype dtype, precision;
+    int force, quiet, allow_nonfinite;
+} flags;
+
+static int parse_int(const char *s, const char *flag, long long lo, long long hi, long long *out) {
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (!*s || *end || v < lo || v > hi) {
+        cli_error("%s expects an integer in [%lld, %lld], not \"%s\"", flag, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int push(const char **list, int *n, const char *v, const char *flag) {
+    if (*n >= MAX_LIST) {
+        cli_error("too many %s options", flag);
+        return -1;
+    }
+    list[(*n)++] = v;
+    return 0;
+}
+
+static int parse_flags(int argc, char **argv, flags *f) {
+    enum { O_SEED = 256, O_PRESET, O_DTYPE, O_PRECISION, O_SHARD, O_REPORT, O_NONFINITE };
+    static const struct option longopts[] = {
+        {"base", required_argument, 0, 'b'},     {"model", required_argument, 0, 'm'},
+        {"method", required_argument, 0, 'M'},   {"output", required_argument, 0, 'o'},
+        {"lambda", required_argument, 0, 'l'},   {"param", required_argument, 0, 'p'},
+        {"exclude", required_argument, 0, 'x'},  {"threads", required_argument, 0, 't'},
+        {"force", no_argument, 0, 'f'},          {"quiet", no_argument, 0, 'q'},
+        {"help", no_argument, 0, 'h'},           {"seed", required_argument, 0, O_SEED},
+        {"preset", required_argument, 0, O_PRESET}, {"dtype", required_argument, 0, O_DTYPE},
+        {"precision", required_argument, 0, O_PRECISION},
+        {"max-shard-size", required_argument, 0, O_SHARD},
+        {"report", required_argument, 0, O_REPORT},
+        {"allow-nonfinite", no_argument, 0, O_NONFINITE},
+        {0, 0, 0, 0},
+    };
+    int c;
+    char *end;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":b:m:M:o:l:p:x:t:fqh", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'b': f->base = optarg; break;
+        case 'm': if (push(f->models, &f->n_models, optarg, "--model")) return -1; break;
+        case 'M': f->method = optarg; break;
+        case 'o': f->out = optarg; break;
+        case 'x': if (push(f->excludes, &f->n_excludes, optarg, "--exclude")) return -1; break;
+        case 'f': f->force = 1; break;
+        case 'q': f->quiet = 1; break;
+        case 'h': print_help(); return 1;
+        case O_PRESET: f->preset = optarg; break;
+        case O_REPORT: f->report = optarg; break;
+        case O_NONFINITE: f->allow_nonfinite = 1; break;
+        case 'l':
+            f->lambda = strtod(optarg, &end);
+            if (!*optarg || *end || !isfinite(f->lambda)) {
+                cli_error("--lambda expects a number, not \"%s\"", optarg);
+                return -1;
+            }
+            break;
+        case 'p': {
+            char *eq = strchr(optarg, '=');
+            if (!eq || eq == optarg || f->n_params >= MAX_LIST) {
+                cli_error("--param expects KEY=VALUE, not \"%s\"", optarg);
+                return -1;
+            }
+            *eq = 0;
+            f->params[f->n_params++] = (acem_param){optarg, eq + 1};
+            break;
+        }
+        case 't': if (parse_int(optarg, "--threads", 1, 4096, &f->threads)) return -1; break;
+        case O_SEED: if (parse_int(optarg, "--seed", 0, INT64_MAX, &f->seed)) return -1; break;
+        case O_DTYPE:
+        case O_PRECISION: {
+            acem_dtype dt = acem_dtype_parse(optarg);
+            if (dt == ACEM_DT_NONE || (c == O_PRECISION && dt != ACEM_DT_F32 && dt != ACEM_DT_F64)) {
+                cli_error("%s: unknown type \"%s\"", c == O_DTYPE ? "--dtype" : "--precision", optarg);
+                return -1;
+            }
+            *(c == O_DTYPE ? &f->dtype : &f->precision) = dt;
+            break;
+        }
+        case O_SHARD:
+            if (acem_parse_size(optarg, &f->max_shard) || f->max_shard == 0) {
+                cli_error("--max-shard-size expects a size like 5G or 500M, not \"%s\"", optarg);
+                return -1;
+            }
+            break;
+        case ':': cli_error("option %s needs a value", argv[optind - 1]); return -1;
+        default: cli_error("unknown option %s (see acem merge --help)", argv[optind - 1]); return -1;
+        }
+    }
+    if (optind < argc) f->config = argv[optind++];
+    if (optind < argc) {
+        cli_error("unexpected argument \"%s\"", argv[optind]);
+        return -1;
+    }
+    return 0;
+}
+
+/* Flags given on the command line win over the config file's values. */
+static void apply_flags(const flags *f, acem_merge_options *o, acem_param *params) {
+    if (f->base) o->base = f->base;
+    if (f->method) o->method = f->method;
+    if (f->out) o->out = f->out;
+    if (f->preset) o->preset = f->preset;
+    if (f->report) o->report_path = f->report;
+    if (f->n_models) {
+        o->models = f->models;
+        o->n_models = f->n_models;
+    }
+    if (f->n_excludes) {
+        o->excludes = f->excludes;
+        o->n_excludes = f->n_excludes;
+    }
+    /* Config parameters first, flags after: a later key overrides an earlier one. */
+    for (int i = 0; i < o->n_params; i++) params[i] = o->params[i];
+    for (int i = 0; i < f->n_params; i++) params[o->n_params + i] = f->params[i];
+    o->params = params;
+    o->n_params += f->n_params;
+    if (!isnan(f->lambda)) o->lambda = f->lambda;
+    if (f->seed >= 0) o->seed = (uint64_t)f->seed;
+    if (f->threads) o->threads = (int)f->threads;
+    if (f->max_shard) o->max_shard_size = f->max_shard;
+    if (f->dtype != ACEM_DT_NONE) o->out_dtype = f->dtype;
+    if (f->precision != ACEM_DT_NONE) o->precision = f->precision;
+    o->force |= f->force;
+    o->allow_nonfinite |= f->allow_nonfinite;
+}
+
+int cmd_merge(int argc, char **argv) {
+    static flags f;
+    memset(&f, 0, sizeof f);
+    f.lambda = NAN;
+    f.seed = -1;
+    f.dtype = f.precision = ACEM_DT_NONE;
+    int r = parse_flags(argc, argv, &f);
+    if (r) return r > 0 ? EXIT_OK : EXIT_USAGE;
+
+    acem_merge_options o;
+    acem_merge_options_init(&o);
+    acem_config *cfg = NULL;
+    if (f.config) {
+        acem_error err = {{0}};
+        if (acem_config_load(f.config, &cfg, &o, &err)) {
+            cli_error("%s", err.msg);
+            return EXIT_FAIL;
+        }
+    }
+    acem_param *params = calloc((size_t)o.n_params + (size_t)f.n_params + 1, sizeof *params);
+    if (!params) {
+        cli_error("out of memory");
+        acem_config_free(cfg);
+        return EXIT_FAIL;
+    }
+    apply_flags(&f, &o, params);
+    int rc;
+    if (!o.base || !o.out || !o.method || o.n_models < 2) {
+        cli_error("%s", !o.base     ? "no base model (--base)"
+                        : !o.method ? "no method (--method; see acem merge --help)"
+                        : !o.out    ? "no output path (-o)"
+                                    : "at least 2 experts are needed (--model, repeated)");
+        rc = EXIT_USAGE;
+    } else {
+        rc = cli_run_merge(&o, f.quiet);
+    }
+    free(params);
+    acem_config_free(cfg);
+    return rc;
+}

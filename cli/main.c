@@ -1,0 +1,91 @@
+/* main.c — `acem COMMAND ...`: dispatch, errors, signals, the run summary. */
+#include "cli.h"
+
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char *usage =
+    "acem " ACEM_VERSION " - data-free model merging\n"
+    "\n"
+    "usage: acem COMMAND [options]\n"
+    "\n"
+    "commands:\n"
+    "  merge     merge fine-tuned experts of one base model (acem merge --help)\n"
+    "  inspect   list the tensors and metadata of a checkpoint\n"
+    "  example   build a tiny base + 3 experts, merge them, print the summary\n"
+    "\n"
+    "Run `acem COMMAND --help` for the options of a command.\n";
+
+void cli_error(const char *fmt, ...) {
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    for (char *p = msg; *p; p++)
+        if (*p == '\n' || *p == '\r') *p = ' ';
+    fprintf(stderr, "acem: error: %s\n", msg);
+}
+
+static volatile sig_atomic_t g_signal;
+static void on_signal(int sig) { g_signal = sig; }
+
+int cli_run_merge(const acem_merge_options *opts, bool quiet) {
+    acem_merge_options o = *opts;
+    progress_bar bar;
+    progress_init(&bar, quiet);
+    o.progress = progress_update;
+    o.progress_user = &bar;
+    o.cancel = &g_signal;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    acem_merge_summary s;
+    acem_error err = {{0}};
+    int rc = acem_merge(&o, &s, &err);
+    if (bar.enabled) fprintf(stderr, "\r\033[K");
+    if (rc) {
+        if (g_signal) {
+            cli_error("interrupted by signal %d; nothing was written to %s", (int)g_signal, o.out);
+            return 128 + g_signal;
+        }
+        cli_error("%s", err.msg);
+        return EXIT_FAIL;
+    }
+    if (!quiet) {
+        char rb[32], wb[32], peak[32];
+        acem_format_bytes(s.bytes_read, rb, sizeof rb);
+        acem_format_bytes(s.bytes_written, wb, sizeof wb);
+        acem_format_bytes(cli_peak_rss(), peak, sizeof peak);
+        printf("acem: merged %d experts with %s (%s)\n", o.n_models, s.method, s.params);
+        printf("  tensors    %zu merged, %zu copied from the base\n", s.tensors_merged,
+               s.tensors_copied);
+        printf("  output     %s (%zu file%s, %s)\n", o.out, s.shards, s.shards == 1 ? "" : "s", wb);
+        printf("  read       %s in %.2f s (%.1f MiB/s)\n", rb, s.wall_seconds,
+               s.wall_seconds > 0 ? (double)s.bytes_read / 1048576.0 / s.wall_seconds : 0.0);
+        printf("  peak RSS   %s\n", peak);
+    }
+    return EXIT_OK;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
+        !strcmp(argv[1], "help")) {
+        fputs(usage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_USAGE : EXIT_OK;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("acem %s\n", ACEM_VERSION);
+        return EXIT_OK;
+    }
+    if (!strcmp(argv[1], "merge")) return cmd_merge(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "inspect")) return cmd_inspect(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "example")) return cmd_example(argc - 1, argv + 1);
+    cli_error("unknown command \"%s\" (try acem --help)", argv[1]);
+    return EXIT_USAGE;
+}

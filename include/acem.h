@@ -1,0 +1,190 @@
+/*
+ * acem.h — the one public header of libacem, a data-free model-merging library.
+ *
+ * The pipeline: checkpoints (safetensors files or Hugging Face directories) are opened and
+ * fully validated, a plan assigns each tensor a rule (merge / copy from base), and the
+ * merge streams tensor by tensor: read base + T experts, form deltas Dt = Wt - W0, apply
+ * the method, write W0 + lambda * Delta. Memory stays bounded by a few tensors.
+ *
+ * Every function that can fail returns 0 on success and non-zero on failure, with one
+ * human-readable sentence in the caller's acem_error naming the file and the problem.
+ */
+#ifndef ACEM_H
+#define ACEM_H
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ACEM_VERSION "0.1.0"
+#define ACEM_MAX_DIMS 8
+
+typedef struct acem_error {
+    char msg[1024];
+} acem_error;
+
+/* Element types of safetensors, in the format's spelling order. */
+typedef enum acem_dtype {
+    ACEM_DT_BOOL,
+    ACEM_DT_U8,
+    ACEM_DT_I8,
+    ACEM_DT_F8_E5M2,
+    ACEM_DT_F8_E4M3,
+    ACEM_DT_I16,
+    ACEM_DT_U16,
+    ACEM_DT_F16,
+    ACEM_DT_BF16,
+    ACEM_DT_I32,
+    ACEM_DT_U32,
+    ACEM_DT_F32,
+    ACEM_DT_F64,
+    ACEM_DT_I64,
+    ACEM_DT_U64,
+    ACEM_DT_COUNT,
+    ACEM_DT_NONE = -1
+} acem_dtype;
+
+const char *acem_dtype_name(acem_dtype dt);          /* "F32", ... */
+acem_dtype acem_dtype_from_name(const char *name);   /* ACEM_DT_NONE if unknown */
+size_t acem_dtype_size(acem_dtype dt);
+int acem_dtype_is_mergeable(acem_dtype dt);          /* F64, F32, F16, BF16 */
+
+/* "f32", "F32", "float32", "bf16", ... as a user types them; ACEM_DT_NONE if unknown. */
+acem_dtype acem_dtype_parse(const char *s);
+/* "5000000000", "512K", "64M", "2G" (powers of 1024) into bytes; -1 if malformed. */
+int acem_parse_size(const char *s, uint64_t *bytes);
+
+/* "1.5 GiB" style sizes into buf. */
+const char *acem_format_bytes(uint64_t n, char *buf, size_t len);
+
+/* Scalar conversions (round-to-nearest-even; NaN stays NaN, overflow gives Inf). */
+float acem_f16_to_f32(uint16_t h);
+uint16_t acem_f32_to_f16(float f);
+float acem_bf16_to_f32(uint16_t b);
+uint16_t acem_f32_to_bf16(float f);
+
+/* ---- checkpoints ---------------------------------------------------------------- */
+
+typedef struct acem_tensor {
+    const char *name;
+    acem_dtype dtype;
+    int ndim;
+    uint64_t shape[ACEM_MAX_DIMS];
+    uint64_t numel;
+    uint64_t nbytes;
+    int file;        /* index of the shard holding it */
+    uint64_t offset; /* absolute byte offset of its data in that shard */
+} acem_tensor;
+
+typedef struct acem_checkpoint acem_checkpoint;
+
+/* path: a .safetensors file, or a directory holding model.safetensors or shards plus
+ * model.safetensors.index.json. Everything is validated before this returns. */
+int acem_checkpoint_open(const char *path, acem_checkpoint **out, acem_error *err);
+void acem_checkpoint_close(acem_checkpoint *ck);
+const char *acem_checkpoint_path(const acem_checkpoint *ck);
+size_t acem_checkpoint_count(const acem_checkpoint *ck);
+const acem_tensor *acem_checkpoint_at(const acem_checkpoint *ck, size_t i); /* storage order */
+const acem_tensor *acem_checkpoint_find(const acem_checkpoint *ck, const char *name);
+const char *acem_checkpoint_file_path(const acem_checkpoint *ck, int file);
+size_t acem_checkpoint_file_count(const acem_checkpoint *ck);
+/* Reads nbytes raw bytes of tensor t starting at byte `from` of its data. */
+int acem_checkpoint_read(const acem_checkpoint *ck, const acem_tensor *t, uint64_t from,
+                         void *dst, uint64_t nbytes, acem_error *err);
+/* __metadata__ of the (first) file: key/value pairs. */
+size_t acem_checkpoint_metadata_count(const acem_checkpoint *ck);
+void acem_checkpoint_metadata_at(const acem_checkpoint *ck, size_t i, const char **key,
+                                 const char **value);
+
+/* Writes tensors to one .safetensors file atomically (temporary name, then rename);
+ * an existing file is replaced. Used by `acem example` and the lab to save models. */
+typedef struct acem_tensor_data {
+    const char *name;
+    acem_dtype dtype;
+    int ndim;
+    const uint64_t *shape;
+    const void *data; /* numel * dtype size bytes, row-major */
+} acem_tensor_data;
+
+typedef struct acem_param acem_param;
+int acem_save_safetensors(const char *path, const acem_tensor_data *tensors, size_t n,
+                          const acem_param *metadata, size_t n_meta, acem_error *err);
+
+/* ---- merging -------------------------------------------------------------------- */
+
+struct acem_param {
+    const char *key;
+    const char *value;
+};
+
+typedef enum acem_phase { ACEM_PHASE_PLAN, ACEM_PHASE_MERGE, ACEM_PHASE_DONE } acem_phase;
+
+typedef struct acem_progress {
+    acem_phase phase;
+    size_t tensors_done, tensors_total;
+    uint64_t bytes_done, bytes_total; /* bytes read from all inputs */
+    const char *tensor;               /* the tensor being worked on */
+} acem_progress;
+
+typedef void (*acem_progress_fn)(void *user, const acem_progress *p);
+
+typedef struct acem_merge_options {
+    const char *base;
+    const char *const *models;
+    int n_models;
+    const char *method;
+    double lambda;  /* NaN: the method's default */
+    const acem_param *params;
+    int n_params;
+    const char *const *excludes; /* POSIX extended regexes, searched in the tensor name */
+    int n_excludes;
+    const char *preset;          /* gpt2|bert|roberta|llama|clip-vit or NULL */
+    const char *out;             /* ends in .safetensors: one file; else a directory */
+    acem_dtype out_dtype;        /* ACEM_DT_NONE: same as base */
+    acem_dtype precision;        /* compute type, ACEM_DT_F32 (default) or ACEM_DT_F64 */
+    int threads;                 /* 0: all cores */
+    uint64_t max_shard_size;     /* 0: no sharding */
+    uint64_t seed;
+    int force;                   /* replace an existing output */
+    int allow_nonfinite;         /* skip the NaN/Inf check on inputs */
+    const char *report_path;     /* JSON run report, or NULL */
+    acem_progress_fn progress;
+    void *progress_user;
+    volatile sig_atomic_t *cancel; /* checked between chunks; non-zero aborts cleanly */
+} acem_merge_options;
+
+void acem_merge_options_init(acem_merge_options *o);
+
+typedef struct acem_merge_summary {
+    char method[32];
+    char params[512]; /* resolved parameters, "lambda=0.3 density=0.2" */
+    size_t tensors_merged, tensors_copied;
+    size_t shards;
+    uint64_t bytes_read, bytes_written;
+    double wall_seconds;
+} acem_merge_summary;
+
+/* Runs a whole merge. On failure nothing is left at o->out (an existing output is kept). */
+int acem_merge(const acem_merge_options *o, acem_merge_summary *summary, acem_error *err);
+
+/* Methods known to the library, for --help. */
+size_t acem_method_count(void);
+const char *acem_method_name(size_t i);
+const char *acem_method_describe(size_t i); /* one line: formula and parameters */
+
+/* ---- YAML configuration --------------------------------------------------------- */
+
+/* Owns every string the options point to. */
+typedef struct acem_config acem_config;
+int acem_config_load(const char *path, acem_config **out, acem_merge_options *o,
+                     acem_error *err);
+void acem_config_free(acem_config *c);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,210 @@
+/* config.c — `acem merge CONFIG.yaml`: the merge options as YAML, read with libyaml.
+ * mergekit's keys are accepted where they mean the same (docs/config.md has the schema):
+ *
+ *   merge_method: ties            # or method
+ *   base_model: ./base            # or base
+ *   models:
+ *     - model: ./expert-a         # or a plain path
+ *   parameters: {density: 0.2, lambda: 1.0}
+ *   dtype: bf16                   # output dtype
+ *
+ * Unknown keys are errors, so a typo never silently changes a merge. */
+#include "internal.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#define CONFIG_MAX_LIST 4096
+
+struct acem_config {
+    yaml_document_t doc; /* scalars point into it */
+    bool loaded;
+    const char **models;
+    const char **excludes;
+    acem_param *params;
+};
+
+void acem_config_free(acem_config *c) {
+    if (!c) return;
+    if (c->loaded) yaml_document_delete(&c->doc);
+    free(c->models);
+    free(c->excludes);
+    free(c->params);
+    free(c);
+}
+
+typedef struct cfg_ctx {
+    const char *path;
+    acem_config *c;
+    acem_merge_options *o;
+    acem_error *err;
+} cfg_ctx;
+
+static yaml_node_t *node(cfg_ctx *x, int id) { return yaml_document_get_node(&x->c->doc, id); }
+
+static const char *scalar(cfg_ctx *x, yaml_node_t *n, const char *key) {
+    if (!n || n->type != YAML_SCALAR_NODE) {
+        acem_fail(x->err, "%s: \"%s\" must be a single value", x->path, key);
+        return NULL;
+    }
+    return (const char *)n->data.scalar.value;
+}
+
+static int number(cfg_ctx *x, yaml_node_t *n, const char *key, double *out) {
+    const char *s = scalar(x, n, key);
+    if (!s) return -1;
+    char *end;
+    errno = 0;
+    *out = strtod(s, &end);
+    if (errno || end == s || *end)
+        return acem_fail(x->err, "%s: \"%s\" must be a number, not \"%s\"", x->path, key, s);
+    return 0;
+}
+
+static int boolean(cfg_ctx *x, yaml_node_t *n, const char *key, int *out) {
+    const char *s = scalar(x, n, key);
+    if (!s) return -1;
+    if (!strcmp(s, "true") || !strcmp(s, "yes")) *out = 1;
+    else if (!strcmp(s, "false") || !strcmp(s, "no")) *out = 0;
+    else return acem_fail(x->err, "%s: \"%s\" must be true or false", x->path, key);
+    return 0;
+}
+
+/* A sequence of scalars, or of {model: path} mappings when `field` is given. */
+static int string_list(cfg_ctx *x, yaml_node_t *n, const char *key, const char *field,
+                       const char ***out, int *count) {
+    if (!n || n->type != YAML_SEQUENCE_NODE)
+        return acem_fail(x->err, "%s: \"%s\" must be a list", x->path, key);
+    size_t len = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+    if (len > CONFIG_MAX_LIST) return acem_fail(x->err, "%s: \"%s\" is too long", x->path, key);
+    if (!(*out = acem_alloc(len + 1, sizeof(char *), "a config list", x->err))) return -1;
+    *count = 0;
+    for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
+        yaml_node_t *item = node(x, *it);
+        if (field && item && item->type == YAML_MAPPING_NODE) {
+            yaml_node_t *value = NULL;
+            for (yaml_node_pair_t *p = item->data.mapping.pairs.start;
+                 p < item->data.mapping.pairs.top; p++) {
+                const char *k = scalar(x, node(x, p->key), key);
+                if (!k) return -1;
+                if (strcmp(k, field) != 0)
+                    return acem_fail(x->err, "%s: \"%s\" entries take only \"%s\" (per-model "
+                                             "\"%s\" is not supported)", x->path, key, field, k);
+                value = node(x, p->value);
+            }
+            item = value;
+        }
+        const char *s = scalar(x, item, key);
+        if (!s) return -1;
+        (*out)[(*count)++] = s;
+    }
+    return 0;
+}
+
+static int parameters(cfg_ctx *x, yaml_node_t *n) {
+    if (!n || n->type != YAML_MAPPING_NODE)
+        return acem_fail(x->err, "%s: \"parameters\" must be a mapping", x->path);
+    size_t len = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+    if (!(x->c->params = acem_alloc(len + 1, sizeof(acem_param), "parameters", x->err))) return -1;
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+        const char *k = scalar(x, node(x, p->key), "parameters");
+        const char *v = k ? scalar(x, node(x, p->value), k) : NULL;
+        if (!v) return -1;
+        if (strcmp(k, "lambda") == 0) {
+            if (number(x, node(x, p->value), k, &x->o->lambda)) return -1;
+            continue;
+        }
+        x->c->params[x->o->n_params++] = (acem_param){k, v};
+    }
+    x->o->params = x->c->params;
+    return 0;
+}
+
+static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
+    acem_merge_options *o = x->o;
+    const char *s;
+    double d;
+    if (!strcmp(k, "merge_method") || !strcmp(k, "method")) return (o->method = scalar(x, v, k)) ? 0 : -1;
+    if (!strcmp(k, "base_model") || !strcmp(k, "base")) return (o->base = scalar(x, v, k)) ? 0 : -1;
+    if (!strcmp(k, "output") || !strcmp(k, "out")) return (o->out = scalar(x, v, k)) ? 0 : -1;
+    if (!strcmp(k, "preset")) return (o->preset = scalar(x, v, k)) ? 0 : -1;
+    if (!strcmp(k, "report")) return (o->report_path = scalar(x, v, k)) ? 0 : -1;
+    if (!strcmp(k, "models")) {
+        int rc = string_list(x, v, k, "model", &x->c->models, &o->n_models);
+        o->models = x->c->models;
+        return rc;
+    }
+    if (!strcmp(k, "exclude")) {
+        int rc = string_list(x, v, k, NULL, &x->c->excludes, &o->n_excludes);
+        o->excludes = x->c->excludes;
+        return rc;
+    }
+    if (!strcmp(k, "parameters")) return parameters(x, v);
+    if (!strcmp(k, "lambda")) return number(x, v, k, &o->lambda);
+    if (!strcmp(k, "allow_nonfinite")) return boolean(x, v, k, &o->allow_nonfinite);
+    if (!strcmp(k, "dtype") || !strcmp(k, "out_dtype") || !strcmp(k, "precision")) {
+        if (!(s = scalar(x, v, k))) return -1;
+        acem_dtype dt = acem_dtype_parse(s);
+        if (dt == ACEM_DT_NONE) return acem_fail(x->err, "%s: unknown %s \"%s\"", x->path, k, s);
+        *(strcmp(k, "precision") ? &o->out_dtype : &o->precision) = dt;
+        return 0;
+    }
+    if (!strcmp(k, "seed") || !strcmp(k, "threads")) {
+        if (number(x, v, k, &d)) return -1;
+        if (!(d >= 0 && d <= 1e15 && floor(d) == d))
+            return acem_fail(x->err, "%s: \"%s\" must be a non-negative integer", x->path, k);
+        if (!strcmp(k, "seed")) o->seed = (uint64_t)d;
+        else o->threads = (int)(d > 4096 ? 4096 : d);
+        return 0;
+    }
+    if (!strcmp(k, "max_shard_size")) {
+        if (!(s = scalar(x, v, k))) return -1;
+        if (acem_parse_size(s, &o->max_shard_size))
+            return acem_fail(x->err, "%s: max_shard_size \"%s\" is not a size like 5G", x->path, s);
+        return 0;
+    }
+    return acem_fail(x->err, "%s: unknown key \"%s\" (see docs/config.md)", x->path, k);
+}
+
+int acem_config_load(const char *path, acem_config **out, acem_merge_options *o,
+                     acem_error *err) {
+    *out = NULL;
+    acem_config *c = acem_alloc(1, sizeof *c, "the config", err);
+    if (!c) return -1;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        free(c);
+        return acem_fail(err, "%s: cannot open: %s", path, strerror(errno));
+    }
+    yaml_parser_t parser;
+    yaml_parser_initialize(&parser);
+    yaml_parser_set_input_file(&parser, f);
+    int ok = yaml_parser_load(&parser, &c->doc);
+    int rc = -1;
+    if (!ok) {
+        acem_fail(err, "%s:%zu: %s", path, parser.problem_mark.line + 1,
+                  parser.problem ? parser.problem : "invalid YAML");
+        goto out;
+    }
+    c->loaded = true;
+    cfg_ctx x = {path, c, o, err};
+    yaml_node_t *root = yaml_document_get_root_node(&c->doc);
+    if (!root || root->type != YAML_MAPPING_NODE) {
+        acem_fail(err, "%s: the top level must be a mapping of keys", path);
+        goto out;
+    }
+    for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
+        const char *k = scalar(&x, node(&x, p->key), "key");
+        if (!k || top_level_key(&x, k, node(&x, p->value))) goto out;
+    }
+    rc = 0;
+out:
+    yaml_parser_delete(&parser);
+    fclose(f);
+    if (rc) acem_config_free(c);
+    else *out = c;
+    return rc;
+}

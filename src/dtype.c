@@ -1,0 +1,185 @@
+/* dtype.c — element types, IEEE half / bfloat16 conversions, bulk conversion between the
+ * stored bytes and the compute type. All conversions to narrower types round to nearest,
+ * ties to even; NaN stays NaN (quietened), values beyond the range become Inf. */
+#include "internal.h"
+
+#include <math.h>
+#include <string.h>
+
+static const struct {
+    const char *name;
+    size_t size;
+} dtype_table[ACEM_DT_COUNT] = {
+    [ACEM_DT_BOOL] = {"BOOL", 1},   [ACEM_DT_U8] = {"U8", 1},
+    [ACEM_DT_I8] = {"I8", 1},       [ACEM_DT_F8_E5M2] = {"F8_E5M2", 1},
+    [ACEM_DT_F8_E4M3] = {"F8_E4M3", 1}, [ACEM_DT_I16] = {"I16", 2},
+    [ACEM_DT_U16] = {"U16", 2},     [ACEM_DT_F16] = {"F16", 2},
+    [ACEM_DT_BF16] = {"BF16", 2},   [ACEM_DT_I32] = {"I32", 4},
+    [ACEM_DT_U32] = {"U32", 4},     [ACEM_DT_F32] = {"F32", 4},
+    [ACEM_DT_F64] = {"F64", 8},     [ACEM_DT_I64] = {"I64", 8},
+    [ACEM_DT_U64] = {"U64", 8},
+};
+
+const char *acem_dtype_name(acem_dtype dt) {
+    return (dt >= 0 && dt < ACEM_DT_COUNT) ? dtype_table[dt].name : "?";
+}
+
+acem_dtype acem_dtype_from_name(const char *name) {
+    for (int i = 0; i < ACEM_DT_COUNT; i++)
+        if (strcmp(dtype_table[i].name, name) == 0) return (acem_dtype)i;
+    return ACEM_DT_NONE;
+}
+
+size_t acem_dtype_size(acem_dtype dt) {
+    return (dt >= 0 && dt < ACEM_DT_COUNT) ? dtype_table[dt].size : 0;
+}
+
+int acem_dtype_is_mergeable(acem_dtype dt) {
+    return dt == ACEM_DT_F64 || dt == ACEM_DT_F32 || dt == ACEM_DT_F16 || dt == ACEM_DT_BF16;
+}
+
+static inline uint32_t f32_bits(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    return x;
+}
+static inline float bits_f32(uint32_t x) {
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+float acem_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    if (e == 0) { /* zero or subnormal: m * 2^-24, exact in f32 */
+        float v = (float)m * 0x1p-24f;
+        return bits_f32(f32_bits(v) | sign);
+    }
+    if (e == 31) return bits_f32(sign | 0x7f800000u | (m << 13));
+    return bits_f32(sign | ((e + 112) << 23) | (m << 13));
+}
+
+uint16_t acem_f32_to_f16(float f) {
+    uint32_t x = f32_bits(f);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+    uint32_t a = x & 0x7fffffffu;
+    if (a > 0x7f800000u) return sign | 0x7e00 | (uint16_t)((a >> 13) & 0x3ff); /* NaN */
+    if (a >= 0x477ff000u) return sign | 0x7c00; /* >= 65520 rounds to Inf */
+    if (a < 0x38800000u) {                      /* below 2^-14: f16 subnormal or zero */
+        if (a < 0x33000000u) return sign;       /* below 2^-25: rounds to zero */
+        uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u;
+        uint32_t shift = 126 - e; /* value = m * 2^(e-150); unit of the result is 2^-24 */
+        uint32_t r = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (r & 1))) r++;
+        return sign | (uint16_t)r;
+    }
+    uint32_t v = a - 0x38000000u; /* rebias the exponent from 127 to 15 */
+    uint32_t r = v >> 13, rem = v & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (r & 1))) r++;
+    return sign | (uint16_t)r;
+}
+
+float acem_bf16_to_f32(uint16_t b) { return bits_f32((uint32_t)b << 16); }
+
+uint16_t acem_f32_to_bf16(float f) {
+    uint32_t x = f32_bits(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40); /* quiet NaN */
+    x += 0x7fffu + ((x >> 16) & 1); /* round to nearest, ties to even; overflow -> Inf */
+    return (uint16_t)(x >> 16);
+}
+
+/* Reads element i of a stored float array as double. */
+static inline double load_raw(const void *raw, acem_dtype dt, size_t i) {
+    switch (dt) {
+    case ACEM_DT_F64: return ((const double *)raw)[i];
+    case ACEM_DT_F32: return ((const float *)raw)[i];
+    case ACEM_DT_F16: return acem_f16_to_f32(((const uint16_t *)raw)[i]);
+    default: return acem_bf16_to_f32(((const uint16_t *)raw)[i]);
+    }
+}
+
+int64_t acem_first_nonfinite_raw(const void *raw, acem_dtype dt, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(load_raw(raw, dt, i))) return (int64_t)i;
+    return -1;
+}
+
+/* The loops are written per (stored, compute) pair so that each one vectorises. */
+#define CONVERT_LOOP(DST_T, EXPR)                                                        \
+    do {                                                                                 \
+        DST_T *d = dst;                                                                  \
+        for (size_t i = 0; i < n; i++) d[i] = (DST_T)(EXPR);                             \
+    } while (0)
+
+int64_t acem_convert_from_raw(const void *raw, acem_dtype dt, void *dst, acem_dtype compute,
+                              size_t n, bool check_finite) {
+    const uint16_t *h = raw;
+    if (compute == ACEM_DT_F64) {
+        switch (dt) {
+        case ACEM_DT_F64: memcpy(dst, raw, n * 8); break;
+        case ACEM_DT_F32: CONVERT_LOOP(double, ((const float *)raw)[i]); break;
+        case ACEM_DT_F16: CONVERT_LOOP(double, acem_f16_to_f32(h[i])); break;
+        default: CONVERT_LOOP(double, acem_bf16_to_f32(h[i])); break;
+        }
+    } else {
+        switch (dt) {
+        case ACEM_DT_F64: CONVERT_LOOP(float, ((const double *)raw)[i]); break;
+        case ACEM_DT_F32: memcpy(dst, raw, n * 4); break;
+        case ACEM_DT_F16: CONVERT_LOOP(float, acem_f16_to_f32(h[i])); break;
+        default: CONVERT_LOOP(float, acem_bf16_to_f32(h[i])); break;
+        }
+    }
+    return check_finite ? acem_first_nonfinite_raw(raw, dt, n) : -1;
+}
+
+void acem_convert_to_raw(const void *src, acem_dtype compute, void *raw, acem_dtype dt,
+                         size_t n) {
+    uint16_t *h = raw;
+    if (compute == ACEM_DT_F64) {
+        const double *s = src;
+        switch (dt) {
+        case ACEM_DT_F64: memcpy(raw, src, n * 8); break;
+        case ACEM_DT_F32:
+            for (size_t i = 0; i < n; i++) ((float *)raw)[i] = (float)s[i];
+            break;
+        /* Double rounding f64 -> f32 -> f16 can differ from direct rounding only on exact
+         * f32 ties, far below the half-ulp of f16 that matters here. */
+        case ACEM_DT_F16:
+            for (size_t i = 0; i < n; i++) h[i] = acem_f32_to_f16((float)s[i]);
+            break;
+        default:
+            for (size_t i = 0; i < n; i++) h[i] = acem_f32_to_bf16((float)s[i]);
+            break;
+        }
+    } else {
+        const float *s = src;
+        switch (dt) {
+        case ACEM_DT_F64:
+            for (size_t i = 0; i < n; i++) ((double *)raw)[i] = s[i];
+            break;
+        case ACEM_DT_F32: memcpy(raw, src, n * 4); break;
+        case ACEM_DT_F16:
+            for (size_t i = 0; i < n; i++) h[i] = acem_f32_to_f16(s[i]);
+            break;
+        default:
+            for (size_t i = 0; i < n; i++) h[i] = acem_f32_to_bf16(s[i]);
+            break;
+        }
+    }
+}
+
+acem_dtype acem_dtype_parse(const char *s) {
+    static const struct {
+        const char *name;
+        acem_dtype dt;
+    } names[] = {
+        {"f32", ACEM_DT_F32},  {"float32", ACEM_DT_F32},  {"F32", ACEM_DT_F32},
+        {"f64", ACEM_DT_F64},  {"float64", ACEM_DT_F64},  {"F64", ACEM_DT_F64},
+        {"f16", ACEM_DT_F16},  {"float16", ACEM_DT_F16},  {"F16", ACEM_DT_F16},
+        {"bf16", ACEM_DT_BF16}, {"bfloat16", ACEM_DT_BF16}, {"BF16", ACEM_DT_BF16},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        if (strcmp(names[i].name, s) == 0) return names[i].dt;
+    return ACEM_DT_NONE;
+}

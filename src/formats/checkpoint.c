@@ -1,0 +1,262 @@
+/* checkpoint.c — a model argument as a list of tensors: one .safetensors file, or a
+ * Hugging Face directory (model.safetensors, or shards + model.safetensors.index.json). */
+#include "formats.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+typedef struct ck_file {
+    char *path;
+    int fd;
+} ck_file;
+
+struct acem_checkpoint {
+    char *path;
+    ck_file *files;
+    size_t n_files;
+    acem_tensor *tensors; /* storage order: shard by shard, by offset */
+    size_t n_tensors;
+    size_t *by_name; /* indices into tensors, sorted by name */
+    st_header meta;  /* metadata of the first shard (its tensors are moved out) */
+};
+
+const char *acem_checkpoint_path(const acem_checkpoint *ck) { return ck->path; }
+size_t acem_checkpoint_count(const acem_checkpoint *ck) { return ck->n_tensors; }
+const acem_tensor *acem_checkpoint_at(const acem_checkpoint *ck, size_t i) {
+    return &ck->tensors[i];
+}
+size_t acem_checkpoint_file_count(const acem_checkpoint *ck) { return ck->n_files; }
+const char *acem_checkpoint_file_path(const acem_checkpoint *ck, int file) {
+    return ck->files[file].path;
+}
+size_t acem_checkpoint_metadata_count(const acem_checkpoint *ck) { return ck->meta.n_meta; }
+void acem_checkpoint_metadata_at(const acem_checkpoint *ck, size_t i, const char **key,
+                                 const char **value) {
+    *key = ck->meta.meta_keys[i];
+    *value = ck->meta.meta_values[i];
+}
+
+void acem_checkpoint_close(acem_checkpoint *ck) {
+    if (!ck) return;
+    for (size_t i = 0; i < ck->n_files; i++) {
+        if (ck->files[i].fd >= 0) close(ck->files[i].fd);
+        free(ck->files[i].path);
+    }
+    for (size_t i = 0; i < ck->n_tensors; i++) free((char *)ck->tensors[i].name);
+    st_header_free(&ck->meta);
+    free(ck->files);
+    free(ck->tensors);
+    free(ck->by_name);
+    free(ck->path);
+    free(ck);
+}
+
+static const acem_tensor *g_sort_tensors; /* qsort has no context argument in C11 */
+static int cmp_by_name(const void *a, const void *b) {
+    return strcmp(g_sort_tensors[*(const size_t *)a].name,
+                  g_sort_tensors[*(const size_t *)b].name);
+}
+
+const acem_tensor *acem_checkpoint_find(const acem_checkpoint *ck, const char *name) {
+    size_t lo = 0, hi = ck->n_tensors;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(ck->tensors[ck->by_name[mid]].name, name);
+        if (c == 0) return &ck->tensors[ck->by_name[mid]];
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return NULL;
+}
+
+int acem_checkpoint_read(const acem_checkpoint *ck, const acem_tensor *t, uint64_t from,
+                         void *dst, uint64_t nbytes, acem_error *err) {
+    if (from > t->nbytes || nbytes > t->nbytes - from)
+        return acem_fail(err, "%s: read outside tensor \"%s\"", ck->path, t->name);
+    const ck_file *f = &ck->files[t->file];
+    return acem_pread_full(f->fd, f->path, dst, nbytes, t->offset + from, err);
+}
+
+/* Opens one safetensors file as shard number ck->n_files and appends its tensors. */
+static int add_file(acem_checkpoint *ck, const char *path, acem_error *err) {
+    ck_file *f = &ck->files[ck->n_files];
+    f->fd = -1;
+    if (!(f->path = acem_strdup(path, err))) return -1;
+    ck->n_files++;
+    f->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (f->fd < 0) return acem_fail(err, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(f->fd, &st) != 0) return acem_fail(err, "%s: cannot stat: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode)) return acem_fail(err, "%s: not a regular file", path);
+    st_header h;
+    if (st_header_read(path, f->fd, (uint64_t)st.st_size, (int)(ck->n_files - 1), &h, err))
+        return -1;
+    acem_tensor *grown = realloc(ck->tensors, (ck->n_tensors + h.n_tensors + 1) * sizeof *grown);
+    if (!grown) {
+        st_header_free(&h);
+        return acem_fail(err, "%s: out of memory for tensor descriptors", path);
+    }
+    ck->tensors = grown;
+    memcpy(ck->tensors + ck->n_tensors, h.tensors, h.n_tensors * sizeof *h.tensors);
+    ck->n_tensors += h.n_tensors;
+    h.n_tensors = 0; /* names now belong to ck */
+    if (ck->n_files == 1) ck->meta = h;
+    else st_header_free(&h);
+    return 0;
+}
+
+/* Builds the by-name index and rejects a name that appears twice (also across shards). */
+static int index_names(acem_checkpoint *ck, acem_error *err) {
+    if (!(ck->by_name = acem_alloc(ck->n_tensors, sizeof(size_t), "the name index", err)))
+        return -1;
+    for (size_t i = 0; i < ck->n_tensors; i++) ck->by_name[i] = i;
+    g_sort_tensors = ck->tensors;
+    qsort(ck->by_name, ck->n_tensors, sizeof(size_t), cmp_by_name);
+    for (size_t i = 1; i < ck->n_tensors; i++) {
+        const acem_tensor *a = &ck->tensors[ck->by_name[i - 1]], *b = &ck->tensors[ck->by_name[i]];
+        if (strcmp(a->name, b->name) == 0)
+            return acem_fail(err, "%s: tensor \"%.64s\" appears twice", ck->files[b->file].path,
+                             a->name);
+    }
+    return 0;
+}
+
+/* A shard name from an index must be a plain file name: no directories, no "..". */
+static bool safe_shard_name(const char *s) {
+    return *s && *s != '.' && !strchr(s, '/') && !strchr(s, '\\') && strlen(s) < 4096;
+}
+
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static char *read_small_file(const char *path, uint64_t limit, size_t *len, acem_error *err) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        acem_fail(err, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    char *buf = NULL;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) acem_fail(err, "%s: not a regular file", path);
+    else if ((uint64_t)st.st_size > limit)
+        acem_fail(err, "%s: larger than the %llu-byte limit", path, (unsigned long long)limit);
+    else if ((buf = acem_alloc((size_t)st.st_size + 1, 1, "an index file", err)) &&
+             acem_pread_full(fd, path, buf, (uint64_t)st.st_size, 0, err)) {
+        free(buf);
+        buf = NULL;
+    }
+    if (buf) *len = (size_t)st.st_size;
+    close(fd);
+    return buf;
+}
+
+/* Reads model.safetensors.index.json, opens its shards (sorted by name) and checks that
+ * the weight_map and the shards' contents agree exactly. */
+static int open_sharded(acem_checkpoint *ck, const char *dir, const char *index_path,
+                        acem_error *err) {
+    size_t len;
+    char *text = read_small_file(index_path, ACEM_INDEX_MAX_BYTES, &len, err);
+    if (!text) return -1;
+    cJSON *root = acem_utf8_valid((unsigned char *)text, len) ? cJSON_ParseWithLength(text, len)
+                                                              : NULL;
+    free(text);
+    int rc = -1;
+    char **shards = NULL;
+    char *seen = NULL;
+    size_t n_shards = 0;
+    const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
+    if (!root || !cJSON_IsObject(root)) {
+        acem_fail(err, "%s: not a valid JSON object", index_path);
+        goto out;
+    }
+    if (!cJSON_IsObject(map) || !map->child) {
+        acem_fail(err, "%s: weight_map is missing, empty or not an object", index_path);
+        goto out;
+    }
+    size_t n = (size_t)cJSON_GetArraySize(map);
+    if (!(shards = acem_alloc(n, sizeof(char *), "shard names", err))) goto out;
+    for (const cJSON *e = map->child; e; e = e->next) {
+        if (!cJSON_IsString(e) || !safe_shard_name(e->valuestring)) {
+            acem_fail(err, "%s: weight_map entry \"%.64s\" is not a plain shard file name",
+                      index_path, e->string);
+            goto out;
+        }
+        shards[n_shards++] = e->valuestring;
+    }
+    qsort(shards, n_shards, sizeof *shards, cmp_str);
+    size_t u = 0;
+    for (size_t i = 0; i < n_shards; i++)
+        if (u == 0 || strcmp(shards[u - 1], shards[i]) != 0) shards[u++] = shards[i];
+    n_shards = u;
+    if (!(ck->files = acem_alloc(n_shards, sizeof *ck->files, "shards", err))) goto out;
+    for (size_t i = 0; i < n_shards; i++) {
+        char *p = acem_path_join(dir, shards[i], err);
+        int r = p ? add_file(ck, p, err) : -1;
+        free(p);
+        if (r) goto out;
+    }
+    if (index_names(ck, err)) goto out;
+    if ((size_t)cJSON_GetArraySize(map) != ck->n_tensors) {
+        acem_fail(err, "%s: weight_map lists %d tensors but the shards hold %zu", index_path,
+                  cJSON_GetArraySize(map), ck->n_tensors);
+        goto out;
+    }
+    if (!(seen = acem_alloc(ck->n_tensors, 1, "the weight map check", err))) goto out;
+    for (const cJSON *e = map->child; e; e = e->next) {
+        const acem_tensor *t = acem_checkpoint_find(ck, e->string);
+        const char *holder = t ? strrchr(ck->files[t->file].path, '/') : NULL;
+        if (!t || strcmp(holder ? holder + 1 : ck->files[t->file].path, e->valuestring) != 0) {
+            acem_fail(err, "%s: weight_map puts \"%.64s\" in %s, which does not hold it",
+                      index_path, e->string, e->valuestring);
+            goto out;
+        }
+        if (seen[t - ck->tensors]++) {
+            acem_fail(err, "%s: weight_map lists \"%.64s\" twice", index_path, e->string);
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    free(seen);
+    free(shards);
+    cJSON_Delete(root);
+    return rc;
+}
+
+int acem_checkpoint_open(const char *path, acem_checkpoint **out, acem_error *err) {
+    *out = NULL;
+    acem_checkpoint *ck = acem_alloc(1, sizeof *ck, "a checkpoint", err);
+    if (!ck) return -1;
+    int rc = -1;
+    char *single = NULL, *index = NULL;
+    if (!(ck->path = acem_strdup(path, err))) goto out;
+    if (!acem_is_dir(path)) {
+        if (!(ck->files = acem_alloc(1, sizeof *ck->files, "a file", err))) goto out;
+        rc = add_file(ck, path, err) || index_names(ck, err) ? -1 : 0;
+        goto out;
+    }
+    single = acem_path_join(path, "model.safetensors", err);
+    index = acem_path_join(path, "model.safetensors.index.json", err);
+    if (!single || !index) goto out;
+    if (access(single, F_OK) == 0) {
+        if (!(ck->files = acem_alloc(1, sizeof *ck->files, "a file", err))) goto out;
+        rc = add_file(ck, single, err) || index_names(ck, err) ? -1 : 0;
+    } else if (access(index, F_OK) == 0) {
+        rc = open_sharded(ck, path, index, err);
+    } else {
+        acem_fail(err, "%s: holds neither model.safetensors nor model.safetensors.index.json",
+                  path);
+    }
+out:
+    free(single);
+    free(index);
+    if (rc) acem_checkpoint_close(ck);
+    else *out = ck;
+    return rc;
+}

@@ -1,0 +1,263 @@
+/* safetensors_write.c — writes one file or Hugging Face shards + index, sequentially.
+ *
+ * All headers are known before any data (names, dtypes, shapes come from the plan), so
+ * each shard is written front to back: header padded with spaces so that the data starts
+ * at a multiple of 8, then the tensors in order. The caller writes into a temporary
+ * location; making it visible is output.c's job. */
+#include "formats.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define WRITE_BUFFER (4u << 20)
+
+typedef struct shard {
+    char *path;
+    size_t first, end; /* tensors [first, end) */
+} shard;
+
+struct st_writer {
+    const st_out_tensor *tensors;
+    size_t n_tensors;
+    shard *shards;
+    size_t n_shards;
+    const char *dir; /* NULL for a single file */
+    const acem_param *meta;
+    size_t n_meta;
+    int fd;
+    size_t cur_shard, cur_tensor;
+    uint64_t left_in_tensor;
+    unsigned char *buf;
+    size_t buf_len;
+};
+
+size_t st_writer_shards(const st_writer *w) { return w->n_shards; }
+
+static int write_all(int fd, const char *path, const void *data, size_t n, acem_error *err) {
+    const unsigned char *p = data;
+    while (n > 0) {
+        ssize_t k = write(fd, p, n);
+        if (k < 0) {
+            if (errno == EINTR) continue;
+            return acem_fail(err, "%s: write failed: %s", path, strerror(errno));
+        }
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+static int flush_buffer(st_writer *w, acem_error *err) {
+    int rc = write_all(w->fd, w->shards[w->cur_shard].path, w->buf, w->buf_len, err);
+    w->buf_len = 0;
+    return rc;
+}
+
+/* {"__metadata__": {...}, name: {"dtype", "shape", "data_offsets"}, ...} for one shard. */
+static char *shard_header(const st_writer *w, const shard *s, size_t *len, acem_error *err) {
+    cJSON *root = cJSON_CreateObject(), *meta = cJSON_AddObjectToObject(root, "__metadata__");
+    for (size_t i = 0; i < w->n_meta; i++)
+        cJSON_AddStringToObject(meta, w->meta[i].key, w->meta[i].value);
+    uint64_t at = 0;
+    for (size_t i = s->first; i < s->end; i++) {
+        const st_out_tensor *t = &w->tensors[i];
+        cJSON *e = cJSON_AddObjectToObject(root, t->name);
+        cJSON_AddStringToObject(e, "dtype", acem_dtype_name(t->dtype));
+        cJSON *shape = cJSON_AddArrayToObject(e, "shape");
+        for (int d = 0; d < t->ndim; d++)
+            cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->shape[d]));
+        cJSON *offs = cJSON_AddArrayToObject(e, "data_offsets");
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)at));
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(at + t->nbytes)));
+        at += t->nbytes;
+    }
+    char *json = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (!json) {
+        acem_fail(err, "out of memory building a safetensors header");
+        return NULL;
+    }
+    size_t n = strlen(json), padded = (n + 7) & ~(size_t)7; /* 8 + padded is 8-aligned */
+    char *out = realloc(json, padded + 1);
+    if (!out) {
+        free(json);
+        acem_fail(err, "out of memory building a safetensors header");
+        return NULL;
+    }
+    memset(out + n, ' ', padded - n);
+    out[padded] = 0;
+    *len = padded;
+    return out;
+}
+
+static int open_shard(st_writer *w, size_t i, acem_error *err) {
+    const shard *s = &w->shards[i];
+    w->fd = open(s->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (w->fd < 0) return acem_fail(err, "%s: cannot create: %s", s->path, strerror(errno));
+    size_t len;
+    char *header = shard_header(w, s, &len, err);
+    if (!header) return -1;
+    unsigned char len8[8];
+    for (int b = 0; b < 8; b++) len8[b] = (unsigned char)((uint64_t)len >> (8 * b));
+    int rc = write_all(w->fd, s->path, len8, 8, err) || write_all(w->fd, s->path, header, len, err);
+    free(header);
+    w->cur_shard = i;
+    return rc ? -1 : 0;
+}
+
+static int close_shard(st_writer *w, acem_error *err) {
+    const char *path = w->shards[w->cur_shard].path;
+    int rc = flush_buffer(w, err);
+    if (!rc && fsync(w->fd) != 0) rc = acem_fail(err, "%s: fsync failed: %s", path, strerror(errno));
+    if (close(w->fd) != 0 && !rc) rc = acem_fail(err, "%s: close failed: %s", path, strerror(errno));
+    w->fd = -1;
+    return rc;
+}
+
+/* Greedy split in order: a shard closes when the next tensor would pass the limit. */
+static int plan_shards(st_writer *w, uint64_t max_shard, const char *file_path,
+                       acem_error *err) {
+    if (!(w->shards = acem_alloc(w->n_tensors + 1, sizeof *w->shards, "shards", err))) return -1;
+    uint64_t bytes = 0;
+    w->n_shards = 1;
+    for (size_t i = 0; i < w->n_tensors; i++) {
+        uint64_t nb = w->tensors[i].nbytes;
+        if (max_shard && bytes > 0 && bytes + nb > max_shard) {
+            w->shards[w->n_shards - 1].end = i;
+            w->shards[w->n_shards++].first = i;
+            bytes = 0;
+        }
+        bytes += nb;
+    }
+    w->shards[w->n_shards - 1].end = w->n_tensors;
+    for (size_t i = 0; i < w->n_shards; i++) {
+        char name[64];
+        if (w->n_shards > 1)
+            snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, w->n_shards);
+        else
+            snprintf(name, sizeof name, "model.safetensors");
+        w->shards[i].path = w->dir ? acem_path_join(w->dir, name, err) : acem_strdup(file_path, err);
+        if (!w->shards[i].path) return -1;
+    }
+    return 0;
+}
+
+/* Moves on to the next tensor with bytes left, opening its shard when needed. */
+static int advance(st_writer *w, acem_error *err) {
+    while (w->left_in_tensor == 0 && w->cur_tensor < w->n_tensors) {
+        size_t next = w->cur_tensor + 1;
+        if (next >= w->n_tensors) {
+            w->cur_tensor = next;
+            break;
+        }
+        if (next >= w->shards[w->cur_shard].end) {
+            if (close_shard(w, err) || open_shard(w, w->cur_shard + 1, err)) return -1;
+        }
+        w->cur_tensor = next;
+        w->left_in_tensor = w->tensors[next].nbytes;
+    }
+    return 0;
+}
+
+int st_writer_open(const char *dir, const char *file_path, const st_out_tensor *tensors,
+                   size_t n, uint64_t max_shard_size, const acem_param *meta, size_t n_meta,
+                   st_writer **out, acem_error *err) {
+    *out = NULL;
+    st_writer *w = acem_alloc(1, sizeof *w, "the writer", err);
+    if (!w) return -1;
+    w->tensors = tensors;
+    w->n_tensors = n;
+    w->dir = dir;
+    w->meta = meta;
+    w->n_meta = n_meta;
+    w->fd = -1;
+    if (plan_shards(w, dir ? max_shard_size : 0, file_path, err) ||
+        !(w->buf = acem_alloc(WRITE_BUFFER, 1, "the write buffer", err)) ||
+        open_shard(w, 0, err)) {
+        st_writer_free(w);
+        return -1;
+    }
+    /* Position on tensor 0 (or past the end when there are none / all are empty). */
+    w->cur_tensor = 0;
+    w->left_in_tensor = n ? tensors[0].nbytes : 0;
+    if (n == 0) w->cur_tensor = 0;
+    else if (advance(w, err)) {
+        st_writer_free(w);
+        return -1;
+    }
+    *out = w;
+    return 0;
+}
+
+int st_writer_write(st_writer *w, const void *data, uint64_t n, acem_error *err) {
+    const unsigned char *p = data;
+    while (n > 0) {
+        if (w->cur_tensor >= w->n_tensors)
+            return acem_fail(err, "internal error: more data written than the tensors hold");
+        uint64_t take = n < w->left_in_tensor ? n : w->left_in_tensor;
+        if (w->buf_len + take > WRITE_BUFFER && flush_buffer(w, err)) return -1;
+        if (take >= WRITE_BUFFER) {
+            if (write_all(w->fd, w->shards[w->cur_shard].path, p, (size_t)take, err)) return -1;
+        } else {
+            memcpy(w->buf + w->buf_len, p, (size_t)take);
+            w->buf_len += (size_t)take;
+        }
+        p += take;
+        n -= take;
+        w->left_in_tensor -= take;
+        if (advance(w, err)) return -1;
+    }
+    return 0;
+}
+
+static int write_index(st_writer *w, acem_error *err) {
+    uint64_t total = 0;
+    cJSON *root = cJSON_CreateObject();
+    cJSON *meta = cJSON_AddObjectToObject(root, "metadata");
+    cJSON *map = cJSON_AddObjectToObject(root, "weight_map");
+    for (size_t s = 0; s < w->n_shards; s++)
+        for (size_t i = w->shards[s].first; i < w->shards[s].end; i++) {
+            cJSON_AddStringToObject(map, w->tensors[i].name, strrchr(w->shards[s].path, '/') + 1);
+            total += w->tensors[i].nbytes;
+        }
+    cJSON_AddNumberToObject(meta, "total_size", (double)total);
+    char *json = cJSON_Print(root);
+    cJSON_Delete(root);
+    char *path = acem_path_join(w->dir, "model.safetensors.index.json", err);
+    int rc = -1;
+    if (!json) acem_fail(err, "out of memory writing the index");
+    else if (path) {
+        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd < 0) acem_fail(err, "%s: cannot create: %s", path, strerror(errno));
+        else {
+            rc = write_all(fd, path, json, strlen(json), err) || write_all(fd, path, "\n", 1, err);
+            if (!rc && fsync(fd) != 0) rc = acem_fail(err, "%s: fsync failed: %s", path, strerror(errno));
+            close(fd);
+        }
+    }
+    free(json);
+    free(path);
+    return rc ? -1 : 0;
+}
+
+int st_writer_finish(st_writer *w, acem_error *err) {
+    if (w->cur_tensor < w->n_tensors)
+        return acem_fail(err, "internal error: tensor \"%s\" was not fully written",
+                         w->tensors[w->cur_tensor].name);
+    if (close_shard(w, err)) return -1;
+    return w->n_shards > 1 ? write_index(w, err) : 0;
+}
+
+void st_writer_free(st_writer *w) {
+    if (!w) return;
+    if (w->fd >= 0) close(w->fd);
+    for (size_t i = 0; i < w->n_shards; i++) free(w->shards[i].path);
+    free(w->shards);
+    free(w->buf);
+    free(w);
+}

@@ -1,0 +1,58 @@
+/* internal.h — helpers shared by the library's modules (not part of the public API). */
+#ifndef ACEM_INTERNAL_H
+#define ACEM_INTERNAL_H
+
+#include "acem.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__GNUC__)
+#define ACEM_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define ACEM_PRINTF(a, b)
+#endif
+
+/* Sets err->msg (if err is non-NULL) and returns -1, so that `return acem_fail(...)`. */
+int acem_fail(acem_error *err, const char *fmt, ...) ACEM_PRINTF(2, 3);
+
+/* Overflow-checked arithmetic on sizes: return false on overflow. */
+static inline bool acem_mul_u64(uint64_t a, uint64_t b, uint64_t *r) {
+    return !__builtin_mul_overflow(a, b, r);
+}
+static inline bool acem_add_u64(uint64_t a, uint64_t b, uint64_t *r) {
+    return !__builtin_add_overflow(a, b, r);
+}
+
+/* malloc/calloc that report failure through err with what was being allocated. */
+void *acem_alloc(size_t n, size_t size, const char *what, acem_error *err);
+char *acem_strdup(const char *s, acem_error *err);
+
+/* Monotonic seconds. */
+double acem_now(void);
+
+/* Conversions between stored bytes and the compute type (F32 or F64). from_raw returns
+ * the index of the first non-finite value, or -1 if all are finite (checked only when
+ * check_finite). */
+int64_t acem_convert_from_raw(const void *raw, acem_dtype dt, void *dst, acem_dtype compute,
+                              size_t n, bool check_finite);
+void acem_convert_to_raw(const void *src, acem_dtype compute, void *raw, acem_dtype dt,
+                         size_t n);
+int64_t acem_first_nonfinite_raw(const void *raw, acem_dtype dt, size_t n);
+
+/* Counter-based random numbers (splitmix64 finaliser): a pure function of the key. */
+uint64_t acem_mix64(uint64_t x);
+uint64_t acem_fnv1a64(const char *s);
+/* Uniform in [0,1) for element i of expert t of tensor `name_hash` under `seed`. */
+uint64_t acem_rng_key(uint64_t seed, uint64_t name_hash, uint64_t t);
+static inline double acem_rng_uniform(uint64_t key, uint64_t i) {
+    return (double)(acem_mix64(key ^ acem_mix64(i)) >> 11) * 0x1.0p-53;
+}
+
+/* True when path names an existing directory. */
+bool acem_is_dir(const char *path);
+/* Joins dir and name into a fresh string. */
+char *acem_path_join(const char *dir, const char *name, acem_error *err);
+
+#endif

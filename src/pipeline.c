@@ -1,0 +1,351 @@
+/* pipeline.c — acem_merge: open and validate every input, plan, then stream tensor by
+ * tensor (or chunk by chunk for elementwise methods) into the output.
+ *
+ * Per merged tensor: W0 and each Wt are read (pread) into reusable buffers in the compute
+ * precision, Dt = Wt - W0 is formed in place, the method writes Delta, and the output is
+ * W0 + lambda * Delta converted to the output dtype. Memory: (T + 2) compute buffers of
+ * the largest tensor (of one chunk for elementwise methods) plus two raw buffers. */
+#include "formats/formats.h"
+#include "methods/method.h"
+#include "output.h"
+#include "plan.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Elements per chunk when a method is elementwise: 4 MiB of f32 per buffer. */
+#define CHUNK_ELEMS (1u << 20)
+
+void acem_merge_options_init(acem_merge_options *o) {
+    memset(o, 0, sizeof *o);
+    o->lambda = NAN;
+    o->out_dtype = ACEM_DT_NONE;
+    o->precision = ACEM_DT_F32;
+}
+
+typedef struct merge_run {
+    const acem_merge_options *o;
+    const method_def *method;
+    double params[METHOD_MAX_PARAMS];
+    double lambda;
+    bool f64;
+    size_t csize; /* bytes per compute element */
+    int threads;
+    int T;
+    acem_checkpoint *base;
+    acem_checkpoint **experts;
+    plan plan;
+    st_writer *writer;
+    /* buffers */
+    uint64_t chunk_cap; /* elements each compute buffer holds */
+    void *w0, *out;
+    void **deltas;
+    unsigned char *raw_in, *raw_out;
+    acem_progress progress;
+    cJSON *report_tensors;
+} merge_run;
+
+static void report_progress(merge_run *r) {
+    if (r->o->progress) r->o->progress(r->o->progress_user, &r->progress);
+}
+
+static int check_cancel(const merge_run *r, acem_error *err) {
+    return r->o->cancel && *r->o->cancel ? acem_fail(err, "interrupted") : 0;
+}
+
+/* Reads elements [from, from+n) of tensor t into dst in the compute precision. */
+static int load(merge_run *r, const acem_checkpoint *ck, const acem_tensor *t, uint64_t from,
+                uint64_t n, void *dst, acem_error *err) {
+    size_t es = acem_dtype_size(t->dtype);
+    if (acem_checkpoint_read(ck, t, from * es, r->raw_in, n * es, err)) return -1;
+    r->progress.bytes_done += n * es;
+    int64_t bad = acem_convert_from_raw(r->raw_in, t->dtype, dst, r->o->precision, n,
+                                        !r->o->allow_nonfinite);
+    if (bad >= 0)
+        return acem_fail(err, "%s: tensor \"%s\" holds a non-finite value (NaN or Inf) at "
+                              "element %llu; pass --allow-nonfinite to merge it anyway",
+                         acem_checkpoint_file_path(ck, t->file), t->name,
+                         (unsigned long long)(from + (uint64_t)bad));
+    return 0;
+}
+
+/* d -= w0, element by element. */
+static void subtract(void *d, const void *w0, uint64_t n, bool f64) {
+    if (f64)
+        for (uint64_t i = 0; i < n; i++) ((double *)d)[i] -= ((const double *)w0)[i];
+    else
+        for (uint64_t i = 0; i < n; i++) ((float *)d)[i] -= ((const float *)w0)[i];
+}
+
+/* out = w0 + lambda * out, computed in double. */
+static void apply_delta(void *out, const void *w0, double lambda, uint64_t n, bool f64) {
+    for (uint64_t i = 0; i < n; i++) wr(out, i, rd(w0, i, f64) + lambda * rd(out, i, f64), f64);
+}
+
+static void method_ctx_for(const merge_run *r, const acem_tensor *t, method_ctx *c) {
+    memset(c, 0, sizeof *c);
+    c->tensor = t->name;
+    c->name_hash = acem_fnv1a64(t->name);
+    c->ndim = t->ndim;
+    c->rows = t->ndim >= 2 ? t->shape[0] : 1;
+    c->cols = t->ndim == 0 ? 1 : t->ndim == 1 ? t->shape[0] : (c->rows ? t->numel / c->rows : 0);
+    c->T = r->T;
+    c->f64 = r->f64;
+    c->threads = r->threads;
+    c->seed = r->o->seed;
+    c->p = r->params;
+}
+
+static uint64_t chunk_of(const merge_run *r, const plan_entry *e) {
+    if (e->action == PLAN_COPY || r->method->elementwise == NULL ||
+        !r->method->elementwise(r->params))
+        return e->action == PLAN_COPY ? CHUNK_ELEMS : e->base->numel;
+    return CHUNK_ELEMS;
+}
+
+static int merge_tensor(merge_run *r, const plan_entry *e, acem_error *err) {
+    const acem_tensor *b = e->base;
+    method_ctx c;
+    method_ctx_for(r, b, &c);
+    uint64_t chunk = chunk_of(r, e);
+    for (uint64_t from = 0; from < b->numel || from == 0; from += chunk) {
+        uint64_t n = b->numel - from < chunk ? b->numel - from : chunk;
+        if (load(r, r->base, b, from, n, r->w0, err)) return -1;
+        for (int t = 0; t < r->T; t++) {
+            if (load(r, r->experts[t], e->experts[t], from, n, r->deltas[t], err)) return -1;
+            subtract(r->deltas[t], r->w0, n, r->f64);
+        }
+        c.numel = n;
+        c.offset = from;
+        if (n && r->method->merge(&c, r->deltas, r->out, err)) return -1;
+        apply_delta(r->out, r->w0, r->lambda, n, r->f64);
+        acem_convert_to_raw(r->out, r->o->precision, r->raw_out, e->out_dtype, n);
+        if (st_writer_write(r->writer, r->raw_out, n * acem_dtype_size(e->out_dtype), err) ||
+            check_cancel(r, err))
+            return -1;
+        report_progress(r);
+        if (n == 0) break;
+    }
+    return 0;
+}
+
+/* Copied tensors pass through as bytes, or via the compute type when --dtype changes them. */
+static int copy_tensor(merge_run *r, const plan_entry *e, acem_error *err) {
+    const acem_tensor *b = e->base;
+    size_t es = acem_dtype_size(b->dtype);
+    bool is_float = acem_dtype_is_mergeable(b->dtype);
+    for (uint64_t from = 0; from < b->numel; from += CHUNK_ELEMS) {
+        uint64_t n = b->numel - from < CHUNK_ELEMS ? b->numel - from : CHUNK_ELEMS;
+        const void *bytes = r->raw_in;
+        if (is_float) {
+            if (load(r, r->base, b, from, n, r->w0, err)) return -1;
+            if (e->out_dtype != b->dtype) {
+                acem_convert_to_raw(r->w0, r->o->precision, r->raw_out, e->out_dtype, n);
+                bytes = r->raw_out;
+            }
+        } else {
+            if (acem_checkpoint_read(r->base, b, from * es, r->raw_in, n * es, err)) return -1;
+            r->progress.bytes_done += n * es;
+        }
+        if (st_writer_write(r->writer, bytes, n * acem_dtype_size(e->out_dtype), err) ||
+            check_cancel(r, err))
+            return -1;
+        report_progress(r);
+    }
+    return 0;
+}
+
+static int alloc_buffers(merge_run *r, acem_error *err) {
+    uint64_t cap = 1;
+    for (size_t i = 0; i < r->plan.n; i++) {
+        uint64_t c = chunk_of(r, &r->plan.entries[i]);
+        uint64_t n = r->plan.entries[i].base->numel;
+        uint64_t need = c < n ? c : n;
+        if (need > cap) cap = need;
+    }
+    r->chunk_cap = cap;
+    if (!(r->deltas = acem_alloc((size_t)r->T, sizeof(void *), "delta buffers", err))) return -1;
+    for (int t = 0; t < r->T; t++)
+        if (!(r->deltas[t] = acem_alloc(cap, r->csize, "a delta buffer", err))) return -1;
+    return (r->w0 = acem_alloc(cap, r->csize, "the base buffer", err)) &&
+                   (r->out = acem_alloc(cap, r->csize, "the output buffer", err)) &&
+                   (r->raw_in = acem_alloc(cap, 8, "the read buffer", err)) &&
+                   (r->raw_out = acem_alloc(cap, 8, "the conversion buffer", err))
+               ? 0
+               : -1;
+}
+
+static void free_run(merge_run *r) {
+    if (r->deltas)
+        for (int t = 0; t < r->T; t++) free(r->deltas[t]);
+    free(r->deltas);
+    free(r->w0);
+    free(r->out);
+    free(r->raw_in);
+    free(r->raw_out);
+    st_writer_free(r->writer);
+    plan_free(&r->plan);
+    if (r->experts)
+        for (int t = 0; t < r->T; t++) acem_checkpoint_close(r->experts[t]);
+    free(r->experts);
+    acem_checkpoint_close(r->base);
+    cJSON_Delete(r->report_tensors);
+}
+
+static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
+    const acem_merge_options *o = r->o;
+    if (!o->base || !o->out || !o->method)
+        return acem_fail(err, "a base model, an output path and a method are required");
+    if (o->n_models < 2)
+        return acem_fail(err, "at least 2 expert models are needed (got %d)", o->n_models);
+    if (!(r->method = method_find(o->method)))
+        return acem_fail(err, "unknown method \"%s\" (see acem merge --help)", o->method);
+    if (o->precision != ACEM_DT_F32 && o->precision != ACEM_DT_F64)
+        return acem_fail(err, "compute precision must be f32 or f64");
+    if (o->out_dtype != ACEM_DT_NONE && !acem_dtype_is_mergeable(o->out_dtype))
+        return acem_fail(err, "output dtype must be f64, f32, f16 or bf16");
+    if (o->max_shard_size && output_is_file(o->out))
+        return acem_fail(err, "%s: --max-shard-size needs a directory output, not a "
+                              ".safetensors file", o->out);
+    char desc[384];
+    if (method_resolve_params(r->method, o->params, o->n_params, r->params, desc, sizeof desc, err))
+        return -1;
+    r->lambda = isnan(o->lambda) ? r->method->default_lambda : o->lambda;
+    if (!isfinite(r->lambda)) return acem_fail(err, "lambda must be a finite number");
+    r->f64 = o->precision == ACEM_DT_F64;
+    r->csize = r->f64 ? 8 : 4;
+    r->threads = o->threads > 0 ? o->threads : omp_get_num_procs();
+    r->T = o->n_models;
+    snprintf(s->method, sizeof s->method, "%s", r->method->name);
+    snprintf(s->params, sizeof s->params, "lambda=%g%s%s", r->lambda, desc[0] ? " " : "", desc);
+    if (r->method->merge == method_dare_linear.merge || r->method->merge == method_dare_ties.merge) {
+        size_t k = strlen(s->params);
+        snprintf(s->params + k, sizeof s->params - k, " seed=%llu", (unsigned long long)o->seed);
+    }
+    return 0;
+}
+
+static int open_inputs(merge_run *r, acem_error *err) {
+    const acem_merge_options *o = r->o;
+    if (acem_checkpoint_open(o->base, &r->base, err)) return -1;
+    if (!(r->experts = acem_alloc((size_t)r->T, sizeof *r->experts, "experts", err))) return -1;
+    for (int t = 0; t < r->T; t++)
+        if (acem_checkpoint_open(o->models[t], &r->experts[t], err)) return -1;
+    const acem_checkpoint *all[r->T + 1];
+    all[0] = r->base;
+    for (int t = 0; t < r->T; t++) all[t + 1] = r->experts[t];
+    if (output_check_distinct(o->out, all, r->T + 1, err)) return -1;
+    return plan_build(&r->plan, r->base, (const acem_checkpoint *const *)r->experts, r->T, o, err);
+}
+
+static int open_writer(merge_run *r, const output *out, const acem_merge_summary *s,
+                       st_out_tensor *tensors, acem_error *err) {
+    for (size_t i = 0; i < r->plan.n; i++) {
+        const plan_entry *e = &r->plan.entries[i];
+        tensors[i] = (st_out_tensor){e->base->name, e->out_dtype, e->base->ndim, e->base->shape,
+                                     e->base->numel * acem_dtype_size(e->out_dtype)};
+    }
+    const acem_param meta[] = {
+        {"format", "pt"},
+        {"acem_version", ACEM_VERSION},
+        {"acem_method", s->method},
+        {"acem_params", s->params},
+    };
+    return st_writer_open(out->is_file ? NULL : out->tmp_path, out->is_file ? out->tmp_path : NULL,
+                          tensors, r->plan.n, r->o->max_shard_size, meta, 4, &r->writer, err);
+}
+
+static void report_add(merge_run *r, const plan_entry *e) {
+    if (!r->report_tensors) return;
+    cJSON *t = cJSON_CreateObject();
+    cJSON_AddStringToObject(t, "name", e->base->name);
+    cJSON_AddStringToObject(t, "action", e->action == PLAN_MERGE ? "merged" : "copied");
+    if (e->reason) cJSON_AddStringToObject(t, "reason", e->reason);
+    cJSON_AddItemToArray(r->report_tensors, t);
+}
+
+/* The report is small: written whole to a temporary and renamed, like the model. */
+static int write_report(merge_run *r, const acem_merge_summary *s, acem_error *err) {
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "acem_version", ACEM_VERSION);
+    cJSON_AddStringToObject(root, "method", s->method);
+    cJSON_AddStringToObject(root, "params", s->params);
+    cJSON_AddItemToObject(root, "tensors", r->report_tensors);
+    r->report_tensors = NULL;
+    char *json = cJSON_Print(root);
+    cJSON_Delete(root);
+    size_t n = strlen(r->o->report_path) + 32;
+    char *tmp = json ? acem_alloc(n, 1, "a path", err) : NULL;
+    int rc = -1;
+    if (tmp) {
+        snprintf(tmp, n, "%s.acem-tmp", r->o->report_path);
+        FILE *f = fopen(tmp, "w");
+        if (f && fputs(json, f) >= 0 && fputc('\n', f) != EOF && fclose(f) == 0)
+            rc = rename(tmp, r->o->report_path) == 0 ? 0 : -1;
+        else if (f)
+            fclose(f);
+        if (rc) {
+            unlink(tmp);
+            acem_fail(err, "%s: cannot write the report", r->o->report_path);
+        }
+    } else if (!json) {
+        acem_fail(err, "out of memory writing the report");
+    }
+    free(tmp);
+    free(json);
+    return rc;
+}
+
+static int run_plan(merge_run *r, acem_merge_summary *s, acem_error *err) {
+    r->progress.tensors_total = r->plan.n;
+    r->progress.bytes_total = r->plan.bytes_to_read;
+    r->progress.phase = ACEM_PHASE_MERGE;
+    for (size_t i = 0; i < r->plan.n; i++) {
+        const plan_entry *e = &r->plan.entries[i];
+        r->progress.tensor = e->base->name;
+        if (e->action == PLAN_MERGE ? merge_tensor(r, e, err) : copy_tensor(r, e, err)) return -1;
+        if (e->action == PLAN_MERGE) s->tensors_merged++;
+        else s->tensors_copied++;
+        s->bytes_written += e->base->numel * acem_dtype_size(e->out_dtype);
+        report_add(r, e);
+        r->progress.tensors_done = i + 1;
+        report_progress(r);
+    }
+    r->progress.phase = ACEM_PHASE_DONE;
+    report_progress(r);
+    return 0;
+}
+
+int acem_merge(const acem_merge_options *o, acem_merge_summary *s, acem_error *err) {
+    double t0 = acem_now();
+    merge_run r = {.o = o};
+    acem_merge_summary local;
+    if (!s) s = &local;
+    memset(s, 0, sizeof *s);
+    output out = {0};
+    st_out_tensor *tensors = NULL;
+    int rc = -1;
+    if (check_options(&r, s, err) || open_inputs(&r, err) || alloc_buffers(&r, err)) goto done;
+    if (o->report_path) r.report_tensors = cJSON_CreateArray();
+    if (!(tensors = acem_alloc(r.plan.n, sizeof *tensors, "output descriptors", err))) goto done;
+    if (output_begin(&out, o->out, o->force, err)) goto done;
+    size_t aux = 0;
+    if (open_writer(&r, &out, s, tensors, err) || run_plan(&r, s, err) ||
+        st_writer_finish(r.writer, err) ||
+        output_copy_aux_files(&out, o->base, &aux, err) ||
+        (o->report_path && write_report(&r, s, err)) || output_commit(&out, err))
+        goto done;
+    s->shards = st_writer_shards(r.writer);
+    s->bytes_read = r.progress.bytes_done;
+    rc = 0;
+done:
+    if (rc) output_abort(&out);
+    free(tensors);
+    free_run(&r);
+    s->wall_seconds = acem_now() - t0;
+    return rc;
+}

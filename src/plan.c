@@ -1,0 +1,139 @@
+/* plan.c — matches tensors across inputs and assigns merge / copy. */
+#include "plan.h"
+
+#include <regex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The ACE reference's exclusions (ace-merging.md, "Which tensors the reference merges").
+ * Its patterns are Python re.match patterns, anchored at the start of the name. */
+static const char *const preset_gpt2[] = {"score"};
+static const char *const preset_bert[] = {"classifier", "bias", "LayerNorm", "embeddings"};
+static const char *const preset_llama[] = {"embed_tokens", "^lm_head.weight"};
+static const struct {
+    const char *name;
+    const char *const *patterns;
+    size_t n;
+} presets[] = {
+    {"gpt2", preset_gpt2, 1},   {"bert", preset_bert, 4},  {"roberta", preset_bert, 4},
+    {"llama", preset_llama, 2}, {"clip-vit", NULL, 0},
+};
+
+int plan_preset_patterns(const char *preset, const char *const **patterns, size_t *n) {
+    for (size_t i = 0; i < sizeof presets / sizeof *presets; i++)
+        if (strcmp(presets[i].name, preset) == 0) {
+            *patterns = presets[i].patterns;
+            *n = presets[i].n;
+            return 0;
+        }
+    return -1;
+}
+
+typedef struct exclusion {
+    regex_t re;
+    const char *pattern;
+} exclusion;
+
+static int compile_exclusions(const acem_merge_options *o, exclusion **out, size_t *n,
+                              acem_error *err) {
+    const char *const *preset = NULL;
+    size_t n_preset = 0;
+    if (o->preset && plan_preset_patterns(o->preset, &preset, &n_preset))
+        return acem_fail(err, "unknown preset \"%s\" (gpt2, bert, roberta, llama, clip-vit)",
+                         o->preset);
+    size_t total = (size_t)o->n_excludes + n_preset;
+    exclusion *ex = acem_alloc(total + 1, sizeof *ex, "exclusions", err);
+    if (!ex) return -1;
+    for (size_t i = 0; i < total; i++) {
+        const char *pat = i < (size_t)o->n_excludes ? o->excludes[i] : preset[i - o->n_excludes];
+        int rc = regcomp(&ex[i].re, pat, REG_EXTENDED | REG_NOSUB);
+        if (rc) {
+            char msg[128];
+            regerror(rc, &ex[i].re, msg, sizeof msg);
+            for (size_t k = 0; k < i; k++) regfree(&ex[k].re);
+            free(ex);
+            return acem_fail(err, "--exclude \"%s\": %s", pat, msg);
+        }
+        ex[i].pattern = pat;
+    }
+    *out = ex;
+    *n = total;
+    return 0;
+}
+
+static bool same_shape(const acem_tensor *a, const acem_tensor *b) {
+    return a->ndim == b->ndim && memcmp(a->shape, b->shape, sizeof(uint64_t) * a->ndim) == 0;
+}
+
+static void shape_str(const acem_tensor *t, char *buf, size_t len) {
+    size_t k = (size_t)snprintf(buf, len, "[");
+    for (int d = 0; d < t->ndim && k < len; d++)
+        k += (size_t)snprintf(buf + k, len - k, "%s%llu", d ? ", " : "",
+                              (unsigned long long)t->shape[d]);
+    if (k < len) snprintf(buf + k, len - k, "]");
+}
+
+static int match_experts(plan_entry *e, const acem_checkpoint *const *experts, int T,
+                         acem_error *err) {
+    const acem_tensor *b = e->base;
+    for (int t = 0; t < T; t++) {
+        const char *path = acem_checkpoint_path(experts[t]);
+        const acem_tensor *x = acem_checkpoint_find(experts[t], b->name);
+        if (!x) return acem_fail(err, "%s: tensor \"%s\" of the base is missing", path, b->name);
+        if (x->dtype != b->dtype)
+            return acem_fail(err, "%s: tensor \"%s\" is %s but %s in the base", path, b->name,
+                             acem_dtype_name(x->dtype), acem_dtype_name(b->dtype));
+        if (!same_shape(x, b)) {
+            char sx[160], sb[160];
+            shape_str(x, sx, sizeof sx);
+            shape_str(b, sb, sizeof sb);
+            return acem_fail(err, "%s: tensor \"%s\" has shape %s but %s in the base", path,
+                             b->name, sx, sb);
+        }
+        e->experts[t] = x;
+    }
+    return 0;
+}
+
+int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *const *experts,
+               int T, const acem_merge_options *o, acem_error *err) {
+    memset(p, 0, sizeof *p);
+    exclusion *ex = NULL;
+    size_t n_ex = 0;
+    if (compile_exclusions(o, &ex, &n_ex, err)) return -1;
+    int rc = -1;
+    p->n = acem_checkpoint_count(base);
+    if (!(p->entries = acem_alloc(p->n, sizeof *p->entries, "the plan", err)) ||
+        !(p->expert_slots = acem_alloc(p->n * (size_t)T, sizeof *p->expert_slots, "the plan", err)))
+        goto out;
+    for (size_t i = 0; i < p->n; i++) {
+        plan_entry *e = &p->entries[i];
+        e->base = acem_checkpoint_at(base, i);
+        e->experts = p->expert_slots + i * (size_t)T;
+        if (match_experts(e, experts, T, err)) goto out;
+        bool is_float = acem_dtype_is_mergeable(e->base->dtype);
+        e->out_dtype = is_float && o->out_dtype != ACEM_DT_NONE ? o->out_dtype : e->base->dtype;
+        e->action = is_float ? PLAN_MERGE : PLAN_COPY;
+        if (!is_float) e->reason = "not a floating-point tensor";
+        for (size_t k = 0; k < n_ex && e->action == PLAN_MERGE; k++)
+            if (regexec(&ex[k].re, e->base->name, 0, NULL, 0) == 0) {
+                e->action = PLAN_COPY;
+                e->reason = ex[k].pattern;
+            }
+        p->n_merge += e->action == PLAN_MERGE;
+        p->bytes_to_read += e->base->nbytes * (e->action == PLAN_MERGE ? (uint64_t)T + 1 : 1);
+    }
+    rc = 0;
+out:
+    for (size_t k = 0; k < n_ex; k++) regfree(&ex[k].re);
+    free(ex);
+    if (rc) plan_free(p);
+    return rc;
+}
+
+void plan_free(plan *p) {
+    free(p->entries);
+    free(p->expert_slots);
+    memset(p, 0, sizeof *p);
+}

@@ -1,0 +1,107 @@
+/* util.c — errors, checked allocation, formatting, clocks, paths. */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+int acem_fail(acem_error *err, const char *fmt, ...) {
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+        /* One line, always: a message quoting a hostile name must not break it. */
+        for (char *p = err->msg; *p; p++)
+            if (*p == '\n' || *p == '\r') *p = ' ';
+    }
+    return -1;
+}
+
+void *acem_alloc(size_t n, size_t size, const char *what, acem_error *err) {
+    size_t total;
+    if (__builtin_mul_overflow(n, size, &total)) {
+        acem_fail(err, "allocation for %s overflows (%zu x %zu bytes)", what, n, size);
+        return NULL;
+    }
+    void *p = calloc(total ? total : 1, 1);
+    if (!p) {
+        char b[32];
+        acem_fail(err, "out of memory allocating %s for %s", acem_format_bytes(total, b, sizeof b),
+                  what);
+    }
+    return p;
+}
+
+char *acem_strdup(const char *s, acem_error *err) {
+    size_t n = strlen(s) + 1;
+    char *d = acem_alloc(n, 1, "a string", err);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+const char *acem_format_bytes(uint64_t n, char *buf, size_t len) {
+    static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = (double)n;
+    int u = 0;
+    while (v >= 1024.0 && u < 4) {
+        v /= 1024.0;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, len, "%llu B", (unsigned long long)n);
+    else
+        snprintf(buf, len, "%.1f %s", v, units[u]);
+    return buf;
+}
+
+double acem_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+bool acem_is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+char *acem_path_join(const char *dir, const char *name, acem_error *err) {
+    size_t a = strlen(dir), b = strlen(name);
+    char *p = acem_alloc(a + b + 2, 1, "a path", err);
+    if (!p) return NULL;
+    memcpy(p, dir, a);
+    size_t k = a;
+    if (a && dir[a - 1] != '/') p[k++] = '/';
+    memcpy(p + k, name, b + 1);
+    return p;
+}
+
+int acem_parse_size(const char *s, uint64_t *bytes) {
+    if (!s || *s < '0' || *s > '9') return -1;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno) return -1;
+    int shift = 0;
+    if (*end) {
+        switch (*end) {
+        case 'K': case 'k': shift = 10; break;
+        case 'M': case 'm': shift = 20; break;
+        case 'G': case 'g': shift = 30; break;
+        case 'T': case 't': shift = 40; break;
+        default: return -1;
+        }
+        end++;
+        if (*end == 'B' || *end == 'b' || (*end == 'i' && (end[1] == 'B' || end[1] == 'b')))
+            end += *end == 'i' ? 2 : 1;
+        if (*end) return -1;
+    }
+    if (shift && v > (UINT64_MAX >> shift)) return -1;
+    *bytes = (uint64_t)v << shift;
+    return 0;
+}
