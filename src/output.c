@@ -52,9 +52,12 @@ int output_begin(output *o, const char *out, bool force, acem_error *err) {
     size_t n = strlen(out) + 32;
     if (!(o->tmp_path = acem_alloc(n, 1, "a path", err))) return -1;
     snprintf(o->tmp_path, n, "%s.acem-tmp-%ld", out, (long)getpid());
-    if (!o->is_file && mkdir(o->tmp_path, 0755) != 0) {
-        acem_fail(err, "%s: cannot create a temporary directory beside the output: %s", out,
-                  strerror(errno));
+    /* Create the temporary now, so that an unusable destination is reported by its name. */
+    int fd = o->is_file ? open(o->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644) : -1;
+    if (fd >= 0) close(fd);
+    if (o->is_file ? fd < 0 : mkdir(o->tmp_path, 0755) != 0) {
+        acem_fail(err, "%s: cannot create a temporary %s beside the output: %s", out,
+                  o->is_file ? "file" : "directory", strerror(errno));
         free(o->tmp_path);
         o->tmp_path = NULL;
         return -1;

@@ -88,7 +88,7 @@ static int add_file(acem_checkpoint *ck, const char *path, acem_error *err) {
     f->fd = -1;
     if (!(f->path = acem_strdup(path, err))) return -1;
     ck->n_files++;
-    f->fd = open(path, O_RDONLY | O_CLOEXEC);
+    f->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK) /* a FIFO must not block us */;
     if (f->fd < 0) return acem_fail(err, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
     if (fstat(f->fd, &st) != 0) return acem_fail(err, "%s: cannot stat: %s", path, strerror(errno));
@@ -136,7 +136,7 @@ static int cmp_str(const void *a, const void *b) {
 }
 
 static char *read_small_file(const char *path, uint64_t limit, size_t *len, acem_error *err) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK) /* a FIFO must not block us */;
     if (fd < 0) {
         acem_fail(err, "%s: cannot open: %s", path, strerror(errno));
         return NULL;

@@ -27,7 +27,7 @@ struct st_writer {
     shard *shards;
     size_t n_shards;
     const char *dir; /* NULL for a single file */
-    const acem_param *meta;
+    acem_param *meta; /* owned copies: shards opened later must not see dead strings */
     size_t n_meta;
     int fd;
     size_t cur_shard, cur_tensor;
@@ -97,7 +97,9 @@ static char *shard_header(const st_writer *w, const shard *s, size_t *len, acem_
 
 static int open_shard(st_writer *w, size_t i, acem_error *err) {
     const shard *s = &w->shards[i];
-    w->fd = open(s->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    /* Shards are new names in a fresh directory; a single file's temporary already exists. */
+    int flags = w->dir ? O_CREAT | O_EXCL : O_TRUNC;
+    w->fd = open(s->path, O_WRONLY | O_CLOEXEC | flags, 0644);
     if (w->fd < 0) return acem_fail(err, "%s: cannot create: %s", s->path, strerror(errno));
     size_t len;
     char *header = shard_header(w, s, &len, err);
@@ -173,9 +175,21 @@ int st_writer_open(const char *dir, const char *file_path, const st_out_tensor *
     w->tensors = tensors;
     w->n_tensors = n;
     w->dir = dir;
-    w->meta = meta;
-    w->n_meta = n_meta;
     w->fd = -1;
+    if (!(w->meta = acem_alloc(n_meta + 1, sizeof *w->meta, "metadata", err))) {
+        st_writer_free(w);
+        return -1;
+    }
+    for (; w->n_meta < n_meta; w->n_meta++) {
+        acem_param *m = &w->meta[w->n_meta];
+        m->key = acem_strdup(meta[w->n_meta].key, err);
+        m->value = m->key ? acem_strdup(meta[w->n_meta].value, err) : NULL;
+        if (!m->value) {
+            w->n_meta++;
+            st_writer_free(w);
+            return -1;
+        }
+    }
     if (plan_shards(w, dir ? max_shard_size : 0, file_path, err) ||
         !(w->buf = acem_alloc(WRITE_BUFFER, 1, "the write buffer", err)) ||
         open_shard(w, 0, err)) {
@@ -185,8 +199,7 @@ int st_writer_open(const char *dir, const char *file_path, const st_out_tensor *
     /* Position on tensor 0 (or past the end when there are none / all are empty). */
     w->cur_tensor = 0;
     w->left_in_tensor = n ? tensors[0].nbytes : 0;
-    if (n == 0) w->cur_tensor = 0;
-    else if (advance(w, err)) {
+    if (n && advance(w, err)) {
         st_writer_free(w);
         return -1;
     }
@@ -258,6 +271,11 @@ void st_writer_free(st_writer *w) {
     if (w->fd >= 0) close(w->fd);
     for (size_t i = 0; i < w->n_shards; i++) free(w->shards[i].path);
     free(w->shards);
+    for (size_t i = 0; i < w->n_meta; i++) {
+        free((char *)w->meta[i].key);
+        free((char *)w->meta[i].value);
+    }
+    free(w->meta);
     free(w->buf);
     free(w);
 }

@@ -1,0 +1,164 @@
+/* test_methods.c — method kernels on hand-made and random deltas (the float64 oracle
+ * tests in test_methods_golden.py check every method end to end). */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "methods/method.h"
+
+static method_ctx ctx(uint64_t n, int T, bool f64, const double *p) {
+    method_ctx c;
+    memset(&c, 0, sizeof c);
+    c.tensor = "w";
+    c.name_hash = acem_fnv1a64("w");
+    c.ndim = 1;
+    c.rows = 1;
+    c.cols = c.numel = n;
+    c.T = T;
+    c.f64 = f64;
+    c.threads = 1;
+    c.p = p;
+    return c;
+}
+
+static void test_ties_hand_case(void **state) {
+    (void)state;
+    /* density 0.5 of 4 entries: keep the 2 largest magnitudes of each task */
+    float d0[4] = {3, -1, 0.5f, -4}, d1[4] = {-2, 5, 0.1f, -1}, d2[4] = {1, 1, 1, 1};
+    void *d[3] = {d0, d1, d2};
+    float out[4];
+    double p[1] = {0.5};
+    method_ctx c = ctx(4, 3, false, p);
+    assert_int_equal(method_ties.merge(&c, d, out, NULL), 0);
+    /* trimmed: t0 {3,0,0,-4}; t1 {-2,5,0,0}; t2 all ones (ties at the threshold are kept)
+     * entry 0: sum 3-2+1=2 > 0 -> mean(3,1)=2; entry 1: 5+1 -> 3; entry 2: 1 -> 1;
+     * entry 3: -4+1 < 0 -> -4 */
+    assert_true(out[0] == 2.0f && out[1] == 3.0f && out[2] == 1.0f && out[3] == -4.0f);
+}
+
+static int cmp(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Trimming keeps exactly the entries whose magnitude is >= the k-th largest. */
+static void check_trim(bool f64, uint64_t n, double density, int distinct) {
+    double *ref = malloc(n * sizeof(double)), *sorted = malloc(n * sizeof(double));
+    void *buf = malloc(n * 8), *other = calloc(n, 8), *out = malloc(n * 8);
+    uint64_t s = n * 31 + (uint64_t)distinct;
+    for (uint64_t i = 0; i < n; i++) {
+        s = acem_mix64(s);
+        double v = distinct ? (double)(int64_t)(s % (uint64_t)distinct) - distinct / 2
+                            : ldexp((double)(s >> 11) * 0x1p-53 - 0.5, (int)(s % 40) - 20);
+        ref[i] = f64 ? v : (double)(float)v;
+        wr(buf, i, ref[i], f64);
+        sorted[i] = fabs(ref[i]);
+    }
+    qsort(sorted, n, sizeof(double), cmp);
+    uint64_t k = (uint64_t)(density * (double)n);
+    if (k < 1) k = 1;
+    double thr = sorted[n - k];
+    double p[1] = {density};
+    method_ctx c = ctx(n, 2, f64, p);
+    void *d[2] = {buf, other};
+    method_ties.merge(&c, d, out, NULL);
+    for (uint64_t i = 0; i < n; i++) {
+        double kept = fabs(ref[i]) >= thr ? ref[i] : 0.0;
+        assert_true(rd(buf, i, f64) == kept); /* deltas hold the trimmed values */
+    }
+    free(ref);
+    free(sorted);
+    free(buf);
+    free(other);
+    free(out);
+}
+
+static void test_ties_trim_random(void **state) {
+    (void)state;
+    for (int f64 = 0; f64 < 2; f64++) {
+        check_trim(f64, 1, 0.2, 0);
+        check_trim(f64, 1000, 0.2, 0);
+        check_trim(f64, 4097, 0.01, 0);
+        check_trim(f64, 5000, 0.3, 7); /* many equal magnitudes */
+        check_trim(f64, 300, 1.0, 0);
+        check_trim(f64, 300, 0.0, 0);  /* k = max(1, 0) = 1 */
+    }
+}
+
+/* The DARE mask depends on (seed, name, t, i) only: chunked calls and any thread count
+ * give the bits of one whole-tensor call. */
+static void test_dare_chunk_and_thread_invariance(void **state) {
+    (void)state;
+    enum { N = 10007, T = 3 };
+    float *src = malloc(N * T * sizeof(float)), *work = malloc(N * T * sizeof(float));
+    float whole[N], pieces[N];
+    for (int i = 0; i < N * T; i++) src[i] = (float)sin(i * 0.37);
+    double p[2] = {0.9, 0};
+    for (int variant = 0; variant < 2; variant++) {
+        const method_def *m = variant ? &method_dare_ties : &method_dare_linear;
+        memcpy(work, src, N * T * sizeof(float));
+        void *d[T] = {work, work + N, work + 2 * N};
+        method_ctx c = ctx(N, T, false, p);
+        c.seed = 42;
+        m->merge(&c, d, whole, NULL);
+        memcpy(work, src, N * T * sizeof(float));
+        c.threads = 2;
+        for (uint64_t from = 0; from < N; from += 999) {
+            c.offset = from;
+            c.numel = N - from < 999 ? N - from : 999;
+            void *dd[T] = {work + from, work + N + from, work + 2 * N + from};
+            m->merge(&c, dd, pieces + from, NULL);
+        }
+        assert_memory_equal(whole, pieces, sizeof whole);
+    }
+    /* about 10% of the entries survive, scaled by 10 */
+    memcpy(work, src, N * T * sizeof(float));
+    void *d[T] = {work, work + N, work + 2 * N};
+    method_ctx c = ctx(N, T, false, p);
+    float out[N];
+    method_dare_linear.merge(&c, d, out, NULL);
+    int kept = 0;
+    for (int i = 0; i < N; i++)
+        if (work[i] != 0) {
+            kept++;
+            assert_true(fabsf(work[i] - 10.0f * src[i]) <= 1e-5f * fabsf(src[i]) * 10);
+        }
+    assert_true(kept > N / 10 - 150 && kept < N / 10 + 150);
+    free(src);
+    free(work);
+}
+
+static void test_param_resolution(void **state) {
+    (void)state;
+    double v[METHOD_MAX_PARAMS];
+    char desc[128];
+    acem_error err = {{0}};
+    acem_param ok[] = {{"p", "0.5"}, {"rescale", "l1"}};
+    assert_int_equal(method_resolve_params(&method_dare_ties, ok, 2, v, desc, sizeof desc, &err), 0);
+    assert_true(v[0] == 0.5 && v[1] == 1);
+    assert_string_equal(desc, "p=0.5 rescale=l1");
+    assert_false(method_dare_ties.elementwise(v));
+    acem_param unknown[] = {{"densty", "0.5"}};
+    assert_int_not_equal(method_resolve_params(&method_ties, unknown, 1, v, desc, sizeof desc, &err), 0);
+    assert_non_null(strstr(err.msg, "no parameter \"densty\""));
+    acem_param range[] = {{"density", "1.5"}};
+    assert_int_not_equal(method_resolve_params(&method_ties, range, 1, v, desc, sizeof desc, &err), 0);
+    acem_param junk[] = {{"density", "0.2x"}};
+    assert_int_not_equal(method_resolve_params(&method_ties, junk, 1, v, desc, sizeof desc, &err), 0);
+    acem_param choice[] = {{"rescale", "l2"}};
+    assert_int_not_equal(method_resolve_params(&method_dare_linear, choice, 1, v, desc, sizeof desc, &err), 0);
+    assert_non_null(method_find("average"));
+    assert_null(method_find("nope"));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ties_hand_case),
+        cmocka_unit_test(test_ties_trim_random),
+        cmocka_unit_test(test_dare_chunk_and_thread_invariance),
+        cmocka_unit_test(test_param_resolution),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
