@@ -19,11 +19,11 @@ typedef struct spec {
 
 /* A two-layer MLP with embeddings and a norm, as a Hugging Face model would name it. */
 static const spec tensors[] = {
-    {"model.embed.weight", 2, {256, 64}},   {"model.layers.0.weight", 2, {128, 64}},
-    {"model.layers.0.bias", 1, {128, 0}},   {"model.layers.1.weight", 2, {64, 128}},
-    {"model.layers.1.bias", 1, {64, 0}},    {"model.norm.weight", 1, {64, 0}},
+    {"model.embed.weight", 2, {256, 64}}, {"model.layers.0.weight", 2, {128, 64}},
+    {"model.layers.0.bias", 1, {128, 0}}, {"model.layers.1.weight", 2, {64, 128}},
+    {"model.layers.1.bias", 1, {64, 0}},  {"model.norm.weight", 1, {64, 0}},
 };
-#define N_TENSORS (sizeof tensors / sizeof *tensors)
+#define N_TENSORS   (sizeof tensors / sizeof *tensors)
 #define N_POSITIONS 16
 
 /* xorshift64* and Box-Muller: deterministic normals without any library state. */
@@ -55,8 +55,8 @@ static int save_model(const char *dir, const char *name, float *const *data,
     acem_tensor_data td[N_TENSORS + 1];
     static const uint64_t pos_shape[1] = {N_POSITIONS};
     for (size_t i = 0; i < N_TENSORS; i++)
-        td[i] = (acem_tensor_data){tensors[i].name, ACEM_DT_F32, tensors[i].ndim,
-                                   tensors[i].shape, data[i]};
+        td[i] = (acem_tensor_data){tensors[i].name, ACEM_DT_F32, tensors[i].ndim, tensors[i].shape,
+                                   data[i]};
     td[N_TENSORS] = (acem_tensor_data){"model.position_ids", ACEM_DT_I64, 1, pos_shape, positions};
     snprintf(path, sizeof path, "%s/%s/model.safetensors", dir, name);
     acem_error err = {{0}};
@@ -75,14 +75,17 @@ static int save_model(const char *dir, const char *name, float *const *data,
     return 0;
 }
 
-static uint64_t numel(const spec *s) { return s->ndim == 1 ? s->shape[0] : s->shape[0] * s->shape[1]; }
+static uint64_t numel(const spec *s) {
+    return s->ndim == 1 ? s->shape[0] : s->shape[0] * s->shape[1];
+}
 
 /* Base weights ~ N(0, 0.02^2); expert t adds a rank-2 update of strength 0.01 * 3^t, so
  * the experts differ in how far they moved (as fine-tunes with different budgets do). */
 static int write_models(const char *dir) {
     float *base[N_TENSORS], *expert[N_TENSORS];
     int64_t positions[N_POSITIONS];
-    for (int i = 0; i < N_POSITIONS; i++) positions[i] = i;
+    for (int i = 0; i < N_POSITIONS; i++)
+        positions[i] = i;
     uint64_t seed = 0x5eed;
     int rc = 0;
     for (size_t i = 0; i < N_TENSORS; i++) {
@@ -100,8 +103,10 @@ static int write_models(const char *dir) {
             uint64_t cols = numel(&tensors[i]) / rows;
             double u[2][256], v[2][256];
             for (int r = 0; r < 2; r++) {
-                for (uint64_t a = 0; a < rows; a++) u[r][a] = normal(&seed);
-                for (uint64_t b = 0; b < cols; b++) v[r][b] = normal(&seed) / sqrt((double)cols);
+                for (uint64_t a = 0; a < rows; a++)
+                    u[r][a] = normal(&seed);
+                for (uint64_t b = 0; b < cols; b++)
+                    v[r][b] = normal(&seed) / sqrt((double)cols);
             }
             for (uint64_t a = 0; a < rows; a++)
                 for (uint64_t b = 0; b < cols; b++)
@@ -135,8 +140,10 @@ int cmd_example(int argc, char **argv) {
                    "             -m acem-example/expert-2 -M average -o merged.safetensors\n");
             return EXIT_OK;
         }
-        if (!strcmp(argv[i], "--method") && i + 1 < argc) method = argv[++i];
-        else if (argv[i][0] != '-') dir = argv[i];
+        if (!strcmp(argv[i], "--method") && i + 1 < argc)
+            method = argv[++i];
+        else if (argv[i][0] != '-')
+            dir = argv[i];
         else {
             cli_error("unknown option %s (see acem example --help)", argv[i]);
             return EXIT_USAGE;

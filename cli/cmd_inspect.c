@@ -52,8 +52,8 @@ int cmd_inspect(int argc, char **argv) {
             k += (size_t)snprintf(shape + k, sizeof shape - k, "%s%llu", d ? ", " : "",
                                   (unsigned long long)t->shape[d]);
         if (k < sizeof shape) snprintf(shape + k, sizeof shape - k, "]");
-        printf("%-*s  %-7s  %-24s  %12llu\n", (int)width, t->name, acem_dtype_name(t->dtype),
-               shape, (unsigned long long)t->nbytes);
+        printf("%-*s  %-7s  %-24s  %12llu\n", (int)width, t->name, acem_dtype_name(t->dtype), shape,
+               (unsigned long long)t->nbytes);
         total_bytes += t->nbytes;
         total_numel += t->numel;
     }

@@ -95,13 +95,20 @@ static int push(const char **list, int *n, const char *v, const char *flag) {
 static int parse_flags(int argc, char **argv, flags *f) {
     enum { O_SEED = 256, O_PRESET, O_DTYPE, O_PRECISION, O_SHARD, O_REPORT, O_NONFINITE };
     static const struct option longopts[] = {
-        {"base", required_argument, 0, 'b'},     {"model", required_argument, 0, 'm'},
-        {"method", required_argument, 0, 'M'},   {"output", required_argument, 0, 'o'},
-        {"lambda", required_argument, 0, 'l'},   {"param", required_argument, 0, 'p'},
-        {"exclude", required_argument, 0, 'x'},  {"threads", required_argument, 0, 't'},
-        {"force", no_argument, 0, 'f'},          {"quiet", no_argument, 0, 'q'},
-        {"help", no_argument, 0, 'h'},           {"seed", required_argument, 0, O_SEED},
-        {"preset", required_argument, 0, O_PRESET}, {"dtype", required_argument, 0, O_DTYPE},
+        {"base", required_argument, 0, 'b'},
+        {"model", required_argument, 0, 'm'},
+        {"method", required_argument, 0, 'M'},
+        {"output", required_argument, 0, 'o'},
+        {"lambda", required_argument, 0, 'l'},
+        {"param", required_argument, 0, 'p'},
+        {"exclude", required_argument, 0, 'x'},
+        {"threads", required_argument, 0, 't'},
+        {"force", no_argument, 0, 'f'},
+        {"quiet", no_argument, 0, 'q'},
+        {"help", no_argument, 0, 'h'},
+        {"seed", required_argument, 0, O_SEED},
+        {"preset", required_argument, 0, O_PRESET},
+        {"dtype", required_argument, 0, O_DTYPE},
         {"precision", required_argument, 0, O_PRECISION},
         {"max-shard-size", required_argument, 0, O_SHARD},
         {"report", required_argument, 0, O_REPORT},
@@ -114,10 +121,14 @@ static int parse_flags(int argc, char **argv, flags *f) {
     while ((c = getopt_long(argc, argv, ":b:m:M:o:l:p:x:t:fqh", longopts, NULL)) != -1) {
         switch (c) {
         case 'b': f->base = optarg; break;
-        case 'm': if (push(f->models, &f->n_models, optarg, "--model")) return -1; break;
+        case 'm':
+            if (push(f->models, &f->n_models, optarg, "--model")) return -1;
+            break;
         case 'M': f->method = optarg; break;
         case 'o': f->out = optarg; break;
-        case 'x': if (push(f->excludes, &f->n_excludes, optarg, "--exclude")) return -1; break;
+        case 'x':
+            if (push(f->excludes, &f->n_excludes, optarg, "--exclude")) return -1;
+            break;
         case 'f': f->force = 1; break;
         case 'q': f->quiet = 1; break;
         case 'h': print_help(); return 1;
@@ -141,13 +152,19 @@ static int parse_flags(int argc, char **argv, flags *f) {
             f->params[f->n_params++] = (acem_param){optarg, eq + 1};
             break;
         }
-        case 't': if (parse_int(optarg, "--threads", 1, 4096, &f->threads)) return -1; break;
-        case O_SEED: if (parse_int(optarg, "--seed", 0, INT64_MAX, &f->seed)) return -1; break;
+        case 't':
+            if (parse_int(optarg, "--threads", 1, 4096, &f->threads)) return -1;
+            break;
+        case O_SEED:
+            if (parse_int(optarg, "--seed", 0, INT64_MAX, &f->seed)) return -1;
+            break;
         case O_DTYPE:
         case O_PRECISION: {
             acem_dtype dt = acem_dtype_parse(optarg);
-            if (dt == ACEM_DT_NONE || (c == O_PRECISION && dt != ACEM_DT_F32 && dt != ACEM_DT_F64)) {
-                cli_error("%s: unknown type \"%s\"", c == O_DTYPE ? "--dtype" : "--precision", optarg);
+            if (dt == ACEM_DT_NONE ||
+                (c == O_PRECISION && dt != ACEM_DT_F32 && dt != ACEM_DT_F64)) {
+                cli_error("%s: unknown type \"%s\"", c == O_DTYPE ? "--dtype" : "--precision",
+                          optarg);
                 return -1;
             }
             *(c == O_DTYPE ? &f->dtype : &f->precision) = dt;
@@ -160,7 +177,9 @@ static int parse_flags(int argc, char **argv, flags *f) {
             }
             break;
         case ':': cli_error("option %s needs a value", argv[optind - 1]); return -1;
-        default: cli_error("unknown option %s (see acem merge --help)", argv[optind - 1]); return -1;
+        default:
+            cli_error("unknown option %s (see acem merge --help)", argv[optind - 1]);
+            return -1;
         }
     }
     if (optind < argc) f->config = argv[optind++];
@@ -187,8 +206,10 @@ static void apply_flags(const flags *f, acem_merge_options *o, acem_param *param
         o->n_excludes = f->n_excludes;
     }
     /* Config parameters first, flags after: a later key overrides an earlier one. */
-    for (int i = 0; i < o->n_params; i++) params[i] = o->params[i];
-    for (int i = 0; i < f->n_params; i++) params[o->n_params + i] = f->params[i];
+    for (int i = 0; i < o->n_params; i++)
+        params[i] = o->params[i];
+    for (int i = 0; i < f->n_params; i++)
+        params[o->n_params + i] = f->params[i];
     o->params = params;
     o->n_params += f->n_params;
     if (!isnan(f->lambda)) o->lambda = f->lambda;

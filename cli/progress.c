@@ -33,7 +33,8 @@ void progress_update(void *user, const acem_progress *pr) {
     if (frac > 1) frac = 1;
     char bar[31];
     int filled = (int)(frac * 30);
-    for (int i = 0; i < 30; i++) bar[i] = i < filled ? '#' : '.';
+    for (int i = 0; i < 30; i++)
+        bar[i] = i < filled ? '#' : '.';
     bar[30] = 0;
     double el = t - p->start, rate = el > 0 ? (double)pr->bytes_done / el : 0;
     double eta = rate > 0 ? (double)(pr->bytes_total - pr->bytes_done) / rate : 0;

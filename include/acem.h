@@ -20,7 +20,7 @@
 extern "C" {
 #endif
 
-#define ACEM_VERSION "0.1.0"
+#define ACEM_VERSION  "0.1.0"
 #define ACEM_MAX_DIMS 8
 
 typedef struct acem_error {
@@ -48,10 +48,10 @@ typedef enum acem_dtype {
     ACEM_DT_NONE = -1
 } acem_dtype;
 
-const char *acem_dtype_name(acem_dtype dt);          /* "F32", ... */
-acem_dtype acem_dtype_from_name(const char *name);   /* ACEM_DT_NONE if unknown */
+const char *acem_dtype_name(acem_dtype dt);        /* "F32", ... */
+acem_dtype acem_dtype_from_name(const char *name); /* ACEM_DT_NONE if unknown */
 size_t acem_dtype_size(acem_dtype dt);
-int acem_dtype_is_mergeable(acem_dtype dt);          /* F64, F32, F16, BF16 */
+int acem_dtype_is_mergeable(acem_dtype dt); /* F64, F32, F16, BF16 */
 
 /* "f32", "F32", "float32", "bf16", ... as a user types them; ACEM_DT_NONE if unknown. */
 acem_dtype acem_dtype_parse(const char *s);
@@ -93,8 +93,8 @@ const acem_tensor *acem_checkpoint_find(const acem_checkpoint *ck, const char *n
 const char *acem_checkpoint_file_path(const acem_checkpoint *ck, int file);
 size_t acem_checkpoint_file_count(const acem_checkpoint *ck);
 /* Reads nbytes raw bytes of tensor t starting at byte `from` of its data. */
-int acem_checkpoint_read(const acem_checkpoint *ck, const acem_tensor *t, uint64_t from,
-                         void *dst, uint64_t nbytes, acem_error *err);
+int acem_checkpoint_read(const acem_checkpoint *ck, const acem_tensor *t, uint64_t from, void *dst,
+                         uint64_t nbytes, acem_error *err);
 /* __metadata__ of the (first) file: key/value pairs. */
 size_t acem_checkpoint_metadata_count(const acem_checkpoint *ck);
 void acem_checkpoint_metadata_at(const acem_checkpoint *ck, size_t i, const char **key,
@@ -137,21 +137,21 @@ typedef struct acem_merge_options {
     const char *const *models;
     int n_models;
     const char *method;
-    double lambda;  /* NaN: the method's default */
+    double lambda; /* NaN: the method's default */
     const acem_param *params;
     int n_params;
     const char *const *excludes; /* POSIX extended regexes, searched in the tensor name */
     int n_excludes;
-    const char *preset;          /* gpt2|bert|roberta|llama|clip-vit or NULL */
-    const char *out;             /* ends in .safetensors: one file; else a directory */
-    acem_dtype out_dtype;        /* ACEM_DT_NONE: same as base */
-    acem_dtype precision;        /* compute type, ACEM_DT_F32 (default) or ACEM_DT_F64 */
-    int threads;                 /* 0: all cores */
-    uint64_t max_shard_size;     /* 0: no sharding */
+    const char *preset;      /* gpt2|bert|roberta|llama|clip-vit or NULL */
+    const char *out;         /* ends in .safetensors: one file; else a directory */
+    acem_dtype out_dtype;    /* ACEM_DT_NONE: same as base */
+    acem_dtype precision;    /* compute type, ACEM_DT_F32 (default) or ACEM_DT_F64 */
+    int threads;             /* 0: all cores */
+    uint64_t max_shard_size; /* 0: no sharding */
     uint64_t seed;
-    int force;                   /* replace an existing output */
-    int allow_nonfinite;         /* skip the NaN/Inf check on inputs */
-    const char *report_path;     /* JSON run report, or NULL */
+    int force;               /* replace an existing output */
+    int allow_nonfinite;     /* skip the NaN/Inf check on inputs */
+    const char *report_path; /* JSON run report, or NULL */
     acem_progress_fn progress;
     void *progress_user;
     volatile sig_atomic_t *cancel; /* checked between chunks; non-zero aborts cleanly */
@@ -180,8 +180,7 @@ const char *acem_method_describe(size_t i); /* one line: formula and parameters 
 
 /* Owns every string the options point to. */
 typedef struct acem_config acem_config;
-int acem_config_load(const char *path, acem_config **out, acem_merge_options *o,
-                     acem_error *err);
+int acem_config_load(const char *path, acem_config **out, acem_merge_options *o, acem_error *err);
 void acem_config_free(acem_config *c);
 
 #ifdef __cplusplus

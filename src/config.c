@@ -67,9 +67,12 @@ static int number(cfg_ctx *x, yaml_node_t *n, const char *key, double *out) {
 static int boolean(cfg_ctx *x, yaml_node_t *n, const char *key, int *out) {
     const char *s = scalar(x, n, key);
     if (!s) return -1;
-    if (!strcmp(s, "true") || !strcmp(s, "yes")) *out = 1;
-    else if (!strcmp(s, "false") || !strcmp(s, "no")) *out = 0;
-    else return acem_fail(x->err, "%s: \"%s\" must be true or false", x->path, key);
+    if (!strcmp(s, "true") || !strcmp(s, "yes"))
+        *out = 1;
+    else if (!strcmp(s, "false") || !strcmp(s, "no"))
+        *out = 0;
+    else
+        return acem_fail(x->err, "%s: \"%s\" must be true or false", x->path, key);
     return 0;
 }
 
@@ -82,7 +85,8 @@ static int string_list(cfg_ctx *x, yaml_node_t *n, const char *key, const char *
     if (len > CONFIG_MAX_LIST) return acem_fail(x->err, "%s: \"%s\" is too long", x->path, key);
     if (!(*out = acem_alloc(len + 1, sizeof(char *), "a config list", x->err))) return -1;
     *count = 0;
-    for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
+    for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
+         it++) {
         yaml_node_t *item = node(x, *it);
         if (field && item && item->type == YAML_MAPPING_NODE) {
             yaml_node_t *value = NULL;
@@ -91,8 +95,10 @@ static int string_list(cfg_ctx *x, yaml_node_t *n, const char *key, const char *
                 const char *k = scalar(x, node(x, p->key), key);
                 if (!k) return -1;
                 if (strcmp(k, field) != 0)
-                    return acem_fail(x->err, "%s: \"%s\" entries take only \"%s\" (per-model "
-                                             "\"%s\" is not supported)", x->path, key, field, k);
+                    return acem_fail(x->err,
+                                     "%s: \"%s\" entries take only \"%s\" (per-model "
+                                     "\"%s\" is not supported)",
+                                     x->path, key, field, k);
                 value = node(x, p->value);
             }
             item = value;
@@ -127,7 +133,8 @@ static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
     acem_merge_options *o = x->o;
     const char *s;
     double d;
-    if (!strcmp(k, "merge_method") || !strcmp(k, "method")) return (o->method = scalar(x, v, k)) ? 0 : -1;
+    if (!strcmp(k, "merge_method") || !strcmp(k, "method"))
+        return (o->method = scalar(x, v, k)) ? 0 : -1;
     if (!strcmp(k, "base_model") || !strcmp(k, "base")) return (o->base = scalar(x, v, k)) ? 0 : -1;
     if (!strcmp(k, "output") || !strcmp(k, "out")) return (o->out = scalar(x, v, k)) ? 0 : -1;
     if (!strcmp(k, "preset")) return (o->preset = scalar(x, v, k)) ? 0 : -1;
@@ -156,8 +163,10 @@ static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
         if (number(x, v, k, &d)) return -1;
         if (!(d >= 0 && d <= 1e15 && floor(d) == d))
             return acem_fail(x->err, "%s: \"%s\" must be a non-negative integer", x->path, k);
-        if (!strcmp(k, "seed")) o->seed = (uint64_t)d;
-        else o->threads = (int)(d > 4096 ? 4096 : d);
+        if (!strcmp(k, "seed"))
+            o->seed = (uint64_t)d;
+        else
+            o->threads = (int)(d > 4096 ? 4096 : d);
         return 0;
     }
     if (!strcmp(k, "max_shard_size")) {
@@ -169,8 +178,7 @@ static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
     return acem_fail(x->err, "%s: unknown key \"%s\" (see docs/config.md)", x->path, k);
 }
 
-int acem_config_load(const char *path, acem_config **out, acem_merge_options *o,
-                     acem_error *err) {
+int acem_config_load(const char *path, acem_config **out, acem_merge_options *o, acem_error *err) {
     *out = NULL;
     acem_config *c = acem_alloc(1, sizeof *c, "the config", err);
     if (!c) return -1;
@@ -196,7 +204,8 @@ int acem_config_load(const char *path, acem_config **out, acem_merge_options *o,
         acem_fail(err, "%s: the top level must be a mapping of keys", path);
         goto out;
     }
-    for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
+    for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top;
+         p++) {
         const char *k = scalar(&x, node(&x, p->key), "key");
         if (!k || top_level_key(&x, k, node(&x, p->value))) goto out;
     }
@@ -204,7 +213,9 @@ int acem_config_load(const char *path, acem_config **out, acem_merge_options *o,
 out:
     yaml_parser_delete(&parser);
     fclose(f);
-    if (rc) acem_config_free(c);
-    else *out = c;
+    if (rc)
+        acem_config_free(c);
+    else
+        *out = c;
     return rc;
 }

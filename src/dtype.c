@@ -10,13 +10,13 @@ static const struct {
     const char *name;
     size_t size;
 } dtype_table[ACEM_DT_COUNT] = {
-    [ACEM_DT_BOOL] = {"BOOL", 1},   [ACEM_DT_U8] = {"U8", 1},
-    [ACEM_DT_I8] = {"I8", 1},       [ACEM_DT_F8_E5M2] = {"F8_E5M2", 1},
+    [ACEM_DT_BOOL] = {"BOOL", 1},       [ACEM_DT_U8] = {"U8", 1},
+    [ACEM_DT_I8] = {"I8", 1},           [ACEM_DT_F8_E5M2] = {"F8_E5M2", 1},
     [ACEM_DT_F8_E4M3] = {"F8_E4M3", 1}, [ACEM_DT_I16] = {"I16", 2},
-    [ACEM_DT_U16] = {"U16", 2},     [ACEM_DT_F16] = {"F16", 2},
-    [ACEM_DT_BF16] = {"BF16", 2},   [ACEM_DT_I32] = {"I32", 4},
-    [ACEM_DT_U32] = {"U32", 4},     [ACEM_DT_F32] = {"F32", 4},
-    [ACEM_DT_F64] = {"F64", 8},     [ACEM_DT_I64] = {"I64", 8},
+    [ACEM_DT_U16] = {"U16", 2},         [ACEM_DT_F16] = {"F16", 2},
+    [ACEM_DT_BF16] = {"BF16", 2},       [ACEM_DT_I32] = {"I32", 4},
+    [ACEM_DT_U32] = {"U32", 4},         [ACEM_DT_F32] = {"F32", 4},
+    [ACEM_DT_F64] = {"F64", 8},         [ACEM_DT_I64] = {"I64", 8},
     [ACEM_DT_U64] = {"U64", 8},
 };
 
@@ -106,10 +106,11 @@ int64_t acem_first_nonfinite_raw(const void *raw, acem_dtype dt, size_t n) {
 }
 
 /* The loops are written per (stored, compute) pair so that each one vectorises. */
-#define CONVERT_LOOP(DST_T, EXPR)                                                        \
-    do {                                                                                 \
-        DST_T *d = dst;                                                                  \
-        for (size_t i = 0; i < n; i++) d[i] = (DST_T)(EXPR);                             \
+#define CONVERT_LOOP(DST_T, EXPR)                                                                  \
+    do {                                                                                           \
+        DST_T *d = dst;                                                                            \
+        for (size_t i = 0; i < n; i++)                                                             \
+            d[i] = (DST_T)(EXPR);                                                                  \
     } while (0)
 
 int64_t acem_convert_from_raw(const void *raw, acem_dtype dt, void *dst, acem_dtype compute,
@@ -133,37 +134,42 @@ int64_t acem_convert_from_raw(const void *raw, acem_dtype dt, void *dst, acem_dt
     return check_finite ? acem_first_nonfinite_raw(raw, dt, n) : -1;
 }
 
-void acem_convert_to_raw(const void *src, acem_dtype compute, void *raw, acem_dtype dt,
-                         size_t n) {
+void acem_convert_to_raw(const void *src, acem_dtype compute, void *raw, acem_dtype dt, size_t n) {
     uint16_t *h = raw;
     if (compute == ACEM_DT_F64) {
         const double *s = src;
         switch (dt) {
         case ACEM_DT_F64: memcpy(raw, src, n * 8); break;
         case ACEM_DT_F32:
-            for (size_t i = 0; i < n; i++) ((float *)raw)[i] = (float)s[i];
+            for (size_t i = 0; i < n; i++)
+                ((float *)raw)[i] = (float)s[i];
             break;
         /* Double rounding f64 -> f32 -> f16 can differ from direct rounding only on exact
          * f32 ties, far below the half-ulp of f16 that matters here. */
         case ACEM_DT_F16:
-            for (size_t i = 0; i < n; i++) h[i] = acem_f32_to_f16((float)s[i]);
+            for (size_t i = 0; i < n; i++)
+                h[i] = acem_f32_to_f16((float)s[i]);
             break;
         default:
-            for (size_t i = 0; i < n; i++) h[i] = acem_f32_to_bf16((float)s[i]);
+            for (size_t i = 0; i < n; i++)
+                h[i] = acem_f32_to_bf16((float)s[i]);
             break;
         }
     } else {
         const float *s = src;
         switch (dt) {
         case ACEM_DT_F64:
-            for (size_t i = 0; i < n; i++) ((double *)raw)[i] = s[i];
+            for (size_t i = 0; i < n; i++)
+                ((double *)raw)[i] = s[i];
             break;
         case ACEM_DT_F32: memcpy(raw, src, n * 4); break;
         case ACEM_DT_F16:
-            for (size_t i = 0; i < n; i++) h[i] = acem_f32_to_f16(s[i]);
+            for (size_t i = 0; i < n; i++)
+                h[i] = acem_f32_to_f16(s[i]);
             break;
         default:
-            for (size_t i = 0; i < n; i++) h[i] = acem_f32_to_bf16(s[i]);
+            for (size_t i = 0; i < n; i++)
+                h[i] = acem_f32_to_bf16(s[i]);
             break;
         }
     }
@@ -174,9 +180,9 @@ acem_dtype acem_dtype_parse(const char *s) {
         const char *name;
         acem_dtype dt;
     } names[] = {
-        {"f32", ACEM_DT_F32},  {"float32", ACEM_DT_F32},  {"F32", ACEM_DT_F32},
-        {"f64", ACEM_DT_F64},  {"float64", ACEM_DT_F64},  {"F64", ACEM_DT_F64},
-        {"f16", ACEM_DT_F16},  {"float16", ACEM_DT_F16},  {"F16", ACEM_DT_F16},
+        {"f32", ACEM_DT_F32},   {"float32", ACEM_DT_F32},   {"F32", ACEM_DT_F32},
+        {"f64", ACEM_DT_F64},   {"float64", ACEM_DT_F64},   {"F64", ACEM_DT_F64},
+        {"f16", ACEM_DT_F16},   {"float16", ACEM_DT_F16},   {"F16", ACEM_DT_F16},
         {"bf16", ACEM_DT_BF16}, {"bfloat16", ACEM_DT_BF16}, {"BF16", ACEM_DT_BF16},
     };
     for (size_t i = 0; i < sizeof names / sizeof *names; i++)

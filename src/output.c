@@ -75,8 +75,7 @@ static void remove_tree(const char *path, bool is_file) {
     if (d) {
         struct dirent *e;
         while ((e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-                unlinkat(dirfd(d), e->d_name, 0);
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) unlinkat(dirfd(d), e->d_name, 0);
         closedir(d);
     }
     rmdir(path);
@@ -92,9 +91,12 @@ static void fsync_parent(const char *path) {
     char buf[PATH_MAX];
     snprintf(buf, sizeof buf, "%s", path);
     char *slash = strrchr(buf, '/');
-    if (slash == buf) slash[1] = 0;
-    else if (slash) *slash = 0;
-    else snprintf(buf, sizeof buf, ".");
+    if (slash == buf)
+        slash[1] = 0;
+    else if (slash)
+        *slash = 0;
+    else
+        snprintf(buf, sizeof buf, ".");
     int fd = open(buf, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0) {
         fsync(fd);
@@ -132,8 +134,8 @@ int output_commit(output *o, acem_error *err) {
 
 /* Weight files and indexes are not carried over: the merged weights replace them. */
 static bool is_weight_file(const char *name) {
-    static const char *const ext[] = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5",
-                                      ".msgpack", ".gguf", ".onnx", ".index.json"};
+    static const char *const ext[] = {".safetensors", ".bin",     ".pt",   ".pth",  ".ckpt",
+                                      ".h5",          ".msgpack", ".gguf", ".onnx", ".index.json"};
     size_t n = strlen(name);
     for (size_t i = 0; i < sizeof ext / sizeof *ext; i++) {
         size_t k = strlen(ext[i]);
@@ -177,8 +179,7 @@ static int copy_file(const char *src, const char *dst, acem_error *err) {
     return rc;
 }
 
-int output_copy_aux_files(const output *o, const char *base_dir, size_t *copied,
-                          acem_error *err) {
+int output_copy_aux_files(const output *o, const char *base_dir, size_t *copied, acem_error *err) {
     *copied = 0;
     if (o->is_file || !acem_is_dir(base_dir)) return 0;
     DIR *d = opendir(base_dir);
@@ -190,7 +191,8 @@ int output_copy_aux_files(const output *o, const char *base_dir, size_t *copied,
         char *src = acem_path_join(base_dir, e->d_name, err);
         char *dst = src ? acem_path_join(o->tmp_path, e->d_name, err) : NULL;
         struct stat st;
-        if (!dst) rc = -1;
+        if (!dst)
+            rc = -1;
         else if (stat(src, &st) == 0 && S_ISREG(st.st_mode)) {
             rc = copy_file(src, dst, err);
             if (!rc) (*copied)++;

@@ -17,8 +17,7 @@ int output_check_distinct(const char *out, const acem_checkpoint *const *inputs,
 /* Refuses an existing output unless force; creates the temporary (directory). */
 int output_begin(output *o, const char *out, bool force, acem_error *err);
 /* Copies the base directory's non-weight files (config.json, tokenizer, ...). */
-int output_copy_aux_files(const output *o, const char *base_dir, size_t *copied,
-                          acem_error *err);
+int output_copy_aux_files(const output *o, const char *base_dir, size_t *copied, acem_error *err);
 int output_commit(output *o, acem_error *err);
 void output_abort(output *o);
 

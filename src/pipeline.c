@@ -63,11 +63,12 @@ static int load(merge_run *r, const acem_checkpoint *ck, const acem_tensor *t, u
     size_t es = acem_dtype_size(t->dtype);
     if (acem_checkpoint_read(ck, t, from * es, r->raw_in, n * es, err)) return -1;
     r->progress.bytes_done += n * es;
-    int64_t bad = acem_convert_from_raw(r->raw_in, t->dtype, dst, r->o->precision, n,
-                                        !r->o->allow_nonfinite);
+    int64_t bad =
+        acem_convert_from_raw(r->raw_in, t->dtype, dst, r->o->precision, n, !r->o->allow_nonfinite);
     if (bad >= 0)
-        return acem_fail(err, "%s: tensor \"%s\" holds a non-finite value (NaN or Inf) at "
-                              "element %llu; pass --allow-nonfinite to merge it anyway",
+        return acem_fail(err,
+                         "%s: tensor \"%s\" holds a non-finite value (NaN or Inf) at "
+                         "element %llu; pass --allow-nonfinite to merge it anyway",
                          acem_checkpoint_file_path(ck, t->file), t->name,
                          (unsigned long long)(from + (uint64_t)bad));
     return 0;
@@ -76,14 +77,17 @@ static int load(merge_run *r, const acem_checkpoint *ck, const acem_tensor *t, u
 /* d -= w0, element by element. */
 static void subtract(void *d, const void *w0, uint64_t n, bool f64) {
     if (f64)
-        for (uint64_t i = 0; i < n; i++) ((double *)d)[i] -= ((const double *)w0)[i];
+        for (uint64_t i = 0; i < n; i++)
+            ((double *)d)[i] -= ((const double *)w0)[i];
     else
-        for (uint64_t i = 0; i < n; i++) ((float *)d)[i] -= ((const float *)w0)[i];
+        for (uint64_t i = 0; i < n; i++)
+            ((float *)d)[i] -= ((const float *)w0)[i];
 }
 
 /* out = w0 + lambda * out, computed in double. */
 static void apply_delta(void *out, const void *w0, double lambda, uint64_t n, bool f64) {
-    for (uint64_t i = 0; i < n; i++) wr(out, i, rd(w0, i, f64) + lambda * rd(out, i, f64), f64);
+    for (uint64_t i = 0; i < n; i++)
+        wr(out, i, rd(w0, i, f64) + lambda * rd(out, i, f64), f64);
 }
 
 static void method_ctx_for(const merge_run *r, const acem_tensor *t, method_ctx *c) {
@@ -181,7 +185,8 @@ static int alloc_buffers(merge_run *r, acem_error *err) {
 
 static void free_run(merge_run *r) {
     if (r->deltas)
-        for (int t = 0; t < r->T; t++) free(r->deltas[t]);
+        for (int t = 0; t < r->T; t++)
+            free(r->deltas[t]);
     free(r->deltas);
     free(r->w0);
     free(r->out);
@@ -190,7 +195,8 @@ static void free_run(merge_run *r) {
     st_writer_free(r->writer);
     plan_free(&r->plan);
     if (r->experts)
-        for (int t = 0; t < r->T; t++) acem_checkpoint_close(r->experts[t]);
+        for (int t = 0; t < r->T; t++)
+            acem_checkpoint_close(r->experts[t]);
     free(r->experts);
     acem_checkpoint_close(r->base);
     cJSON_Delete(r->report_tensors);
@@ -209,8 +215,10 @@ static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
     if (o->out_dtype != ACEM_DT_NONE && !acem_dtype_is_mergeable(o->out_dtype))
         return acem_fail(err, "output dtype must be f64, f32, f16 or bf16");
     if (o->max_shard_size && output_is_file(o->out))
-        return acem_fail(err, "%s: --max-shard-size needs a directory output, not a "
-                              ".safetensors file", o->out);
+        return acem_fail(err,
+                         "%s: --max-shard-size needs a directory output, not a "
+                         ".safetensors file",
+                         o->out);
     char desc[384];
     if (method_resolve_params(r->method, o->params, o->n_params, r->params, desc, sizeof desc, err))
         return -1;
@@ -222,7 +230,8 @@ static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
     r->T = o->n_models;
     snprintf(s->method, sizeof s->method, "%s", r->method->name);
     snprintf(s->params, sizeof s->params, "lambda=%g%s%s", r->lambda, desc[0] ? " " : "", desc);
-    if (r->method->merge == method_dare_linear.merge || r->method->merge == method_dare_ties.merge) {
+    if (r->method->merge == method_dare_linear.merge ||
+        r->method->merge == method_dare_ties.merge) {
         size_t k = strlen(s->params);
         snprintf(s->params + k, sizeof s->params - k, " seed=%llu", (unsigned long long)o->seed);
     }
@@ -237,7 +246,8 @@ static int open_inputs(merge_run *r, acem_error *err) {
         if (acem_checkpoint_open(o->models[t], &r->experts[t], err)) return -1;
     const acem_checkpoint *all[r->T + 1];
     all[0] = r->base;
-    for (int t = 0; t < r->T; t++) all[t + 1] = r->experts[t];
+    for (int t = 0; t < r->T; t++)
+        all[t + 1] = r->experts[t];
     if (output_check_distinct(o->out, all, r->T + 1, err)) return -1;
     return plan_build(&r->plan, r->base, (const acem_checkpoint *const *)r->experts, r->T, o, err);
 }
@@ -308,8 +318,10 @@ static int run_plan(merge_run *r, acem_merge_summary *s, acem_error *err) {
         const plan_entry *e = &r->plan.entries[i];
         r->progress.tensor = e->base->name;
         if (e->action == PLAN_MERGE ? merge_tensor(r, e, err) : copy_tensor(r, e, err)) return -1;
-        if (e->action == PLAN_MERGE) s->tensors_merged++;
-        else s->tensors_copied++;
+        if (e->action == PLAN_MERGE)
+            s->tensors_merged++;
+        else
+            s->tensors_copied++;
         s->bytes_written += e->base->numel * acem_dtype_size(e->out_dtype);
         report_add(r, e);
         r->progress.tensors_done = i + 1;
@@ -335,8 +347,7 @@ int acem_merge(const acem_merge_options *o, acem_merge_summary *s, acem_error *e
     if (output_begin(&out, o->out, o->force, err)) goto done;
     size_t aux = 0;
     if (open_writer(&r, &out, s, tensors, err) || run_plan(&r, s, err) ||
-        st_writer_finish(r.writer, err) ||
-        output_copy_aux_files(&out, o->base, &aux, err) ||
+        st_writer_finish(r.writer, err) || output_copy_aux_files(&out, o->base, &aux, err) ||
         (o->report_path && write_report(&r, s, err)) || output_commit(&out, err))
         goto done;
     s->shards = st_writer_shards(r.writer);

@@ -16,7 +16,7 @@ static const struct {
     const char *const *patterns;
     size_t n;
 } presets[] = {
-    {"gpt2", preset_gpt2, 1},   {"bert", preset_bert, 4},  {"roberta", preset_bert, 4},
+    {"gpt2", preset_gpt2, 1},   {"bert", preset_bert, 4}, {"roberta", preset_bert, 4},
     {"llama", preset_llama, 2}, {"clip-vit", NULL, 0},
 };
 
@@ -51,7 +51,8 @@ static int compile_exclusions(const acem_merge_options *o, exclusion **out, size
         if (rc) {
             char msg[128];
             regerror(rc, &ex[i].re, msg, sizeof msg);
-            for (size_t k = 0; k < i; k++) regfree(&ex[k].re);
+            for (size_t k = 0; k < i; k++)
+                regfree(&ex[k].re);
             free(ex);
             return acem_fail(err, "--exclude \"%s\": %s", pat, msg);
         }
@@ -96,8 +97,8 @@ static int match_experts(plan_entry *e, const acem_checkpoint *const *experts, i
     return 0;
 }
 
-int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *const *experts,
-               int T, const acem_merge_options *o, acem_error *err) {
+int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *const *experts, int T,
+               const acem_merge_options *o, acem_error *err) {
     memset(p, 0, sizeof *p);
     exclusion *ex = NULL;
     size_t n_ex = 0;
@@ -126,7 +127,8 @@ int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *cons
     }
     rc = 0;
 out:
-    for (size_t k = 0; k < n_ex; k++) regfree(&ex[k].re);
+    for (size_t k = 0; k < n_ex; k++)
+        regfree(&ex[k].re);
     free(ex);
     if (rc) plan_free(p);
     return rc;

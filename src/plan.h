@@ -10,7 +10,7 @@ typedef struct plan_entry {
     const acem_tensor *base;
     const acem_tensor **experts; /* T descriptors, same name, dtype and shape as base */
     plan_action action;
-    const char *reason;          /* why a tensor is copied (static string or a regex) */
+    const char *reason; /* why a tensor is copied (static string or a regex) */
     acem_dtype out_dtype;
 } plan_entry;
 
@@ -24,8 +24,8 @@ typedef struct plan {
 
 /* Checks names, dtypes and shapes across base and experts and assigns each tensor an
  * action: merged when floating point and not excluded (by --exclude or the preset). */
-int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *const *experts,
-               int T, const acem_merge_options *o, acem_error *err);
+int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *const *experts, int T,
+               const acem_merge_options *o, acem_error *err);
 void plan_free(plan *p);
 
 /* The reference's exclusions per model family (ace-merging.md), as POSIX EREs. */

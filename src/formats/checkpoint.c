@@ -47,7 +47,8 @@ void acem_checkpoint_close(acem_checkpoint *ck) {
         if (ck->files[i].fd >= 0) close(ck->files[i].fd);
         free(ck->files[i].path);
     }
-    for (size_t i = 0; i < ck->n_tensors; i++) free((char *)ck->tensors[i].name);
+    for (size_t i = 0; i < ck->n_tensors; i++)
+        free((char *)ck->tensors[i].name);
     st_header_free(&ck->meta);
     free(ck->files);
     free(ck->tensors);
@@ -58,8 +59,7 @@ void acem_checkpoint_close(acem_checkpoint *ck) {
 
 static const acem_tensor *g_sort_tensors; /* qsort has no context argument in C11 */
 static int cmp_by_name(const void *a, const void *b) {
-    return strcmp(g_sort_tensors[*(const size_t *)a].name,
-                  g_sort_tensors[*(const size_t *)b].name);
+    return strcmp(g_sort_tensors[*(const size_t *)a].name, g_sort_tensors[*(const size_t *)b].name);
 }
 
 const acem_tensor *acem_checkpoint_find(const acem_checkpoint *ck, const char *name) {
@@ -68,14 +68,16 @@ const acem_tensor *acem_checkpoint_find(const acem_checkpoint *ck, const char *n
         size_t mid = lo + (hi - lo) / 2;
         int c = strcmp(ck->tensors[ck->by_name[mid]].name, name);
         if (c == 0) return &ck->tensors[ck->by_name[mid]];
-        if (c < 0) lo = mid + 1;
-        else hi = mid;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return NULL;
 }
 
-int acem_checkpoint_read(const acem_checkpoint *ck, const acem_tensor *t, uint64_t from,
-                         void *dst, uint64_t nbytes, acem_error *err) {
+int acem_checkpoint_read(const acem_checkpoint *ck, const acem_tensor *t, uint64_t from, void *dst,
+                         uint64_t nbytes, acem_error *err) {
     if (from > t->nbytes || nbytes > t->nbytes - from)
         return acem_fail(err, "%s: read outside tensor \"%s\"", ck->path, t->name);
     const ck_file *f = &ck->files[t->file];
@@ -105,8 +107,10 @@ static int add_file(acem_checkpoint *ck, const char *path, acem_error *err) {
     memcpy(ck->tensors + ck->n_tensors, h.tensors, h.n_tensors * sizeof *h.tensors);
     ck->n_tensors += h.n_tensors;
     h.n_tensors = 0; /* names now belong to ck */
-    if (ck->n_files == 1) ck->meta = h;
-    else st_header_free(&h);
+    if (ck->n_files == 1)
+        ck->meta = h;
+    else
+        st_header_free(&h);
     return 0;
 }
 
@@ -114,7 +118,8 @@ static int add_file(acem_checkpoint *ck, const char *path, acem_error *err) {
 static int index_names(acem_checkpoint *ck, acem_error *err) {
     if (!(ck->by_name = acem_alloc(ck->n_tensors, sizeof(size_t), "the name index", err)))
         return -1;
-    for (size_t i = 0; i < ck->n_tensors; i++) ck->by_name[i] = i;
+    for (size_t i = 0; i < ck->n_tensors; i++)
+        ck->by_name[i] = i;
     g_sort_tensors = ck->tensors;
     qsort(ck->by_name, ck->n_tensors, sizeof(size_t), cmp_by_name);
     for (size_t i = 1; i < ck->n_tensors; i++) {
@@ -143,7 +148,8 @@ static char *read_small_file(const char *path, uint64_t limit, size_t *len, acem
     }
     struct stat st;
     char *buf = NULL;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) acem_fail(err, "%s: not a regular file", path);
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+        acem_fail(err, "%s: not a regular file", path);
     else if ((uint64_t)st.st_size > limit)
         acem_fail(err, "%s: larger than the %llu-byte limit", path, (unsigned long long)limit);
     else if ((buf = acem_alloc((size_t)st.st_size + 1, 1, "an index file", err)) &&
@@ -163,8 +169,8 @@ static int open_sharded(acem_checkpoint *ck, const char *dir, const char *index_
     size_t len;
     char *text = read_small_file(index_path, ACEM_INDEX_MAX_BYTES, &len, err);
     if (!text) return -1;
-    cJSON *root = acem_utf8_valid((unsigned char *)text, len) ? cJSON_ParseWithLength(text, len)
-                                                              : NULL;
+    cJSON *root =
+        acem_utf8_valid((unsigned char *)text, len) ? cJSON_ParseWithLength(text, len) : NULL;
     free(text);
     int rc = -1;
     char **shards = NULL;
@@ -256,7 +262,9 @@ int acem_checkpoint_open(const char *path, acem_checkpoint **out, acem_error *er
 out:
     free(single);
     free(index);
-    if (rc) acem_checkpoint_close(ck);
-    else *out = ck;
+    if (rc)
+        acem_checkpoint_close(ck);
+    else
+        *out = ck;
     return rc;
 }

@@ -5,8 +5,8 @@
 #include "internal.h"
 
 /* Limits on untrusted input, as in the reference safetensors implementation. */
-#define ACEM_ST_MAX_HEADER 100000000ULL
-#define ACEM_ST_MAX_TENSORS 1000000u
+#define ACEM_ST_MAX_HEADER   100000000ULL
+#define ACEM_ST_MAX_TENSORS  1000000u
 #define ACEM_INDEX_MAX_BYTES 100000000ULL
 /* JSON numbers arrive as doubles: integers above 2^53 cannot be represented exactly. */
 #define ACEM_JSON_MAX_INT 9007199254740992.0
@@ -29,8 +29,7 @@ void st_header_free(st_header *h);
 bool acem_utf8_valid(const unsigned char *buf, size_t len);
 
 /* pread until done; -1 with err set on failure or a short file. */
-int acem_pread_full(int fd, const char *path, void *dst, uint64_t n, uint64_t off,
-                    acem_error *err);
+int acem_pread_full(int fd, const char *path, void *dst, uint64_t n, uint64_t off, acem_error *err);
 
 /* ---- writing ---- */
 
@@ -47,9 +46,9 @@ typedef struct st_writer st_writer;
 /* Plans shards over `tensors` (in order; a new shard starts when the next tensor would
  * pass max_shard_size, 0 = one file), creates the files under dir (or the single file
  * `file_path` when dir is NULL) and writes every header up front. */
-int st_writer_open(const char *dir, const char *file_path, const st_out_tensor *tensors,
-                   size_t n, uint64_t max_shard_size, const acem_param *meta, size_t n_meta,
-                   st_writer **out, acem_error *err);
+int st_writer_open(const char *dir, const char *file_path, const st_out_tensor *tensors, size_t n,
+                   uint64_t max_shard_size, const acem_param *meta, size_t n_meta, st_writer **out,
+                   acem_error *err);
 /* Appends bytes of the current tensor; tensors are written in order. */
 int st_writer_write(st_writer *w, const void *data, uint64_t n, acem_error *err);
 /* Flushes, fsyncs and closes every shard and writes the index (when sharded). */

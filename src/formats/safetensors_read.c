@@ -23,8 +23,7 @@ int acem_pread_full(int fd, const char *path, void *dst, uint64_t n, uint64_t of
             if (errno == EINTR) continue;
             return acem_fail(err, "%s: read failed: %s", path, strerror(errno));
         }
-        if (got == 0)
-            return acem_fail(err, "%s: unexpected end of file (was it truncated?)", path);
+        if (got == 0) return acem_fail(err, "%s: unexpected end of file (was it truncated?)", path);
         p += got;
         off += (uint64_t)got;
         n -= (uint64_t)got;
@@ -42,10 +41,14 @@ bool acem_utf8_valid(const unsigned char *s, size_t len) {
         }
         size_t n;
         unsigned cp, min;
-        if ((c & 0xE0) == 0xC0) n = 1, cp = c & 0x1F, min = 0x80;
-        else if ((c & 0xF0) == 0xE0) n = 2, cp = c & 0x0F, min = 0x800;
-        else if ((c & 0xF8) == 0xF0) n = 3, cp = c & 0x07, min = 0x10000;
-        else return false;
+        if ((c & 0xE0) == 0xC0)
+            n = 1, cp = c & 0x1F, min = 0x80;
+        else if ((c & 0xF0) == 0xE0)
+            n = 2, cp = c & 0x0F, min = 0x800;
+        else if ((c & 0xF8) == 0xF0)
+            n = 3, cp = c & 0x07, min = 0x10000;
+        else
+            return false;
         if (len - i <= n) return false;
         for (size_t k = 1; k <= n; k++) {
             if ((s[i + k] & 0xC0) != 0x80) return false;
@@ -58,7 +61,8 @@ bool acem_utf8_valid(const unsigned char *s, size_t len) {
 }
 
 void st_header_free(st_header *h) {
-    for (size_t i = 0; i < h->n_tensors; i++) free((char *)h->tensors[i].name);
+    for (size_t i = 0; i < h->n_tensors; i++)
+        free((char *)h->tensors[i].name);
     for (size_t i = 0; i < h->n_meta; i++) {
         free(h->meta_keys[i]);
         free(h->meta_values[i]);
@@ -110,8 +114,8 @@ static int parse_tensor(const char *path, const cJSON *e, acem_tensor *t, uint64
                              : strcmp(k->string, "data_offsets") == 0 ? &offs
                                                                       : NULL;
         if (!slot)
-            return acem_fail(err, "%s: tensor \"%.64s\" has an unknown key \"%.32s\"", path,
-                             name, k->string);
+            return acem_fail(err, "%s: tensor \"%.64s\" has an unknown key \"%.32s\"", path, name,
+                             k->string);
         if (*slot)
             return acem_fail(err, "%s: tensor \"%.64s\" repeats the key \"%s\"", path, name,
                              k->string);
@@ -119,7 +123,9 @@ static int parse_tensor(const char *path, const cJSON *e, acem_tensor *t, uint64
     }
     if (!dtype || !shape || !offs)
         return acem_fail(err, "%s: tensor \"%.64s\" lacks %s", path, name,
-                         !dtype ? "a dtype" : !shape ? "a shape" : "data_offsets");
+                         !dtype   ? "a dtype"
+                         : !shape ? "a shape"
+                                  : "data_offsets");
     if (!cJSON_IsString(dtype) || acem_dtype_from_name(dtype->valuestring) == ACEM_DT_NONE)
         return acem_fail(err, "%s: tensor \"%.64s\" has an unknown dtype", path, name);
     t->dtype = acem_dtype_from_name(dtype->valuestring);
@@ -132,8 +138,10 @@ static int parse_tensor(const char *path, const cJSON *e, acem_tensor *t, uint64
     for (const cJSON *d = shape->child; d; d = d->next) {
         uint64_t v;
         if (!json_uint(d, &v))
-            return acem_fail(err, "%s: tensor \"%.64s\": shape holds a value that is not a "
-                                  "non-negative integer", path, name);
+            return acem_fail(err,
+                             "%s: tensor \"%.64s\": shape holds a value that is not a "
+                             "non-negative integer",
+                             path, name);
         if (!acem_mul_u64(t->numel, v, &t->numel))
             return acem_fail(err, "%s: tensor \"%.64s\": element count overflows", path, name);
         t->shape[t->ndim++] = v;
@@ -144,15 +152,18 @@ static int parse_tensor(const char *path, const cJSON *e, acem_tensor *t, uint64
     uint64_t b, en;
     if (!cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2 || !json_uint(offs->child, &b) ||
         !json_uint(offs->child->next, &en))
-        return acem_fail(err, "%s: tensor \"%.64s\": data_offsets must be two non-negative "
-                              "integers", path, name);
+        return acem_fail(err,
+                         "%s: tensor \"%.64s\": data_offsets must be two non-negative "
+                         "integers",
+                         path, name);
     if (en < b)
         return acem_fail(err, "%s: tensor \"%.64s\": data_offsets end before they begin", path,
                          name);
     if (en - b != t->nbytes)
-        return acem_fail(err, "%s: tensor \"%.64s\": data_offsets span %llu bytes but its "
-                              "dtype and shape need %llu", path, name,
-                         (unsigned long long)(en - b), (unsigned long long)t->nbytes);
+        return acem_fail(err,
+                         "%s: tensor \"%.64s\": data_offsets span %llu bytes but its "
+                         "dtype and shape need %llu",
+                         path, name, (unsigned long long)(en - b), (unsigned long long)t->nbytes);
     *begin = b;
     t->name = acem_strdup(name, err);
     return t->name ? 0 : -1;
@@ -165,8 +176,7 @@ static int cmp_offset(const void *a, const void *b) {
 }
 
 /* Sorted by offset, the tensors must cover [0, buffer_size) exactly once. */
-static int check_tiling(const char *path, st_header *h, uint64_t buffer_size,
-                        acem_error *err) {
+static int check_tiling(const char *path, st_header *h, uint64_t buffer_size, acem_error *err) {
     qsort(h->tensors, h->n_tensors, sizeof *h->tensors, cmp_offset);
     uint64_t at = 0;
     for (size_t i = 0; i < h->n_tensors; i++) {
@@ -223,7 +233,8 @@ static int parse_json(const char *path, const char *json, size_t len, uint64_t d
         t->offset = begin; /* relative until tiling is checked */
     }
     if (check_tiling(path, h, file_size - data_start, err)) goto out;
-    for (size_t i = 0; i < h->n_tensors; i++) h->tensors[i].offset += data_start;
+    for (size_t i = 0; i < h->n_tensors; i++)
+        h->tensors[i].offset += data_start;
     rc = 0;
 out:
     cJSON_Delete(root);
@@ -239,7 +250,8 @@ int st_header_read(const char *path, int fd, uint64_t file_size, int file, st_he
     unsigned char len8[8];
     if (acem_pread_full(fd, path, len8, 8, 0, err)) return -1;
     uint64_t n = 0;
-    for (int i = 7; i >= 0; i--) n = (n << 8) | len8[i];
+    for (int i = 7; i >= 0; i--)
+        n = (n << 8) | len8[i];
     if (n < 2 || n > ACEM_ST_MAX_HEADER)
         return acem_fail(err, "%s: header length %llu is outside [2, %llu]", path,
                          (unsigned long long)n, ACEM_ST_MAX_HEADER);

@@ -26,7 +26,7 @@ struct st_writer {
     size_t n_tensors;
     shard *shards;
     size_t n_shards;
-    const char *dir; /* NULL for a single file */
+    const char *dir;  /* NULL for a single file */
     acem_param *meta; /* owned copies: shards opened later must not see dead strings */
     size_t n_meta;
     int fd;
@@ -105,7 +105,8 @@ static int open_shard(st_writer *w, size_t i, acem_error *err) {
     char *header = shard_header(w, s, &len, err);
     if (!header) return -1;
     unsigned char len8[8];
-    for (int b = 0; b < 8; b++) len8[b] = (unsigned char)((uint64_t)len >> (8 * b));
+    for (int b = 0; b < 8; b++)
+        len8[b] = (unsigned char)((uint64_t)len >> (8 * b));
     int rc = write_all(w->fd, s->path, len8, 8, err) || write_all(w->fd, s->path, header, len, err);
     free(header);
     w->cur_shard = i;
@@ -115,15 +116,16 @@ static int open_shard(st_writer *w, size_t i, acem_error *err) {
 static int close_shard(st_writer *w, acem_error *err) {
     const char *path = w->shards[w->cur_shard].path;
     int rc = flush_buffer(w, err);
-    if (!rc && fsync(w->fd) != 0) rc = acem_fail(err, "%s: fsync failed: %s", path, strerror(errno));
-    if (close(w->fd) != 0 && !rc) rc = acem_fail(err, "%s: close failed: %s", path, strerror(errno));
+    if (!rc && fsync(w->fd) != 0)
+        rc = acem_fail(err, "%s: fsync failed: %s", path, strerror(errno));
+    if (close(w->fd) != 0 && !rc)
+        rc = acem_fail(err, "%s: close failed: %s", path, strerror(errno));
     w->fd = -1;
     return rc;
 }
 
 /* Greedy split in order: a shard closes when the next tensor would pass the limit. */
-static int plan_shards(st_writer *w, uint64_t max_shard, const char *file_path,
-                       acem_error *err) {
+static int plan_shards(st_writer *w, uint64_t max_shard, const char *file_path, acem_error *err) {
     if (!(w->shards = acem_alloc(w->n_tensors + 1, sizeof *w->shards, "shards", err))) return -1;
     uint64_t bytes = 0;
     w->n_shards = 1;
@@ -143,7 +145,8 @@ static int plan_shards(st_writer *w, uint64_t max_shard, const char *file_path,
             snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, w->n_shards);
         else
             snprintf(name, sizeof name, "model.safetensors");
-        w->shards[i].path = w->dir ? acem_path_join(w->dir, name, err) : acem_strdup(file_path, err);
+        w->shards[i].path =
+            w->dir ? acem_path_join(w->dir, name, err) : acem_strdup(file_path, err);
         if (!w->shards[i].path) return -1;
     }
     return 0;
@@ -166,9 +169,9 @@ static int advance(st_writer *w, acem_error *err) {
     return 0;
 }
 
-int st_writer_open(const char *dir, const char *file_path, const st_out_tensor *tensors,
-                   size_t n, uint64_t max_shard_size, const acem_param *meta, size_t n_meta,
-                   st_writer **out, acem_error *err) {
+int st_writer_open(const char *dir, const char *file_path, const st_out_tensor *tensors, size_t n,
+                   uint64_t max_shard_size, const acem_param *meta, size_t n_meta, st_writer **out,
+                   acem_error *err) {
     *out = NULL;
     st_writer *w = acem_alloc(1, sizeof *w, "the writer", err);
     if (!w) return -1;
@@ -191,8 +194,7 @@ int st_writer_open(const char *dir, const char *file_path, const st_out_tensor *
         }
     }
     if (plan_shards(w, dir ? max_shard_size : 0, file_path, err) ||
-        !(w->buf = acem_alloc(WRITE_BUFFER, 1, "the write buffer", err)) ||
-        open_shard(w, 0, err)) {
+        !(w->buf = acem_alloc(WRITE_BUFFER, 1, "the write buffer", err)) || open_shard(w, 0, err)) {
         st_writer_free(w);
         return -1;
     }
@@ -243,13 +245,16 @@ static int write_index(st_writer *w, acem_error *err) {
     cJSON_Delete(root);
     char *path = acem_path_join(w->dir, "model.safetensors.index.json", err);
     int rc = -1;
-    if (!json) acem_fail(err, "out of memory writing the index");
+    if (!json)
+        acem_fail(err, "out of memory writing the index");
     else if (path) {
         int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        if (fd < 0) acem_fail(err, "%s: cannot create: %s", path, strerror(errno));
+        if (fd < 0)
+            acem_fail(err, "%s: cannot create: %s", path, strerror(errno));
         else {
             rc = write_all(fd, path, json, strlen(json), err) || write_all(fd, path, "\n", 1, err);
-            if (!rc && fsync(fd) != 0) rc = acem_fail(err, "%s: fsync failed: %s", path, strerror(errno));
+            if (!rc && fsync(fd) != 0)
+                rc = acem_fail(err, "%s: fsync failed: %s", path, strerror(errno));
             close(fd);
         }
     }
@@ -269,7 +274,8 @@ int st_writer_finish(st_writer *w, acem_error *err) {
 void st_writer_free(st_writer *w) {
     if (!w) return;
     if (w->fd >= 0) close(w->fd);
-    for (size_t i = 0; i < w->n_shards; i++) free(w->shards[i].path);
+    for (size_t i = 0; i < w->n_shards; i++)
+        free(w->shards[i].path);
     free(w->shards);
     for (size_t i = 0; i < w->n_meta; i++) {
         free((char *)w->meta[i].key);

@@ -33,10 +33,11 @@ static void drop_and_rescale(const method_ctx *c, void *const *d) {
             wr(d[t], i, keep ? v : 0.0, f64);
         }
         double scale = c->p[P_RESCALE] == 0 ? 1.0 / (1.0 - p)
-                       : l1_kept > 0       ? l1_all / l1_kept
-                                           : 0.0;
+                       : l1_kept > 0        ? l1_all / l1_kept
+                                            : 0.0;
 #pragma omp parallel for num_threads(c->threads) schedule(static)
-        for (uint64_t i = 0; i < c->numel; i++) wr(d[t], i, rd(d[t], i, f64) * scale, f64);
+        for (uint64_t i = 0; i < c->numel; i++)
+            wr(d[t], i, rd(d[t], i, f64) * scale, f64);
     }
 }
 

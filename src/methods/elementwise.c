@@ -11,7 +11,8 @@ void deltas_scaled_sum(const method_ctx *c, void *const *d, void *out, double sc
 #pragma omp parallel for num_threads(c->threads) schedule(static)
     for (uint64_t i = 0; i < c->numel; i++) {
         double acc = 0;
-        for (int t = 0; t < c->T; t++) acc += rd(d[t], i, f64);
+        for (int t = 0; t < c->T; t++)
+            acc += rd(d[t], i, f64);
         wr(out, i, acc * scale, f64);
     }
 }
@@ -24,8 +25,7 @@ static int merge_average(const method_ctx *c, void *const *d, void *out, acem_er
 }
 
 /* Ilharco et al. 2023: Delta = sum_t Dt, applied with lambda (default 0.3). */
-static int merge_task_arithmetic(const method_ctx *c, void *const *d, void *out,
-                                 acem_error *err) {
+static int merge_task_arithmetic(const method_ctx *c, void *const *d, void *out, acem_error *err) {
     (void)err;
     deltas_scaled_sum(c, d, out, 1.0);
     return 0;

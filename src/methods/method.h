@@ -12,23 +12,23 @@
 typedef struct method_param {
     const char *name;
     double def;
-    double lo, hi;               /* numeric range, inclusive */
-    const char *const *choices;  /* NULL-terminated names for an enumerated parameter */
+    double lo, hi;              /* numeric range, inclusive */
+    const char *const *choices; /* NULL-terminated names for an enumerated parameter */
     const char *help;
 } method_param;
 
 typedef struct method_ctx {
-    const char *tensor;   /* name, for messages and the DARE key */
+    const char *tensor; /* name, for messages and the DARE key */
     uint64_t name_hash;
     int ndim;
-    uint64_t rows, cols;  /* 2-D shape as stored; rows = 1 for 1-D */
-    uint64_t numel;       /* elements in this call (a chunk for elementwise methods) */
-    uint64_t offset;      /* index of this call's first element within the tensor */
+    uint64_t rows, cols; /* 2-D shape as stored; rows = 1 for 1-D */
+    uint64_t numel;      /* elements in this call (a chunk for elementwise methods) */
+    uint64_t offset;     /* index of this call's first element within the tensor */
     int T;
-    bool f64;             /* compute precision: double when true, float otherwise */
+    bool f64; /* compute precision: double when true, float otherwise */
     int threads;
     uint64_t seed;
-    const double *p;      /* resolved parameters, in the method's table order */
+    const double *p; /* resolved parameters, in the method's table order */
 } method_ctx;
 
 typedef struct method_def {
@@ -45,16 +45,18 @@ typedef struct method_def {
 } method_def;
 
 const method_def *method_find(const char *name);
-int method_resolve_params(const method_def *m, const acem_param *given, int n_given,
-                          double *values, char *desc, size_t desc_len, acem_error *err);
+int method_resolve_params(const method_def *m, const acem_param *given, int n_given, double *values,
+                          char *desc, size_t desc_len, acem_error *err);
 
 /* Element access in the compute precision. */
 static inline double rd(const void *p, size_t i, bool f64) {
     return f64 ? ((const double *)p)[i] : (double)((const float *)p)[i];
 }
 static inline void wr(void *p, size_t i, double v, bool f64) {
-    if (f64) ((double *)p)[i] = v;
-    else ((float *)p)[i] = (float)v;
+    if (f64)
+        ((double *)p)[i] = v;
+    else
+        ((float *)p)[i] = (float)v;
 }
 
 /* out_i = scale * sum_t d_ti. */

@@ -7,8 +7,7 @@
 #include <string.h>
 
 static const method_def *const methods[] = {
-    &method_average, &method_task_arithmetic, &method_ties, &method_dare_linear,
-    &method_dare_ties,
+    &method_average, &method_task_arithmetic, &method_ties, &method_dare_linear, &method_dare_ties,
 };
 #define N_METHODS (sizeof methods / sizeof *methods)
 
@@ -20,24 +19,25 @@ const method_def *method_find(const char *name) {
 
 size_t acem_method_count(void) { return N_METHODS; }
 const char *acem_method_name(size_t i) { return i < N_METHODS ? methods[i]->name : NULL; }
-const char *acem_method_describe(size_t i) {
-    return i < N_METHODS ? methods[i]->describe : NULL;
-}
+const char *acem_method_describe(size_t i) { return i < N_METHODS ? methods[i]->describe : NULL; }
 
 /* Parses "key=value" parameters against the method's table; unknown keys, values out of
  * range and unknown choices are errors. desc receives "density=0.2 p=0.9" for the summary. */
-int method_resolve_params(const method_def *m, const acem_param *given, int n_given,
-                          double *values, char *desc, size_t desc_len, acem_error *err) {
-    for (int i = 0; i < m->n_params; i++) values[i] = m->params[i].def;
+int method_resolve_params(const method_def *m, const acem_param *given, int n_given, double *values,
+                          char *desc, size_t desc_len, acem_error *err) {
+    for (int i = 0; i < m->n_params; i++)
+        values[i] = m->params[i].def;
     for (int g = 0; g < n_given; g++) {
         int i = 0;
-        while (i < m->n_params && strcmp(m->params[i].name, given[g].key) != 0) i++;
+        while (i < m->n_params && strcmp(m->params[i].name, given[g].key) != 0)
+            i++;
         if (i == m->n_params)
             return acem_fail(err, "method %s has no parameter \"%s\"", m->name, given[g].key);
         const method_param *mp = &m->params[i];
         if (mp->choices) {
             int c = 0;
-            while (mp->choices[c] && strcmp(mp->choices[c], given[g].value) != 0) c++;
+            while (mp->choices[c] && strcmp(mp->choices[c], given[g].value) != 0)
+                c++;
             if (!mp->choices[c])
                 return acem_fail(err, "parameter %s: unknown choice \"%s\"", mp->name,
                                  given[g].value);

@@ -30,7 +30,8 @@ static uint64_t kth_largest_key(const void *p, uint64_t n, uint64_t k, bool f64)
             if ((key & mask) == prefix) hist[(key >> shift) & 0xffff]++;
         }
         int digit = 0xffff;
-        for (; digit > 0 && k > hist[digit]; digit--) k -= hist[digit];
+        for (; digit > 0 && k > hist[digit]; digit--)
+            k -= hist[digit];
         prefix |= (uint64_t)digit << shift;
         mask |= (uint64_t)0xffff << shift;
     }
@@ -42,7 +43,8 @@ void ties_disjoint_mean(const method_ctx *c, void *const *d, void *out) {
 #pragma omp parallel for num_threads(c->threads) schedule(static)
     for (uint64_t i = 0; i < c->numel; i++) {
         double sum = 0;
-        for (int t = 0; t < c->T; t++) sum += rd(d[t], i, f64);
+        for (int t = 0; t < c->T; t++)
+            sum += rd(d[t], i, f64);
         double acc = 0;
         int count = 0;
         for (int t = 0; t < c->T; t++) {

@@ -24,16 +24,16 @@ static void test_f16_classes(void **state) {
     assert_int_equal(acem_f32_to_f16(-0.0f), 0x8000);
     assert_int_equal(acem_f32_to_f16(1.0f), 0x3c00);
     assert_int_equal(acem_f32_to_f16(-2.0f), 0xc000);
-    assert_int_equal(acem_f32_to_f16(65504.0f), 0x7bff);          /* largest normal */
-    assert_int_equal(acem_f32_to_f16(0x1p-14f), 0x0400);          /* smallest normal */
-    assert_int_equal(acem_f32_to_f16(0x1p-24f), 0x0001);          /* smallest subnormal */
-    assert_int_equal(acem_f32_to_f16(0x3ffp-24f), 0x03ff);        /* largest subnormal */
+    assert_int_equal(acem_f32_to_f16(65504.0f), 0x7bff);   /* largest normal */
+    assert_int_equal(acem_f32_to_f16(0x1p-14f), 0x0400);   /* smallest normal */
+    assert_int_equal(acem_f32_to_f16(0x1p-24f), 0x0001);   /* smallest subnormal */
+    assert_int_equal(acem_f32_to_f16(0x3ffp-24f), 0x03ff); /* largest subnormal */
     assert_int_equal(acem_f32_to_f16(INFINITY), 0x7c00);
     assert_int_equal(acem_f32_to_f16(-INFINITY), 0xfc00);
     assert_true((acem_f32_to_f16(NAN) & 0x7c00) == 0x7c00 && (acem_f32_to_f16(NAN) & 0x3ff));
-    assert_int_equal(acem_f32_to_f16(65520.0f), 0x7c00);          /* rounds to Inf */
+    assert_int_equal(acem_f32_to_f16(65520.0f), 0x7c00); /* rounds to Inf */
     assert_int_equal(acem_f32_to_f16(65519.0f), 0x7bff);
-    assert_int_equal(acem_f32_to_f16(1e-9f), 0x0000);             /* underflow */
+    assert_int_equal(acem_f32_to_f16(1e-9f), 0x0000); /* underflow */
     assert_true(acem_f16_to_f32(0x0001) == 0x1p-24f);
     assert_true(acem_f16_to_f32(0x8000) == 0.0f && signbit(acem_f16_to_f32(0x8000)));
     assert_true(isinf(acem_f16_to_f32(0x7c00)));
@@ -79,11 +79,15 @@ static void test_roundtrip_exhaustive(void **state) {
     (void)state;
     for (uint32_t h = 0; h < 65536; h++) {
         float f = acem_f16_to_f32((uint16_t)h);
-        if (isnan(f)) assert_true(isnan(acem_f16_to_f32(acem_f32_to_f16(f))));
-        else assert_int_equal(acem_f32_to_f16(f), h);
+        if (isnan(f))
+            assert_true(isnan(acem_f16_to_f32(acem_f32_to_f16(f))));
+        else
+            assert_int_equal(acem_f32_to_f16(f), h);
         float g = acem_bf16_to_f32((uint16_t)h);
-        if (isnan(g)) assert_true(isnan(acem_bf16_to_f32(acem_f32_to_bf16(g))));
-        else assert_int_equal(acem_f32_to_bf16(g), h);
+        if (isnan(g))
+            assert_true(isnan(acem_bf16_to_f32(acem_f32_to_bf16(g))));
+        else
+            assert_int_equal(acem_f32_to_bf16(g), h);
     }
 }
 

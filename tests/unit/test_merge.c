@@ -14,8 +14,10 @@ static char g_base[600], g_a[600], g_b[600], g_nan[600];
 
 static void save(const char *path, float scale, float poison) {
     float w[12], bias[4];
-    for (int i = 0; i < 12; i++) w[i] = (float)i * 0.1f + scale * (float)((i * 7) % 5);
-    for (int i = 0; i < 4; i++) bias[i] = scale * (float)i;
+    for (int i = 0; i < 12; i++)
+        w[i] = (float)i * 0.1f + scale * (float)((i * 7) % 5);
+    for (int i = 0; i < 4; i++)
+        bias[i] = scale * (float)i;
     w[5] += poison;
     int64_t ids[3] = {1, 2, 3};
     uint64_t sw[2] = {3, 4}, sb[1] = {4}, si[1] = {3};

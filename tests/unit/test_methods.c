@@ -83,7 +83,7 @@ static void test_ties_trim_random(void **state) {
         check_trim(f64, 4097, 0.01, 0);
         check_trim(f64, 5000, 0.3, 7); /* many equal magnitudes */
         check_trim(f64, 300, 1.0, 0);
-        check_trim(f64, 300, 0.0, 0);  /* k = max(1, 0) = 1 */
+        check_trim(f64, 300, 0.0, 0); /* k = max(1, 0) = 1 */
     }
 }
 
@@ -94,7 +94,8 @@ static void test_dare_chunk_and_thread_invariance(void **state) {
     enum { N = 10007, T = 3 };
     float *src = malloc(N * T * sizeof(float)), *work = malloc(N * T * sizeof(float));
     float whole[N], pieces[N];
-    for (int i = 0; i < N * T; i++) src[i] = (float)sin(i * 0.37);
+    for (int i = 0; i < N * T; i++)
+        src[i] = (float)sin(i * 0.37);
     double p[2] = {0.9, 0};
     for (int variant = 0; variant < 2; variant++) {
         const method_def *m = variant ? &method_dare_ties : &method_dare_linear;
@@ -136,19 +137,24 @@ static void test_param_resolution(void **state) {
     char desc[128];
     acem_error err = {{0}};
     acem_param ok[] = {{"p", "0.5"}, {"rescale", "l1"}};
-    assert_int_equal(method_resolve_params(&method_dare_ties, ok, 2, v, desc, sizeof desc, &err), 0);
+    assert_int_equal(method_resolve_params(&method_dare_ties, ok, 2, v, desc, sizeof desc, &err),
+                     0);
     assert_true(v[0] == 0.5 && v[1] == 1);
     assert_string_equal(desc, "p=0.5 rescale=l1");
     assert_false(method_dare_ties.elementwise(v));
     acem_param unknown[] = {{"densty", "0.5"}};
-    assert_int_not_equal(method_resolve_params(&method_ties, unknown, 1, v, desc, sizeof desc, &err), 0);
+    assert_int_not_equal(
+        method_resolve_params(&method_ties, unknown, 1, v, desc, sizeof desc, &err), 0);
     assert_non_null(strstr(err.msg, "no parameter \"densty\""));
     acem_param range[] = {{"density", "1.5"}};
-    assert_int_not_equal(method_resolve_params(&method_ties, range, 1, v, desc, sizeof desc, &err), 0);
+    assert_int_not_equal(method_resolve_params(&method_ties, range, 1, v, desc, sizeof desc, &err),
+                         0);
     acem_param junk[] = {{"density", "0.2x"}};
-    assert_int_not_equal(method_resolve_params(&method_ties, junk, 1, v, desc, sizeof desc, &err), 0);
+    assert_int_not_equal(method_resolve_params(&method_ties, junk, 1, v, desc, sizeof desc, &err),
+                         0);
     acem_param choice[] = {{"rescale", "l2"}};
-    assert_int_not_equal(method_resolve_params(&method_dare_linear, choice, 1, v, desc, sizeof desc, &err), 0);
+    assert_int_not_equal(
+        method_resolve_params(&method_dare_linear, choice, 1, v, desc, sizeof desc, &err), 0);
     assert_non_null(method_find("average"));
     assert_null(method_find("nope"));
 }

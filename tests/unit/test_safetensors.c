@@ -10,8 +10,8 @@
 
 typedef struct bad_case {
     const char *rule;
-    const char *json;  /* header text (NULL: raw bytes below) */
-    size_t data_len;   /* zero bytes appended as the data buffer */
+    const char *json; /* header text (NULL: raw bytes below) */
+    size_t data_len;  /* zero bytes appended as the data buffer */
     const char *expect;
 } bad_case;
 
@@ -22,32 +22,61 @@ static const bad_case header_cases[] = {
     {"invalid JSON", "{\"a\":", 0, "not valid JSON"},
     {"trailing bytes after JSON", "{}  x", 0, "trailing bytes"},
     {"missing colon", "{\"a\" 1}", 0, "not valid JSON"},
-    {"duplicate tensor names", "{" T1 ",\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}", 16, "appears twice"},
-    {"unknown dtype", "{\"a\":{\"dtype\":\"F33\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "unknown dtype"},
-    {"dtype not a string", "{\"a\":{\"dtype\":7,\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "unknown dtype"},
-    {"negative shape", "{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8, "non-negative integer"},
-    {"fractional shape", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,8]}}", 8, "non-negative integer"},
-    {"string in shape", "{\"a\":{\"dtype\":\"F32\",\"shape\":[\"2\"],\"data_offsets\":[0,8]}}", 8, "non-negative integer"},
-    {"shape not a list", "{\"a\":{\"dtype\":\"F32\",\"shape\":2,\"data_offsets\":[0,8]}}", 8, "shape must be a list"},
-    {"more than 8 dims", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 4, "shape must be a list"},
-    {"element count overflow", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1099511627776,1099511627776],\"data_offsets\":[0,8]}}", 8, "element count overflows"},
-    {"byte size overflow", "{\"a\":{\"dtype\":\"F64\",\"shape\":[1125899906842624,4096],\"data_offsets\":[0,8]}}", 8, "byte size overflows"},
-    {"three data_offsets", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8,8]}}", 8, "two non-negative integers"},
-    {"negative offset", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[-8,0]}}", 8, "two non-negative integers"},
-    {"offset beyond 2^53", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,1e300]}}", 8, "two non-negative integers"},
-    {"end before begin", "{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,0]}}", 8, "end before they begin"},
-    {"span differs from numel*size", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,12]}}", 12, "need 8"},
-    {"gap between tensors", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}", 12, "leaves a gap"},
-    {"overlapping tensors", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, "overlaps"},
-    {"first tensor not at 0", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, "leaves a gap"},
+    {"duplicate tensor names",
+     "{" T1 ",\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}", 16,
+     "appears twice"},
+    {"unknown dtype", "{\"a\":{\"dtype\":\"F33\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8,
+     "unknown dtype"},
+    {"dtype not a string", "{\"a\":{\"dtype\":7,\"shape\":[2],\"data_offsets\":[0,8]}}", 8,
+     "unknown dtype"},
+    {"negative shape", "{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8,
+     "non-negative integer"},
+    {"fractional shape", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,8]}}", 8,
+     "non-negative integer"},
+    {"string in shape", "{\"a\":{\"dtype\":\"F32\",\"shape\":[\"2\"],\"data_offsets\":[0,8]}}", 8,
+     "non-negative integer"},
+    {"shape not a list", "{\"a\":{\"dtype\":\"F32\",\"shape\":2,\"data_offsets\":[0,8]}}", 8,
+     "shape must be a list"},
+    {"more than 8 dims",
+     "{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 4,
+     "shape must be a list"},
+    {"element count overflow",
+     "{\"a\":{\"dtype\":\"F32\",\"shape\":[1099511627776,1099511627776],\"data_offsets\":[0,8]}}",
+     8, "element count overflows"},
+    {"byte size overflow",
+     "{\"a\":{\"dtype\":\"F64\",\"shape\":[1125899906842624,4096],\"data_offsets\":[0,8]}}", 8,
+     "byte size overflows"},
+    {"three data_offsets", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8,8]}}", 8,
+     "two non-negative integers"},
+    {"negative offset", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[-8,0]}}", 8,
+     "two non-negative integers"},
+    {"offset beyond 2^53", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,1e300]}}",
+     8, "two non-negative integers"},
+    {"end before begin", "{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,0]}}", 8,
+     "end before they begin"},
+    {"span differs from numel*size",
+     "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,12]}}", 12, "need 8"},
+    {"gap between tensors",
+     "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"b\":{\"dtype\":\"F32\","
+     "\"shape\":[1],\"data_offsets\":[8,12]}}",
+     12, "leaves a gap"},
+    {"overlapping tensors",
+     "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\","
+     "\"shape\":[1],\"data_offsets\":[4,8]}}",
+     8, "overlaps"},
+    {"first tensor not at 0", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8,
+     "leaves a gap"},
     {"trailing data bytes", "{" T1 "}", 12, "data buffer holds 12"},
     {"data shorter than offsets", "{" T1 "}", 4, "data buffer holds 4"},
     {"metadata not an object", "{\"__metadata__\":[1]}", 0, "__metadata__ is not an object"},
     {"metadata value not a string", "{\"__metadata__\":{\"k\":1}}", 0, "is not a string"},
     {"metadata twice", "{\"__metadata__\":{},\"__metadata__\":{}}", 0, "appears twice"},
     {"entry not an object", "{\"a\":[1]}", 0, "is not an object"},
-    {"unknown key in entry", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8],\"x\":1}}", 8, "unknown key"},
-    {"repeated key in entry", "{\"a\":{\"dtype\":\"F32\",\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "repeats the key"},
+    {"unknown key in entry",
+     "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8],\"x\":1}}", 8, "unknown key"},
+    {"repeated key in entry",
+     "{\"a\":{\"dtype\":\"F32\",\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8,
+     "repeats the key"},
     {"missing data_offsets", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2]}}", 8, "lacks data_offsets"},
     {"missing dtype", "{\"a\":{\"shape\":[2],\"data_offsets\":[0,8]}}", 8, "lacks a dtype"},
 };
@@ -98,7 +127,8 @@ static void test_length_and_bytes(void **state) {
     expect_reject(p, "N < 2", "outside [2");
     free(p);
     uint64_t big = 100000001ULL;
-    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)(big >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        buf[i] = (unsigned char)(big >> (8 * i));
     p = tu_write(dir, "nbig.safetensors", buf, 16);
     expect_reject(p, "N > 1e8", "outside [2");
     free(p);
@@ -179,11 +209,16 @@ static void test_sharded_directories(void **state) {
     static const struct {
         const char *index, *expect;
     } cases[] = {
-        {"{\"weight_map\":{\"a\":\"s1.safetensors\",\"b\":\"../s2.safetensors\"}}", "plain shard file name"},
-        {"{\"weight_map\":{\"a\":\"s1.safetensors\",\"b\":\"/etc/passwd\"}}", "plain shard file name"},
-        {"{\"weight_map\":{\"a\":\"s1.safetensors\",\"b\":\"missing.safetensors\"}}", "cannot open"},
-        {"{\"weight_map\":{\"a\":\"s2.safetensors\",\"b\":\"s1.safetensors\"}}", "which does not hold it"},
-        {"{\"weight_map\":{\"a\":\"s1.safetensors\",\"c\":\"s1.safetensors\"}}", "lists 2 tensors but the shards hold 1"},
+        {"{\"weight_map\":{\"a\":\"s1.safetensors\",\"b\":\"../s2.safetensors\"}}",
+         "plain shard file name"},
+        {"{\"weight_map\":{\"a\":\"s1.safetensors\",\"b\":\"/etc/passwd\"}}",
+         "plain shard file name"},
+        {"{\"weight_map\":{\"a\":\"s1.safetensors\",\"b\":\"missing.safetensors\"}}",
+         "cannot open"},
+        {"{\"weight_map\":{\"a\":\"s2.safetensors\",\"b\":\"s1.safetensors\"}}",
+         "which does not hold it"},
+        {"{\"weight_map\":{\"a\":\"s1.safetensors\",\"c\":\"s1.safetensors\"}}",
+         "lists 2 tensors but the shards hold 1"},
         {"{\"weight_map\":{\"a\":\"s1.safetensors\",\"a\":\"s1.safetensors\"}}", "lists 2 tensors"},
         {"{\"weight_map\":[]}", "weight_map is missing"},
         {"{\"weight_map\":{\"a\":1}}", "plain shard file name"},
@@ -193,8 +228,8 @@ static void test_sharded_directories(void **state) {
     char *index_path = NULL;
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         free(index_path);
-        index_path = tu_write(dir, "model.safetensors.index.json", cases[i].index,
-                              strlen(cases[i].index));
+        index_path =
+            tu_write(dir, "model.safetensors.index.json", cases[i].index, strlen(cases[i].index));
         acem_checkpoint *ck = NULL;
         acem_error err = {{0}};
         int rc = acem_checkpoint_open(dir, &ck, &err);

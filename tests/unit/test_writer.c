@@ -43,7 +43,8 @@ static void test_roundtrip_single_file(void **state) {
     size_t n;
     unsigned char *b = slurp(path, &n);
     uint64_t hl = 0;
-    for (int i = 7; i >= 0; i--) hl = (hl << 8) | b[i];
+    for (int i = 7; i >= 0; i--)
+        hl = (hl << 8) | b[i];
     assert_int_equal((8 + hl) % 8, 0); /* padded so data is 8-aligned */
     assert_int_equal(b[8 + hl - 1] == ' ' || b[8 + hl - 1] == '}', 1);
     free(b);
@@ -58,7 +59,8 @@ static void test_roundtrip_single_file(void **state) {
     assert_int_equal(acem_checkpoint_read(ck, t, 0, back, sizeof back, &err), 0);
     assert_memory_equal(back, a, sizeof a);
     int64_t ids2[2];
-    assert_int_equal(acem_checkpoint_read(ck, acem_checkpoint_find(ck, "ids"), 0, ids2, 16, &err), 0);
+    assert_int_equal(acem_checkpoint_read(ck, acem_checkpoint_find(ck, "ids"), 0, ids2, 16, &err),
+                     0);
     assert_memory_equal(ids2, ids, 16);
     assert_string_equal(acem_checkpoint_at(ck, 0)->name, "layer.w"); /* order kept */
     const char *k, *v;
@@ -90,7 +92,8 @@ static void test_shards_and_index(void **state) {
     assert_true(shards >= 3);
     for (int i = 0; i < N; i++) {
         float v[16];
-        for (int k = 0; k < 16; k++) v[k] = (float)(i * 100 + k);
+        for (int k = 0; k < 16; k++)
+            v[k] = (float)(i * 100 + k);
         /* write each tensor in two pieces to exercise buffering across calls */
         assert_int_equal(st_writer_write(w, v, 8, &err), 0);
         assert_int_equal(st_writer_write(w, (char *)v + 8, t[i].nbytes - 8, &err), 0);
@@ -108,12 +111,13 @@ static void test_shards_and_index(void **state) {
     assert_non_null(idx);
     const cJSON *total = cJSON_GetObjectItem(cJSON_GetObjectItem(idx, "metadata"), "total_size");
     double sum = 0;
-    for (int i = 0; i < N; i++) sum += (double)t[i].nbytes;
+    for (int i = 0; i < N; i++)
+        sum += (double)t[i].nbytes;
     assert_true(total->valuedouble == sum);
     char first[64];
     snprintf(first, sizeof first, "model-00001-of-%05zu.safetensors", shards);
-    assert_string_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(idx, "weight_map"), "t0")->valuestring,
-                        first);
+    assert_string_equal(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(idx, "weight_map"), "t0")->valuestring, first);
     cJSON_Delete(idx);
 
     /* the directory reads back through the index with every value in place */

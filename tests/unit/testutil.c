@@ -44,11 +44,11 @@ char *tu_write(const char *dir, const char *name, const void *data, size_t n) {
     return p;
 }
 
-char *tu_write_st(const char *dir, const char *name, const char *json, const void *data,
-                  size_t n) {
+char *tu_write_st(const char *dir, const char *name, const char *json, const void *data, size_t n) {
     size_t h = strlen(json);
     unsigned char *buf = malloc(8 + h + n + 1);
-    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)h >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        buf[i] = (unsigned char)((uint64_t)h >> (8 * i));
     memcpy(buf + 8, json, h);
     if (n) memcpy(buf + 8 + h, data, n);
     char *p = tu_write(dir, name, buf, 8 + h + n);

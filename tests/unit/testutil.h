@@ -17,8 +17,7 @@ void tu_rmtree(const char *path);
 /* Writes bytes to dir/name; returns the malloc'd path. */
 char *tu_write(const char *dir, const char *name, const void *data, size_t n);
 /* A safetensors file from a JSON header and a data buffer (header written as given). */
-char *tu_write_st(const char *dir, const char *name, const char *json, const void *data,
-                  size_t n);
+char *tu_write_st(const char *dir, const char *name, const char *json, const void *data, size_t n);
 /* True when path exists. */
 int tu_exists(const char *path);
 /* Number of entries in a directory (without . and ..). */

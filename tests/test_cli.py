@@ -1,0 +1,190 @@
+#!/usr/bin/python3
+"""End-to-end tests of the acem command line: help, example, inspect, YAML configs,
+usage errors, reports, and signals during a merge.
+
+usage: /usr/bin/python3 tests/test_cli.py PATH_TO_acem
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "oracle"))
+import safetensors_np as st  # noqa: E402
+
+ACEM = os.path.abspath(sys.argv[1])
+results = []
+
+
+def run(*args, **kw):
+    return subprocess.run([ACEM, *args], capture_output=True, text=True, timeout=120, **kw)
+
+
+def check(name, cond, detail=""):
+    results.append(bool(cond))
+    print(("PASS " if cond else "FAIL ") + name + ("" if cond else "  " + detail))
+
+
+def make_models(d, shapes, n_experts=3, dtype="F32", seed=0):
+    rng = np.random.default_rng(seed)
+    base = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    paths = [os.path.join(d, "base.safetensors")]
+    st.write_file(paths[0], {k: st.from_f64(v, dtype) for k, v in base.items()})
+    for t in range(n_experts):
+        p = os.path.join(d, f"e{t}.safetensors")
+        st.write_file(p, {k: st.from_f64(v + 0.1 * (t + 1) * rng.standard_normal(v.shape), dtype)
+                          for k, v in base.items()})
+        paths.append(p)
+    return paths
+
+
+def test_help():
+    r = run("--help")
+    check("acem --help exits 0 and lists commands", r.returncode == 0 and "merge" in r.stdout and "inspect" in r.stdout)
+    r = run()
+    check("acem without a command is a usage error (2)", r.returncode == 2)
+    r = run("merge", "--help")
+    methods = ["average", "task_arithmetic", "ties", "dare_linear", "dare_ties"]
+    check("merge --help lists every method and has examples",
+          r.returncode == 0 and all(m in r.stdout for m in methods) and "examples:" in r.stdout, r.stdout)
+    for cmd in ("inspect", "example"):
+        r = run(cmd, "--help")
+        check(f"{cmd} --help exits 0", r.returncode == 0 and "usage:" in r.stdout)
+    r = run("frobnicate")
+    check("unknown command: exit 2, one error line",
+          r.returncode == 2 and r.stderr.startswith("acem: error: ") and r.stderr.count("\n") == 1)
+
+
+def test_example(d):
+    r = run("example", os.path.join(d, "ex"))
+    merged = os.path.join(d, "ex", "merged")
+    check("example runs and prints a summary", r.returncode == 0 and "merged 3 experts" in r.stdout
+          and "peak RSS" in r.stdout, r.stdout + r.stderr)
+    check("example output holds model.safetensors and config.json",
+          os.path.isfile(os.path.join(merged, "model.safetensors"))
+          and os.path.isfile(os.path.join(merged, "config.json")))
+    r2 = run("example", os.path.join(d, "ex"))
+    check("example is repeatable (replaces its own output)", r2.returncode == 0)
+    r = run("inspect", merged)
+    check("inspect lists tensors, dtypes and metadata",
+          r.returncode == 0 and "model.layers.0.weight" in r.stdout and "F32" in r.stdout
+          and "acem_method: ties" in r.stdout and "[128, 64]" in r.stdout, r.stdout)
+    r = run("inspect", os.path.join(d, "nope"))
+    check("inspect of a missing path: exit 1", r.returncode == 1 and r.stderr.startswith("acem: error: "))
+
+
+def test_yaml_equivalence(d):
+    paths = make_models(d, {"w": (16, 8), "b": (16,)})
+    base, e = paths[0], paths[1:]
+    out_flags = os.path.join(d, "flags.safetensors")
+    r = run("merge", "-q", "--base", base, *sum((["--model", p] for p in e), []), "--method", "ties",
+            "--param", "density=0.3", "--lambda", "0.7", "--dtype", "bf16", "-o", out_flags)
+    check("merge from flags", r.returncode == 0 and r.stdout == "" and r.stderr == "", r.stderr)
+    cfg = os.path.join(d, "merge.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"merge_method: ties\nbase_model: {base}\nmodels:\n")
+        f.writelines(f"  - model: {p}\n" for p in e)
+        f.write("parameters:\n  density: 0.3\n  lambda: 0.7\ndtype: bfloat16\n")
+    out_yaml = os.path.join(d, "yaml.safetensors")
+    r = run("merge", "-q", cfg, "-o", out_yaml)
+    check("merge from YAML", r.returncode == 0, r.stderr)
+    same = os.path.exists(out_yaml) and open(out_flags, "rb").read() == open(out_yaml, "rb").read()
+    check("YAML and flags give byte-identical files", same)
+    out_over = os.path.join(d, "over.safetensors")
+    r = run("merge", "-q", cfg, "-o", out_over, "--param", "density=0.9")
+    diff = os.path.exists(out_over) and open(out_over, "rb").read() != open(out_yaml, "rb").read()
+    check("a --param flag overrides the YAML value", r.returncode == 0 and diff, r.stderr)
+    bad = os.path.join(d, "bad.yaml")
+    with open(bad, "w") as f:
+        f.write("merge_methd: ties\n")
+    r = run("merge", bad, "-o", os.path.join(d, "x.safetensors"))
+    check("unknown YAML key: exit 1 naming the key", r.returncode == 1 and "merge_methd" in r.stderr)
+
+
+def test_usage_errors(d):
+    paths = make_models(d, {"w": (4, 4)})
+    base, e = paths[0], paths[1:]
+    common = ["--base", base, "--model", e[0], "--model", e[1], "-o", os.path.join(d, "o.safetensors")]
+    cases = [
+        ("unknown option", ["merge", "--bogus"] + common + ["-M", "average"]),
+        ("missing base", ["merge", "--model", e[0], "--model", e[1], "-M", "average", "-o", "x.safetensors"]),
+        ("missing method", ["merge"] + common),
+        ("one expert", ["merge", "--base", base, "--model", e[0], "-M", "average", "-o", "x.safetensors"]),
+        ("lambda not a number", ["merge"] + common + ["-M", "average", "--lambda", "abc"]),
+        ("param without =", ["merge"] + common + ["-M", "ties", "--param", "density"]),
+        ("bad dtype", ["merge"] + common + ["-M", "ties", "--dtype", "f8"]),
+        ("bad shard size", ["merge"] + common + ["-M", "ties", "--max-shard-size", "lots"]),
+        ("option without value", ["merge"] + common + ["-M"]),
+    ]
+    for name, args in cases:
+        r = run(*args)
+        check(f"usage error: {name} (exit 2, one line)", r.returncode == 2 and
+              r.stderr.startswith("acem: error: ") and r.stderr.count("\n") == 1, repr(r.stderr))
+    for name, extra, phrase in [
+        ("unknown method", ["-M", "magic"], "unknown method"),
+        ("unknown parameter", ["-M", "ties", "--param", "densty=0.1"], "densty"),
+        ("parameter out of range", ["-M", "ties", "--param", "density=2"], "density"),
+    ]:
+        r = run("merge", *common, *extra)
+        check(f"merge error: {name} (exit 1)", r.returncode == 1 and phrase in r.stderr, r.stderr)
+    check("no output left by failed merges", not os.path.exists(os.path.join(d, "o.safetensors")))
+
+
+def test_report(d):
+    paths = make_models(d, {"w": (6, 5), "ids": (3,)})
+    rep = os.path.join(d, "report.json")
+    r = run("merge", "-q", "--base", paths[0], "--model", paths[1], "--model", paths[2], "-M",
+            "dare_ties", "--seed", "3", "--exclude", "^ids$", "--report", rep, "-o", os.path.join(d, "r.safetensors"))
+    ok = r.returncode == 0 and os.path.exists(rep)
+    if ok:
+        j = json.load(open(rep))
+        actions = {t["name"]: t["action"] for t in j["tensors"]}
+        ok = j["method"] == "dare_ties" and "seed=3" in j["params"] and actions == {"w": "merged", "ids": "copied"}
+    check("--report lists every tensor with its action and the resolved parameters", ok, r.stderr)
+
+
+def test_signals(d):
+    # Big enough that the merge is still running when the signal arrives: ties keeps whole
+    # tensors, 24 tensors x 1M floats per model.
+    rng = np.random.default_rng(1)
+    tensors = {f"layer.{i}.weight": rng.standard_normal((1024, 1024)) for i in range(24)}
+    base = os.path.join(d, "big-base.safetensors")
+    exp = os.path.join(d, "big-e.safetensors")
+    st.write_file(base, {k: st.from_f64(v, "F32") for k, v in tensors.items()})
+    st.write_file(exp, {k: st.from_f64(v + 1, "F32") for k, v in tensors.items()})
+    for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        out = os.path.join(d, "sig-out")
+        p = subprocess.Popen([ACEM, "merge", "-q", "--threads", "1", "--base", base, "--model", exp,
+                              "--model", exp, "--model", exp, "-M", "ties", "-o", out],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 30
+        while time.time() < deadline and not any(".acem-tmp-" in f for f in os.listdir(d)):
+            time.sleep(0.005)
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=60)
+        leftovers = [f for f in os.listdir(d) if ".acem-tmp-" in f or f.startswith("sig-out")]
+        check(f"{sig.name} during a merge: exit {code}, nothing at the output, no temporary",
+              p.returncode == code and not leftovers and "interrupted" in err,
+              f"rc={p.returncode} leftovers={leftovers} err={err!r}")
+
+
+def main():
+    with tempfile.TemporaryDirectory(prefix="acem-cli-") as d:
+        test_help()
+        for fn in (test_example, test_yaml_equivalence, test_usage_errors, test_report, test_signals):
+            sub = os.path.join(d, fn.__name__)
+            os.mkdir(sub)
+            fn(sub)
+    passed = sum(results)
+    print(f"{passed} passed, {len(results) - passed} failed")
+    return 0 if passed == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
