@@ -44,7 +44,7 @@ typedef struct merge_run {
     uint64_t chunk_cap; /* elements each compute buffer holds */
     void *w0, *out;
     void **deltas;
-    unsigned char *raw_in, *raw_out;
+    unsigned char *raw; /* stored bytes on their way in or out */
     acem_progress progress;
     cJSON *report_tensors;
 } merge_run;
@@ -57,21 +57,37 @@ static int check_cancel(const merge_run *r, acem_error *err) {
     return r->o->cancel && *r->o->cancel ? acem_fail(err, "interrupted") : 0;
 }
 
-/* Reads elements [from, from+n) of tensor t into dst in the compute precision. */
+static int nonfinite_error(const acem_checkpoint *ck, const acem_tensor *t, uint64_t at,
+                           acem_error *err) {
+    return acem_fail(err,
+                     "%s: tensor \"%s\" holds a non-finite value (NaN or Inf) at element %llu; "
+                     "pass --allow-nonfinite to accept it",
+                     acem_checkpoint_file_path(ck, t->file), t->name, (unsigned long long)at);
+}
+
+/* Reads elements [from, from+n) of tensor t into dst in the compute precision: straight
+ * into dst when the stored type is the compute type, else through the raw buffer. */
 static int load(merge_run *r, const acem_checkpoint *ck, const acem_tensor *t, uint64_t from,
                 uint64_t n, void *dst, acem_error *err) {
     size_t es = acem_dtype_size(t->dtype);
-    if (acem_checkpoint_read(ck, t, from * es, r->raw_in, n * es, err)) return -1;
+    bool direct = t->dtype == r->o->precision;
+    if (acem_checkpoint_read(ck, t, from * es, direct ? dst : r->raw, n * es, err)) return -1;
     r->progress.bytes_done += n * es;
-    int64_t bad =
-        acem_convert_from_raw(r->raw_in, t->dtype, dst, r->o->precision, n, !r->o->allow_nonfinite);
-    if (bad >= 0)
-        return acem_fail(err,
-                         "%s: tensor \"%s\" holds a non-finite value (NaN or Inf) at "
-                         "element %llu; pass --allow-nonfinite to merge it anyway",
-                         acem_checkpoint_file_path(ck, t->file), t->name,
-                         (unsigned long long)(from + (uint64_t)bad));
-    return 0;
+    bool check = !r->o->allow_nonfinite;
+    int64_t bad = direct ? (check ? acem_first_nonfinite_raw(dst, t->dtype, n) : -1)
+                         : acem_convert_from_raw(r->raw, t->dtype, dst, r->o->precision, n, check);
+    return bad >= 0 ? nonfinite_error(ck, t, from + (uint64_t)bad, err) : 0;
+}
+
+/* Writes n compute-precision values as the output dtype. */
+static int store(merge_run *r, const plan_entry *e, const void *values, uint64_t n,
+                 acem_error *err) {
+    const void *bytes = values;
+    if (e->out_dtype != r->o->precision) {
+        acem_convert_to_raw(values, r->o->precision, r->raw, e->out_dtype, n);
+        bytes = r->raw;
+    }
+    return st_writer_write(r->writer, bytes, n * acem_dtype_size(e->out_dtype), err);
 }
 
 /* d -= w0, element by element. */
@@ -127,10 +143,7 @@ static int merge_tensor(merge_run *r, const plan_entry *e, acem_error *err) {
         c.offset = from;
         if (n && r->method->merge(&c, r->deltas, r->out, err)) return -1;
         apply_delta(r->out, r->w0, r->lambda, n, r->f64);
-        acem_convert_to_raw(r->out, r->o->precision, r->raw_out, e->out_dtype, n);
-        if (st_writer_write(r->writer, r->raw_out, n * acem_dtype_size(e->out_dtype), err) ||
-            check_cancel(r, err))
-            return -1;
+        if (store(r, e, r->out, n, err) || check_cancel(r, err)) return -1;
         report_progress(r);
         if (n == 0) break;
     }
@@ -144,32 +157,34 @@ static int copy_tensor(merge_run *r, const plan_entry *e, acem_error *err) {
     bool is_float = acem_dtype_is_mergeable(b->dtype);
     for (uint64_t from = 0; from < b->numel; from += CHUNK_ELEMS) {
         uint64_t n = b->numel - from < CHUNK_ELEMS ? b->numel - from : CHUNK_ELEMS;
-        const void *bytes = r->raw_in;
-        if (is_float) {
-            if (load(r, r->base, b, from, n, r->w0, err)) return -1;
-            if (e->out_dtype != b->dtype) {
-                acem_convert_to_raw(r->w0, r->o->precision, r->raw_out, e->out_dtype, n);
-                bytes = r->raw_out;
-            }
-        } else {
-            if (acem_checkpoint_read(r->base, b, from * es, r->raw_in, n * es, err)) return -1;
+        int rc;
+        if (is_float && e->out_dtype != b->dtype) {
+            rc = load(r, r->base, b, from, n, r->w0, err) || store(r, e, r->w0, n, err);
+        } else { /* bytes pass through unchanged (floats are still checked for NaN/Inf) */
+            rc = acem_checkpoint_read(r->base, b, from * es, r->raw, n * es, err);
             r->progress.bytes_done += n * es;
+            int64_t bad = !rc && is_float && !r->o->allow_nonfinite
+                              ? acem_first_nonfinite_raw(r->raw, b->dtype, n)
+                              : -1;
+            if (bad >= 0) rc = nonfinite_error(r->base, b, from + (uint64_t)bad, err);
+            if (!rc) rc = st_writer_write(r->writer, r->raw, n * es, err);
         }
-        if (st_writer_write(r->writer, bytes, n * acem_dtype_size(e->out_dtype), err) ||
-            check_cancel(r, err))
-            return -1;
+        if (rc || check_cancel(r, err)) return -1;
         report_progress(r);
     }
     return 0;
 }
 
+/* Compute buffers hold one tensor (one chunk when elementwise); the raw buffer holds the
+ * same elements in the widest stored type, for conversions. */
 static int alloc_buffers(merge_run *r, acem_error *err) {
-    uint64_t cap = 1;
+    uint64_t cap = 1, raw = 8;
     for (size_t i = 0; i < r->plan.n; i++) {
-        uint64_t c = chunk_of(r, &r->plan.entries[i]);
-        uint64_t n = r->plan.entries[i].base->numel;
-        uint64_t need = c < n ? c : n;
+        const plan_entry *e = &r->plan.entries[i];
+        uint64_t c = chunk_of(r, e), n = e->base->numel, need = c < n ? c : n;
+        size_t es = acem_dtype_size(e->base->dtype), eo = acem_dtype_size(e->out_dtype);
         if (need > cap) cap = need;
+        if (need * (es > eo ? es : eo) > raw) raw = need * (es > eo ? es : eo);
     }
     r->chunk_cap = cap;
     if (!(r->deltas = acem_alloc((size_t)r->T, sizeof(void *), "delta buffers", err))) return -1;
@@ -177,8 +192,7 @@ static int alloc_buffers(merge_run *r, acem_error *err) {
         if (!(r->deltas[t] = acem_alloc(cap, r->csize, "a delta buffer", err))) return -1;
     return (r->w0 = acem_alloc(cap, r->csize, "the base buffer", err)) &&
                    (r->out = acem_alloc(cap, r->csize, "the output buffer", err)) &&
-                   (r->raw_in = acem_alloc(cap, 8, "the read buffer", err)) &&
-                   (r->raw_out = acem_alloc(cap, 8, "the conversion buffer", err))
+                   (r->raw = acem_alloc(raw, 1, "the conversion buffer", err))
                ? 0
                : -1;
 }
@@ -190,8 +204,7 @@ static void free_run(merge_run *r) {
     free(r->deltas);
     free(r->w0);
     free(r->out);
-    free(r->raw_in);
-    free(r->raw_out);
+    free(r->raw);
     st_writer_free(r->writer);
     plan_free(&r->plan);
     if (r->experts)

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Peak resident memory of a streaming merge: base + 3 experts of 512 MiB float32 each
+# (16 tensors of 8M elements, as a ~130M-parameter model stores them), merged with
+# task_arithmetic and with ties. Prints peak RSS (/usr/bin/time -v) against the inputs.
+# usage: bench/memory.sh [ACEM_BINARY] [WORKDIR]
+set -euo pipefail
+acem=${1:-build/acem}
+work=${2:-$(mktemp -d /tmp/acem-mem-XXXXXX)}
+mkdir -p "$work"
+[ -x /usr/bin/time ] || { echo "needs /usr/bin/time (apt-get install time)"; exit 1; }
+/usr/bin/python3 - "$work" <<'PY'
+import json, struct, sys, numpy as np
+work = sys.argv[1]
+n_tensors, numel = 16, 8 << 20
+for name, seed in (("base", 0), ("e1", 1), ("e2", 2), ("e3", 3)):
+    rng = np.random.default_rng(seed)
+    hdr, off = {}, 0
+    for i in range(n_tensors):
+        hdr[f"layers.{i}.weight"] = {"dtype": "F32", "shape": [2048, 4096], "data_offsets": [off, off + 4 * numel]}
+        off += 4 * numel
+    hb = json.dumps(hdr).encode(); hb += b" " * (-(8 + len(hb)) % 8)
+    with open(f"{work}/{name}.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(hb))); f.write(hb)
+        for i in range(n_tensors):
+            f.write(rng.standard_normal(numel, dtype=np.float32).tobytes())
+PY
+for method in task_arithmetic ties; do
+  rm -f "$work/out.safetensors"
+  /usr/bin/time -v "$acem" merge -q -b "$work/base.safetensors" -m "$work/e1.safetensors" \
+      -m "$work/e2.safetensors" -m "$work/e3.safetensors" -M "$method" -o "$work/out.safetensors" \
+      2> "$work/time.txt"
+  rss_kb=$(awk -F: '/Maximum resident set size/ {gsub(/ /,"",$2); print $2}' "$work/time.txt")
+  wall=$(awk '/Elapsed \(wall clock\)/ {print $NF}' "$work/time.txt")
+  printf "%-16s inputs 4 x 512 MiB   largest tensor 32 MiB   peak RSS %6.1f MiB   wall %s\n" \
+      "$method" "$(awk "BEGIN {print $rss_kb / 1024}")" "$wall"
+done
+rm -rf "$work"
