@@ -37,7 +37,13 @@ static void print_help(void) {
         "                             llama, clip-vit\n"
         "      --dtype D              output dtype of float tensors: f32, f16, bf16, f64\n"
         "                             (default: as the base)\n"
-        "      --precision P          compute precision f32 (default) or f64\n"
+        "      --precision P          compute precision f32 (default, as the ACE reference) or "
+        "f64\n"
+        "      --covariance-axis A    stored (default, as the ACE reference): covariances over "
+        "the\n"
+        "                             stored column axis; input: transpose GPT-2 Conv1D weights\n"
+        "                             (stored in x out) so covariances run over the input axis\n"
+        "                             (with --preset gpt2 or a base config.json of gpt2)\n"
         "      --max-shard-size S     split a directory output into shards of at most S\n"
         "                             bytes (e.g. 5G, 500M)\n"
         "  -t, --threads N            worker threads (default: all cores)\n"
@@ -47,16 +53,40 @@ static void print_help(void) {
         "  -q, --quiet                no progress bar, no summary\n"
         "  -h, --help                 this help\n"
         "\n"
-        "methods (integer and bool tensors are always copied from the base; these methods\n"
-        "act on every other tensor, 1-D ones included):\n");
-    for (size_t i = 0; i < acem_method_count(); i++)
-        printf("  %-16s %s\n", acem_method_name(i), acem_method_describe(i));
-    printf("\n"
-           "examples:\n"
-           "  acem merge -b gpt2 -m gpt2-cola -m gpt2-sst2 -M ties -p density=0.2 -o merged\n"
-           "  acem merge -b base.safetensors -m a.safetensors -m b.safetensors \\\n"
-           "             -M task_arithmetic -l 0.5 --dtype bf16 -o merged.safetensors\n"
-           "  acem merge merge.yaml -o merged      (schema: docs/config.md)\n");
+        "methods (integer and bool tensors are always copied from the base; the elementwise\n"
+        "methods act on every other tensor; the covariance and spectral methods act on 2-D\n"
+        "tensors and give every other one the mean of its deltas):\n");
+    for (size_t i = 0; i < acem_method_count(); i++) {
+        /* word-wrapped to 90 columns, continuation lines under the description */
+        const char *d = acem_method_describe(i);
+        printf("  %-16s ", acem_method_name(i));
+        int col = 19;
+        for (bool first = true; *d; first = false) {
+            int w = (int)strcspn(d, " ");
+            if (!first && col + 1 + w > 90) {
+                printf("\n%19s", "");
+                col = 19;
+            } else if (!first) {
+                putchar(' ');
+                col++;
+            }
+            printf("%.*s", w, d);
+            col += w;
+            d += w;
+            while (*d == ' ') d++;
+        }
+        putchar('\n');
+    }
+    printf(
+        "\n"
+        "examples:\n"
+        "  acem merge -b gpt2 -m gpt2-cola -m gpt2-sst2 -M ties -p density=0.2 -o merged\n"
+        "  acem merge -b base.safetensors -m a.safetensors -m b.safetensors \\\n"
+        "             -M task_arithmetic -l 0.5 --dtype bf16 -o merged.safetensors\n"
+        "  acem merge -b gpt2 -m cola -m sst2 -m mrpc -M ace --preset gpt2 --report r.json -o out\n"
+        "  acem merge merge.yaml -o merged      (schema: docs/config.md)\n"
+        "\n"
+        "Method semantics and parameters: docs/methods.md.\n");
 }
 
 /* Collected flags; applied over a YAML config when one is given. */
@@ -70,6 +100,7 @@ typedef struct flags {
     uint64_t max_shard;
     acem_dtype dtype, precision;
     int force, quiet, allow_nonfinite;
+    int axis; /* -1: not given, 0 stored, 1 input */
 } flags;
 
 static int parse_int(const char *s, const char *flag, long long lo, long long hi, long long *out) {
@@ -93,7 +124,7 @@ static int push(const char **list, int *n, const char *v, const char *flag) {
 }
 
 static int parse_flags(int argc, char **argv, flags *f) {
-    enum { O_SEED = 256, O_PRESET, O_DTYPE, O_PRECISION, O_SHARD, O_REPORT, O_NONFINITE };
+    enum { O_SEED = 256, O_PRESET, O_DTYPE, O_PRECISION, O_SHARD, O_REPORT, O_NONFINITE, O_AXIS };
     static const struct option longopts[] = {
         {"base", required_argument, 0, 'b'},
         {"model", required_argument, 0, 'm'},
@@ -113,6 +144,7 @@ static int parse_flags(int argc, char **argv, flags *f) {
         {"max-shard-size", required_argument, 0, O_SHARD},
         {"report", required_argument, 0, O_REPORT},
         {"allow-nonfinite", no_argument, 0, O_NONFINITE},
+        {"covariance-axis", required_argument, 0, O_AXIS},
         {0, 0, 0, 0},
     };
     int c;
@@ -135,6 +167,13 @@ static int parse_flags(int argc, char **argv, flags *f) {
         case O_PRESET: f->preset = optarg; break;
         case O_REPORT: f->report = optarg; break;
         case O_NONFINITE: f->allow_nonfinite = 1; break;
+        case O_AXIS:
+            if (strcmp(optarg, "stored") && strcmp(optarg, "input")) {
+                cli_error("--covariance-axis expects stored or input, not \"%s\"", optarg);
+                return -1;
+            }
+            f->axis = !strcmp(optarg, "input") ? 1 : 0;
+            break;
         case 'l':
             f->lambda = strtod(optarg, &end);
             if (!*optarg || *end || !isfinite(f->lambda)) {
@@ -220,6 +259,7 @@ static void apply_flags(const flags *f, acem_merge_options *o, acem_param *param
     if (f->precision != ACEM_DT_NONE) o->precision = f->precision;
     o->force |= f->force;
     o->allow_nonfinite |= f->allow_nonfinite;
+    if (f->axis >= 0) o->covariance_axis_input = f->axis;
 }
 
 int cmd_merge(int argc, char **argv) {
@@ -228,6 +268,7 @@ int cmd_merge(int argc, char **argv) {
     f.lambda = NAN;
     f.seed = -1;
     f.dtype = f.precision = ACEM_DT_NONE;
+    f.axis = -1;
     int r = parse_flags(argc, argv, &f);
     if (r) return r > 0 ? EXIT_OK : EXIT_USAGE;
 

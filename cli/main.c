@@ -69,6 +69,9 @@ int cli_run_merge(const acem_merge_options *opts, bool quiet) {
         printf("  read       %s in %.2f s (%.1f MiB/s)\n", rb, s.wall_seconds,
                s.wall_seconds > 0 ? (double)s.bytes_read / 1048576.0 / s.wall_seconds : 0.0);
         printf("  peak RSS   %s\n", peak);
+        if (s.warnings)
+            printf("  warnings   %zu tensor%s, first: %s\n", s.warnings, s.warnings == 1 ? "" : "s",
+                   s.first_warning);
     }
     return EXIT_OK;
 }

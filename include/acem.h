@@ -149,8 +149,12 @@ typedef struct acem_merge_options {
     int threads;             /* 0: all cores */
     uint64_t max_shard_size; /* 0: no sharding */
     uint64_t seed;
-    int force;               /* replace an existing output */
-    int allow_nonfinite;     /* skip the NaN/Inf check on inputs */
+    int force;           /* replace an existing output */
+    int allow_nonfinite; /* skip the NaN/Inf check on inputs */
+    /* Covariance methods build covariances over the stored column axis (0, as the ACE
+     * reference) or, with 1, over the input axis: GPT-2 Conv1D tensors (stored in x out)
+     * are transposed when preset is gpt2 or the base's config.json says model_type gpt2. */
+    int covariance_axis_input;
     const char *report_path; /* JSON run report, or NULL */
     acem_progress_fn progress;
     void *progress_user;
@@ -166,6 +170,8 @@ typedef struct acem_merge_summary {
     size_t shards;
     uint64_t bytes_read, bytes_written;
     double wall_seconds;
+    size_t warnings; /* tensors for which the method reported a warning */
+    char first_warning[256];
 } acem_merge_summary;
 
 /* Runs a whole merge. On failure nothing is left at o->out (an existing output is kept). */

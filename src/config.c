@@ -152,6 +152,13 @@ static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
     if (!strcmp(k, "parameters")) return parameters(x, v);
     if (!strcmp(k, "lambda")) return number(x, v, k, &o->lambda);
     if (!strcmp(k, "allow_nonfinite")) return boolean(x, v, k, &o->allow_nonfinite);
+    if (!strcmp(k, "covariance_axis")) {
+        if (!(s = scalar(x, v, k))) return -1;
+        if (strcmp(s, "stored") && strcmp(s, "input"))
+            return acem_fail(x->err, "%s: covariance_axis must be stored or input", x->path);
+        o->covariance_axis_input = !strcmp(s, "input");
+        return 0;
+    }
     if (!strcmp(k, "dtype") || !strcmp(k, "out_dtype") || !strcmp(k, "precision")) {
         if (!(s = scalar(x, v, k))) return -1;
         acem_dtype dt = acem_dtype_parse(s);

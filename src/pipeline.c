@@ -6,6 +6,7 @@
  * W0 + lambda * Delta converted to the output dtype. Memory: (T + 2) compute buffers of
  * the largest tensor (of one chunk for elementwise methods) plus two raw buffers. */
 #include "formats/formats.h"
+#include "linalg/linalg.h"
 #include "methods/method.h"
 #include "output.h"
 #include "plan.h"
@@ -127,10 +128,39 @@ static uint64_t chunk_of(const merge_run *r, const plan_entry *e) {
     return CHUNK_ELEMS;
 }
 
-static int merge_tensor(merge_run *r, const plan_entry *e, acem_error *err) {
+/* Runs the method on one chunk of deltas: matrix methods see 2-D tensors only (others get
+ * the mean), and GPT-2 Conv1D weights are transposed around covariance methods when the
+ * input axis is asked for. */
+static int run_method(merge_run *r, const plan_entry *e, method_ctx *c, acem_error *err) {
+    if (c->numel == 0) return 0;
+    if (r->method->matrix && e->base->ndim != 2) {
+        deltas_scaled_sum(c, r->deltas, r->out, 1.0 / r->T);
+        return 0;
+    }
+    const la L = {r->f64, r->threads};
+    bool transpose = e->conv1d && r->method->covariance;
+    if (transpose) { /* out is free until the method writes it: use it as the scratch */
+        for (int t = 0; t < r->T; t++) {
+            la_transpose(&L, c->rows, c->cols, r->deltas[t], r->out);
+            la_copy(&L, c->numel, r->out, r->deltas[t]);
+        }
+        uint64_t rows = c->rows;
+        c->rows = c->cols;
+        c->cols = rows;
+    }
+    if (r->method->merge(c, r->deltas, r->out, err)) return -1;
+    if (transpose) { /* the deltas are spent: deltas[0] is the scratch now */
+        la_transpose(&L, c->rows, c->cols, r->out, r->deltas[0]);
+        la_copy(&L, c->numel, r->deltas[0], r->out);
+    }
+    return 0;
+}
+
+static int merge_tensor(merge_run *r, const plan_entry *e, method_info *info, acem_error *err) {
     const acem_tensor *b = e->base;
     method_ctx c;
     method_ctx_for(r, b, &c);
+    c.info = info;
     uint64_t chunk = chunk_of(r, e);
     for (uint64_t from = 0; from < b->numel || from == 0; from += chunk) {
         uint64_t n = b->numel - from < chunk ? b->numel - from : chunk;
@@ -141,7 +171,11 @@ static int merge_tensor(merge_run *r, const plan_entry *e, acem_error *err) {
         }
         c.numel = n;
         c.offset = from;
-        if (n && r->method->merge(&c, r->deltas, r->out, err)) return -1;
+        if (run_method(r, e, &c, err)) { /* methods do not know file names: add the tensor's */
+            char inner[sizeof err->msg];
+            snprintf(inner, sizeof inner, "%s", err->msg);
+            return acem_fail(err, "tensor \"%s\": %s", b->name, inner);
+        }
         apply_delta(r->out, r->w0, r->lambda, n, r->f64);
         if (store(r, e, r->out, n, err) || check_cancel(r, err)) return -1;
         report_progress(r);
@@ -240,6 +274,7 @@ static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
     r->f64 = o->precision == ACEM_DT_F64;
     r->csize = r->f64 ? 8 : 4;
     r->threads = o->threads > 0 ? o->threads : omp_get_num_procs();
+    la_set_threads(r->threads);
     r->T = o->n_models;
     snprintf(s->method, sizeof s->method, "%s", r->method->name);
     snprintf(s->params, sizeof s->params, "lambda=%g%s%s", r->lambda, desc[0] ? " " : "", desc);
@@ -282,12 +317,19 @@ static int open_writer(merge_run *r, const output *out, const acem_merge_summary
                           tensors, r->plan.n, r->o->max_shard_size, meta, 4, &r->writer, err);
 }
 
-static void report_add(merge_run *r, const plan_entry *e) {
+static void report_add(merge_run *r, const plan_entry *e, const method_info *info) {
     if (!r->report_tensors) return;
     cJSON *t = cJSON_CreateObject();
     cJSON_AddStringToObject(t, "name", e->base->name);
     cJSON_AddStringToObject(t, "action", e->action == PLAN_MERGE ? "merged" : "copied");
     if (e->reason) cJSON_AddStringToObject(t, "reason", e->reason);
+    if (info->branch) cJSON_AddStringToObject(t, "branch", info->branch);
+    for (int i = 0; i < info->n; i++)
+        if (isfinite(info->value[i]))
+            cJSON_AddNumberToObject(t, info->key[i], info->value[i]);
+        else
+            cJSON_AddStringToObject(t, info->key[i], isnan(info->value[i]) ? "nan" : "inf");
+    if (info->warning) cJSON_AddStringToObject(t, "warning", info->warning);
     cJSON_AddItemToArray(r->report_tensors, t);
 }
 
@@ -330,13 +372,18 @@ static int run_plan(merge_run *r, acem_merge_summary *s, acem_error *err) {
     for (size_t i = 0; i < r->plan.n; i++) {
         const plan_entry *e = &r->plan.entries[i];
         r->progress.tensor = e->base->name;
-        if (e->action == PLAN_MERGE ? merge_tensor(r, e, err) : copy_tensor(r, e, err)) return -1;
+        method_info info = {0};
+        if (e->action == PLAN_MERGE ? merge_tensor(r, e, &info, err) : copy_tensor(r, e, err))
+            return -1;
+        if (info.warning && s->warnings++ == 0)
+            snprintf(s->first_warning, sizeof s->first_warning, "%s: %s", e->base->name,
+                     info.warning);
         if (e->action == PLAN_MERGE)
             s->tensors_merged++;
         else
             s->tensors_copied++;
         s->bytes_written += e->base->numel * acem_dtype_size(e->out_dtype);
-        report_add(r, e);
+        report_add(r, e, &info);
         r->progress.tensors_done = i + 1;
         report_progress(r);
     }

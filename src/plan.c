@@ -1,6 +1,7 @@
 /* plan.c — matches tensors across inputs and assigns merge / copy. */
 #include "plan.h"
 
+#include <cjson/cJSON.h>
 #include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,6 +64,31 @@ static int compile_exclusions(const acem_merge_options *o, exclusion **out, size
     return 0;
 }
 
+/* True when the base directory's config.json says model_type "gpt2". */
+static bool base_is_gpt2(const char *base) {
+    if (!acem_is_dir(base)) return false;
+    char *path = acem_path_join(base, "config.json", NULL);
+    FILE *f = path ? fopen(path, "rb") : NULL;
+    free(path);
+    if (!f) return false;
+    char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    cJSON *root = cJSON_ParseWithLength(buf, n);
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    bool gpt2 = cJSON_IsString(type) && strcmp(type->valuestring, "gpt2") == 0;
+    cJSON_Delete(root);
+    return gpt2;
+}
+
+/* GPT-2's Conv1D layers store their weight as (in, out). */
+static bool is_conv1d_name(const char *name) {
+    static const char *const parts[] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
+        if (strstr(name, parts[i])) return true;
+    return false;
+}
+
 static bool same_shape(const acem_tensor *a, const acem_tensor *b) {
     return a->ndim == b->ndim && memcmp(a->shape, b->shape, sizeof(uint64_t) * a->ndim) == 0;
 }
@@ -104,6 +130,8 @@ int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *cons
     size_t n_ex = 0;
     if (compile_exclusions(o, &ex, &n_ex, err)) return -1;
     int rc = -1;
+    bool gpt2 = o->covariance_axis_input &&
+                ((o->preset && strcmp(o->preset, "gpt2") == 0) || base_is_gpt2(o->base));
     p->n = acem_checkpoint_count(base);
     if (!(p->entries = acem_alloc(p->n, sizeof *p->entries, "the plan", err)) ||
         !(p->expert_slots = acem_alloc(p->n * (size_t)T, sizeof *p->expert_slots, "the plan", err)))
@@ -122,6 +150,7 @@ int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *cons
                 e->action = PLAN_COPY;
                 e->reason = ex[k].pattern;
             }
+        e->conv1d = gpt2 && e->base->ndim == 2 && is_conv1d_name(e->base->name);
         p->n_merge += e->action == PLAN_MERGE;
         p->bytes_to_read += e->base->nbytes * (e->action == PLAN_MERGE ? (uint64_t)T + 1 : 1);
     }

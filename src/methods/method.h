@@ -17,6 +17,23 @@ typedef struct method_param {
     const char *help;
 } method_param;
 
+/* What a method reports about one tensor, for --report and the summary. */
+#define METHOD_INFO_MAX 8
+typedef struct method_info {
+    int n;
+    const char *key[METHOD_INFO_MAX];
+    double value[METHOD_INFO_MAX];
+    const char *branch;  /* e.g. ACE's "hetero" / "homo", or NULL */
+    const char *warning; /* a static sentence, or NULL */
+} method_info;
+
+static inline void info_add(method_info *i, const char *key, double value) {
+    if (i && i->n < METHOD_INFO_MAX) {
+        i->key[i->n] = key;
+        i->value[i->n++] = value;
+    }
+}
+
 typedef struct method_ctx {
     const char *tensor; /* name, for messages and the DARE key */
     uint64_t name_hash;
@@ -28,7 +45,8 @@ typedef struct method_ctx {
     bool f64; /* compute precision: double when true, float otherwise */
     int threads;
     uint64_t seed;
-    const double *p; /* resolved parameters, in the method's table order */
+    const double *p;   /* resolved parameters, in the method's table order */
+    method_info *info; /* per-tensor report, may be NULL */
 } method_ctx;
 
 typedef struct method_def {
@@ -40,6 +58,10 @@ typedef struct method_def {
     /* True when each element depends only on the same element of the deltas, so the
      * pipeline may stream the tensor in chunks. */
     bool (*elementwise)(const double *p);
+    /* True for methods defined on 2-D tensors: every other tensor gets mean_t Dt. */
+    bool matrix;
+    /* True for methods that build covariances over the column axis (--covariance-axis). */
+    bool covariance;
     /* deltas may be overwritten (used as scratch); out receives numel values. */
     int (*merge)(const method_ctx *c, void *const *deltas, void *out, acem_error *err);
 } method_def;
@@ -68,6 +90,7 @@ void deltas_scaled_sum(const method_ctx *c, void *const *deltas, void *out, doub
 void ties_disjoint_mean(const method_ctx *c, void *const *deltas, void *out);
 
 extern const method_def method_average, method_task_arithmetic, method_ties, method_dare_linear,
-    method_dare_ties;
+    method_dare_ties, method_ace, method_wudi, method_actmat, method_tsv, method_iso_c,
+    method_iso_cts, method_cart;
 
 #endif

@@ -7,7 +7,21 @@
 #include <string.h>
 
 static const method_def *const methods[] = {
-    &method_average, &method_task_arithmetic, &method_ties, &method_dare_linear, &method_dare_ties,
+    /* elementwise */
+    &method_average,
+    &method_task_arithmetic,
+    &method_ties,
+    &method_dare_linear,
+    &method_dare_ties,
+    /* covariance family */
+    &method_ace,
+    &method_wudi,
+    &method_actmat,
+    /* spectral */
+    &method_tsv,
+    &method_iso_c,
+    &method_iso_cts,
+    &method_cart,
 };
 #define N_METHODS (sizeof methods / sizeof *methods)
 

@@ -1,0 +1,171 @@
+/* cpu.c — the linalg interface on OpenBLAS (CBLAS) and LAPACKE.
+ *
+ * LAPACK is column-major; a row-major m x n buffer is the column-major n x m transpose.
+ * So instead of transposing, each routine is called on the transposed problem:
+ * X A^{-1} = (A^{-T} X^T)^T, and the SVD of A^T = V S U^T hands back U and V^T row-major. */
+#include "linalg.h"
+
+#include <cblas.h>
+#include <lapacke.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PICK(L, s, d) ((L)->f64 ? (d) : (s))
+
+double la_get(const la *L, const void *x, size_t i) {
+    return L->f64 ? ((const double *)x)[i] : (double)((const float *)x)[i];
+}
+
+void la_set(const la *L, void *x, size_t i, double v) {
+    if (L->f64)
+        ((double *)x)[i] = v;
+    else
+        ((float *)x)[i] = (float)v;
+}
+
+void la_copy(const la *L, size_t n, const void *x, void *y) { memcpy(y, x, n * la_size(L)); }
+void la_zero(const la *L, size_t n, void *x) { memset(x, 0, n * la_size(L)); }
+
+void la_axpy(const la *L, size_t n, double a, const void *x, void *y) {
+    if (L->f64)
+        cblas_daxpy((blasint)n, a, x, 1, y, 1);
+    else
+        cblas_saxpy((blasint)n, (float)a, x, 1, y, 1);
+}
+
+void la_scale(const la *L, size_t n, double a, void *x) {
+    if (L->f64)
+        cblas_dscal((blasint)n, a, x, 1);
+    else
+        cblas_sscal((blasint)n, (float)a, x, 1);
+}
+
+double la_sumsq(const la *L, size_t n, const void *x) {
+    double s = 0;
+    if (L->f64)
+        for (size_t i = 0; i < n; i++)
+            s += ((const double *)x)[i] * ((const double *)x)[i];
+    else
+        for (size_t i = 0; i < n; i++)
+            s += (double)((const float *)x)[i] * ((const float *)x)[i];
+    return s;
+}
+
+void la_gemm(const la *L, bool ta, bool tb, size_t m, size_t n, size_t k, double alpha,
+             const void *A, size_t lda, const void *B, size_t ldb, double beta, void *C,
+             size_t ldc) {
+    enum CBLAS_TRANSPOSE TA = ta ? CblasTrans : CblasNoTrans, TB = tb ? CblasTrans : CblasNoTrans;
+    if (L->f64)
+        cblas_dgemm(CblasRowMajor, TA, TB, (blasint)m, (blasint)n, (blasint)k, alpha, A,
+                    (blasint)lda, B, (blasint)ldb, beta, C, (blasint)ldc);
+    else
+        cblas_sgemm(CblasRowMajor, TA, TB, (blasint)m, (blasint)n, (blasint)k, (float)alpha, A,
+                    (blasint)lda, B, (blasint)ldb, (float)beta, C, (blasint)ldc);
+}
+
+void la_gram(const la *L, size_t m, size_t n, double alpha, const void *X, double beta, void *G) {
+    if (L->f64)
+        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (blasint)n, (blasint)m, alpha, X,
+                    (blasint)n, beta, G, (blasint)n);
+    else
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (blasint)n, (blasint)m, (float)alpha, X,
+                    (blasint)n, (float)beta, G, (blasint)n);
+    for (size_t i = 0; i < n; i++) /* mirror the upper triangle into the lower */
+        for (size_t j = i + 1; j < n; j++)
+            la_set(L, G, j * n + i, la_get(L, G, i * n + j));
+}
+
+void la_col_means(const la *L, size_t m, size_t n, const void *X, void *mu) {
+    double *acc = calloc(n ? n : 1, sizeof(double));
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < n; j++)
+            acc[j] += la_get(L, X, i * n + j);
+    for (size_t j = 0; j < n; j++)
+        la_set(L, mu, j, m ? acc[j] / (double)m : 0.0);
+    free(acc);
+}
+
+void la_add_row(const la *L, size_t m, size_t n, double a, const void *v, void *X) {
+    for (size_t i = 0; i < m; i++)
+        la_axpy(L, n, a, v, la_at(L, X, i * n));
+}
+
+void la_transpose(const la *L, size_t m, size_t n, const void *src, void *dst) {
+    const size_t B = 32; /* tiles keep both sides in cache */
+    for (size_t i0 = 0; i0 < m; i0 += B)
+        for (size_t j0 = 0; j0 < n; j0 += B)
+            for (size_t i = i0; i < m && i < i0 + B; i++)
+                for (size_t j = j0; j < n && j < j0 + B; j++)
+                    la_set(L, dst, j * m + i, la_get(L, src, i * n + j));
+}
+
+void la_add_diag(const la *L, size_t n, double a, void *A) {
+    for (size_t i = 0; i < n; i++)
+        la_set(L, A, i * n + i, la_get(L, A, i * n + i) + a);
+}
+
+int la_solve_right_lu(const la *L, size_t m, size_t n, void *A, void *X, double *rcond) {
+    /* Column-major, the buffer A is A^T and X is X^T: solve A^T Y = X^T, Y = (X A^{-1})^T. */
+    lapack_int *ipiv = malloc((n ? n : 1) * sizeof *ipiv);
+    if (!ipiv) return -1;
+    lapack_int N = (lapack_int)n, M = (lapack_int)m;
+    double anorm = L->f64 ? LAPACKE_dlange(LAPACK_COL_MAJOR, '1', N, N, A, N)
+                          : LAPACKE_slange(LAPACK_COL_MAJOR, '1', N, N, A, N);
+    int info = L->f64 ? LAPACKE_dgetrf(LAPACK_COL_MAJOR, N, N, A, N, ipiv)
+                      : LAPACKE_sgetrf(LAPACK_COL_MAJOR, N, N, A, N, ipiv);
+    if (info == 0 && rcond) {
+        float rs;
+        if (L->f64)
+            LAPACKE_dgecon(LAPACK_COL_MAJOR, '1', N, A, N, anorm, rcond);
+        else {
+            LAPACKE_sgecon(LAPACK_COL_MAJOR, '1', N, A, N, (float)anorm, &rs);
+            *rcond = rs;
+        }
+    }
+    if (info == 0)
+        info = L->f64 ? LAPACKE_dgetrs(LAPACK_COL_MAJOR, 'N', N, M, A, N, ipiv, X, N)
+                      : LAPACKE_sgetrs(LAPACK_COL_MAJOR, 'N', N, M, A, N, ipiv, X, N);
+    free(ipiv);
+    return info;
+}
+
+int la_solve_right_chol(const la *L, size_t m, size_t n, void *A, void *X) {
+    /* A symmetric, so the transposed view is A itself. */
+    lapack_int N = (lapack_int)n, M = (lapack_int)m;
+    int info = L->f64 ? LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'U', N, A, N)
+                      : LAPACKE_spotrf(LAPACK_COL_MAJOR, 'U', N, A, N);
+    if (info == 0)
+        info = L->f64 ? LAPACKE_dpotrs(LAPACK_COL_MAJOR, 'U', N, M, A, N, X, N)
+                      : LAPACKE_spotrs(LAPACK_COL_MAJOR, 'U', N, M, A, N, X, N);
+    return info;
+}
+
+int la_svd(const la *L, size_t m, size_t n, void *A, void *U, void *s, void *VT) {
+    /* Column-major the buffer is A^T (n x m) = V S U^T: its "U" (n x r) is our V^T
+     * row-major, its "VT" (r x m) is our U row-major. */
+    lapack_int M = (lapack_int)m, N = (lapack_int)n, r = (lapack_int)(m < n ? m : n);
+    if (r == 0) return 0;
+    return L->f64 ? LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'S', N, M, A, N, s, VT, N, U, r)
+                  : LAPACKE_sgesdd(LAPACK_COL_MAJOR, 'S', N, M, A, N, s, VT, N, U, r);
+}
+
+int la_eig_sym(const la *L, size_t n, void *A, void *w, void *Z) {
+    lapack_int N = (lapack_int)n, found;
+    lapack_int *isuppz = malloc(2 * (n ? n : 1) * sizeof *isuppz);
+    if (!isuppz) return -1;
+    /* Column-major Z holds eigenvectors in columns; row-major that is Z^T, so transpose. */
+    int info = L->f64 ? LAPACKE_dsyevr(LAPACK_COL_MAJOR, 'V', 'A', 'U', N, A, N, 0, 0, 0, 0, 0,
+                                       &found, w, Z, N, isuppz)
+                      : LAPACKE_ssyevr(LAPACK_COL_MAJOR, 'V', 'A', 'U', N, A, N, 0, 0, 0, 0, 0,
+                                       &found, w, Z, N, isuppz);
+    free(isuppz);
+    for (size_t i = 0; i < n && info == 0; i++)
+        for (size_t j = i + 1; j < n; j++) {
+            double a = la_get(L, Z, i * n + j), b = la_get(L, Z, j * n + i);
+            la_set(L, Z, i * n + j, b);
+            la_set(L, Z, j * n + i, a);
+        }
+    return info;
+}
+
+void la_set_threads(int n) { openblas_set_num_threads(n); }
