@@ -47,7 +47,10 @@ static void print_help(void) {
         "      --max-shard-size S     split a directory output into shards of at most S\n"
         "                             bytes (e.g. 5G, 500M)\n"
         "  -t, --threads N            worker threads (default: all cores)\n"
-        "      --report FILE.json     write a per-tensor report\n"
+        "      --report FILE.json     write a per-tensor report (ace: gamma, branch, k, ...)\n"
+        "      --gram MODEL=GRAMS     regmean: Gram matrices X^T X of MODEL's layer inputs, a\n"
+        "                             safetensors file with n x n tensors named like the\n"
+        "                             weights (repeat for every expert)\n"
         "      --allow-nonfinite      merge tensors holding NaN or Inf (refused by default)\n"
         "  -f, --force                replace an existing output (only once the new one is done)\n"
         "  -q, --quiet                no progress bar, no summary\n"
@@ -73,7 +76,8 @@ static void print_help(void) {
             printf("%.*s", w, d);
             col += w;
             d += w;
-            while (*d == ' ') d++;
+            while (*d == ' ')
+                d++;
         }
         putchar('\n');
     }
@@ -93,8 +97,8 @@ static void print_help(void) {
 typedef struct flags {
     const char *base, *method, *out, *preset, *report, *config;
     const char *models[MAX_LIST], *excludes[MAX_LIST];
-    acem_param params[MAX_LIST];
-    int n_models, n_excludes, n_params;
+    acem_param params[MAX_LIST], grams[MAX_LIST]; /* grams: model path -> Gram file */
+    int n_models, n_excludes, n_params, n_grams;
     double lambda;
     long long seed, threads;
     uint64_t max_shard;
@@ -124,7 +128,17 @@ static int push(const char **list, int *n, const char *v, const char *flag) {
 }
 
 static int parse_flags(int argc, char **argv, flags *f) {
-    enum { O_SEED = 256, O_PRESET, O_DTYPE, O_PRECISION, O_SHARD, O_REPORT, O_NONFINITE, O_AXIS };
+    enum {
+        O_SEED = 256,
+        O_PRESET,
+        O_DTYPE,
+        O_PRECISION,
+        O_SHARD,
+        O_REPORT,
+        O_NONFINITE,
+        O_AXIS,
+        O_GRAM
+    };
     static const struct option longopts[] = {
         {"base", required_argument, 0, 'b'},
         {"model", required_argument, 0, 'm'},
@@ -145,6 +159,7 @@ static int parse_flags(int argc, char **argv, flags *f) {
         {"report", required_argument, 0, O_REPORT},
         {"allow-nonfinite", no_argument, 0, O_NONFINITE},
         {"covariance-axis", required_argument, 0, O_AXIS},
+        {"gram", required_argument, 0, O_GRAM},
         {0, 0, 0, 0},
     };
     int c;
@@ -167,6 +182,16 @@ static int parse_flags(int argc, char **argv, flags *f) {
         case O_PRESET: f->preset = optarg; break;
         case O_REPORT: f->report = optarg; break;
         case O_NONFINITE: f->allow_nonfinite = 1; break;
+        case O_GRAM: {
+            char *eq = strrchr(optarg, '=');
+            if (!eq || eq == optarg || !eq[1] || f->n_grams >= MAX_LIST) {
+                cli_error("--gram expects MODEL_PATH=GRAMS.safetensors, not \"%s\"", optarg);
+                return -1;
+            }
+            *eq = 0;
+            f->grams[f->n_grams++] = (acem_param){optarg, eq + 1};
+            break;
+        }
         case O_AXIS:
             if (strcmp(optarg, "stored") && strcmp(optarg, "input")) {
                 cli_error("--covariance-axis expects stored or input, not \"%s\"", optarg);
@@ -236,9 +261,10 @@ static void apply_flags(const flags *f, acem_merge_options *o, acem_param *param
     if (f->out) o->out = f->out;
     if (f->preset) o->preset = f->preset;
     if (f->report) o->report_path = f->report;
-    if (f->n_models) {
+    if (f->n_models) { /* Gram files from the config belonged to its own model list */
         o->models = f->models;
         o->n_models = f->n_models;
+        o->grams = NULL;
     }
     if (f->n_excludes) {
         o->excludes = f->excludes;
@@ -289,6 +315,21 @@ int cmd_merge(int argc, char **argv) {
         return EXIT_FAIL;
     }
     apply_flags(&f, &o, params);
+    const char **grams = f.n_grams ? calloc((size_t)o.n_models + 1, sizeof *grams) : NULL;
+    for (int g = 0; g < f.n_grams && grams; g++) {
+        int t = 0;
+        while (t < o.n_models && strcmp(o.models[t], f.grams[g].key) != 0)
+            t++;
+        if (t == o.n_models) {
+            cli_error("--gram %s: not one of the --model paths", f.grams[g].key);
+            free(grams);
+            free(params);
+            acem_config_free(cfg);
+            return EXIT_USAGE;
+        }
+        grams[t] = f.grams[g].value;
+    }
+    if (grams) o.grams = grams;
     int rc;
     if (!o.base || !o.out || !o.method || o.n_models < 2) {
         cli_error("%s", !o.base     ? "no base model (--base)"
@@ -299,6 +340,7 @@ int cmd_merge(int argc, char **argv) {
     } else {
         rc = cli_run_merge(&o, f.quiet);
     }
+    free(grams);
     free(params);
     acem_config_free(cfg);
     return rc;

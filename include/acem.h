@@ -156,6 +156,8 @@ typedef struct acem_merge_options {
      * are transposed when preset is gpt2 or the base's config.json says model_type gpt2. */
     int covariance_axis_input;
     const char *report_path; /* JSON run report, or NULL */
+    /* regmean: Gram matrices per expert; grams[t] (or NULL) belongs to models[t]. */
+    const char *const *grams;
     acem_progress_fn progress;
     void *progress_user;
     volatile sig_atomic_t *cancel; /* checked between chunks; non-zero aborts cleanly */

@@ -23,6 +23,7 @@ struct acem_config {
     yaml_document_t doc; /* scalars point into it */
     bool loaded;
     const char **models;
+    const char **grams; /* parallel to models */
     const char **excludes;
     acem_param *params;
 };
@@ -31,6 +32,7 @@ void acem_config_free(acem_config *c) {
     if (!c) return;
     if (c->loaded) yaml_document_delete(&c->doc);
     free(c->models);
+    free(c->grams);
     free(c->excludes);
     free(c->params);
     free(c);
@@ -76,7 +78,8 @@ static int boolean(cfg_ctx *x, yaml_node_t *n, const char *key, int *out) {
     return 0;
 }
 
-/* A sequence of scalars, or of {model: path} mappings when `field` is given. */
+/* A sequence of scalars, or of {model: path[, gram: path]} mappings when `field` is given
+ * (gram paths land in x->c->grams). */
 static int string_list(cfg_ctx *x, yaml_node_t *n, const char *key, const char *field,
                        const char ***out, int *count) {
     if (!n || n->type != YAML_SEQUENCE_NODE)
@@ -84,6 +87,8 @@ static int string_list(cfg_ctx *x, yaml_node_t *n, const char *key, const char *
     size_t len = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
     if (len > CONFIG_MAX_LIST) return acem_fail(x->err, "%s: \"%s\" is too long", x->path, key);
     if (!(*out = acem_alloc(len + 1, sizeof(char *), "a config list", x->err))) return -1;
+    if (field && !(x->c->grams = acem_alloc(len + 1, sizeof(char *), "a config list", x->err)))
+        return -1;
     *count = 0;
     for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
          it++) {
@@ -94,9 +99,14 @@ static int string_list(cfg_ctx *x, yaml_node_t *n, const char *key, const char *
                  p < item->data.mapping.pairs.top; p++) {
                 const char *k = scalar(x, node(x, p->key), key);
                 if (!k) return -1;
+                if (!strcmp(k, "gram")) {
+                    if (!(x->c->grams[*count] = scalar(x, node(x, p->value), k))) return -1;
+                    x->o->grams = x->c->grams;
+                    continue;
+                }
                 if (strcmp(k, field) != 0)
                     return acem_fail(x->err,
-                                     "%s: \"%s\" entries take only \"%s\" (per-model "
+                                     "%s: \"%s\" entries take \"%s\" and \"gram\" (per-model "
                                      "\"%s\" is not supported)",
                                      x->path, key, field, k);
                 value = node(x, p->value);

@@ -39,6 +39,8 @@ typedef struct merge_run {
     int T;
     acem_checkpoint *base;
     acem_checkpoint **experts;
+    acem_checkpoint **grams; /* regmean's Gram files, per expert (entries may be NULL) */
+    void **gram_bufs;
     plan plan;
     st_writer *writer;
     /* buffers */
@@ -156,11 +158,36 @@ static int run_method(merge_run *r, const plan_entry *e, method_ctx *c, acem_err
     return 0;
 }
 
+/* regmean: every expert's Gram matrix of this tensor (n x n over the covariance axis), or
+ * none at all when one is missing. */
+static int load_grams(merge_run *r, const plan_entry *e, method_ctx *c, acem_error *err) {
+    const acem_tensor *b = e->base;
+    c->grams = NULL;
+    if (!r->grams || b->ndim != 2) return 0;
+    uint64_t n = e->conv1d ? b->shape[0] : b->shape[1];
+    for (int t = 0; t < r->T; t++) {
+        const acem_tensor *g = r->grams[t] ? acem_checkpoint_find(r->grams[t], b->name) : NULL;
+        if (!g) return 0;
+        if (g->ndim != 2 || g->shape[0] != n || g->shape[1] != n ||
+            !acem_dtype_is_mergeable(g->dtype))
+            return acem_fail(err, "%s: Gram matrix \"%s\" must be a float %llu x %llu matrix",
+                             acem_checkpoint_path(r->grams[t]), b->name, (unsigned long long)n,
+                             (unsigned long long)n);
+        free(r->gram_bufs[t]);
+        if (!(r->gram_bufs[t] = acem_alloc(n * n, r->csize, "a Gram matrix", err)) ||
+            load(r, r->grams[t], g, 0, n * n, r->gram_bufs[t], err))
+            return -1;
+    }
+    c->grams = r->gram_bufs;
+    return 0;
+}
+
 static int merge_tensor(merge_run *r, const plan_entry *e, method_info *info, acem_error *err) {
     const acem_tensor *b = e->base;
     method_ctx c;
     method_ctx_for(r, b, &c);
     c.info = info;
+    if (r->method->uses_grams && load_grams(r, e, &c, err)) return -1;
     uint64_t chunk = chunk_of(r, e);
     for (uint64_t from = 0; from < b->numel || from == 0; from += chunk) {
         uint64_t n = b->numel - from < chunk ? b->numel - from : chunk;
@@ -292,6 +319,14 @@ static int open_inputs(merge_run *r, acem_error *err) {
     if (!(r->experts = acem_alloc((size_t)r->T, sizeof *r->experts, "experts", err))) return -1;
     for (int t = 0; t < r->T; t++)
         if (acem_checkpoint_open(o->models[t], &r->experts[t], err)) return -1;
+    if (r->method->uses_grams) {
+        if (!(r->grams = acem_alloc((size_t)r->T, sizeof *r->grams, "Gram files", err)) ||
+            !(r->gram_bufs = acem_alloc((size_t)r->T, sizeof *r->gram_bufs, "Gram buffers", err)))
+            return -1;
+        for (int t = 0; t < r->T; t++)
+            if (o->grams && o->grams[t] && acem_checkpoint_open(o->grams[t], &r->grams[t], err))
+                return -1;
+    }
     const acem_checkpoint *all[r->T + 1];
     all[0] = r->base;
     for (int t = 0; t < r->T; t++)

@@ -47,6 +47,7 @@ typedef struct method_ctx {
     uint64_t seed;
     const double *p;   /* resolved parameters, in the method's table order */
     method_info *info; /* per-tensor report, may be NULL */
+    void *const *grams; /* regmean: T Gram matrices (cols x cols), or NULL if any is missing */
 } method_ctx;
 
 typedef struct method_def {
@@ -62,6 +63,8 @@ typedef struct method_def {
     bool matrix;
     /* True for methods that build covariances over the column axis (--covariance-axis). */
     bool covariance;
+    /* True when the method reads Gram matrices given with --gram (regmean). */
+    bool uses_grams;
     /* deltas may be overwritten (used as scratch); out receives numel values. */
     int (*merge)(const method_ctx *c, void *const *deltas, void *out, acem_error *err);
 } method_def;
@@ -91,6 +94,6 @@ void ties_disjoint_mean(const method_ctx *c, void *const *deltas, void *out);
 
 extern const method_def method_average, method_task_arithmetic, method_ties, method_dare_linear,
     method_dare_ties, method_ace, method_wudi, method_actmat, method_tsv, method_iso_c,
-    method_iso_cts, method_cart;
+    method_iso_cts, method_cart, method_regmean;
 
 #endif

@@ -17,6 +17,7 @@ static const method_def *const methods[] = {
     &method_ace,
     &method_wudi,
     &method_actmat,
+    &method_regmean,
     /* spectral */
     &method_tsv,
     &method_iso_c,
