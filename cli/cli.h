@@ -12,6 +12,7 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
 int cmd_merge(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_example(int argc, char **argv);
+int cmd_stats(int argc, char **argv);
 
 /* Prints "acem: error: MSG" on one line to stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

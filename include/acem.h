@@ -179,6 +179,25 @@ typedef struct acem_merge_summary {
 /* Runs a whole merge. On failure nothing is left at o->out (an existing output is kept). */
 int acem_merge(const acem_merge_options *o, acem_merge_summary *summary, acem_error *err);
 
+/* Per 2-D tensor statistics of the deltas (acem stats): what ACE sees. */
+typedef struct acem_tensor_stats {
+    const char *name;
+    uint64_t rows, cols;
+    int T;
+    double gamma;        /* ACE's heterogeneity (ace-merging.md step 1) */
+    int hetero;          /* gamma > threshold: the branch ACE takes */
+    const double *norm;  /* T values: ||Dt||_F */
+    const double *erank; /* T values: effective rank exp(H), H the entropy of sigma / sum sigma */
+} acem_tensor_stats;
+
+typedef int (*acem_stats_fn)(void *user, const acem_tensor_stats *s);
+
+/* Streams base + models (o->base, o->models, o->excludes, o->preset, o->threads,
+ * o->precision are used) and calls fn for every 2-D floating-point tensor that a merge
+ * would merge. A non-zero return from fn stops the walk with that status. */
+int acem_stats(const acem_merge_options *o, double threshold, acem_stats_fn fn, void *user,
+               acem_error *err);
+
 /* Methods known to the library, for --help. */
 size_t acem_method_count(void);
 const char *acem_method_name(size_t i);

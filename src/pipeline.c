@@ -10,6 +10,7 @@
 #include "methods/method.h"
 #include "output.h"
 #include "plan.h"
+#include "stats.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -182,6 +183,17 @@ static int load_grams(merge_run *r, const plan_entry *e, method_ctx *c, acem_err
     return 0;
 }
 
+/* W0 into r->w0 and Dt = Wt - W0 into r->deltas, for elements [from, from + n). */
+static int load_deltas(merge_run *r, const plan_entry *e, uint64_t from, uint64_t n,
+                       acem_error *err) {
+    if (load(r, r->base, e->base, from, n, r->w0, err)) return -1;
+    for (int t = 0; t < r->T; t++) {
+        if (load(r, r->experts[t], e->experts[t], from, n, r->deltas[t], err)) return -1;
+        subtract(r->deltas[t], r->w0, n, r->f64);
+    }
+    return 0;
+}
+
 static int merge_tensor(merge_run *r, const plan_entry *e, method_info *info, acem_error *err) {
     const acem_tensor *b = e->base;
     method_ctx c;
@@ -191,11 +203,7 @@ static int merge_tensor(merge_run *r, const plan_entry *e, method_info *info, ac
     uint64_t chunk = chunk_of(r, e);
     for (uint64_t from = 0; from < b->numel || from == 0; from += chunk) {
         uint64_t n = b->numel - from < chunk ? b->numel - from : chunk;
-        if (load(r, r->base, b, from, n, r->w0, err)) return -1;
-        for (int t = 0; t < r->T; t++) {
-            if (load(r, r->experts[t], e->experts[t], from, n, r->deltas[t], err)) return -1;
-            subtract(r->deltas[t], r->w0, n, r->f64);
-        }
+        if (load_deltas(r, e, from, n, err)) return -1;
         c.numel = n;
         c.offset = from;
         if (run_method(r, e, &c, err)) { /* methods do not know file names: add the tensor's */
@@ -276,6 +284,14 @@ static void free_run(merge_run *r) {
     cJSON_Delete(r->report_tensors);
 }
 
+static void set_compute(merge_run *r) {
+    r->f64 = r->o->precision == ACEM_DT_F64;
+    r->csize = r->f64 ? 8 : 4;
+    r->threads = r->o->threads > 0 ? r->o->threads : omp_get_num_procs();
+    la_set_threads(r->threads);
+    r->T = r->o->n_models;
+}
+
 static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
     const acem_merge_options *o = r->o;
     if (!o->base || !o->out || !o->method)
@@ -298,11 +314,7 @@ static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
         return -1;
     r->lambda = isnan(o->lambda) ? r->method->default_lambda : o->lambda;
     if (!isfinite(r->lambda)) return acem_fail(err, "lambda must be a finite number");
-    r->f64 = o->precision == ACEM_DT_F64;
-    r->csize = r->f64 ? 8 : 4;
-    r->threads = o->threads > 0 ? o->threads : omp_get_num_procs();
-    la_set_threads(r->threads);
-    r->T = o->n_models;
+    set_compute(r);
     snprintf(s->method, sizeof s->method, "%s", r->method->name);
     snprintf(s->params, sizeof s->params, "lambda=%g%s%s", r->lambda, desc[0] ? " " : "", desc);
     if (r->method->merge == method_dare_linear.merge ||
@@ -331,7 +343,7 @@ static int open_inputs(merge_run *r, acem_error *err) {
     all[0] = r->base;
     for (int t = 0; t < r->T; t++)
         all[t + 1] = r->experts[t];
-    if (output_check_distinct(o->out, all, r->T + 1, err)) return -1;
+    if (o->out && output_check_distinct(o->out, all, r->T + 1, err)) return -1;
     return plan_build(&r->plan, r->base, (const acem_checkpoint *const *)r->experts, r->T, o, err);
 }
 
@@ -453,5 +465,54 @@ done:
     free(tensors);
     free_run(&r);
     s->wall_seconds = acem_now() - t0;
+    return rc;
+}
+
+int acem_stats(const acem_merge_options *o, double threshold, acem_stats_fn fn, void *user,
+               acem_error *err) {
+    /* A dry walk of the merge plan with whole tensors (ace's shape of work), no output. */
+    acem_merge_options so = *o;
+    so.out = NULL;
+    merge_run r = {.o = &so, .method = &method_ace};
+    if (!o->base || o->n_models < 2)
+        return acem_fail(err, "a base model and at least 2 expert models are needed");
+    if (o->precision != ACEM_DT_F32 && o->precision != ACEM_DT_F64)
+        return acem_fail(err, "compute precision must be f32 or f64");
+    set_compute(&r);
+    double *norm = NULL, *erank = NULL;
+    int rc = -1;
+    if (open_inputs(&r, err) || alloc_buffers(&r, err) ||
+        !(norm = acem_alloc((size_t)r.T, sizeof *norm, "stats", err)) ||
+        !(erank = acem_alloc((size_t)r.T, sizeof *erank, "stats", err)))
+        goto out;
+    r.progress.tensors_total = r.plan.n;
+    r.progress.bytes_total = r.plan.bytes_to_read;
+    r.progress.phase = ACEM_PHASE_MERGE;
+    for (size_t i = 0; i < r.plan.n; i++) {
+        const plan_entry *e = &r.plan.entries[i];
+        r.progress.tensor = e->base->name;
+        if (e->action == PLAN_MERGE && e->base->ndim == 2) {
+            method_ctx c;
+            method_ctx_for(&r, e->base, &c);
+            c.numel = e->base->numel;
+            acem_tensor_stats st = {e->base->name, c.rows, c.cols, r.T, 0, 0, norm, erank};
+            if (load_deltas(&r, e, 0, c.numel, err) ||
+                delta_stats(&c, r.deltas, norm, erank, &st.gamma, err))
+                goto out;
+            st.hetero = st.gamma > threshold;
+            if ((rc = fn(user, &st)) != 0) goto out;
+            rc = -1;
+        }
+        r.progress.tensors_done = i + 1;
+        if (check_cancel(&r, err)) goto out;
+        report_progress(&r);
+    }
+    r.progress.phase = ACEM_PHASE_DONE;
+    report_progress(&r);
+    rc = 0;
+out:
+    free(norm);
+    free(erank);
+    free_run(&r);
     return rc;
 }

@@ -149,6 +149,38 @@ def test_report(d):
     check("--report lists every tensor with its action and the resolved parameters", ok, r.stderr)
 
 
+def test_stats(d):
+    paths = make_models(d, {"layers.0.w": (20, 12), "layers.1.w": (12, 30), "layers.1.b": (12,)})
+    out = {k: os.path.join(d, "stats." + k) for k in ("json", "csv", "svg")}
+    r = run("stats", "-b", paths[0], *sum((["-m", p] for p in paths[1:]), []),
+            "--json", out["json"], "--csv", out["csv"], "--svg", out["svg"])
+    check("stats prints a table of 2-D tensors", r.returncode == 0 and "layers.0.w" in r.stdout
+          and "layers.1.b" not in r.stdout and "gamma" in r.stdout, r.stdout + r.stderr)
+    ok = all(os.path.exists(p) for p in out.values())
+    if ok:
+        j = json.load(open(out["json"]))
+        base = st.read_file(paths[0])[0]
+        experts = [st.read_file(p)[0] for p in paths[1:]]
+        for t in j["tensors"]:
+            name = t["name"]
+            ds = [e[name].to_f64() - base[name].to_f64() for e in experts]
+            s2 = np.array([np.sum(x * x) for x in ds])
+            lg = np.log(s2 + 1e-12)
+            gamma = np.var(lg, ddof=1) / (np.mean(lg) ** 2 + 1e-12)
+            er = []
+            for x in ds:
+                sv = np.linalg.svd(x.reshape(t["shape"]), compute_uv=False)
+                p = sv / sv.sum()
+                er.append(np.exp(-np.sum(p * np.log(p))))
+            ok = ok and abs(t["gamma"] - gamma) <= 1e-4 * abs(gamma) + 1e-9
+            ok = ok and np.allclose(t["norm"], np.sqrt(s2), rtol=1e-5)
+            ok = ok and np.allclose(t["effective_rank"], er, rtol=1e-4)
+        svg = open(out["svg"]).read()
+        ok = ok and svg.startswith("<svg") and svg.rstrip().endswith("</svg>") and "threshold 0.3" in svg
+        ok = ok and open(out["csv"]).readline().startswith("tensor,rows,cols,gamma,branch,norm_1")
+    check("stats JSON matches numpy (gamma, norms, effective ranks); CSV and SVG written", ok)
+
+
 def test_signals(d):
     # Big enough that the merge is still running when the signal arrives: ties keeps whole
     # tensors, 24 tensors x 1M floats per model.
@@ -177,7 +209,7 @@ def test_signals(d):
 def main():
     with tempfile.TemporaryDirectory(prefix="acem-cli-") as d:
         test_help()
-        for fn in (test_example, test_yaml_equivalence, test_usage_errors, test_report, test_signals):
+        for fn in (test_example, test_yaml_equivalence, test_usage_errors, test_report, test_stats, test_signals):
             sub = os.path.join(d, fn.__name__)
             os.mkdir(sub)
             fn(sub)

@@ -149,6 +149,13 @@ int la_svd(const la *L, size_t m, size_t n, void *A, void *U, void *s, void *VT)
                   : LAPACKE_sgesdd(LAPACK_COL_MAJOR, 'S', N, M, A, N, s, VT, N, U, r);
 }
 
+int la_singular_values(const la *L, size_t m, size_t n, void *A, void *s) {
+    lapack_int M = (lapack_int)m, N = (lapack_int)n;
+    if (m == 0 || n == 0) return 0;
+    return L->f64 ? LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'N', N, M, A, N, s, NULL, 1, NULL, 1)
+                  : LAPACKE_sgesdd(LAPACK_COL_MAJOR, 'N', N, M, A, N, s, NULL, 1, NULL, 1);
+}
+
 int la_eig_sym(const la *L, size_t n, void *A, void *w, void *Z) {
     lapack_int N = (lapack_int)n, found;
     lapack_int *isuppz = malloc(2 * (n ? n : 1) * sizeof *isuppz);

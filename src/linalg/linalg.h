@@ -53,6 +53,8 @@ int la_solve_right_chol(const la *L, size_t m, size_t n, void *A, void *X);
 /* Thin SVD of A (m x n, destroyed): A = U diag(s) VT, r = min(m, n), s descending,
  * U m x r, VT r x n. */
 int la_svd(const la *L, size_t m, size_t n, void *A, void *U, void *s, void *VT);
+/* Singular values only (descending) of A (m x n, destroyed). */
+int la_singular_values(const la *L, size_t m, size_t n, void *A, void *s);
 /* Symmetric eigendecomposition of A (n x n): eigenvalues w ascending, eigenvectors as the
  * columns of Z (n x n). A is destroyed. */
 int la_eig_sym(const la *L, size_t n, void *A, void *w, void *Z);

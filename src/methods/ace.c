@@ -36,7 +36,8 @@ typedef struct ace_state {
 } ace_state;
 
 /* Step 1: gamma = var(l) / (mean(l)^2 + tiny), l_t = ln(||Dt||_F^2 + tiny), var unbiased. */
-static double heterogeneity(const la *L, const method_ctx *c, void *const *D, double *sq) {
+double ace_heterogeneity(const method_ctx *c, void *const *D, double *sq) {
+    const la L0 = {c->f64, c->threads}, *L = &L0;
     double l[c->T], mean = 0, var = 0;
     for (int t = 0; t < c->T; t++) {
         sq[t] = la_sumsq(L, c->numel, D[t]); /* no matrix product needed */
@@ -107,7 +108,7 @@ static int merge_ace(const method_ctx *c, void *const *D, void *out, acem_error 
         return 0;
     }
     double sq[c->T];
-    double gamma = heterogeneity(&L, c, D, sq);
+    double gamma = ace_heterogeneity(c, D, sq);
     ace_state st = {.hetero = gamma > c->p[P_THRESHOLD]};
     info_add(c->info, "gamma", gamma);
     if (c->info) c->info->branch = st.hetero ? "hetero" : "homo";

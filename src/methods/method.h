@@ -92,6 +92,9 @@ void deltas_scaled_sum(const method_ctx *c, void *const *deltas, void *out, doub
  * and agree with sign_i, 0 if none. Shared by ties and dare_ties. */
 void ties_disjoint_mean(const method_ctx *c, void *const *deltas, void *out);
 
+/* ACE's step 1: squared norms ||Dt||_F^2 into sq (T) and the heterogeneity gamma. */
+double ace_heterogeneity(const method_ctx *c, void *const *deltas, double *sq);
+
 extern const method_def method_average, method_task_arithmetic, method_ties, method_dare_linear,
     method_dare_ties, method_ace, method_wudi, method_actmat, method_tsv, method_iso_c,
     method_iso_cts, method_cart, method_regmean;
