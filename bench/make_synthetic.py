@@ -64,6 +64,7 @@ def main():
     ap.add_argument("--dtype", default="F16", choices=["F32", "F16", "BF16"])
     ap.add_argument("--hetero", type=float, default=1.5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--flat", action="store_true", help="the same heterogeneity MAX in every layer")
     a = ap.parse_args()
     tensors, layers, model_type = SHAPES[a.shape]
     rng = np.random.default_rng(a.seed)
@@ -73,7 +74,7 @@ def main():
     for t in range(a.experts):
         w = {}
         for name, shape in tensors:
-            h = a.hetero * depth(name) / max(1, layers - 1)
+            h = a.hetero if a.flat else a.hetero * depth(name) / max(1, layers - 1)
             s = 1e-3 * 10 ** (h * z[t])
             if len(shape) == 2:
                 m, n = shape

@@ -189,3 +189,33 @@ acem_dtype acem_dtype_parse(const char *s) {
         if (strcmp(names[i].name, s) == 0) return names[i].dt;
     return ACEM_DT_NONE;
 }
+
+/* out_i = w0_i + lambda * delta_i evaluated in double and rounded once to the stored
+ * type, so that an f64 output of an f32 computation keeps the delta's precision. */
+void acem_combine_to_raw(const void *w0, const void *delta, double lambda, acem_dtype compute,
+                         void *raw, acem_dtype dt, size_t n) {
+    const bool f64 = compute == ACEM_DT_F64;
+#define COMBINED(i)                                                                                \
+    (f64 ? ((const double *)w0)[i] + lambda * ((const double *)delta)[i]                           \
+         : (double)((const float *)w0)[i] + lambda * (double)((const float *)delta)[i])
+    uint16_t *h = raw;
+    switch (dt) {
+    case ACEM_DT_F64:
+        for (size_t i = 0; i < n; i++)
+            ((double *)raw)[i] = COMBINED(i);
+        break;
+    case ACEM_DT_F32:
+        for (size_t i = 0; i < n; i++)
+            ((float *)raw)[i] = (float)COMBINED(i);
+        break;
+    case ACEM_DT_F16:
+        for (size_t i = 0; i < n; i++)
+            h[i] = acem_f32_to_f16((float)COMBINED(i));
+        break;
+    default:
+        for (size_t i = 0; i < n; i++)
+            h[i] = acem_f32_to_bf16((float)COMBINED(i));
+        break;
+    }
+#undef COMBINED
+}

@@ -104,12 +104,6 @@ static void subtract(void *d, const void *w0, uint64_t n, bool f64) {
             ((float *)d)[i] -= ((const float *)w0)[i];
 }
 
-/* out = w0 + lambda * out, computed in double. */
-static void apply_delta(void *out, const void *w0, double lambda, uint64_t n, bool f64) {
-    for (uint64_t i = 0; i < n; i++)
-        wr(out, i, rd(w0, i, f64) + lambda * rd(out, i, f64), f64);
-}
-
 static void method_ctx_for(const merge_run *r, const acem_tensor *t, method_ctx *c) {
     memset(c, 0, sizeof *c);
     c->tensor = t->name;
@@ -211,8 +205,10 @@ static int merge_tensor(merge_run *r, const plan_entry *e, method_info *info, ac
             snprintf(inner, sizeof inner, "%s", err->msg);
             return acem_fail(err, "tensor \"%s\": %s", b->name, inner);
         }
-        apply_delta(r->out, r->w0, r->lambda, n, r->f64);
-        if (store(r, e, r->out, n, err) || check_cancel(r, err)) return -1;
+        acem_combine_to_raw(r->w0, r->out, r->lambda, r->o->precision, r->raw, e->out_dtype, n);
+        if (st_writer_write(r->writer, r->raw, n * acem_dtype_size(e->out_dtype), err) ||
+            check_cancel(r, err))
+            return -1;
         report_progress(r);
         if (n == 0) break;
     }
