@@ -272,10 +272,14 @@ static void free_run(merge_run *r) {
     free(r->raw);
     st_writer_free(r->writer);
     plan_free(&r->plan);
-    if (r->experts)
-        for (int t = 0; t < r->T; t++)
-            acem_checkpoint_close(r->experts[t]);
+    for (int t = 0; t < r->T; t++) {
+        if (r->experts) acem_checkpoint_close(r->experts[t]);
+        if (r->grams) acem_checkpoint_close(r->grams[t]);
+        if (r->gram_bufs) free(r->gram_bufs[t]);
+    }
     free(r->experts);
+    free(r->grams);
+    free(r->gram_bufs);
     acem_checkpoint_close(r->base);
     cJSON_Delete(r->report_tensors);
 }
