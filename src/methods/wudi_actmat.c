@@ -13,17 +13,40 @@
 #include <math.h>
 #include <stdlib.h>
 
-/* S_t = scale * D_t^T D_t; with normalise, scale = 1/||D_t||^2 and zero deltas are skipped. */
+/* The deltas arrive in the compute precision; wudi works in double (see merge_wudi). */
+typedef struct gram_user {
+    bool normalise; /* wudi: S_t = D_t^T D_t / ||D_t||^2, zero deltas skipped */
+    bool src_f64;   /* precision of the incoming deltas */
+    void *scratch;  /* m x n in the working precision when it differs, else NULL */
+} gram_user;
+
+/* Element i of a buffer in precision f64 (true: double). */
+static inline double get_as(bool f64, const void *x, size_t i) {
+    return f64 ? ((const double *)x)[i] : (double)((const float *)x)[i];
+}
+
+/* dst (working precision W) = src (precision src_f64), n elements. */
+static void convert(const la *W, size_t n, const void *src, bool src_f64, void *dst) {
+    for (size_t i = 0; i < n; i++)
+        la_set(W, dst, i, get_as(src_f64, src, i));
+}
+
+/* S_t = scale * X^T X with X = D_t (converted to the working precision when needed). */
 static int gram_estimate(const method_ctx *c, void *const *D, int t, void *S, cov_task *task,
                          void *user, acem_error *err) {
     (void)err;
-    const la L = {c->f64, c->threads};
-    bool normalise = *(const bool *)user;
-    double sq = normalise ? la_sumsq(&L, c->numel, D[t]) : 1.0;
-    task->X = D[t];
-    task->skip = normalise && sq == 0.0;
+    const la W = {c->f64, c->threads};
+    gram_user *u = user;
+    const void *X = D[t];
+    if (u->scratch) {
+        convert(&W, c->numel, D[t], u->src_f64, u->scratch);
+        X = u->scratch;
+    }
+    double sq = u->normalise ? la_sumsq(&W, c->numel, X) : 1.0;
+    task->X = X;
+    task->skip = u->normalise && sq == 0.0;
     task->gram_scale = task->skip ? 0.0 : 1.0 / sq;
-    if (!task->skip) la_gram(&L, c->rows, c->cols, task->gram_scale, D[t], 0.0, S);
+    if (!task->skip) la_gram(&W, c->rows, c->cols, task->gram_scale, X, 0.0, S);
     return 0;
 }
 
@@ -35,8 +58,8 @@ static const method_param wudi_params[] = {
 };
 
 /* Adam (Kingma & Ba 2015) on the WUDI loss; gradient 2 (M P - Y), P = sum S_t, Y = sum D_t S_t. */
-static int wudi_adam(const la *L, const method_ctx *c, void *const *D, const void *P, const void *Y,
-                     void *M, acem_error *err) {
+static int wudi_adam(const la *L, const method_ctx *c, void *const *D, bool src_f64, const void *P,
+                     const void *Y, void *M, acem_error *err) {
     const size_t m = c->rows, n = c->cols, mn = m * n;
     const double lr = 1e-5, b1 = 0.9, b2 = 0.999, eps = 1e-8;
     double *m1 = acem_alloc(mn, sizeof(double), "adam state", err);
@@ -44,9 +67,12 @@ static int wudi_adam(const la *L, const method_ctx *c, void *const *D, const voi
     void *G = cov_alloc(L, mn, "a gradient", err);
     int rc = -1;
     if (!m1 || !m2 || !G) goto out;
-    la_zero(L, mn, M);
-    for (int t = 0; t < c->T; t++)
-        la_axpy(L, mn, 1.0, D[t], M);
+    for (size_t i = 0; i < mn; i++) { /* start at sum_t D_t */
+        double v = 0;
+        for (int t = 0; t < c->T; t++)
+            v += get_as(src_f64, D[t], i);
+        la_set(L, M, i, v);
+    }
     for (int step = 1; step <= 300; step++) {
         la_copy(L, mn, Y, G);
         la_gemm(L, false, false, m, n, n, 2.0, M, n, P, n, -2.0, G, n); /* G = 2(M P - Y) */
@@ -66,46 +92,61 @@ out:
     return rc;
 }
 
+/* work_f64: the precision of the accumulation and the solve (wudi: always double). */
 static int merge_gram_family(const method_ctx *c, void *const *D, void *out, bool wudi,
-                             acem_error *err) {
-    const la L = {c->f64, c->threads};
+                             bool work_f64, acem_error *err) {
+    method_ctx wc = *c;
+    wc.f64 = work_f64;
+    const la L = {work_f64, c->threads}, Lout = {c->f64, c->threads};
     const size_t m = c->rows, n = c->cols;
     void *S = cov_alloc(&L, n * n, "a covariance", err), *P = cov_alloc(&L, n * n, "a system", err);
     void *Y = cov_alloc(&L, m * n, "a right-hand side", err);
     void *K = 2 * m < n ? cov_alloc(&L, m * m, "a workspace", err) : NULL;
+    gram_user u = {wudi, c->f64,
+                   work_f64 != c->f64 ? cov_alloc(&L, m * n, "a workspace", err) : NULL};
     int rc = -1;
-    if (!S || !P || !Y || (2 * m < n && !K)) goto out;
-    bool normalise = wudi;
-    if (cov_accumulate(&L, c, D, gram_estimate, &normalise, Y, P, S, K, err)) goto out;
+    if (!S || !P || !Y || (2 * m < n && !K) || (work_f64 != c->f64 && !u.scratch)) goto out;
+    if (cov_accumulate(&L, &wc, D, gram_estimate, &u, Y, P, S, K, err)) goto out;
     if (wudi && c->p[P_SOLVER] == 1) {
-        rc = wudi_adam(&L, c, D, P, Y, out, err);
-        goto out;
+        /* the iterate lives in Y's precision; S is free for it */
+        free(S);
+        if (!(S = cov_alloc(&L, m * n, "the iterate", err)) ||
+            wudi_adam(&L, &wc, D, c->f64, P, Y, S, err))
+            goto out;
+        la_copy(&L, m * n, S, Y);
+    } else {
+        if (wudi) {
+            double trace = 0;
+            for (size_t i = 0; i < n; i++)
+                trace += la_get(&L, P, i * n + i);
+            double delta = c->p[P_RIDGE] * trace / (double)n;
+            info_add(c->info, "ridge_delta", delta);
+            la_add_diag(&L, n, delta, P);
+        }
+        if (cov_solve(&L, wudi ? COV_CHOLESKY : COV_PINV, m, n, P, Y, NULL, err)) goto out;
     }
-    if (wudi) {
-        double trace = 0;
-        for (size_t i = 0; i < n; i++)
-            trace += la_get(&L, P, i * n + i);
-        double delta = c->p[P_RIDGE] * trace / (double)n;
-        info_add(c->info, "ridge_delta", delta);
-        la_add_diag(&L, n, delta, P);
-    }
-    if (cov_solve(&L, wudi ? COV_CHOLESKY : COV_PINV, m, n, P, Y, NULL, err)) goto out;
-    la_copy(&L, m * n, Y, out);
+    for (size_t i = 0; i < m * n; i++)
+        la_set(&Lout, out, i, la_get(&L, Y, i));
     rc = 0;
 out:
     free(S);
     free(P);
     free(Y);
     free(K);
+    free(u.scratch);
     return rc;
 }
 
+/* WUDI's system sum_t S_t + delta I is as ill-conditioned as the tiny ridge makes it
+ * (condition numbers of 1e4..1e5 wherever T m < n), and float32 accumulation errors in
+ * both sides are amplified by that much. So wudi accumulates and solves in double at
+ * any --precision; only the deltas and the result are in the compute precision. */
 static int merge_wudi(const method_ctx *c, void *const *D, void *out, acem_error *err) {
-    return merge_gram_family(c, D, out, true, err);
+    return merge_gram_family(c, D, out, true, true, err);
 }
 
 static int merge_actmat(const method_ctx *c, void *const *D, void *out, acem_error *err) {
-    return merge_gram_family(c, D, out, false, err);
+    return merge_gram_family(c, D, out, false, c->f64, err);
 }
 
 const method_def method_wudi = {
