@@ -35,8 +35,9 @@ name contains one of `conv1d_names` (default: GPT-2 Conv1D layers, stored
 (in, out)) and transpose Delta back.
 
 Every *_delta function also accepts dt=np.float32 to evaluate the same
-formulas in single precision (numpy's float32 LAPACK); the golden test uses
-that only to calibrate what a plain f32 implementation can reach.
+formulas in single precision (true float32 LAPACK through lapack32.py when the
+system has LAPACKE; numpy.linalg itself always works in float64); the golden
+test uses that only to show what a plain f32 implementation reaches.
 """
 
 import math
@@ -69,9 +70,30 @@ def _mean(ds, dt=np.float64):
     return acc / dt(len(ds))
 
 
+# float32 arrays (diagnostics only): numpy.linalg would silently compute in float64, so
+# use true single-precision LAPACK when the system has LAPACKE (lapack32.py).
+try:
+    import lapack32 as _l32
+except ImportError:  # pragma: no cover
+    _l32 = None
+TRUE_F32_LAPACK = bool(_l32 and _l32.AVAILABLE)
+
+
+def _f32(x):
+    return TRUE_F32_LAPACK and x.dtype == np.float32
+
+
 def _svd(x):
     """Thin SVD, singular values descending."""
+    if _f32(x):
+        return _l32.svd(x)
     return np.linalg.svd(x, full_matrices=False)
+
+
+def _eigh(a):
+    if _f32(a):
+        return _l32.eigh(a)
+    return np.linalg.eigh(a)
 
 
 def polar(a):
@@ -82,6 +104,8 @@ def polar(a):
 
 def _right_solve(b, a):
     """X with X a = b (b: m x n, a: n x n)."""
+    if _f32(a):
+        return _l32.solve(a.T, b.T).T
     return np.linalg.solve(a.T, b.T).T
 
 
@@ -93,6 +117,13 @@ def _times_gram(x, c):
 
 
 # --------------------------------------------------------------- ACE --
+
+def ace_gamma(ds, tiny=ACE_TINY):
+    """Step 1 only: gamma = var(l, ddof=1) / (mean(l)^2 + tiny), l_t = ln(||D_t||_F^2 + tiny)."""
+    s = np.array([np.sum(np.asarray(d, dtype=np.float64) ** 2) for d in ds])
+    l = np.log(s + tiny)
+    return float(np.var(l, ddof=1) / (np.mean(l) ** 2 + tiny))
+
 
 def ace_delta(ds, eps=1e-2, k_frac=0.3, threshold=0.3, info=None, dt=np.float64):
     """ace-merging.md steps 1-7 for one 2-D tensor. ds: list of m x n arrays."""
@@ -238,7 +269,7 @@ def actmat_delta(ds, mach_eps=MACH_EPS["f32"], info=None, dt=np.float64):
     for d in ds:
         A += d.T @ d
         B += _times_gram(d, d)
-    w, V = np.linalg.eigh(A)
+    w, V = _eigh(A)
     wmax = float(np.max(w)) if w.size else 0.0
     if wmax <= 0:
         return np.zeros((m, n), dtype=dt)
