@@ -95,17 +95,20 @@ static int refine(const method_ctx *c, const void *F, void *out, acem_error *err
     double *s = acem_alloc(r, sizeof(double), "the refinement SVD", err);
     int rc = -1;
     if (!Fd || !U || !VT || !s) goto out;
-    for (size_t i = 0; i < m * n; i++) Fd[i] = la_get(&L, F, i);
+    for (size_t i = 0; i < m * n; i++)
+        Fd[i] = la_get(&L, F, i);
     if (la_svd(&D, m, n, Fd, U, s, VT)) {
         acem_fail(err, "SVD did not converge");
         goto out;
     }
     double sigma_iso = 0;
-    for (size_t i = 0; i < k; i++) sigma_iso += s[i] / (double)k;
+    for (size_t i = 0; i < k; i++)
+        sigma_iso += s[i] / (double)k;
     info_add(c->info, "sigma_iso", sigma_iso);
     /* sigma_iso U_k V_k^T (U_k: m x k with row stride r; V_k^T: the first k rows of VT) */
     la_gemm(&D, false, false, m, n, k, sigma_iso, U, r, VT, n, 0.0, Fd, n);
-    for (size_t i = 0; i < m * n; i++) la_set(&L, out, i, la_get(&L, out, i) + Fd[i]);
+    for (size_t i = 0; i < m * n; i++)
+        la_set(&L, out, i, la_get(&L, out, i) + Fd[i]);
     rc = 0;
 out:
     free(Fd);
@@ -166,7 +169,7 @@ static int merge_ace(const method_ctx *c, void *const *D, void *out, acem_error 
 
     /* Step 6: M0 = Q A^{-1}, by LU (A is not symmetric) */
     double rcond;
-    if (cov_solve(&L, COV_LU, m, n, P, st.E, &rcond, err)) goto out;
+    if (cov_solve(&L, COV_LU, m, n, P, st.E, machine_eps(c), &rcond, err)) goto out;
     info_add(c->info, "cond", rcond > 0 ? 1.0 / rcond : INFINITY);
     la_copy(&L, m * n, st.E, out);
     if (st.hetero) {

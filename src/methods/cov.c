@@ -40,7 +40,8 @@ static void divide_columns(const la *L, size_t m, size_t n, void *Y, const void 
 }
 
 /* Y <- Y A^+ with A = V diag(w) V^T symmetric: A^+ = V diag(1/w_i for w_i > cut) V^T. */
-static int solve_pinv_sym(const la *L, size_t m, size_t n, void *A, void *Y, acem_error *err) {
+static int solve_pinv_sym(const la *L, size_t m, size_t n, void *A, void *Y, double eps,
+                          acem_error *err) {
     void *w = cov_alloc(L, n, "eigenvalues", err), *Z = cov_alloc(L, n * n, "eigenvectors", err);
     void *YZ = cov_alloc(L, m * n, "a projection", err);
     int rc = -1;
@@ -50,7 +51,7 @@ static int solve_pinv_sym(const la *L, size_t m, size_t n, void *A, void *Y, ace
         goto out;
     }
     double wmax = n ? la_get(L, w, n - 1) : 0;
-    double cut = (double)n * (L->f64 ? 0x1p-52 : 0x1p-23) * wmax;
+    double cut = (double)n * eps * wmax;
     /* Y A^+ = ((Y Z) diag(1/w)) Z^T, dropping the columns of Z at or below the cut-off. */
     la_gemm(L, false, false, m, n, n, 1.0, Y, n, Z, n, 0.0, YZ, n);
     divide_columns(L, m, n, YZ, w, cut);
@@ -64,7 +65,8 @@ out:
 }
 
 /* Y <- Y A^+ for a general A through its SVD: the reference's fallback when inversion fails. */
-static int solve_pinv_general(const la *L, size_t m, size_t n, void *A, void *Y, acem_error *err) {
+static int solve_pinv_general(const la *L, size_t m, size_t n, void *A, void *Y, double eps,
+                              acem_error *err) {
     void *U = cov_alloc(L, n * n, "an SVD", err), *s = cov_alloc(L, n, "an SVD", err);
     void *VT = cov_alloc(L, n * n, "an SVD", err), *YV = cov_alloc(L, m * n, "an SVD", err);
     int rc = -1;
@@ -74,7 +76,7 @@ static int solve_pinv_general(const la *L, size_t m, size_t n, void *A, void *Y,
         goto out;
     }
     /* A^+ = V diag(1/s) U^T; Y A^+ = ((Y V) diag(1/s)) U^T */
-    double cut = (double)n * (L->f64 ? 0x1p-52 : 0x1p-23) * (n ? la_get(L, s, 0) : 0);
+    double cut = (double)n * eps * (n ? la_get(L, s, 0) : 0);
     la_gemm(L, false, true, m, n, n, 1.0, Y, n, VT, n, 0.0, YV, n);
     divide_columns(L, m, n, YV, s, cut);
     la_gemm(L, false, true, m, n, n, 1.0, YV, n, U, n, 0.0, Y, n);
@@ -87,10 +89,10 @@ out:
     return rc;
 }
 
-int cov_solve(const la *L, cov_solver solver, size_t m, size_t n, void *A, void *Y, double *rcond,
-              acem_error *err) {
+int cov_solve(const la *L, cov_solver solver, size_t m, size_t n, void *A, void *Y, double eps,
+              double *rcond, acem_error *err) {
     if (rcond) *rcond = NAN;
-    if (solver == COV_PINV) return solve_pinv_sym(L, m, n, A, Y, err);
+    if (solver == COV_PINV) return solve_pinv_sym(L, m, n, A, Y, eps, err);
     void *copy = cov_alloc(L, n * n, "a copy of the system", err);
     if (!copy) return -1;
     la_copy(L, n * n, A, copy);
@@ -101,7 +103,7 @@ int cov_solve(const la *L, cov_solver solver, size_t m, size_t n, void *A, void 
         /* potrs never ran if potrf failed, so Y is intact; the LU works on the kept copy */
         la_copy(L, n * n, copy, A);
         int info = la_solve_right_lu(L, m, n, A, Y, rcond);
-        rc = info == 0 ? 0 : solve_pinv_general(L, m, n, copy, Y, err);
+        rc = info == 0 ? 0 : solve_pinv_general(L, m, n, copy, Y, eps, err);
     }
     free(copy);
     return rc;

@@ -32,10 +32,14 @@ typedef enum cov_solver { COV_LU, COV_CHOLESKY, COV_PINV } cov_solver;
 /* Y <- Y A^{-1} (A n x n, destroyed). COV_CHOLESKY falls back to LU when A is not positive
  * definite in the compute precision; COV_LU falls back to the pseudo-inverse when A is
  * singular; COV_PINV uses the symmetric eigendecomposition with eigenvalues at or below
- * n * machine-epsilon * max treated as zero (actmat). rcond receives an estimate of
- * 1 / cond_1(A) when the LU path ran (NaN otherwise). */
-int cov_solve(const la *L, cov_solver solver, size_t m, size_t n, void *A, void *Y, double *rcond,
-              acem_error *err);
+ * n * eps * max treated as zero (actmat). eps is the machine epsilon of the precision the
+ * method is defined in (2^-23 for f32), even when the solve itself runs in double. rcond receives
+ * an estimate of 1 / cond_1(A) when the LU path ran (NaN otherwise). */
+int cov_solve(const la *L, cov_solver solver, size_t m, size_t n, void *A, void *Y, double eps,
+              double *rcond, acem_error *err);
+
+/* Machine epsilon of the method's compute precision. */
+static inline double machine_eps(const method_ctx *c) { return c->f64 ? 0x1p-52 : 0x1p-23; }
 
 /* Workspace allocation in the compute precision (n elements), reported through err. */
 void *cov_alloc(const la *L, size_t n, const char *what, acem_error *err);

@@ -45,8 +45,8 @@ typedef struct method_ctx {
     bool f64; /* compute precision: double when true, float otherwise */
     int threads;
     uint64_t seed;
-    const double *p;   /* resolved parameters, in the method's table order */
-    method_info *info; /* per-tensor report, may be NULL */
+    const double *p;    /* resolved parameters, in the method's table order */
+    method_info *info;  /* per-tensor report, may be NULL */
     void *const *grams; /* regmean: T Gram matrices (cols x cols), or NULL if any is missing */
 } method_ctx;
 

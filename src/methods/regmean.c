@@ -40,7 +40,7 @@ static int merge_regmean(const method_ctx *c, void *const *D, void *out, acem_er
     void *Y = cov_alloc(&L, m * n, "a right-hand side", err);
     int rc = -1;
     if (S && P && Y && !cov_accumulate(&L, c, D, gram_given, NULL, Y, P, S, NULL, err) &&
-        !cov_solve(&L, COV_CHOLESKY, m, n, P, Y, NULL, err)) {
+        !cov_solve(&L, COV_CHOLESKY, m, n, P, Y, machine_eps(c), NULL, err)) {
         la_copy(&L, m * n, Y, out);
         rc = 0;
     }

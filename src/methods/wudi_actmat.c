@@ -123,7 +123,8 @@ static int merge_gram_family(const method_ctx *c, void *const *D, void *out, boo
             info_add(c->info, "ridge_delta", delta);
             la_add_diag(&L, n, delta, P);
         }
-        if (cov_solve(&L, wudi ? COV_CHOLESKY : COV_PINV, m, n, P, Y, NULL, err)) goto out;
+        if (cov_solve(&L, wudi ? COV_CHOLESKY : COV_PINV, m, n, P, Y, machine_eps(c), NULL, err))
+            goto out;
     }
     for (size_t i = 0; i < m * n; i++)
         la_set(&Lout, out, i, la_get(&L, Y, i));
@@ -138,15 +139,17 @@ out:
 }
 
 /* WUDI's system sum_t S_t + delta I is as ill-conditioned as the tiny ridge makes it
- * (condition numbers of 1e4..1e5 wherever T m < n), and float32 accumulation errors in
- * both sides are amplified by that much. So wudi accumulates and solves in double at
- * any --precision; only the deltas and the result are in the compute precision. */
+ * (condition numbers of 1e4..1e5 wherever T m < n), and ActMat's sum_t D_t^T D_t squares
+ * the deltas' condition numbers; float32 accumulation errors in either side are amplified
+ * by that much. So both accumulate and solve in double at any --precision; only the
+ * deltas and the result are in the compute precision, and ActMat's pseudo-inverse cut-off
+ * keeps the compute precision's epsilon. */
 static int merge_wudi(const method_ctx *c, void *const *D, void *out, acem_error *err) {
     return merge_gram_family(c, D, out, true, true, err);
 }
 
 static int merge_actmat(const method_ctx *c, void *const *D, void *out, acem_error *err) {
-    return merge_gram_family(c, D, out, false, c->f64, err);
+    return merge_gram_family(c, D, out, false, true, err);
 }
 
 const method_def method_wudi = {
