@@ -36,7 +36,24 @@ Tolerances (Delta_got = (out - W0) / lambda, Delta_ref = the oracle's):
       allowance are counted (-v shows the worst).
 Integer/bool tensors and excluded tensors (--preset gpt2: names matching
 `score`) must be bit-identical to the base.  For `ace`, the --report JSON (if
-acem writes one) must agree with the oracle on branch and k.
+acem writes one) must agree with the oracle on branch, k, gamma and sigma_iso.
+
+Test data is kept well posed, so that a failure means a wrong result, not
+float32 conditioning:
+  - ace: in the "homo"/"hetero"/"mixed" cases the task scales are steered
+    (equal norms vs factors 1000+) until gamma is at least 20% away from the
+    threshold, so the branch does not depend on rounding (edge-case data is
+    not steered; a failure message always shows gamma); both branches must
+    occur (case "ace branch coverage").
+  - tsv / iso_cts are not run on identical experts or an all-zero delta, and
+    get rank-1 deltas only where they keep at most 1 triplet per task: the
+    polar factor of a rank-deficient stacked U (and the singular vectors of
+    zero singular values) is not unique, so the spec does not fix the output.
+  - truncated-SVD methods on very tall/wide tensors (50257 x 64) get deltas
+    with a decaying spectrum: an iid Gaussian one has all singular values
+    within +-4%, and its top-k subspace is then ~1e-4 uncertain in f32.
+  - actmat / wudi: the stacked deltas (T*m x n) are kept far from square, so
+    sum_t Dt^T Dt is well conditioned where it has full rank.
 The last line printed is always "N passed, M failed".
 """
 
