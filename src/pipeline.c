@@ -195,12 +195,16 @@ static int merge_tensor(merge_run *r, const plan_entry *e, method_info *info, ac
     c.info = info;
     if (r->method->uses_grams && load_grams(r, e, &c, err)) return -1;
     uint64_t chunk = chunk_of(r, e);
+    double seconds = 0; /* in the method, for --report and the benchmarks */
     for (uint64_t from = 0; from < b->numel || from == 0; from += chunk) {
         uint64_t n = b->numel - from < chunk ? b->numel - from : chunk;
         if (load_deltas(r, e, from, n, err)) return -1;
         c.numel = n;
         c.offset = from;
-        if (run_method(r, e, &c, err)) { /* methods do not know file names: add the tensor's */
+        double t0 = acem_now();
+        int failed = run_method(r, e, &c, err);
+        seconds += acem_now() - t0;
+        if (failed) { /* methods do not know file names: add the tensor's */
             char inner[sizeof err->msg];
             snprintf(inner, sizeof inner, "%s", err->msg);
             return acem_fail(err, "tensor \"%s\": %s", b->name, inner);
@@ -212,6 +216,7 @@ static int merge_tensor(merge_run *r, const plan_entry *e, method_info *info, ac
         report_progress(r);
         if (n == 0) break;
     }
+    info_add(info, "method_seconds", seconds);
     return 0;
 }
 

@@ -174,7 +174,9 @@ static int merge_ace(const method_ctx *c, void *const *D, void *out, acem_error 
     la_copy(&L, m * n, st.E, out);
     if (st.hetero) {
         la_axpy(&L, m * n, 1.0, st.E, Y); /* F = R + M0 */
+        double t0 = acem_now();
         if (refine(c, Y, out, err)) goto out;
+        info_add(c->info, "svd_seconds", acem_now() - t0);
     }
     rc = 0;
 out:
