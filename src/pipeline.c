@@ -96,12 +96,15 @@ static int store(merge_run *r, const plan_entry *e, const void *values, uint64_t
 
 /* d -= w0, element by element. */
 static void subtract(void *d, const void *w0, uint64_t n, bool f64) {
-    if (f64)
+    if (f64) {
+#pragma omp parallel for schedule(static)
         for (uint64_t i = 0; i < n; i++)
             ((double *)d)[i] -= ((const double *)w0)[i];
-    else
+    } else {
+#pragma omp parallel for schedule(static)
         for (uint64_t i = 0; i < n; i++)
             ((float *)d)[i] -= ((const float *)w0)[i];
+    }
 }
 
 static void method_ctx_for(const merge_run *r, const acem_tensor *t, method_ctx *c) {

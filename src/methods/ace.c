@@ -130,6 +130,10 @@ static int merge_ace(const method_ctx *c, void *const *D, void *out, acem_error 
     ace_state st = {.hetero = gamma > c->p[P_THRESHOLD]};
     info_add(c->info, "gamma", gamma);
     if (c->info) c->info->branch = st.hetero ? "hetero" : "homo";
+    for (int t = 0; t < c->T && st.hetero && c->info; t++)
+        if (sq[t] == 0.0) /* tau_t = tiny: e_t = eps / 1e-12 swamps the system, as in the reference */
+            c->info->warning = "an expert's delta is all zero in the heterogeneous branch: its "
+                               "ridge eps / 1e-12 dominates (faithful to the reference)";
 
     int rc = -1;
     void *Y = cov_alloc(&L, m * n, "ace workspace", err);
