@@ -175,4 +175,19 @@ int la_eig_sym(const la *L, size_t n, void *A, void *w, void *Z) {
     return info;
 }
 
+int la_eig_sym_top(const la *L, size_t n, size_t k, void *A, void *w, void *Vt) {
+    /* Column-major Z (n x k, ldz n) holds the eigenvectors as columns: row-major, that
+     * buffer is Vt (k x n) with the eigenvectors as rows. */
+    lapack_int N = (lapack_int)n, found, il = (lapack_int)(n - k + 1), iu = (lapack_int)n;
+    if (k == 0 || k > n) return k == 0 ? 0 : -1;
+    lapack_int *isuppz = malloc(2 * n * sizeof *isuppz);
+    if (!isuppz) return -1;
+    int info = L->f64 ? LAPACKE_dsyevr(LAPACK_COL_MAJOR, 'V', 'I', 'U', N, A, N, 0, 0, il, iu, 0,
+                                       &found, w, Vt, N, isuppz)
+                      : LAPACKE_ssyevr(LAPACK_COL_MAJOR, 'V', 'I', 'U', N, A, N, 0, 0, il, iu, 0,
+                                       &found, w, Vt, N, isuppz);
+    free(isuppz);
+    return info == 0 && (size_t)found != k ? -1 : info;
+}
+
 void la_set_threads(int n) { openblas_set_num_threads(n); }

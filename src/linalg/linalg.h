@@ -59,6 +59,10 @@ int la_singular_values(const la *L, size_t m, size_t n, void *A, void *s);
  * columns of Z (n x n). A is destroyed. */
 int la_eig_sym(const la *L, size_t n, void *A, void *w, void *Z);
 
+/* The k largest eigenpairs of a symmetric A (n x n, destroyed): eigenvalues w (k,
+ * ascending) and the eigenvectors as the rows of Vt (k x n). */
+int la_eig_sym_top(const la *L, size_t n, size_t k, void *A, void *w, void *Vt);
+
 /* Threads used by BLAS/LAPACK calls. */
 void la_set_threads(int n);
 

@@ -74,14 +74,92 @@ static int ace_estimate(const method_ctx *c, void *const *D, int t, void *S, cov
     return 0;
 }
 
-/* Step 7: Delta = M0 + sigma_iso U_k V_k^T from the thin SVD of F = R + M0.
+/* sigma_iso U_k V_k^T through the thin SVD of F (Fd, m x n in double, destroyed); into R. */
+static int refine_svd(const method_ctx *c, size_t k, double *Fd, double *R, double *sigma_iso,
+                      acem_error *err) {
+    const la D = {true, c->threads};
+    const size_t m = c->rows, n = c->cols, r = m < n ? m : n;
+    double *U = acem_alloc(m * r, sizeof(double), "the refinement SVD", err);
+    double *VT = acem_alloc(r * n, sizeof(double), "the refinement SVD", err);
+    double *s = acem_alloc(r, sizeof(double), "the refinement SVD", err);
+    int rc = -1;
+    if (U && VT && s) {
+        if (la_svd(&D, m, n, Fd, U, s, VT)) {
+            acem_fail(err, "SVD did not converge");
+        } else {
+            *sigma_iso = 0;
+            for (size_t i = 0; i < k; i++)
+                *sigma_iso += s[i] / (double)k;
+            /* U_k: m x k with row stride r; V_k^T: the first k rows of VT */
+            la_gemm(&D, false, false, m, n, k, *sigma_iso, U, r, VT, n, 0.0, R, n);
+            rc = 0;
+        }
+    }
+    free(U);
+    free(VT);
+    free(s);
+    return rc;
+}
+
+/* The same through the top-k eigenpairs of the r x r Gram matrix of F on its smaller side
+ * (r = min(m, n)): with F^T F = V diag(sigma^2) V^T (m >= n),
+ *     sigma_iso U_k V_k^T = F V_k diag(sigma_iso / sigma_i) V_k^T = F W,
+ * and W F with W from F F^T when m < n. Exact whenever sigma_k > 0, several times cheaper
+ * than a full SVD. Returns 1 (nothing done) when F is too close to rank-deficient within
+ * its top k, where the singular vectors are not determined and the SVD decides. */
+static int refine_gram(const method_ctx *c, size_t k, const double *Fd, double *R,
+                       double *sigma_iso, acem_error *err) {
+    const la D = {true, c->threads};
+    const size_t m = c->rows, n = c->cols, r = m < n ? m : n;
+    double *G = acem_alloc(r * r, sizeof(double), "the refinement", err);
+    double *Vt = acem_alloc(k * r, sizeof(double), "the refinement", err);
+    double *w = acem_alloc(k, sizeof(double), "the refinement", err);
+    int rc = -1;
+    if (!G || !Vt || !w) goto out;
+    if (m >= n)
+        la_gram(&D, m, n, 1.0, Fd, 0.0, G);
+    else
+        la_gemm(&D, false, true, m, m, n, 1.0, Fd, n, Fd, n, 0.0, G, m);
+    if (la_eig_sym_top(&D, r, k, G, w, Vt)) {
+        rc = 1;
+        goto out;
+    }
+    double top = sqrt(w[k - 1] > 0 ? w[k - 1] : 0), sum = 0;
+    if (!(w[0] > 1e-16 * w[k - 1]) || top == 0) { /* sigma_k / sigma_1 below 1e-8 */
+        rc = 1;
+        goto out;
+    }
+    for (size_t i = 0; i < k; i++)
+        sum += sqrt(w[i]);
+    *sigma_iso = sum / (double)k;
+    /* W = Vt^T diag(sigma_iso / sigma_i) Vt, built in G (free after the eigensolver) */
+    double *S = acem_alloc(k * r, sizeof(double), "the refinement", err);
+    if (!S) goto out;
+    for (size_t i = 0; i < k; i++)
+        for (size_t j = 0; j < r; j++)
+            S[i * r + j] = Vt[i * r + j] * (*sigma_iso / sqrt(w[i]));
+    la_gemm(&D, true, false, r, r, k, 1.0, Vt, r, S, r, 0.0, G, r);
+    free(S);
+    if (m >= n)
+        la_gemm(&D, false, false, m, n, n, 1.0, Fd, n, G, n, 0.0, R, n);
+    else
+        la_gemm(&D, false, false, m, n, m, 1.0, G, m, Fd, n, 0.0, R, n);
+    rc = 0;
+out:
+    free(G);
+    free(Vt);
+    free(w);
+    return rc;
+}
+
+/* Step 7: Delta = M0 + sigma_iso U_k V_k^T, (U, sigma, V) the thin SVD of F = R + M0.
  *
- * The SVD always runs in double, also at --precision f32: k = floor(0.3 r) usually falls
- * inside the bulk of F's spectrum where sigma_k / sigma_{k+1} is within 1e-3 of 1, and the
- * top-k subspace is then so ill-conditioned that float32 SVDs (LAPACK's, PyTorch's) land
- * up to 2e-4 away from the exact result. In double the result is exact to ~1e-9. */
+ * This runs in double, also at --precision f32: k = floor(0.3 r) usually falls inside the
+ * bulk of F's spectrum where sigma_k / sigma_{k+1} is within 1e-3 of 1, and the top-k
+ * subspace is then so ill-conditioned that float32 SVDs (LAPACK's, PyTorch's) land up to
+ * 2e-4 away from the exact result. In double the result is exact to ~1e-9. */
 static int refine(const method_ctx *c, const void *F, void *out, acem_error *err) {
-    const la L = {c->f64, c->threads}, D = {true, c->threads};
+    const la L = {c->f64, c->threads};
     const size_t m = c->rows, n = c->cols, r = m < n ? m : n;
     const size_t k = (size_t)floor((double)r * c->p[P_KFRAC]);
     info_add(c->info, "k", (double)k);
@@ -89,32 +167,22 @@ static int refine(const method_ctx *c, const void *F, void *out, acem_error *err
         if (c->info) c->info->warning = "k = floor(k_frac * min(m, n)) = 0: refinement skipped";
         return 0;
     }
-    double *Fd = acem_alloc(m * n, sizeof(double), "the refinement SVD", err);
-    double *U = acem_alloc(m * r, sizeof(double), "the refinement SVD", err);
-    double *VT = acem_alloc(r * n, sizeof(double), "the refinement SVD", err);
-    double *s = acem_alloc(r, sizeof(double), "the refinement SVD", err);
+    double *Fd = acem_alloc(m * n, sizeof(double), "the refinement", err);
+    double *R = acem_alloc(m * n, sizeof(double), "the refinement", err);
+    double sigma_iso = 0;
     int rc = -1;
-    if (!Fd || !U || !VT || !s) goto out;
+    if (!Fd || !R) goto out;
     for (size_t i = 0; i < m * n; i++)
         Fd[i] = la_get(&L, F, i);
-    if (la_svd(&D, m, n, Fd, U, s, VT)) {
-        acem_fail(err, "SVD did not converge");
-        goto out;
-    }
-    double sigma_iso = 0;
-    for (size_t i = 0; i < k; i++)
-        sigma_iso += s[i] / (double)k;
+    int g = refine_gram(c, k, Fd, R, &sigma_iso, err);
+    if (g < 0 || (g == 1 && refine_svd(c, k, Fd, R, &sigma_iso, err))) goto out;
     info_add(c->info, "sigma_iso", sigma_iso);
-    /* sigma_iso U_k V_k^T (U_k: m x k with row stride r; V_k^T: the first k rows of VT) */
-    la_gemm(&D, false, false, m, n, k, sigma_iso, U, r, VT, n, 0.0, Fd, n);
     for (size_t i = 0; i < m * n; i++)
-        la_set(&L, out, i, la_get(&L, out, i) + Fd[i]);
+        la_set(&L, out, i, la_get(&L, out, i) + R[i]);
     rc = 0;
 out:
     free(Fd);
-    free(U);
-    free(VT);
-    free(s);
+    free(R);
     return rc;
 }
 
@@ -131,7 +199,8 @@ static int merge_ace(const method_ctx *c, void *const *D, void *out, acem_error 
     info_add(c->info, "gamma", gamma);
     if (c->info) c->info->branch = st.hetero ? "hetero" : "homo";
     for (int t = 0; t < c->T && st.hetero && c->info; t++)
-        if (sq[t] == 0.0) /* tau_t = tiny: e_t = eps / 1e-12 swamps the system, as in the reference */
+        if (sq[t] ==
+            0.0) /* tau_t = tiny: e_t = eps / 1e-12 swamps the system, as in the reference */
             c->info->warning = "an expert's delta is all zero in the heterogeneous branch: its "
                                "ridge eps / 1e-12 dominates (faithful to the reference)";
 
