@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,10 +39,62 @@ int output_check_distinct(const char *out, const acem_checkpoint *const *inputs,
     return 0;
 }
 
+/* Removes the temporary file, or the temporary directory and the plain files acem put in it. */
+static void remove_tree(const char *path, bool is_file) {
+    if (is_file) {
+        unlink(path);
+        return;
+    }
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)))
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) unlinkat(dirfd(d), e->d_name, 0);
+        closedir(d);
+    }
+    rmdir(path);
+}
+
+/* A run killed by SIGKILL leaves "<out>.acem-tmp-<pid>" (or ".acem-old-<pid>") behind.
+ * Such names whose process no longer exists are removed before a new run starts; a
+ * symbolic link is only unlinked, never followed. */
+static void remove_stale_temporaries(const char *out) {
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", out);
+    char *slash = strrchr(dir, '/');
+    const char *base = strrchr(out, '/') ? strrchr(out, '/') + 1 : out;
+    if (slash == dir)
+        dir[1] = 0;
+    else if (slash)
+        *slash = 0;
+    else
+        snprintf(dir, sizeof dir, ".");
+    size_t len = strlen(base);
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        const char *tail = e->d_name + len;
+        if (strncmp(e->d_name, base, len) != 0 ||
+            (strncmp(tail, ".acem-tmp-", 10) != 0 && strncmp(tail, ".acem-old-", 10) != 0))
+            continue;
+        char *end;
+        long pid = strtol(tail + 10, &end, 10);
+        if (*end || pid <= 0 || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue; /* malformed, alive, or not ours to judge */
+        char *path = acem_path_join(dir, e->d_name, NULL);
+        struct stat st;
+        if (path && lstat(path, &st) == 0) remove_tree(path, !S_ISDIR(st.st_mode));
+        free(path);
+    }
+    closedir(d);
+}
+
 int output_begin(output *o, const char *out, bool force, acem_error *err) {
     memset(o, 0, sizeof *o);
     o->final_path = out;
     o->is_file = output_is_file(out);
+    remove_stale_temporaries(out);
     struct stat st;
     if (lstat(out, &st) == 0) {
         if (!force) return acem_fail(err, "%s: already exists (use --force to replace it)", out);
@@ -63,22 +116,6 @@ int output_begin(output *o, const char *out, bool force, acem_error *err) {
         return -1;
     }
     return 0;
-}
-
-/* Removes the temporary file, or the temporary directory and the plain files acem put in it. */
-static void remove_tree(const char *path, bool is_file) {
-    if (is_file) {
-        unlink(path);
-        return;
-    }
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) unlinkat(dirfd(d), e->d_name, 0);
-        closedir(d);
-    }
-    rmdir(path);
 }
 
 void output_abort(output *o) {

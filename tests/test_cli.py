@@ -181,6 +181,27 @@ def test_stats(d):
     check("stats JSON matches numpy (gamma, norms, effective ranks); CSV and SVG written", ok)
 
 
+def test_stale_temporaries(d):
+    """What a SIGKILLed run leaves beside the output is cleaned by the next run."""
+    paths = make_models(d, {"w": (4, 4)})
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    out = os.path.join(d, "o.safetensors")
+    stale_file = f"{out}.acem-tmp-{dead.pid}"
+    stale_dir = os.path.join(d, f"odir.acem-tmp-{dead.pid}")
+    live = f"{out}.acem-tmp-{os.getpid()}"  # a live process's temporary stays
+    for p in (stale_file, live):
+        open(p, "w").write("partial")
+    os.mkdir(stale_dir)
+    open(os.path.join(stale_dir, "model.safetensors"), "w").write("partial")
+    args = ["-b", paths[0], "-m", paths[1], "-m", paths[2], "-M", "average", "-q"]
+    r1 = run("merge", *args, "-o", out)
+    r2 = run("merge", *args, "-o", os.path.join(d, "odir"))
+    check("a dead run's temporaries are removed, a live one's kept",
+          r1.returncode == 0 and r2.returncode == 0 and not os.path.exists(stale_file)
+          and not os.path.exists(stale_dir) and os.path.exists(live), r1.stderr + r2.stderr)
+
+
 def test_signals(d):
     # Big enough that the merge is still running when the signal arrives: ties keeps whole
     # tensors, 24 tensors x 1M floats per model.
@@ -209,7 +230,8 @@ def test_signals(d):
 def main():
     with tempfile.TemporaryDirectory(prefix="acem-cli-") as d:
         test_help()
-        for fn in (test_example, test_yaml_equivalence, test_usage_errors, test_report, test_stats, test_signals):
+        for fn in (test_example, test_yaml_equivalence, test_usage_errors, test_report, test_stats,
+                   test_stale_temporaries, test_signals):
             sub = os.path.join(d, fn.__name__)
             os.mkdir(sub)
             fn(sub)
