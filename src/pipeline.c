@@ -45,7 +45,6 @@ typedef struct merge_run {
     plan plan;
     st_writer *writer;
     /* buffers */
-    uint64_t chunk_cap; /* elements each compute buffer holds */
     void *w0, *out;
     void **deltas;
     unsigned char *raw; /* stored bytes on their way in or out */
@@ -259,7 +258,6 @@ static int alloc_buffers(merge_run *r, acem_error *err) {
         if (need > cap) cap = need;
         if (need * (es > eo ? es : eo) > raw) raw = need * (es > eo ? es : eo);
     }
-    r->chunk_cap = cap;
     if (!(r->deltas = acem_alloc((size_t)r->T, sizeof(void *), "delta buffers", err))) return -1;
     for (int t = 0; t < r->T; t++)
         if (!(r->deltas[t] = acem_alloc(cap, r->csize, "a delta buffer", err))) return -1;

@@ -30,62 +30,59 @@ int cov_accumulate(const la *L, const method_ctx *c, void *const *D, cov_estimat
     return 0;
 }
 
-/* Y[:, j] /= v[j] where v[j] > cut, else Y[:, j] = 0: the diagonal of a pseudo-inverse. */
-static void divide_columns(const la *L, size_t m, size_t n, void *Y, const void *v, double cut) {
+/* Y <- ((Y op(R)) diag(1/v)) Q^T, the columns with v[j] <= cut dropped: Y A^+ once A has
+ * been factored so that A^+ = op(R) diag(1/v) Q^T (op(R) = R^T when r_trans). */
+static int apply_pinv(const la *L, size_t m, size_t n, void *Y, const void *R, bool r_trans,
+                      const void *v, double cut, const void *Q, acem_error *err) {
+    void *YR = cov_alloc(L, m * n, "a projection", err);
+    if (!YR) return -1;
+    la_gemm(L, false, r_trans, m, n, n, 1.0, Y, n, R, n, 0.0, YR, n);
     for (size_t j = 0; j < n; j++) {
         double vj = la_get(L, v, j), inv = vj > cut ? 1.0 / vj : 0.0;
         for (size_t i = 0; i < m; i++)
-            la_set(L, Y, i * n + j, la_get(L, Y, i * n + j) * inv);
+            la_set(L, YR, i * n + j, la_get(L, YR, i * n + j) * inv);
     }
+    la_gemm(L, false, true, m, n, n, 1.0, YR, n, Q, n, 0.0, Y, n);
+    free(YR);
+    return 0;
 }
 
-/* Y <- Y A^+ with A = V diag(w) V^T symmetric: A^+ = V diag(1/w_i for w_i > cut) V^T. */
+/* Y <- Y A^+ with A = Z diag(w) Z^T symmetric (eigenvalues ascending, Z's columns). */
 static int solve_pinv_sym(const la *L, size_t m, size_t n, void *A, void *Y, double eps,
                           acem_error *err) {
     void *w = cov_alloc(L, n, "eigenvalues", err), *Z = cov_alloc(L, n * n, "eigenvectors", err);
-    void *YZ = cov_alloc(L, m * n, "a projection", err);
     int rc = -1;
-    if (!w || !Z || !YZ) goto out;
+    if (!w || !Z) goto out;
     if (la_eig_sym(L, n, A, w, Z)) {
         rc = acem_fail(err, "symmetric eigendecomposition did not converge");
         goto out;
     }
-    double wmax = n ? la_get(L, w, n - 1) : 0;
-    double cut = (double)n * eps * wmax;
-    /* Y A^+ = ((Y Z) diag(1/w)) Z^T, dropping the columns of Z at or below the cut-off. */
-    la_gemm(L, false, false, m, n, n, 1.0, Y, n, Z, n, 0.0, YZ, n);
-    divide_columns(L, m, n, YZ, w, cut);
-    la_gemm(L, false, true, m, n, n, 1.0, YZ, n, Z, n, 0.0, Y, n);
-    rc = 0;
+    double cut = (double)n * eps * (n ? la_get(L, w, n - 1) : 0);
+    rc = apply_pinv(L, m, n, Y, Z, false, w, cut, Z, err);
 out:
     free(w);
     free(Z);
-    free(YZ);
     return rc;
 }
 
-/* Y <- Y A^+ for a general A through its SVD: the reference's fallback when inversion fails. */
+/* Y <- Y A^+ for a general A = U diag(s) V^T through its SVD: A^+ = V diag(1/s) U^T.
+ * The reference's fallback when inversion fails. */
 static int solve_pinv_general(const la *L, size_t m, size_t n, void *A, void *Y, double eps,
                               acem_error *err) {
     void *U = cov_alloc(L, n * n, "an SVD", err), *s = cov_alloc(L, n, "an SVD", err);
-    void *VT = cov_alloc(L, n * n, "an SVD", err), *YV = cov_alloc(L, m * n, "an SVD", err);
+    void *VT = cov_alloc(L, n * n, "an SVD", err);
     int rc = -1;
-    if (!U || !s || !VT || !YV) goto out;
+    if (!U || !s || !VT) goto out;
     if (la_svd(L, n, n, A, U, s, VT)) {
         rc = acem_fail(err, "SVD did not converge");
         goto out;
     }
-    /* A^+ = V diag(1/s) U^T; Y A^+ = ((Y V) diag(1/s)) U^T */
     double cut = (double)n * eps * (n ? la_get(L, s, 0) : 0);
-    la_gemm(L, false, true, m, n, n, 1.0, Y, n, VT, n, 0.0, YV, n);
-    divide_columns(L, m, n, YV, s, cut);
-    la_gemm(L, false, true, m, n, n, 1.0, YV, n, U, n, 0.0, Y, n);
-    rc = 0;
+    rc = apply_pinv(L, m, n, Y, VT, true, s, cut, U, err);
 out:
     free(U);
     free(s);
     free(VT);
-    free(YV);
     return rc;
 }
 
