@@ -16,6 +16,7 @@ static const char *usage =
     "  inspect   list the tensors and metadata of a checkpoint\n"
     "  stats     per-tensor delta norms, ACE's heterogeneity gamma, effective ranks\n"
     "  example   build a tiny base + 3 experts, merge them, print the summary\n"
+    "  lab       a merging benchmark: train experts, merge by every method, evaluate\n"
     "\n"
     "Run `acem COMMAND --help` for the options of a command.\n";
 
@@ -91,6 +92,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "inspect")) return cmd_inspect(argc - 1, argv + 1);
     if (!strcmp(argv[1], "example")) return cmd_example(argc - 1, argv + 1);
     if (!strcmp(argv[1], "stats")) return cmd_stats(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "lab")) return cmd_lab(argc - 1, argv + 1);
     cli_error("unknown command \"%s\" (try acem --help)", argv[1]);
     return EXIT_USAGE;
 }

@@ -48,6 +48,7 @@ typedef struct merge_run {
     void *w0, *out;
     void **deltas;
     unsigned char *raw; /* stored bytes on their way in or out */
+    uint64_t raw_size;
     acem_progress progress;
     cJSON *report_tensors;
 } merge_run;
@@ -155,6 +156,18 @@ static int run_method(merge_run *r, const plan_entry *e, method_ctx *c, acem_err
     return 0;
 }
 
+/* A Gram matrix may be larger than every tensor the raw buffer was sized for. */
+static int grow_raw(merge_run *r, uint64_t bytes, acem_error *err) {
+    if (bytes <= r->raw_size) return 0;
+    unsigned char *raw = realloc(r->raw, bytes);
+    if (!raw)
+        return acem_fail(err, "out of memory for a %llu-byte conversion buffer",
+                         (unsigned long long)bytes);
+    r->raw = raw;
+    r->raw_size = bytes;
+    return 0;
+}
+
 /* regmean: every expert's Gram matrix of this tensor (n x n over the covariance axis), or
  * none at all when one is missing. */
 static int load_grams(merge_run *r, const plan_entry *e, method_ctx *c, acem_error *err) {
@@ -172,7 +185,7 @@ static int load_grams(merge_run *r, const plan_entry *e, method_ctx *c, acem_err
                              (unsigned long long)n);
         free(r->gram_bufs[t]);
         if (!(r->gram_bufs[t] = acem_alloc(n * n, r->csize, "a Gram matrix", err)) ||
-            load(r, r->grams[t], g, 0, n * n, r->gram_bufs[t], err))
+            grow_raw(r, g->nbytes, err) || load(r, r->grams[t], g, 0, n * n, r->gram_bufs[t], err))
             return -1;
     }
     c->grams = r->gram_bufs;
@@ -263,7 +276,7 @@ static int alloc_buffers(merge_run *r, acem_error *err) {
         if (!(r->deltas[t] = acem_alloc(cap, r->csize, "a delta buffer", err))) return -1;
     return (r->w0 = acem_alloc(cap, r->csize, "the base buffer", err)) &&
                    (r->out = acem_alloc(cap, r->csize, "the output buffer", err)) &&
-                   (r->raw = acem_alloc(raw, 1, "the conversion buffer", err))
+                   (r->raw = acem_alloc(r->raw_size = raw, 1, "the conversion buffer", err))
                ? 0
                : -1;
 }

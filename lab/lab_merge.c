@@ -1,0 +1,331 @@
+/* lab_merge.c — the lab's checkpoints, every merge through libacem's public API, the
+ * evaluation of merged backbones, and the covariance match (does Dt^T Dt look like the
+ * layer's input second moment Xt^T Xt, as ACE assumes?). */
+#include "lab.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TA_SWEEP_STEPS 20 /* task arithmetic lambda in 0.05, 0.10, ..., 1.0 (Ilharco et al.) */
+#define ACE_THRESHOLD  0.3
+
+int lab_path(char *buf, size_t len, const char *dir, const char *name, acem_error *err) {
+    if ((size_t)snprintf(buf, len, "%s/%s", dir, name) < len) return 0;
+    snprintf(err->msg, sizeof err->msg, "lab: path too long: %.500s/%.300s", dir, name);
+    return -1;
+}
+
+int lab_paths_init(lab_paths *p, const char *out, const lab_suite *s, acem_error *err) {
+    char name[64];
+    if (lab_path(p->base, LAB_PATH, out, "base.safetensors", err) ||
+        lab_path(p->heads, LAB_PATH, out, "heads.safetensors", err) ||
+        lab_path(p->multitask, LAB_PATH, out, "multitask.safetensors", err) ||
+        lab_path(p->merged, LAB_PATH, out, "merged", err))
+        return -1;
+    for (int t = 0; t < s->T; t++) {
+        snprintf(name, sizeof name, "experts/%s.safetensors", s->task[t].name);
+        if (lab_path(p->expert[t], LAB_PATH, out, name, err)) return -1;
+        snprintf(name, sizeof name, "grams/%s.safetensors", s->task[t].name);
+        if (lab_path(p->gram[t], LAB_PATH, out, name, err)) return -1;
+    }
+    return 0;
+}
+
+/* ---- checkpoints ---------------------------------------------------------------- */
+
+#define MAX_SAVED (2 * LAB_DEPTH + 2 * LAB_MAX_TASKS)
+
+int lab_save_nets(const char *path, lab_net *backbone, lab_net *heads, int n_heads,
+                  acem_error *err) {
+    acem_tensor_data td[MAX_SAVED];
+    char names[MAX_SAVED][32];
+    uint64_t shapes[MAX_SAVED][2];
+    size_t total = 0, n = 0;
+    lab_net *nets[1 + LAB_MAX_TASKS];
+    int n_nets = 0;
+    if (backbone) nets[n_nets++] = backbone;
+    for (int h = 0; h < n_heads; h++)
+        nets[n_nets++] = &heads[h];
+    for (int i = 0; i < n_nets; i++)
+        total += nets[i]->size;
+    float *data = malloc(total * sizeof *data), *at = data;
+    if (!data) {
+        snprintf(err->msg, sizeof err->msg, "lab: out of memory saving %s", path);
+        return -1;
+    }
+    for (int i = 0; i < n_nets; i++) {
+        lab_net *net = nets[i];
+        for (size_t j = 0; j < net->size; j++) /* evaluate exactly what is stored */
+            net->p[j] = at[j] = (float)net->p[j];
+        for (int l = 0; l < net->layers; l++) {
+            const lab_dense *d = &net->layer[l];
+            const char *kind = net == backbone ? "backbone" : "head";
+            int index = net == backbone ? l : i - (backbone != NULL);
+            for (int b = 0; b < 2; b++, n++) {
+                snprintf(names[n], sizeof names[n], "%s.%d.%s", kind, index, b ? "bias" : "weight");
+                shapes[n][0] = (uint64_t)d->out;
+                shapes[n][1] = (uint64_t)d->in;
+                td[n] = (acem_tensor_data){names[n], ACEM_DT_F32, b ? 1 : 2, shapes[n],
+                                           at + (b ? d->b : d->w)};
+            }
+        }
+        at += net->size;
+    }
+    const acem_param meta[] = {{"format", "pt"}, {"producer", "acem lab"}};
+    int rc = acem_save_safetensors(path, td, n, meta, 2, err);
+    free(data);
+    return rc;
+}
+
+int lab_load_backbone(const char *path, lab_net *backbone, acem_error *err) {
+    acem_checkpoint *ck;
+    if (acem_checkpoint_open(path, &ck, err)) return -1;
+    int rc = 0;
+    for (int l = 0; !rc && l < backbone->layers; l++) {
+        const lab_dense *d = &backbone->layer[l];
+        for (int b = 0; !rc && b < 2; b++) {
+            char name[32];
+            snprintf(name, sizeof name, "backbone.%d.%s", l, b ? "bias" : "weight");
+            uint64_t numel = b ? (uint64_t)d->out : (uint64_t)d->out * d->in;
+            const acem_tensor *t = acem_checkpoint_find(ck, name);
+            if (!t || t->dtype != ACEM_DT_F32 || t->numel != numel) {
+                snprintf(err->msg, sizeof err->msg, "%s: no F32 tensor %s of %llu elements", path,
+                         name, (unsigned long long)numel);
+                rc = -1;
+                break;
+            }
+            float *buf = malloc(numel * sizeof *buf);
+            rc = !buf || acem_checkpoint_read(ck, t, 0, buf, numel * sizeof *buf, err);
+            for (uint64_t i = 0; !rc && i < numel; i++)
+                backbone->p[(b ? d->b : d->w) + i] = buf[i];
+            free(buf);
+        }
+    }
+    acem_checkpoint_close(ck);
+    return rc ? -1 : 0;
+}
+
+/* ---- evaluation ----------------------------------------------------------------- */
+
+static int evaluate_on(const lab_net *backbone, const lab_net *heads, const lab_suite *s,
+                       bool validation, lab_row *row, acem_error *err) {
+    row->avg = 0.0;
+    for (int t = 0; t < s->T; t++) {
+        const lab_set *set = validation ? &s->task[t].val : &s->task[t].test;
+        if (lab_accuracy(backbone, &heads[t], set, &row->acc[t], err)) return -1;
+        row->avg += row->acc[t] / s->T;
+    }
+    return 0;
+}
+
+int lab_evaluate(const lab_net *backbone, const lab_net *heads, const lab_suite *s, lab_row *row,
+                 acem_error *err) {
+    return evaluate_on(backbone, heads, s, false, row, err);
+}
+
+/* Merges the experts with `method` into out and evaluates the result on test (and, when
+ * val is not NULL, on validation). */
+static int merge_and_evaluate(const lab_options *o, const lab_suite *s, const lab_models *m,
+                              const char *method, double lambda, const char *out, lab_row *test,
+                              lab_row *val, acem_error *err) {
+    const char *models[LAB_MAX_TASKS], *grams[LAB_MAX_TASKS];
+    for (int t = 0; t < s->T; t++) {
+        models[t] = m->paths.expert[t];
+        grams[t] = m->paths.gram[t];
+    }
+    acem_merge_options mo;
+    acem_merge_options_init(&mo);
+    mo.base = m->paths.base;
+    mo.models = models;
+    mo.n_models = s->T;
+    mo.method = method;
+    mo.lambda = lambda;
+    mo.out = out;
+    mo.force = 1;
+    mo.seed = o->seed;
+    mo.threads = o->threads;
+    mo.grams = strcmp(method, "regmean") ? NULL : grams;
+    acem_merge_summary summary;
+    lab_net merged;
+    if (acem_merge(&mo, &summary, err) || lab_net_clone(&merged, &m->base, err)) return -1;
+    int rc = lab_load_backbone(out, &merged, err) ||
+             evaluate_on(&merged, m->head, s, false, test, err) ||
+             (val && evaluate_on(&merged, m->head, s, true, val, err));
+    lab_net_free(&merged);
+    return rc ? -1 : 0;
+}
+
+static int merged_path(char *buf, const lab_models *m, const char *name, acem_error *err) {
+    char file[96];
+    snprintf(file, sizeof file, "%s.safetensors", name);
+    return lab_path(buf, LAB_PATH, m->paths.merged, file, err);
+}
+
+/* Task arithmetic at the lambda with the best mean validation accuracy (the first of
+ * equals), as papers report it. */
+static int task_arithmetic_on_val(const lab_options *o, const lab_suite *s, const lab_models *m,
+                                  lab_row *row, double *best_lambda, acem_error *err) {
+    char out[LAB_PATH];
+    double best_val = -1.0;
+    if (merged_path(out, m, "task_arithmetic_sweep", err)) return -1;
+    for (int i = 1; i <= TA_SWEEP_STEPS; i++) {
+        double lambda = (double)i / TA_SWEEP_STEPS;
+        lab_row test, val;
+        if (merge_and_evaluate(o, s, m, "task_arithmetic", lambda, out, &test, &val, err))
+            return -1;
+        if (val.avg > best_val) {
+            best_val = val.avg;
+            *best_lambda = lambda;
+            memcpy(row->acc, test.acc, sizeof row->acc);
+            row->avg = test.avg;
+        }
+    }
+    snprintf(row->name, sizeof row->name, "task_arithmetic_val");
+    return remove(out) == 0 ? 0 : -1;
+}
+
+int lab_evaluate_merges(const lab_options *o, const lab_suite *s, const lab_models *m,
+                        lab_results *r, acem_error *err) {
+    char out[LAB_PATH];
+    /* regmean with the true Gram matrices of the training inputs: the data-dependent
+     * ceiling, a reference row; then every data-free method at its defaults. */
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < acem_method_count(); i++) {
+            const char *method = acem_method_name(i);
+            bool reference = !strcmp(method, "regmean");
+            if (reference != (pass == 0)) continue;
+            if (r->rows + 2 > LAB_MAX_ROWS) break;
+            lab_row *row = &r->row[r->rows++];
+            snprintf(row->name, sizeof row->name, "%s%s", method, reference ? "_true_grams" : "");
+            lab_log(s, "merging with %s", row->name);
+            if (merged_path(out, m, method, err) ||
+                merge_and_evaluate(o, s, m, method, NAN, out, row, NULL, err))
+                return -1;
+            if (!strcmp(method, "task_arithmetic")) {
+                lab_log(s, "task arithmetic, lambda 0.05 .. 1.0 on the validation split");
+                if (task_arithmetic_on_val(o, s, m, &r->row[r->rows++], &r->best_lambda, err))
+                    return -1;
+            }
+        }
+    return 0;
+}
+
+/* ---- covariance match ----------------------------------------------------------- */
+
+/* G = A^T A for A (rows x n), full symmetric n x n. */
+static void gram(const double *A, int rows, int n, double *G) {
+    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, n, rows, 1.0, A, n, 0.0, G, n);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < i; j++)
+            G[(size_t)i * n + j] = G[(size_t)j * n + i];
+}
+
+/* <A, B>_F / (||A||_F ||B||_F) */
+static double matrix_cosine(const double *A, const double *B, size_t len) {
+    double ab = 0.0, aa = 0.0, bb = 0.0;
+    for (size_t i = 0; i < len; i++) {
+        ab += A[i] * B[i];
+        aa += A[i] * A[i];
+        bb += B[i] * B[i];
+    }
+    return aa > 0.0 && bb > 0.0 ? ab / sqrt(aa * bb) : 0.0;
+}
+
+/* Xt^T Xt for every layer of expert t on task t's training inputs; saved as regmean's
+ * Gram file and kept in gx[l] (n_l x n_l). */
+static int input_grams(const lab_suite *s, const lab_models *m, int t, double **gx,
+                       acem_error *err) {
+    const lab_net *net = &m->expert[t];
+    const lab_set *train = &s->task[t].train;
+    lab_cache c;
+    if (lab_cache_init(&c, net, train->n, err)) {
+        lab_cache_free(&c);
+        return -1;
+    }
+    lab_net_forward(net, train->x, train->n, &c);
+    acem_tensor_data td[LAB_DEPTH];
+    char names[LAB_DEPTH][32];
+    uint64_t shapes[LAB_DEPTH][2];
+    for (int l = 0; l < net->layers; l++) {
+        int n = net->layer[l].in;
+        gram(c.a[l], train->n, n, gx[l]);
+        snprintf(names[l], sizeof names[l], "backbone.%d.weight", l);
+        shapes[l][0] = shapes[l][1] = (uint64_t)n;
+        td[l] = (acem_tensor_data){names[l], ACEM_DT_F64, 2, shapes[l], gx[l]};
+    }
+    lab_cache_free(&c);
+    const acem_param meta[] = {{"format", "pt"}, {"producer", "acem lab: X^T X per layer"}};
+    return acem_save_safetensors(m->paths.gram[t], td, (size_t)net->layers, meta, 2, err);
+}
+
+static int on_stats(void *user, const acem_tensor_stats *st) {
+    lab_cov_match *cov = user;
+    int l;
+    if (sscanf(st->name, "backbone.%d.weight", &l) == 1 && l >= 0 && l < LAB_DEPTH) {
+        cov->gamma[l] = st->gamma;
+        cov->hetero[l] = st->hetero != 0;
+    }
+    return 0;
+}
+
+int lab_covariance_match(const lab_options *o, const lab_suite *s, const lab_models *m,
+                         lab_results *r, acem_error *err) {
+    const lab_net *base = &m->base;
+    int T = s->T, rc = 0;
+    size_t widest = 0;
+    for (int l = 0; l < base->layers; l++) {
+        size_t in = (size_t)base->layer[l].in, out = (size_t)base->layer[l].out;
+        widest = in * (in > out ? in : out) > widest ? in * (in > out ? in : out) : widest;
+    }
+    double *gx[LAB_MAX_TASKS][LAB_DEPTH] = {{0}}, *gd = malloc(widest * sizeof *gd),
+           *D = malloc(widest * sizeof *D);
+    for (int t = 0; t < T; t++)
+        for (int l = 0; l < base->layers; l++)
+            rc |= !(gx[t][l] = malloc(widest * sizeof(double)));
+    if (rc || !gd || !D) {
+        snprintf(err->msg, sizeof err->msg, "lab: out of memory for Gram matrices");
+        rc = -1;
+    }
+    for (int t = 0; !rc && t < T; t++)
+        rc = input_grams(s, m, t, gx[t], err);
+    for (int l = 0; !rc && l < base->layers; l++) {
+        const lab_dense *d = &base->layer[l];
+        size_t nn = (size_t)d->in * d->in, size = (size_t)d->out * d->in;
+        for (int t = 0; t < T; t++) {
+            for (size_t i = 0; i < size; i++) /* Dt = Wt - W0 */
+                D[i] = m->expert[t].p[d->w + i] - base->p[d->w + i];
+            gram(D, d->out, d->in, gd);
+            r->cov.own[l][t] = matrix_cosine(gd, gx[t][l], nn);
+            double other = 0.0;
+            for (int u = 0; u < T; u++)
+                if (u != t) other += matrix_cosine(gd, gx[u][l], nn) / (T - 1);
+            r->cov.other[l][t] = other;
+            lab_rng rng = lab_rng_for(o->seed, "random-floor", l * LAB_MAX_TASKS + t);
+            for (size_t i = 0; i < size; i++)
+                D[i] = lab_rng_normal(&rng);
+            gram(D, d->out, d->in, gd);
+            r->cov.random[l][t] = matrix_cosine(gd, gx[t][l], nn);
+        }
+    }
+    if (!rc) { /* which branch ACE takes on each layer: acem stats through the library */
+        const char *models[LAB_MAX_TASKS];
+        for (int t = 0; t < T; t++)
+            models[t] = m->paths.expert[t];
+        acem_merge_options so;
+        acem_merge_options_init(&so);
+        so.base = m->paths.base;
+        so.models = models;
+        so.n_models = T;
+        so.threads = o->threads;
+        rc = acem_stats(&so, ACE_THRESHOLD, on_stats, &r->cov, err);
+    }
+    for (int t = 0; t < T; t++)
+        for (int l = 0; l < base->layers; l++)
+            free(gx[t][l]);
+    free(gd);
+    free(D);
+    return rc ? -1 : 0;
+}

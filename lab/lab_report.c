@@ -1,0 +1,179 @@
+/* lab_report.c — results.md (the paper's table: rows methods and references, columns tasks,
+ * Avg, Norm), results.csv, covariance.csv and results.svg (a bar chart of Avg). Every file
+ * is written to a temporary name and renamed when complete. Nothing time-dependent goes
+ * into them, so the same seed gives the same bytes. */
+#include "lab.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+typedef int (*writer_fn)(FILE *f, const lab_results *r, const lab_options *o);
+
+static int write_file(const char *dir, const char *name, writer_fn fn, const lab_results *r,
+                      const lab_options *o, acem_error *err) {
+    char path[LAB_PATH], tmp[LAB_PATH + 16];
+    if (lab_path(path, sizeof path, dir, name, err)) return -1;
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) {
+        snprintf(err->msg, sizeof err->msg, "%.900s: cannot create: %s", tmp, strerror(errno));
+        return -1;
+    }
+    int rc = fn(f, r, o);
+    rc |= ferror(f);
+    rc |= fclose(f);
+    if (rc || rename(tmp, path)) {
+        snprintf(err->msg, sizeof err->msg, "%.900s: cannot write: %s", path, strerror(errno));
+        remove(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+static void command_line(FILE *f, const lab_results *r, const lab_options *o) {
+    fprintf(f, "acem lab --suite %s --seed %llu", r->suite->name, (unsigned long long)o->seed);
+    if (!strcmp(r->suite->name, "synthetic")) fprintf(f, " --tasks %d", r->suite->T);
+    if (o->quick) fprintf(f, " --quick");
+}
+
+static const char *row_about(const lab_results *r, int i) {
+    static const char *refs[] = {"the base backbone with each task's own head",
+                                 "each expert on its own task",
+                                 "one backbone trained on all tasks jointly, its own heads",
+                                 "RegMean with each expert's true X^T X per layer (uses data)"};
+    if (i < r->references) return refs[i];
+    if (!strcmp(r->row[i].name, "task_arithmetic_val")) return "lambda chosen on validation";
+    for (size_t k = 0; k < acem_method_count(); k++)
+        if (!strcmp(acem_method_name(k), r->row[i].name)) return "default parameters";
+    return "";
+}
+
+static int write_markdown(FILE *f, const lab_results *r, const lab_options *o) {
+    const lab_suite *s = r->suite;
+    fprintf(f, "# acem lab: %s suite\n\n`", s->name);
+    command_line(f, r, o);
+    fprintf(f,
+            "`\n\nMLP %d -> %d -> %d -> %d (GELU), one linear head per task; base pretrained "
+            "by masked reconstruction of all tasks' inputs (%d steps); experts fine-tuned "
+            "from it (linear probe, then backbone + head) with Adam.\n\n",
+            s->d, s->sizes.hidden, s->sizes.hidden, s->sizes.hidden, s->sizes.pretrain_steps);
+    fprintf(f, "## Tasks\n\n| task | inputs | train / val / test | fine-tuning steps | lr |\n"
+               "|---|---|---|---|---|\n");
+    for (int t = 0; t < s->T; t++) {
+        const lab_task *k = &s->task[t];
+        fprintf(f, "| %s | %s | %d / %d / %d | %d | %.2e |\n", k->name, k->about, k->train.n,
+                k->val.n, k->test.n, k->steps, k->lr);
+    }
+    fprintf(f, "\n## Test accuracy (%%)\n\n| method |");
+    for (int t = 0; t < s->T; t++)
+        fprintf(f, " %s |", s->task[t].name);
+    fprintf(f, " Avg | Norm | |\n|---|");
+    for (int t = 0; t < s->T + 3; t++)
+        fprintf(f, "---|");
+    fprintf(f, "\n");
+    for (int i = 0; i < r->rows; i++) {
+        const lab_row *row = &r->row[i];
+        fprintf(f, "| %s%s%s |", i < r->references ? "*" : "", row->name,
+                i < r->references ? "*" : "");
+        for (int t = 0; t < s->T; t++)
+            fprintf(f, " %.1f |", 100.0 * row->acc[t]);
+        fprintf(f, " %.1f | %.1f | %s |\n", 100.0 * row->avg, 100.0 * row->norm, row_about(r, i));
+    }
+    fprintf(f,
+            "\nReferences in italics. Norm: mean over tasks of accuracy / individual accuracy. "
+            "task_arithmetic_val: lambda %.2f (best mean validation accuracy of 0.05, 0.10, .. 1.0).\n",
+            r->best_lambda);
+    fprintf(f, "\n## Covariance match: does Dt^T Dt look like Xt^T Xt?\n\n"
+               "Cosine similarity of the matrices, per layer, mean [min, max] over tasks: the "
+               "expert's delta Gram against its own task's input second moment (inputs of the "
+               "layer in that expert on its training data), against the other tasks' (mean), "
+               "and a Gaussian R of the delta's shape against its own task's (the floor).\n\n"
+               "| layer | shape | ACE gamma | ACE branch | own task | other tasks | random R |\n"
+               "|---|---|---|---|---|---|---|\n");
+    const lab_cov_match *c = &r->cov;
+    for (int l = 0; l < LAB_DEPTH; l++) {
+        const double *cols[3] = {c->own[l], c->other[l], c->random[l]};
+        int in = l == 0 ? s->d : s->sizes.hidden;
+        fprintf(f, "| backbone.%d.weight | %d x %d | %.3f | %s |", l, s->sizes.hidden, in,
+                c->gamma[l], c->hetero[l] ? "heterogeneous" : "homogeneous");
+        for (int k = 0; k < 3; k++) {
+            double lo = 1.0, hi = -1.0, mean = 0.0;
+            for (int t = 0; t < s->T; t++) {
+                lo = cols[k][t] < lo ? cols[k][t] : lo;
+                hi = cols[k][t] > hi ? cols[k][t] : hi;
+                mean += cols[k][t] / s->T;
+            }
+            fprintf(f, " %.3f [%.3f, %.3f] |", mean, lo, hi);
+        }
+        fprintf(f, "\n");
+    }
+    return 0;
+}
+
+static int write_csv(FILE *f, const lab_results *r, const lab_options *o) {
+    (void)o;
+    fprintf(f, "method");
+    for (int t = 0; t < r->suite->T; t++)
+        fprintf(f, ",%s", r->suite->task[t].name);
+    fprintf(f, ",avg,norm\n");
+    for (int i = 0; i < r->rows; i++) {
+        fprintf(f, "%s", r->row[i].name);
+        for (int t = 0; t < r->suite->T; t++)
+            fprintf(f, ",%.2f", 100.0 * r->row[i].acc[t]);
+        fprintf(f, ",%.2f,%.2f\n", 100.0 * r->row[i].avg, 100.0 * r->row[i].norm);
+    }
+    return 0;
+}
+
+static int write_covariance_csv(FILE *f, const lab_results *r, const lab_options *o) {
+    (void)o;
+    fprintf(f, "layer,task,gamma,hetero,cos_own,cos_other,cos_random\n");
+    for (int l = 0; l < LAB_DEPTH; l++)
+        for (int t = 0; t < r->suite->T; t++)
+            fprintf(f, "backbone.%d.weight,%s,%.4f,%d,%.4f,%.4f,%.4f\n", l, r->suite->task[t].name,
+                    r->cov.gamma[l], r->cov.hetero[l], r->cov.own[l][t], r->cov.other[l][t],
+                    r->cov.random[l][t]);
+    return 0;
+}
+
+/* Horizontal bars of Avg per row; references grey, methods blue, a dashed line at the
+ * individual experts' Avg. */
+static int write_svg(FILE *f, const lab_results *r, const lab_options *o) {
+    enum { LEFT = 190, BAR = 20, GAP = 6, TOP = 40, WIDTH = 500 };
+    int height = TOP + r->rows * (BAR + GAP) + 30;
+    fprintf(f,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
+            "font-family=\"sans-serif\" font-size=\"12\">\n"
+            "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n"
+            "<text x=\"10\" y=\"22\" font-size=\"15\">acem lab, %s suite%s: average test "
+            "accuracy (%%)</text>\n",
+            LEFT + WIDTH + 60, height, r->suite->name, o->quick ? " (quick)" : "");
+    for (int i = 0; i < r->rows; i++) {
+        int y = TOP + i * (BAR + GAP);
+        double w = WIDTH * r->row[i].avg;
+        fprintf(f,
+                "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%s</text>\n"
+                "<rect x=\"%d\" y=\"%d\" width=\"%.1f\" height=\"%d\" fill=\"%s\"/>\n"
+                "<text x=\"%.1f\" y=\"%d\">%.1f</text>\n",
+                LEFT - 8, y + BAR - 6, r->row[i].name, LEFT, y, w, BAR,
+                i < r->references ? "#9e9e9e" : "#3b6fb6", LEFT + w + 4, y + BAR - 6,
+                100.0 * r->row[i].avg);
+    }
+    double x = LEFT + WIDTH * r->row[1].avg;
+    fprintf(f,
+            "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"black\" "
+            "stroke-dasharray=\"4 3\"/>\n<text x=\"%.1f\" y=\"%d\">individual</text>\n</svg>\n",
+            x, TOP - 6, x, height - 24, x - 24, height - 10);
+    return 0;
+}
+
+int lab_write_reports(const char *dir, const lab_results *r, const lab_options *o,
+                      acem_error *err) {
+    return write_file(dir, "results.md", write_markdown, r, o, err) ||
+                   write_file(dir, "results.csv", write_csv, r, o, err) ||
+                   write_file(dir, "covariance.csv", write_covariance_csv, r, o, err) ||
+                   write_file(dir, "results.svg", write_svg, r, o, err)
+               ? -1
+               : 0;
+}
