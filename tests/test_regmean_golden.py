@@ -71,6 +71,28 @@ def main():
             o = st.read_file("yaml.safetensors")[0]
             ok = np.linalg.norm(f64(o["a.weight"]) - base["a.weight"] - ref5) / np.linalg.norm(ref5) < 1e-8
         check("YAML models with gram: keys and alpha=0.5", ok, r.stderr)
+        # F32 weights of 2 x 30 with F64 Gram matrices of 30 x 30: the Gram matrix is 15x
+        # the bytes of any tensor (regression: it once overflowed the conversion buffer)
+        w0 = rng.standard_normal((2, 30))
+        wide = [w0 + 0.1 * rng.standard_normal((2, 30)) for _ in range(T)]
+        wide_grams = []
+        st.write_file("wbase.safetensors", {"w.weight": st.from_f64(w0, "F32")})
+        wargs = [ACEM, "merge", "-q", "-b", "wbase.safetensors", "-M", "regmean"]
+        for t in range(T):
+            X = rng.standard_normal((80, 30))
+            wide_grams.append(X.T @ X)
+            st.write_file(f"we{t}.safetensors", {"w.weight": st.from_f64(wide[t], "F32")})
+            st.write_file(f"wg{t}.safetensors", {"w.weight": st.from_f64(wide_grams[t], "F64")})
+            wargs += ["-m", f"we{t}.safetensors", "--gram", f"we{t}.safetensors=wg{t}.safetensors"]
+        r = subprocess.run(wargs + ["--dtype", "f64", "-o", "wide.safetensors"], capture_output=True, text=True)
+        ok = r.returncode == 0
+        if ok:
+            w0r = f64(st.read_file("wbase.safetensors")[0]["w.weight"])
+            wd = [f64(st.read_file(f"we{t}.safetensors")[0]["w.weight"]) - w0r for t in range(T)]
+            ref_w = regmean_delta(wd, wide_grams)
+            o = st.read_file("wide.safetensors")[0]
+            ok = np.linalg.norm(f64(o["w.weight"]) - w0r - ref_w) / np.linalg.norm(ref_w) < 1e-4
+        check("F64 Gram matrices larger than every tensor, with F32 weights", ok, r.stderr)
         st.write_file("bad.safetensors", {"a.weight": st.from_f64(np.ones((9, 8)), "F32")})
         bad = list(args)
         bad[bad.index("e0.safetensors=g0.safetensors")] = "e0.safetensors=bad.safetensors"
