@@ -98,6 +98,7 @@ int lab_load_backbone(const char *path, lab_net *backbone, acem_error *err) {
                 break;
             }
             float *buf = malloc(numel * sizeof *buf);
+            if (!buf) snprintf(err->msg, sizeof err->msg, "lab: out of memory reading %s", path);
             rc = !buf || acem_checkpoint_read(ck, t, 0, buf, numel * sizeof *buf, err);
             for (uint64_t i = 0; !rc && i < numel; i++)
                 backbone->p[(b ? d->b : d->w) + i] = buf[i];
