@@ -89,7 +89,6 @@ uint16_t acem_f32_to_bf16(float f) {
     return (uint16_t)(x >> 16);
 }
 
-
 /* NaN and Inf are the values whose exponent bits are all ones. Blocks are screened with a
  * branch-free OR (it vectorises); only a block that holds one is searched element-wise. */
 #define FIND_NONFINITE(T, MASK)                                                                    \
@@ -205,7 +204,7 @@ acem_dtype acem_dtype_parse(const char *s) {
 /* out_i = w0_i + lambda * delta_i evaluated in double and rounded once to the stored
  * type, so that an f64 output of an f32 computation keeps the delta's precision. */
 void acem_combine_to_raw(const void *w0, const void *delta, double lambda, acem_dtype compute,
-                         void *raw, acem_dtype dt, size_t n) {
+                         void *raw, acem_dtype dt, size_t n, bool parallel) {
     const bool f64 = compute == ACEM_DT_F64;
 #define COMBINED(i)                                                                                \
     (f64 ? ((const double *)w0)[i] + lambda * ((const double *)delta)[i]                           \
@@ -213,22 +212,22 @@ void acem_combine_to_raw(const void *w0, const void *delta, double lambda, acem_
     uint16_t *h = raw;
     switch (dt) {
     case ACEM_DT_F64:
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel)
         for (size_t i = 0; i < n; i++)
             ((double *)raw)[i] = COMBINED(i);
         break;
     case ACEM_DT_F32:
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel)
         for (size_t i = 0; i < n; i++)
             ((float *)raw)[i] = (float)COMBINED(i);
         break;
     case ACEM_DT_F16:
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel)
         for (size_t i = 0; i < n; i++)
             h[i] = acem_f32_to_f16((float)COMBINED(i));
         break;
     default:
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel)
         for (size_t i = 0; i < n; i++)
             h[i] = acem_f32_to_bf16((float)COMBINED(i));
         break;

@@ -38,8 +38,9 @@ double acem_now(void);
 int64_t acem_convert_from_raw(const void *raw, acem_dtype dt, void *dst, acem_dtype compute,
                               size_t n, bool check_finite);
 void acem_convert_to_raw(const void *src, acem_dtype compute, void *raw, acem_dtype dt, size_t n);
+/* parallel: an OpenMP loop, else serial (for callers already inside a parallel region). */
 void acem_combine_to_raw(const void *w0, const void *delta, double lambda, acem_dtype compute,
-                         void *raw, acem_dtype dt, size_t n);
+                         void *raw, acem_dtype dt, size_t n, bool parallel);
 int64_t acem_first_nonfinite_raw(const void *raw, acem_dtype dt, size_t n);
 
 /* Counter-based random numbers (splitmix64 finaliser): a pure function of the key. */

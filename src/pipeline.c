@@ -21,6 +21,19 @@
 
 /* Elements per chunk when a method is elementwise: 4 MiB of f32 per buffer. */
 #define CHUNK_ELEMS (1u << 20)
+/* Elements per block of the fused kernel of linear methods: a block of every input stays
+ * in L2 while it is read, converted, subtracted, summed and combined. */
+#define FUSED_BLOCK (1u << 14)
+
+/* One thread's scratch in the fused kernel, and what went wrong in its blocks. */
+typedef struct fused_scratch {
+    unsigned char *raw;
+    void *w0, *d, *out;
+    double *acc;
+    int64_t *first_bad; /* per input (base, then experts): first non-finite element or -1 */
+    int failed;         /* a read failed; err says why */
+    acem_error err;
+} fused_scratch;
 
 void acem_merge_options_init(acem_merge_options *o) {
     memset(o, 0, sizeof *o);
@@ -49,6 +62,7 @@ typedef struct merge_run {
     void **deltas;
     unsigned char *raw; /* stored bytes on their way in or out */
     uint64_t raw_size;
+    fused_scratch *scratch; /* per thread, for linear methods */
     acem_progress progress;
     cJSON *report_tensors;
 } merge_run;
@@ -70,16 +84,23 @@ static int nonfinite_error(const acem_checkpoint *ck, const acem_tensor *t, uint
 }
 
 /* Reads elements [from, from+n) of tensor t into dst in the compute precision: straight
- * into dst when the stored type is the compute type, else through the raw buffer. */
+ * into dst when the stored type is the compute type, else through raw. Returns the index of
+ * the first non-finite value (unless --allow-nonfinite), -1 if none, -2 if the read
+ * failed. Touches nothing shared: the fused kernel calls it from several threads. */
+static int64_t read_elements(const merge_run *r, const acem_checkpoint *ck, const acem_tensor *t,
+                             uint64_t from, uint64_t n, void *dst, void *raw, acem_error *err) {
+    size_t es = acem_dtype_size(t->dtype);
+    bool direct = t->dtype == r->o->precision, check = !r->o->allow_nonfinite;
+    if (acem_checkpoint_read(ck, t, from * es, direct ? dst : raw, n * es, err)) return -2;
+    return direct ? (check ? acem_first_nonfinite_raw(dst, t->dtype, n) : -1)
+                  : acem_convert_from_raw(raw, t->dtype, dst, r->o->precision, n, check);
+}
+
 static int load(merge_run *r, const acem_checkpoint *ck, const acem_tensor *t, uint64_t from,
                 uint64_t n, void *dst, acem_error *err) {
-    size_t es = acem_dtype_size(t->dtype);
-    bool direct = t->dtype == r->o->precision;
-    if (acem_checkpoint_read(ck, t, from * es, direct ? dst : r->raw, n * es, err)) return -1;
-    r->progress.bytes_done += n * es;
-    bool check = !r->o->allow_nonfinite;
-    int64_t bad = direct ? (check ? acem_first_nonfinite_raw(dst, t->dtype, n) : -1)
-                         : acem_convert_from_raw(r->raw, t->dtype, dst, r->o->precision, n, check);
+    int64_t bad = read_elements(r, ck, t, from, n, dst, r->raw, err);
+    if (bad == -2) return -1;
+    r->progress.bytes_done += n * acem_dtype_size(t->dtype);
     return bad >= 0 ? nonfinite_error(ck, t, from + (uint64_t)bad, err) : 0;
 }
 
@@ -203,7 +224,82 @@ static int load_deltas(merge_run *r, const plan_entry *e, uint64_t from, uint64_
     return 0;
 }
 
+/* One block of a linear method, in one thread: Dt = Wt - W0 in the compute precision,
+ * Delta = scale * sum_t Dt (summed in double), out = W0 + lambda * Delta as the output
+ * dtype: the same arithmetic as load_deltas + deltas_scaled_sum + acem_combine_to_raw. */
+static void fused_block(const merge_run *r, const plan_entry *e, uint64_t from, size_t m,
+                        double scale, fused_scratch *s, void *out_raw) {
+    const bool f64 = r->f64;
+    for (int k = 0; k <= r->T; k++) { /* k = 0: the base */
+        const acem_checkpoint *ck = k ? r->experts[k - 1] : r->base;
+        const acem_tensor *t = k ? e->experts[k - 1] : e->base;
+        int64_t bad = read_elements(r, ck, t, from, m, k ? s->d : s->w0, s->raw, &s->err);
+        if (bad == -2) {
+            s->failed = 1;
+            return;
+        }
+        if (bad >= 0 && s->first_bad[k] < 0) s->first_bad[k] = (int64_t)from + bad;
+        if (k == 0) {
+            memset(s->acc, 0, m * sizeof *s->acc);
+        } else if (f64) {
+            for (size_t i = 0; i < m; i++)
+                s->acc[i] += ((const double *)s->d)[i] - ((const double *)s->w0)[i];
+        } else {
+            for (size_t i = 0; i < m; i++)
+                s->acc[i] += (double)(((const float *)s->d)[i] - ((const float *)s->w0)[i]);
+        }
+    }
+    for (size_t i = 0; i < m; i++)
+        wr(s->out, i, s->acc[i] * scale, f64);
+    acem_combine_to_raw(s->w0, s->out, r->lambda, r->o->precision, out_raw, e->out_dtype, m, false);
+}
+
+/* Linear methods: each chunk is split into blocks shared out among the threads, which read
+ * (two threads copy from the page cache faster than one), combine and convert their blocks
+ * into the output chunk; the only serial step is handing it to the writer. */
+static int merge_linear(merge_run *r, const plan_entry *e, acem_error *err) {
+    const acem_tensor *b = e->base;
+    double scale = r->method->linear_scale(r->T);
+    size_t eo = acem_dtype_size(e->out_dtype);
+    for (uint64_t from = 0; from < b->numel; from += CHUNK_ELEMS) {
+        uint64_t n = b->numel - from < CHUNK_ELEMS ? b->numel - from : CHUNK_ELEMS;
+        int64_t blocks = (int64_t)((n + FUSED_BLOCK - 1) / FUSED_BLOCK);
+        for (int th = 0; th < r->threads; th++) {
+            r->scratch[th].failed = 0;
+            for (int k = 0; k <= r->T; k++)
+                r->scratch[th].first_bad[k] = -1;
+        }
+#pragma omp parallel for num_threads(r->threads) schedule(static)
+        for (int64_t blk = 0; blk < blocks; blk++) {
+            fused_scratch *s = &r->scratch[omp_get_thread_num()];
+            uint64_t at = (uint64_t)blk * FUSED_BLOCK;
+            size_t m = n - at < FUSED_BLOCK ? (size_t)(n - at) : FUSED_BLOCK;
+            if (!s->failed) fused_block(r, e, from + at, m, scale, s, r->raw + at * eo);
+        }
+        for (int th = 0; th < r->threads; th++)
+            if (r->scratch[th].failed) {
+                *err = r->scratch[th].err;
+                return -1;
+            }
+        for (int k = 0; k <= r->T; k++) { /* the first input, then the first element */
+            int64_t first = -1;
+            for (int th = 0; th < r->threads; th++) {
+                int64_t at = r->scratch[th].first_bad[k];
+                if (at >= 0 && (first < 0 || at < first)) first = at;
+            }
+            if (first >= 0)
+                return nonfinite_error(k ? r->experts[k - 1] : r->base, k ? e->experts[k - 1] : b,
+                                       (uint64_t)first, err);
+        }
+        r->progress.bytes_done += n * acem_dtype_size(b->dtype) * (uint64_t)(r->T + 1);
+        if (st_writer_write(r->writer, r->raw, n * eo, err) || check_cancel(r, err)) return -1;
+        report_progress(r);
+    }
+    return 0;
+}
+
 static int merge_tensor(merge_run *r, const plan_entry *e, method_info *info, acem_error *err) {
+    if (r->method->linear_scale) return merge_linear(r, e, err);
     const acem_tensor *b = e->base;
     method_ctx c;
     method_ctx_for(r, b, &c);
@@ -224,7 +320,8 @@ static int merge_tensor(merge_run *r, const plan_entry *e, method_info *info, ac
             snprintf(inner, sizeof inner, "%s", err->msg);
             return acem_fail(err, "tensor \"%s\": %s", b->name, inner);
         }
-        acem_combine_to_raw(r->w0, r->out, r->lambda, r->o->precision, r->raw, e->out_dtype, n);
+        acem_combine_to_raw(r->w0, r->out, r->lambda, r->o->precision, r->raw, e->out_dtype, n,
+                            true);
         if (st_writer_write(r->writer, r->raw, n * acem_dtype_size(e->out_dtype), err) ||
             check_cancel(r, err))
             return -1;
@@ -260,6 +357,23 @@ static int copy_tensor(merge_run *r, const plan_entry *e, acem_error *err) {
     return 0;
 }
 
+/* The fused kernel's per-thread blocks: about 400 KiB a thread. */
+static int alloc_scratch(merge_run *r, acem_error *err) {
+    if (!(r->scratch = acem_alloc((size_t)r->threads, sizeof *r->scratch, "scratch", err)))
+        return -1;
+    for (int th = 0; th < r->threads; th++) {
+        fused_scratch *s = &r->scratch[th];
+        if (!(s->raw = acem_alloc(FUSED_BLOCK, 8, "scratch", err)) ||
+            !(s->w0 = acem_alloc(FUSED_BLOCK, r->csize, "scratch", err)) ||
+            !(s->d = acem_alloc(FUSED_BLOCK, r->csize, "scratch", err)) ||
+            !(s->out = acem_alloc(FUSED_BLOCK, r->csize, "scratch", err)) ||
+            !(s->acc = acem_alloc(FUSED_BLOCK, sizeof *s->acc, "scratch", err)) ||
+            !(s->first_bad = acem_alloc((size_t)r->T + 1, sizeof *s->first_bad, "scratch", err)))
+            return -1;
+    }
+    return 0;
+}
+
 /* Compute buffers hold one tensor (one chunk when elementwise); the raw buffer holds the
  * same elements in the widest stored type, for conversions. */
 static int alloc_buffers(merge_run *r, acem_error *err) {
@@ -274,6 +388,7 @@ static int alloc_buffers(merge_run *r, acem_error *err) {
     if (!(r->deltas = acem_alloc((size_t)r->T, sizeof(void *), "delta buffers", err))) return -1;
     for (int t = 0; t < r->T; t++)
         if (!(r->deltas[t] = acem_alloc(cap, r->csize, "a delta buffer", err))) return -1;
+    if (r->method->linear_scale && alloc_scratch(r, err)) return -1;
     return (r->w0 = acem_alloc(cap, r->csize, "the base buffer", err)) &&
                    (r->out = acem_alloc(cap, r->csize, "the output buffer", err)) &&
                    (r->raw = acem_alloc(r->raw_size = raw, 1, "the conversion buffer", err))
@@ -281,7 +396,21 @@ static int alloc_buffers(merge_run *r, acem_error *err) {
                : -1;
 }
 
+static void free_scratch(merge_run *r) {
+    for (int th = 0; r->scratch && th < r->threads; th++) {
+        fused_scratch *s = &r->scratch[th];
+        free(s->raw);
+        free(s->w0);
+        free(s->d);
+        free(s->out);
+        free(s->acc);
+        free(s->first_bad);
+    }
+    free(r->scratch);
+}
+
 static void free_run(merge_run *r) {
+    free_scratch(r);
     if (r->deltas)
         for (int t = 0; t < r->T; t++)
             free(r->deltas[t]);

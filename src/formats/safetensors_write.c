@@ -3,7 +3,14 @@
  * All headers are known before any data (names, dtypes, shapes come from the plan), so
  * each shard is written front to back: header padded with spaces so that the data starts
  * at a multiple of 8, then the tensors in order. The caller writes into a temporary
- * location; making it visible is output.c's job. */
+ * location; making it visible is output.c's job.
+ *
+ * Every byte passes through one aligned buffer that is written out whole, so the file
+ * offsets of all writes but the last are multiples of the buffer size. That allows
+ * O_DIRECT: new page-cache pages are slow to allocate on many machines (a fresh 2 GiB file
+ * takes 5.1 s through the page cache and 1.7 s direct on the 2-core VM of the benchmarks),
+ * and a merge's output is not read back. Where the filesystem refuses O_DIRECT the writer
+ * falls back to buffered writes; the unaligned tail of a file is always written buffered. */
 #include "formats.h"
 
 #include <cjson/cJSON.h>
@@ -15,6 +22,7 @@
 #include <unistd.h>
 
 #define WRITE_BUFFER (4u << 20)
+#define DIRECT_ALIGN 4096u /* covers 512- and 4096-byte logical blocks */
 
 typedef struct shard {
     char *path;
@@ -30,6 +38,7 @@ struct st_writer {
     acem_param *meta; /* owned copies: shards opened later must not see dead strings */
     size_t n_meta;
     int fd;
+    bool direct; /* fd was opened with O_DIRECT */
     size_t cur_shard, cur_tensor;
     uint64_t left_in_tensor;
     unsigned char *buf;
@@ -52,10 +61,51 @@ static int write_all(int fd, const char *path, const void *data, size_t n, acem_
     return 0;
 }
 
+static int stop_direct(st_writer *w, acem_error *err) {
+    int flags = fcntl(w->fd, F_GETFL);
+    if (flags < 0 || fcntl(w->fd, F_SETFL, flags & ~O_DIRECT) < 0)
+        return acem_fail(err, "%s: cannot leave direct I/O: %s", w->shards[w->cur_shard].path,
+                         strerror(errno));
+    w->direct = false;
+    return 0;
+}
+
+/* Writes n bytes of the buffer: direct while n is aligned (a short direct write, or one
+ * the filesystem refuses, ends direct I/O for the file), buffered otherwise. */
+static int write_out(st_writer *w, size_t n, acem_error *err) {
+    const char *path = w->shards[w->cur_shard].path;
+    size_t done = 0;
+    while (w->direct && n - done >= DIRECT_ALIGN) {
+        size_t len = (n - done) & ~(size_t)(DIRECT_ALIGN - 1);
+        ssize_t k = write(w->fd, w->buf + done, len);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0 && errno != EINVAL)
+            return acem_fail(err, "%s: write failed: %s", path, strerror(errno));
+        if (k > 0) done += (size_t)k;
+        if (k < 0 || (size_t)k < len || done % DIRECT_ALIGN) break;
+    }
+    if (done < n && w->direct && stop_direct(w, err)) return -1;
+    return write_all(w->fd, path, w->buf + done, n - done, err);
+}
+
 static int flush_buffer(st_writer *w, acem_error *err) {
-    int rc = write_all(w->fd, w->shards[w->cur_shard].path, w->buf, w->buf_len, err);
+    int rc = write_out(w, w->buf_len, err);
     w->buf_len = 0;
     return rc;
+}
+
+/* Appends bytes to the buffer, writing it out each time it fills. */
+static int stage(st_writer *w, const void *data, size_t n, acem_error *err) {
+    const unsigned char *p = data;
+    while (n > 0) {
+        size_t take = WRITE_BUFFER - w->buf_len < n ? WRITE_BUFFER - w->buf_len : n;
+        memcpy(w->buf + w->buf_len, p, take);
+        w->buf_len += take;
+        p += take;
+        n -= take;
+        if (w->buf_len == WRITE_BUFFER && flush_buffer(w, err)) return -1;
+    }
+    return 0;
 }
 
 /* {"__metadata__": {...}, name: {"dtype", "shape", "data_offsets"}, ...} for one shard. */
@@ -98,8 +148,10 @@ static char *shard_header(const st_writer *w, const shard *s, size_t *len, acem_
 static int open_shard(st_writer *w, size_t i, acem_error *err) {
     const shard *s = &w->shards[i];
     /* Shards are new names in a fresh directory; a single file's temporary already exists. */
-    int flags = w->dir ? O_CREAT | O_EXCL : O_TRUNC;
-    w->fd = open(s->path, O_WRONLY | O_CLOEXEC | flags, 0644);
+    int flags = O_WRONLY | O_CLOEXEC | (w->dir ? O_CREAT | O_EXCL : O_TRUNC);
+    w->fd = open(s->path, flags | O_DIRECT, 0644);
+    w->direct = w->fd >= 0;
+    if (w->fd < 0 && errno == EINVAL) w->fd = open(s->path, flags, 0644);
     if (w->fd < 0) return acem_fail(err, "%s: cannot create: %s", s->path, strerror(errno));
     size_t len;
     char *header = shard_header(w, s, &len, err);
@@ -107,7 +159,7 @@ static int open_shard(st_writer *w, size_t i, acem_error *err) {
     unsigned char len8[8];
     for (int b = 0; b < 8; b++)
         len8[b] = (unsigned char)((uint64_t)len >> (8 * b));
-    int rc = write_all(w->fd, s->path, len8, 8, err) || write_all(w->fd, s->path, header, len, err);
+    int rc = stage(w, len8, 8, err) || stage(w, header, len, err);
     free(header);
     w->cur_shard = i;
     return rc ? -1 : 0;
@@ -193,8 +245,12 @@ int st_writer_open(const char *dir, const char *file_path, const st_out_tensor *
             return -1;
         }
     }
-    if (plan_shards(w, dir ? max_shard_size : 0, file_path, err) ||
-        !(w->buf = acem_alloc(WRITE_BUFFER, 1, "the write buffer", err)) || open_shard(w, 0, err)) {
+    if (posix_memalign((void **)&w->buf, DIRECT_ALIGN, WRITE_BUFFER) != 0) {
+        w->buf = NULL;
+        acem_fail(err, "out of memory for the write buffer");
+    }
+    if (!w->buf || plan_shards(w, dir ? max_shard_size : 0, file_path, err) ||
+        open_shard(w, 0, err)) {
         st_writer_free(w);
         return -1;
     }
@@ -215,13 +271,7 @@ int st_writer_write(st_writer *w, const void *data, uint64_t n, acem_error *err)
         if (w->cur_tensor >= w->n_tensors)
             return acem_fail(err, "internal error: more data written than the tensors hold");
         uint64_t take = n < w->left_in_tensor ? n : w->left_in_tensor;
-        if (w->buf_len + take > WRITE_BUFFER && flush_buffer(w, err)) return -1;
-        if (take >= WRITE_BUFFER) {
-            if (write_all(w->fd, w->shards[w->cur_shard].path, p, (size_t)take, err)) return -1;
-        } else {
-            memcpy(w->buf + w->buf_len, p, (size_t)take);
-            w->buf_len += (size_t)take;
-        }
+        if (stage(w, p, (size_t)take, err)) return -1;
         p += take;
         n -= take;
         w->left_in_tensor -= take;

@@ -31,12 +31,19 @@ static int merge_task_arithmetic(const method_ctx *c, void *const *d, void *out,
     return 0;
 }
 
+static double mean_scale(int T) { return 1.0 / T; }
+static double sum_scale(int T) {
+    (void)T;
+    return 1.0;
+}
+
 const method_def method_average = {
     .name = "average",
     .describe = "mean of the deltas (uniform soup); lambda 1",
     .default_lambda = 1.0,
     .elementwise = always,
     .merge = merge_average,
+    .linear_scale = mean_scale,
 };
 
 const method_def method_task_arithmetic = {
@@ -45,4 +52,5 @@ const method_def method_task_arithmetic = {
     .default_lambda = 0.3,
     .elementwise = always,
     .merge = merge_task_arithmetic,
+    .linear_scale = sum_scale,
 };

@@ -65,6 +65,9 @@ typedef struct method_def {
     bool covariance;
     /* True when the method reads Gram matrices given with --gram (regmean). */
     bool uses_grams;
+    /* Non-NULL when Delta = linear_scale(T) * sum_t Dt: the pipeline then streams the
+     * method through one fused, parallel read-and-combine kernel. */
+    double (*linear_scale)(int T);
     /* deltas may be overwritten (used as scratch); out receives numel values. */
     int (*merge)(const method_ctx *c, void *const *deltas, void *out, acem_error *err);
 } method_def;
