@@ -28,9 +28,9 @@ static const method_param ace_params[] = {
 
 typedef struct ace_state {
     bool hetero;
-    void *C;      /* m x n: the centred C_t of the task being accumulated */
-    void *mu;     /* n: its column means */
-    void *E;      /* m x n: sum_t e_t C_t */
+    void *mu;     /* n: column means of the task being accumulated */
+    void *mu_sum; /* n: sum_t mu_t, so that sum_t D_t = sum_t C_t + 1 mu_sum */
+    void *E;      /* m x n: sum_t e_t C_t (the method's output buffer) */
     void *v;      /* n: sum_t mu_t S_t (hetero only, for R) */
     double sum_e; /* sum_t e_t */
 } ace_state;
@@ -49,27 +49,29 @@ double ace_heterogeneity(const method_ctx *c, void *const *D, double *sq) {
     return var / (mean * mean + TINY);
 }
 
-/* Steps 2-3 for task t: C_t = D_t - 1 mu_t, S_t = C_t^T C_t (/ tau_t if hetero), e_t. */
+/* Steps 2-3 for task t: C_t = D_t - 1 mu_t (in place: D_t is not needed again), S_t =
+ * C_t^T C_t (/ tau_t if hetero), e_t. */
 static int ace_estimate(const method_ctx *c, void *const *D, int t, void *S, cov_task *task,
                         void *user, acem_error *err) {
     (void)err;
     ace_state *st = user;
     const la L = {c->f64, c->threads};
     const size_t m = c->rows, n = c->cols;
-    la_copy(&L, m * n, D[t], st->C);
-    la_col_means(&L, m, n, st->C, st->mu);
-    la_add_row(&L, m, n, -1.0, st->mu, st->C);
-    la_gram(&L, m, n, 1.0, st->C, 0.0, S);
+    void *C = D[t];
+    la_col_means(&L, m, n, C, st->mu);
+    la_add_row(&L, m, n, -1.0, st->mu, C);
+    la_axpy(&L, n, 1.0, st->mu, st->mu_sum);
+    la_gram(&L, m, n, 1.0, C, 0.0, S);
     double tau = TINY;
     for (size_t i = 0; i < n; i++)
         tau += la_get(&L, S, i * n + i);
     double scale = st->hetero ? 1.0 / tau : 1.0, e = st->hetero ? c->p[P_EPS] / tau : c->p[P_EPS];
     if (st->hetero) la_scale(&L, n * n, scale, S);
-    la_axpy(&L, m * n, e, st->C, st->E); /* Q's e_t C_t term */
+    la_axpy(&L, m * n, e, C, st->E); /* Q's e_t C_t term */
     st->sum_e += e;
     if (st->hetero) /* v += mu_t S_t, so that sum_t D_t S_t = sum_t C_t S_t + 1 v */
         la_gemm(&L, false, false, 1, n, n, 1.0, st->mu, n, S, n, 1.0, st->v, n);
-    task->X = st->C;
+    task->X = C;
     task->gram_scale = scale;
     return 0;
 }
@@ -101,25 +103,66 @@ static int refine_svd(const method_ctx *c, size_t k, double *Fd, double *R, doub
     return rc;
 }
 
+/* F's long side in blocks of about 2^20 doubles: rows of F when m >= n, columns when m < n
+ * (transposed), so that a block B is always (rows x r), r = min(m, n), and F's Gram matrix
+ * on the short side is the sum of the blocks' B^T B. */
+typedef struct f_blocks {
+    const la *L;
+    const void *F; /* m x n in the compute precision */
+    size_t m, n, r, len, rows;
+    bool by_cols;
+} f_blocks;
+
+static f_blocks blocks_of(const la *L, const void *F, size_t m, size_t n) {
+    f_blocks b = {L, F, m, n, m < n ? m : n, m < n ? n : m, 0, m < n};
+    b.rows = (1u << 20) / b.r ? (1u << 20) / b.r : 1;
+    if (b.rows > b.len) b.rows = b.len;
+    return b;
+}
+
+/* Block starting at `at` (of `rows` rows) into B (rows x r, double). */
+static void load_block(const f_blocks *b, size_t at, size_t rows, double *B) {
+    for (size_t i = 0; i < rows; i++)
+        for (size_t j = 0; j < b->r; j++)
+            B[i * b->r + j] = b->by_cols ? la_get(b->L, b->F, j * b->n + at + i)
+                                         : la_get(b->L, b->F, (at + i) * b->n + j);
+}
+
+/* out += the rows x r block Rb at `at`, transposed back when F was blocked by columns. */
+static void add_block(const f_blocks *b, size_t at, size_t rows, const double *Rb, void *out) {
+    for (size_t i = 0; i < rows; i++)
+        for (size_t j = 0; j < b->r; j++) {
+            size_t o = b->by_cols ? j * b->n + at + i : (at + i) * b->n + j;
+            la_set(b->L, out, o, la_get(b->L, out, o) + Rb[i * b->r + j]);
+        }
+}
+
 /* The same through the top-k eigenpairs of the r x r Gram matrix of F on its smaller side
  * (r = min(m, n)): with F^T F = V diag(sigma^2) V^T (m >= n),
  *     sigma_iso U_k V_k^T = F V_k diag(sigma_iso / sigma_i) V_k^T = F W,
  * and W F with W from F F^T when m < n. Exact whenever sigma_k > 0, several times cheaper
- * than a full SVD. Returns 1 (nothing done) when F is too close to rank-deficient within
- * its top k, where the singular vectors are not determined and the SVD decides. */
-static int refine_gram(const method_ctx *c, size_t k, const double *Fd, double *R,
-                       double *sigma_iso, acem_error *err) {
-    const la D = {true, c->threads};
-    const size_t m = c->rows, n = c->cols, r = m < n ? m : n;
+ * than a full SVD, and F is only ever held in double one block at a time: the Gram matrix
+ * accumulates block by block and F W is added to out block by block. Returns 1 (nothing
+ * done) when F is too close to rank-deficient within its top k, where the singular vectors
+ * are not determined and the SVD decides. */
+static int refine_gram(const method_ctx *c, size_t k, const void *F, void *out, double *sigma_iso,
+                       acem_error *err) {
+    const la L = {c->f64, c->threads}, D = {true, c->threads};
+    const f_blocks b = blocks_of(&L, F, c->rows, c->cols);
+    const size_t r = b.r;
     double *G = acem_alloc(r * r, sizeof(double), "the refinement", err);
     double *Vt = acem_alloc(k * r, sizeof(double), "the refinement", err);
     double *w = acem_alloc(k, sizeof(double), "the refinement", err);
+    double *S = acem_alloc(k * r, sizeof(double), "the refinement", err);
+    double *B = acem_alloc(b.rows * r, sizeof(double), "the refinement", err);
+    double *Rb = acem_alloc(b.rows * r, sizeof(double), "the refinement", err);
     int rc = -1;
-    if (!G || !Vt || !w) goto out;
-    if (m >= n)
-        la_gram(&D, m, n, 1.0, Fd, 0.0, G);
-    else
-        la_gemm(&D, false, true, m, m, n, 1.0, Fd, n, Fd, n, 0.0, G, m);
+    if (!G || !Vt || !w || !S || !B || !Rb) goto out;
+    for (size_t at = 0; at < b.len; at += b.rows) { /* G = sum over blocks of B^T B */
+        size_t rows = b.len - at < b.rows ? b.len - at : b.rows;
+        load_block(&b, at, rows, B);
+        la_gram(&D, rows, r, 1.0, B, at ? 1.0 : 0.0, G);
+    }
     if (la_eig_sym_top(&D, r, k, G, w, Vt)) {
         rc = 1;
         goto out;
@@ -133,22 +176,24 @@ static int refine_gram(const method_ctx *c, size_t k, const double *Fd, double *
         sum += sqrt(w[i]);
     *sigma_iso = sum / (double)k;
     /* W = Vt^T diag(sigma_iso / sigma_i) Vt, built in G (free after the eigensolver) */
-    double *S = acem_alloc(k * r, sizeof(double), "the refinement", err);
-    if (!S) goto out;
     for (size_t i = 0; i < k; i++)
         for (size_t j = 0; j < r; j++)
             S[i * r + j] = Vt[i * r + j] * (*sigma_iso / sqrt(w[i]));
     la_gemm(&D, true, false, r, r, k, 1.0, Vt, r, S, r, 0.0, G, r);
-    free(S);
-    if (m >= n)
-        la_gemm(&D, false, false, m, n, n, 1.0, Fd, n, G, n, 0.0, R, n);
-    else
-        la_gemm(&D, false, false, m, n, m, 1.0, G, m, Fd, n, 0.0, R, n);
+    for (size_t at = 0; at < b.len; at += b.rows) { /* out += F W (or W F), block by block */
+        size_t rows = b.len - at < b.rows ? b.len - at : b.rows;
+        load_block(&b, at, rows, B);
+        la_gemm(&D, false, false, rows, r, r, 1.0, B, r, G, r, 0.0, Rb, r); /* W symmetric */
+        add_block(&b, at, rows, Rb, out);
+    }
     rc = 0;
 out:
     free(G);
     free(Vt);
     free(w);
+    free(S);
+    free(B);
+    free(Rb);
     return rc;
 }
 
@@ -167,23 +212,23 @@ static int refine(const method_ctx *c, const void *F, void *out, acem_error *err
         if (c->info) c->info->warning = "k = floor(k_frac * min(m, n)) = 0: refinement skipped";
         return 0;
     }
-    double *Fd = acem_alloc(m * n, sizeof(double), "the refinement", err);
-    double *R = acem_alloc(m * n, sizeof(double), "the refinement", err);
     double sigma_iso = 0;
-    int rc = -1;
-    if (!Fd || !R) goto out;
-    for (size_t i = 0; i < m * n; i++)
-        Fd[i] = la_get(&L, F, i);
-    int g = refine_gram(c, k, Fd, R, &sigma_iso, err);
-    if (g < 0 || (g == 1 && refine_svd(c, k, Fd, R, &sigma_iso, err))) goto out;
+    int g = refine_gram(c, k, F, out, &sigma_iso, err);
+    if (g == 1) { /* rank-deficient: the full SVD of F in double, on the rare path */
+        double *Fd = acem_alloc(m * n, sizeof(double), "the refinement", err);
+        double *R = acem_alloc(m * n, sizeof(double), "the refinement", err);
+        g = Fd && R ? 0 : -1;
+        for (size_t i = 0; !g && i < m * n; i++)
+            Fd[i] = la_get(&L, F, i);
+        if (!g) g = refine_svd(c, k, Fd, R, &sigma_iso, err);
+        for (size_t i = 0; !g && i < m * n; i++)
+            la_set(&L, out, i, la_get(&L, out, i) + R[i]);
+        free(Fd);
+        free(R);
+    }
+    if (g) return -1;
     info_add(c->info, "sigma_iso", sigma_iso);
-    for (size_t i = 0; i < m * n; i++)
-        la_set(&L, out, i, la_get(&L, out, i) + R[i]);
-    rc = 0;
-out:
-    free(Fd);
-    free(R);
-    return rc;
+    return 0;
 }
 
 static int merge_ace(const method_ctx *c, void *const *D, void *out, acem_error *err) {
@@ -204,18 +249,20 @@ static int merge_ace(const method_ctx *c, void *const *D, void *out, acem_error 
             c->info->warning = "an expert's delta is all zero in the heterogeneous branch: its "
                                "ridge eps / 1e-12 dominates (faithful to the reference)";
 
+    /* Workspaces: Y (m x n) and the n x n matrices; the deltas are centred in place and Q,
+     * then M0, then Delta build up in out. */
     int rc = -1;
     void *Y = cov_alloc(&L, m * n, "ace workspace", err);
     void *S = cov_alloc(&L, n * n, "ace workspace", err);
     void *P = cov_alloc(&L, n * n, "ace workspace", err);
     void *K = 2 * m < n ? cov_alloc(&L, m * m, "ace workspace", err) : NULL;
-    st.C = cov_alloc(&L, m * n, "ace workspace", err);
-    st.E = cov_alloc(&L, m * n, "ace workspace", err);
     st.mu = cov_alloc(&L, n, "ace workspace", err);
+    st.mu_sum = cov_alloc(&L, n, "ace workspace", err);
     st.v = cov_alloc(&L, n, "ace workspace", err);
     void *prior = cov_alloc(&L, n, "ace workspace", err);
-    if (!Y || !S || !P || (2 * m < n && !K) || !st.C || !st.E || !st.mu || !st.v || !prior)
-        goto out;
+    if (!Y || !S || !P || (2 * m < n && !K) || !st.mu || !st.mu_sum || !st.v || !prior) goto out;
+    st.E = out;
+    la_zero(&L, m * n, out);
     /* Steps 2-4: Y = sum_t C_t S_t, P = sum_t S_t, E = sum_t e_t C_t */
     if (cov_accumulate(&L, c, D, ace_estimate, &st, Y, P, S, K, err)) goto out;
 
@@ -231,22 +278,21 @@ static int merge_ace(const method_ctx *c, void *const *D, void *out, acem_error 
     la_axpy(&L, m * n, 1.0, Y, st.E); /* E becomes Q = sum_t C_t (S_t + e_t I) */
     if (st.hetero) {
         /* Step 7's R = sum_t D_t (S_t - Pbar) = Y + 1 v - (sum_t D_t) P / T, built before
-         * P turns into A; the sum of deltas goes into the free C workspace. */
-        la_zero(&L, m * n, st.C);
-        for (int t = 0; t < c->T; t++)
-            la_axpy(&L, m * n, 1.0, D[t], st.C);
-        la_gemm(&L, false, false, m, n, n, -1.0 / c->T, st.C, n, P, n, 1.0, Y, n);
+         * P turns into A; sum_t D_t = sum_t C_t + 1 mu_sum gathers in D[0]. */
+        for (int t = 1; t < c->T; t++)
+            la_axpy(&L, m * n, 1.0, D[t], D[0]);
+        la_add_row(&L, m, n, 1.0, st.mu_sum, D[0]);
+        la_gemm(&L, false, false, m, n, n, -1.0 / c->T, D[0], n, P, n, 1.0, Y, n);
         la_add_row(&L, m, n, 1.0, st.v, Y);
     }
     la_add_row(&L, n, n, 1.0, prior, P); /* A = P + 1 c: the prior on every row */
 
     /* Step 6: M0 = Q A^{-1}, by LU (A is not symmetric) */
     double rcond;
-    if (cov_solve(&L, COV_LU, m, n, P, st.E, machine_eps(c), &rcond, err)) goto out;
+    if (cov_solve(&L, COV_LU, m, n, P, out, machine_eps(c), &rcond, err)) goto out;
     info_add(c->info, "cond", rcond > 0 ? 1.0 / rcond : INFINITY);
-    la_copy(&L, m * n, st.E, out);
     if (st.hetero) {
-        la_axpy(&L, m * n, 1.0, st.E, Y); /* F = R + M0 */
+        la_axpy(&L, m * n, 1.0, out, Y); /* F = R + M0 */
         double t0 = acem_now();
         if (refine(c, Y, out, err)) goto out;
         info_add(c->info, "svd_seconds", acem_now() - t0);
@@ -257,9 +303,8 @@ out:
     free(S);
     free(P);
     free(K);
-    free(st.C);
-    free(st.E);
     free(st.mu);
+    free(st.mu_sum);
     free(st.v);
     free(prior);
     return rc;
