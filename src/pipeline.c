@@ -320,11 +320,12 @@ static int merge_tensor(merge_run *r, const plan_entry *e, method_info *info, ac
             snprintf(inner, sizeof inner, "%s", err->msg);
             return acem_fail(err, "tensor \"%s\": %s", b->name, inner);
         }
-        acem_combine_to_raw(r->w0, r->out, r->lambda, r->o->precision, r->raw, e->out_dtype, n,
+        /* the deltas are spent: the output bytes go to deltas[0] unless they are wider */
+        size_t eo = acem_dtype_size(e->out_dtype);
+        void *bytes = eo <= r->csize ? r->deltas[0] : r->raw;
+        acem_combine_to_raw(r->w0, r->out, r->lambda, r->o->precision, bytes, e->out_dtype, n,
                             true);
-        if (st_writer_write(r->writer, r->raw, n * acem_dtype_size(e->out_dtype), err) ||
-            check_cancel(r, err))
-            return -1;
+        if (st_writer_write(r->writer, bytes, n * eo, err) || check_cancel(r, err)) return -1;
         report_progress(r);
         if (n == 0) break;
     }
@@ -374,16 +375,22 @@ static int alloc_scratch(merge_run *r, acem_error *err) {
     return 0;
 }
 
-/* Compute buffers hold one tensor (one chunk when elementwise); the raw buffer holds the
- * same elements in the widest stored type, for conversions. */
+/* Compute buffers hold one tensor (one chunk when elementwise). The raw buffer holds stored
+ * bytes on their way in or out: a chunk of any tensor, and a whole merged tensor only where
+ * its stored type is not the compute type (inputs) or is wider (outputs); narrower outputs
+ * are converted into the spent deltas[0]. */
 static int alloc_buffers(merge_run *r, acem_error *err) {
     uint64_t cap = 1, raw = 8;
     for (size_t i = 0; i < r->plan.n; i++) {
         const plan_entry *e = &r->plan.entries[i];
         uint64_t c = chunk_of(r, e), n = e->base->numel, need = c < n ? c : n;
+        uint64_t chunk = n < CHUNK_ELEMS ? n : CHUNK_ELEMS;
         size_t es = acem_dtype_size(e->base->dtype), eo = acem_dtype_size(e->out_dtype);
+        uint64_t bytes = chunk * (es > eo ? es : eo);
+        if (e->action == PLAN_MERGE && es != r->csize && need * es > bytes) bytes = need * es;
+        if (e->action == PLAN_MERGE && eo > r->csize && need * eo > bytes) bytes = need * eo;
         if (need > cap) cap = need;
-        if (need * (es > eo ? es : eo) > raw) raw = need * (es > eo ? es : eo);
+        if (bytes > raw) raw = bytes;
     }
     if (!(r->deltas = acem_alloc((size_t)r->T, sizeof(void *), "delta buffers", err))) return -1;
     for (int t = 0; t < r->T; t++)

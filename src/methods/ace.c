@@ -30,8 +30,8 @@ typedef struct ace_state {
     bool hetero;
     void *mu;     /* n: column means of the task being accumulated */
     void *mu_sum; /* n: sum_t mu_t, so that sum_t D_t = sum_t C_t + 1 mu_sum */
-    void *E;      /* m x n: sum_t e_t C_t (the method's output buffer) */
     void *v;      /* n: sum_t mu_t S_t (hetero only, for R) */
+    double *e;    /* T: the ridges e_t */
     double sum_e; /* sum_t e_t */
 } ace_state;
 
@@ -67,13 +67,33 @@ static int ace_estimate(const method_ctx *c, void *const *D, int t, void *S, cov
         tau += la_get(&L, S, i * n + i);
     double scale = st->hetero ? 1.0 / tau : 1.0, e = st->hetero ? c->p[P_EPS] / tau : c->p[P_EPS];
     if (st->hetero) la_scale(&L, n * n, scale, S);
-    la_axpy(&L, m * n, e, C, st->E); /* Q's e_t C_t term */
+    st->e[t] = e;
     st->sum_e += e;
     if (st->hetero) /* v += mu_t S_t, so that sum_t D_t S_t = sum_t C_t S_t + 1 v */
         la_gemm(&L, false, false, 1, n, n, 1.0, st->mu, n, S, n, 1.0, st->v, n);
     task->X = C;
     task->gram_scale = scale;
     return 0;
+}
+
+/* One pass over the centred deltas: D[1] = sum_t e_t C_t (Q's ridge term) and, when
+ * with_sum, D[0] = sum_t C_t + 1 mu_sum = sum_t D_t. Each element is read from every
+ * delta before it is written, and summed in double. */
+static void gather_deltas(const method_ctx *c, void *const *D, const double *e, const void *mu_sum,
+                          bool with_sum) {
+    const la L = {c->f64, c->threads};
+    const size_t n = c->cols, mn = c->rows * c->cols;
+#pragma omp parallel for num_threads(c->threads) schedule(static)
+    for (size_t i = 0; i < mn; i++) {
+        double ridge = 0, sum = 0;
+        for (int t = 0; t < c->T; t++) {
+            double x = la_get(&L, D[t], i);
+            ridge += e[t] * x;
+            sum += x;
+        }
+        la_set(&L, D[1], i, ridge);
+        if (with_sum) la_set(&L, D[0], i, sum + la_get(&L, mu_sum, i % n));
+    }
 }
 
 /* sigma_iso U_k V_k^T through the thin SVD of F (Fd, m x n in double, destroyed); into R. */
@@ -249,10 +269,11 @@ static int merge_ace(const method_ctx *c, void *const *D, void *out, acem_error 
             c->info->warning = "an expert's delta is all zero in the heterogeneous branch: its "
                                "ridge eps / 1e-12 dominates (faithful to the reference)";
 
-    /* Workspaces: Y (m x n) and the n x n matrices; the deltas are centred in place and Q,
-     * then M0, then Delta build up in out. */
+    /* Workspaces: the n x n matrices only. The deltas are centred in place; Y = sum_t C_t S_t
+     * builds up in out; D[1] then holds Q and M0, D[0] sum_t D_t; out ends as Delta. */
     int rc = -1;
-    void *Y = cov_alloc(&L, m * n, "ace workspace", err);
+    double e[c->T];
+    st.e = e;
     void *S = cov_alloc(&L, n * n, "ace workspace", err);
     void *P = cov_alloc(&L, n * n, "ace workspace", err);
     void *K = 2 * m < n ? cov_alloc(&L, m * m, "ace workspace", err) : NULL;
@@ -260,11 +281,9 @@ static int merge_ace(const method_ctx *c, void *const *D, void *out, acem_error 
     st.mu_sum = cov_alloc(&L, n, "ace workspace", err);
     st.v = cov_alloc(&L, n, "ace workspace", err);
     void *prior = cov_alloc(&L, n, "ace workspace", err);
-    if (!Y || !S || !P || (2 * m < n && !K) || !st.mu || !st.mu_sum || !st.v || !prior) goto out;
-    st.E = out;
-    la_zero(&L, m * n, out);
-    /* Steps 2-4: Y = sum_t C_t S_t, P = sum_t S_t, E = sum_t e_t C_t */
-    if (cov_accumulate(&L, c, D, ace_estimate, &st, Y, P, S, K, err)) goto out;
+    if (!S || !P || (2 * m < n && !K) || !st.mu || !st.mu_sum || !st.v || !prior) goto out;
+    /* Steps 2-4: Y = sum_t C_t S_t (in out), P = sum_t S_t */
+    if (cov_accumulate(&L, c, D, ace_estimate, &st, out, P, S, K, err)) goto out;
 
     /* Step 5: c = column means of sum_t S_t (no eps), / (mean_t s_t + tiny) if hetero */
     la_col_means(&L, n, n, P, prior);
@@ -274,32 +293,30 @@ static int merge_ace(const method_ctx *c, void *const *D, void *out, acem_error 
             mean_sq += sq[t] / c->T;
         la_scale(&L, n, 1.0 / (mean_sq + TINY), prior);
     }
-    la_add_diag(&L, n, st.sum_e, P);  /* P = sum_t (S_t + e_t I) */
-    la_axpy(&L, m * n, 1.0, Y, st.E); /* E becomes Q = sum_t C_t (S_t + e_t I) */
+    la_add_diag(&L, n, st.sum_e, P); /* P = sum_t (S_t + e_t I) */
+    gather_deltas(c, D, e, st.mu_sum, st.hetero);
+    la_axpy(&L, m * n, 1.0, out, D[1]); /* D[1] = Q = sum_t C_t (S_t + e_t I) */
     if (st.hetero) {
-        /* Step 7's R = sum_t D_t (S_t - Pbar) = Y + 1 v - (sum_t D_t) P / T, built before
-         * P turns into A; sum_t D_t = sum_t C_t + 1 mu_sum gathers in D[0]. */
-        for (int t = 1; t < c->T; t++)
-            la_axpy(&L, m * n, 1.0, D[t], D[0]);
-        la_add_row(&L, m, n, 1.0, st.mu_sum, D[0]);
-        la_gemm(&L, false, false, m, n, n, -1.0 / c->T, D[0], n, P, n, 1.0, Y, n);
-        la_add_row(&L, m, n, 1.0, st.v, Y);
+        /* Step 7's R = sum_t D_t (S_t - Pbar) = Y + 1 v - (sum_t D_t) P / T, in out, built
+         * before P turns into A. */
+        la_add_row(&L, m, n, 1.0, st.v, out);
+        la_gemm(&L, false, false, m, n, n, -1.0 / c->T, D[0], n, P, n, 1.0, out, n);
     }
     la_add_row(&L, n, n, 1.0, prior, P); /* A = P + 1 c: the prior on every row */
 
     /* Step 6: M0 = Q A^{-1}, by LU (A is not symmetric) */
     double rcond;
-    if (cov_solve(&L, COV_LU, m, n, P, out, machine_eps(c), &rcond, err)) goto out;
+    if (cov_solve(&L, COV_LU, m, n, P, D[1], machine_eps(c), &rcond, err)) goto out;
     info_add(c->info, "cond", rcond > 0 ? 1.0 / rcond : INFINITY);
     if (st.hetero) {
-        la_axpy(&L, m * n, 1.0, out, Y); /* F = R + M0 */
+        la_axpy(&L, m * n, 1.0, D[1], out); /* F = R + M0 */
         double t0 = acem_now();
-        if (refine(c, Y, out, err)) goto out;
+        if (refine(c, out, D[1], err)) goto out;
         info_add(c->info, "svd_seconds", acem_now() - t0);
     }
+    la_copy(&L, m * n, D[1], out);
     rc = 0;
 out:
-    free(Y);
     free(S);
     free(P);
     free(K);
