@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char *usage =
@@ -30,6 +31,21 @@ void cli_error(const char *fmt, ...) {
         if (*p == '\n' || *p == '\r') *p = ' ';
     fprintf(stderr, "acem: error: %s\n", msg);
 }
+
+/* acem's own OpenMP loops (deltas, conversions, combines) run between OpenBLAS calls on the
+ * same cores. libgomp's default lets idle workers spin for milliseconds after every loop,
+ * taking cores from the BLAS call that follows; passive workers sleep at once. libgomp
+ * reads OMP_WAIT_POLICY when it is loaded, before main(): an executable's preinit_array
+ * runs before any shared library's initialisers, so the default is set there (a value the
+ * user set wins). */
+static void omp_defaults(int argc, char **argv, char **envp) {
+    (void)argc;
+    (void)argv;
+    (void)envp;
+    setenv("OMP_WAIT_POLICY", "passive", 0);
+}
+__attribute__((section(".preinit_array"),
+               used)) static void (*const preinit)(int, char **, char **) = omp_defaults;
 
 static volatile sig_atomic_t g_signal;
 static void on_signal(int sig) { g_signal = sig; }
