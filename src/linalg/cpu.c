@@ -12,17 +12,6 @@
 
 #define PICK(L, s, d) ((L)->f64 ? (d) : (s))
 
-double la_get(const la *L, const void *x, size_t i) {
-    return L->f64 ? ((const double *)x)[i] : (double)((const float *)x)[i];
-}
-
-void la_set(const la *L, void *x, size_t i, double v) {
-    if (L->f64)
-        ((double *)x)[i] = v;
-    else
-        ((float *)x)[i] = (float)v;
-}
-
 void la_copy(const la *L, size_t n, const void *x, void *y) { memcpy(y, x, n * la_size(L)); }
 void la_zero(const la *L, size_t n, void *x) { memset(x, 0, n * la_size(L)); }
 
@@ -70,9 +59,12 @@ void la_gram(const la *L, size_t m, size_t n, double alpha, const void *X, doubl
     else
         cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (blasint)n, (blasint)m, (float)alpha, X,
                     (blasint)n, (float)beta, G, (blasint)n);
-    for (size_t i = 0; i < n; i++) /* mirror the upper triangle into the lower */
-        for (size_t j = i + 1; j < n; j++)
-            la_set(L, G, j * n + i, la_get(L, G, i * n + j));
+    enum { TILE = 64 }; /* mirror the upper triangle into the lower, tile by tile */
+    for (size_t i0 = 0; i0 < n; i0 += TILE)
+        for (size_t j0 = i0; j0 < n; j0 += TILE)
+            for (size_t i = i0; i < i0 + TILE && i < n; i++)
+                for (size_t j = j0 > i + 1 ? j0 : i + 1; j < j0 + TILE && j < n; j++)
+                    la_set(L, G, j * n + i, la_get(L, G, i * n + j));
 }
 
 void la_col_means(const la *L, size_t m, size_t n, const void *X, void *mu) {

@@ -20,8 +20,16 @@ static inline size_t la_size(const la *L) { return L->f64 ? sizeof(double) : siz
 static inline void *la_at(const la *L, void *p, size_t i) { return (char *)p + i * la_size(L); }
 
 /* ---- level 1, on n contiguous elements ---- */
-double la_get(const la *L, const void *x, size_t i);
-void la_set(const la *L, void *x, size_t i, double v);
+/* Element access, inline so that loops over elements hoist the precision test. */
+static inline double la_get(const la *L, const void *x, size_t i) {
+    return L->f64 ? ((const double *)x)[i] : (double)((const float *)x)[i];
+}
+static inline void la_set(const la *L, void *x, size_t i, double v) {
+    if (L->f64)
+        ((double *)x)[i] = v;
+    else
+        ((float *)x)[i] = (float)v;
+}
 void la_copy(const la *L, size_t n, const void *x, void *y);           /* y = x */
 void la_axpy(const la *L, size_t n, double a, const void *x, void *y); /* y += a x */
 void la_scale(const la *L, size_t n, double a, void *x);               /* x *= a */
