@@ -64,7 +64,7 @@ def run_acem(cmd):
 
 def ace_flops(m, n, T, hetero):
     """Flops of acem's formulation in the dense phases (src/methods/ace.c, cov.c)."""
-    per_task = m * n * n + (4 * m * m * n if 2 * m < n else 2 * m * n * n) + (2 * n * n if hetero else 0)
+    per_task = m * n * n + (3 * m * m * n if 2 * m < n else 2 * m * n * n) + (2 * n * n if hetero else 0)
     return T * per_task + (2 * m * n * n if hetero else 0) + 2 * n ** 3 / 3 + 2 * m * n * n
 
 
@@ -100,11 +100,13 @@ def bench_ace(acem, shape, T, hetero, runs, threads, quick):
         # dense phases: the method's time less the refinement SVD (hetero branch)
         method_s = sum(report[k]["method_seconds"] - report[k].get("svd_seconds", 0) for k in names)
         largest = max(v.nbytes for v in base.values())
-        nn = max(v.shape[1] ** 2 * 4 for v in base.values() if v.ndim == 2)
+        # ACE's workspaces: S and P (n x n), and K (m x m) where (C C^T) C is the cheaper order
+        ws = max(4 * (2 * n * n + (m * m if 2 * m < n else 0))
+                 for m, n in (v.shape for v in base.values() if v.ndim == 2))
         branches = sorted({report[k].get("branch") for k in names})
         return dict(workload=f"ace {shape} T={T} {'/'.join(branches)}", ref=statistics.median(ref_times),
                     acem=statistics.median(r[0] for r in acem_runs), flops=flops, method_s=method_s,
-                    rss=max(r[1] for r in acem_runs), bound=(T + 2) * largest + 2 * nn + 64 * MiB, diff=diff)
+                    rss=max(r[1] for r in acem_runs), bound=(T + 2) * largest + ws + 64 * MiB, diff=diff)
 
 
 def write_big_model(path, n_tensors, numel, seed):

@@ -52,19 +52,33 @@ void la_gemm(const la *L, bool ta, bool tb, size_t m, size_t n, size_t k, double
                     (blasint)lda, B, (blasint)ldb, (float)beta, C, (blasint)ldc);
 }
 
-void la_gram(const la *L, size_t m, size_t n, double alpha, const void *X, double beta, void *G) {
+/* G (k x k) = alpha op(X)^T op(X) + beta G by syrk (upper), then mirrored tile by tile;
+ * trans: X is rows x k and G = X^T X, else X is k x rows and G = X X^T. */
+static void syrk_full(const la *L, bool trans, size_t k, size_t rows, double alpha, const void *X,
+                      double beta, void *G) {
+    CBLAS_TRANSPOSE t = trans ? CblasTrans : CblasNoTrans;
+    blasint lda = (blasint)(trans ? k : rows);
     if (L->f64)
-        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (blasint)n, (blasint)m, alpha, X,
-                    (blasint)n, beta, G, (blasint)n);
+        cblas_dsyrk(CblasRowMajor, CblasUpper, t, (blasint)k, (blasint)rows, alpha, X, lda, beta, G,
+                    (blasint)k);
     else
-        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (blasint)n, (blasint)m, (float)alpha, X,
-                    (blasint)n, (float)beta, G, (blasint)n);
-    enum { TILE = 64 }; /* mirror the upper triangle into the lower, tile by tile */
-    for (size_t i0 = 0; i0 < n; i0 += TILE)
-        for (size_t j0 = i0; j0 < n; j0 += TILE)
-            for (size_t i = i0; i < i0 + TILE && i < n; i++)
-                for (size_t j = j0 > i + 1 ? j0 : i + 1; j < j0 + TILE && j < n; j++)
-                    la_set(L, G, j * n + i, la_get(L, G, i * n + j));
+        cblas_ssyrk(CblasRowMajor, CblasUpper, t, (blasint)k, (blasint)rows, (float)alpha, X, lda,
+                    (float)beta, G, (blasint)k);
+    enum { TILE = 64 };
+    for (size_t i0 = 0; i0 < k; i0 += TILE)
+        for (size_t j0 = i0; j0 < k; j0 += TILE)
+            for (size_t i = i0; i < i0 + TILE && i < k; i++)
+                for (size_t j = j0 > i + 1 ? j0 : i + 1; j < j0 + TILE && j < k; j++)
+                    la_set(L, G, j * k + i, la_get(L, G, i * k + j));
+}
+
+void la_gram(const la *L, size_t m, size_t n, double alpha, const void *X, double beta, void *G) {
+    syrk_full(L, true, n, m, alpha, X, beta, G);
+}
+
+void la_gram_rows(const la *L, size_t m, size_t n, double alpha, const void *X, double beta,
+                  void *G) {
+    syrk_full(L, false, m, n, alpha, X, beta, G);
 }
 
 void la_col_means(const la *L, size_t m, size_t n, const void *X, void *mu) {

@@ -43,6 +43,9 @@ void la_gemm(const la *L, bool ta, bool tb, size_t m, size_t n, size_t k, double
              size_t ldc);
 /* G (n x n, full) = alpha X^T X + beta G for X (m x n): syrk, then the lower triangle mirrored. */
 void la_gram(const la *L, size_t m, size_t n, double alpha, const void *X, double beta, void *G);
+/* G (m x m, full) = alpha X X^T + beta G for X (m x n), the same way. */
+void la_gram_rows(const la *L, size_t m, size_t n, double alpha, const void *X, double beta,
+                  void *G);
 /* Column means of X (m x n) into mu (n). */
 void la_col_means(const la *L, size_t m, size_t n, const void *X, void *mu);
 /* X[i][j] += a * v[j] for every row i. */

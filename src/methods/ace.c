@@ -284,6 +284,9 @@ static int merge_ace(const method_ctx *c, void *const *D, void *out, acem_error 
     if (!S || !P || (2 * m < n && !K) || !st.mu || !st.mu_sum || !st.v || !prior) goto out;
     /* Steps 2-4: Y = sum_t C_t S_t (in out), P = sum_t S_t */
     if (cov_accumulate(&L, c, D, ace_estimate, &st, out, P, S, K, err)) goto out;
+    free(S); /* S and K are spent: the refinement gets their memory */
+    free(K);
+    S = K = NULL;
 
     /* Step 5: c = column means of sum_t S_t (no eps), / (mean_t s_t + tiny) if hetero */
     la_col_means(&L, n, n, P, prior);
@@ -308,6 +311,8 @@ static int merge_ace(const method_ctx *c, void *const *D, void *out, acem_error 
     double rcond;
     if (cov_solve(&L, COV_LU, m, n, P, D[1], machine_eps(c), &rcond, err)) goto out;
     info_add(c->info, "cond", rcond > 0 ? 1.0 / rcond : INFINITY);
+    free(P);
+    P = NULL;
     if (st.hetero) {
         la_axpy(&L, m * n, 1.0, D[1], out); /* F = R + M0 */
         double t0 = acem_now();
