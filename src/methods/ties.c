@@ -67,7 +67,10 @@ static int merge_ties(const method_ctx *c, void *const *d, void *out, acem_error
     (void)err;
     uint64_t k = (uint64_t)(c->p[P_DENSITY] * (double)c->numel);
     if (k < 1) k = 1;
-    for (int t = 0; t < c->T && c->numel > 0; t++) {
+        /* the experts trim independently (the histogram is per thread) */
+#pragma omp parallel for num_threads(c->threads) schedule(dynamic, 1)
+    for (int t = 0; t < c->T; t++) {
+        if (c->numel == 0) continue;
         uint64_t threshold = kth_largest_key(d[t], c->numel, k, c->f64);
         for (uint64_t i = 0; i < c->numel; i++)
             if (magnitude_key(d[t], i, c->f64) < threshold) wr(d[t], i, 0.0, c->f64);
