@@ -38,23 +38,34 @@ static uint64_t kth_largest_key(const void *p, uint64_t n, uint64_t k, bool f64)
     return prefix;
 }
 
+/* Elect sign and disjoint mean: per element, the mean of the Dt that agree in sign with
+ * sum_t Dt (0 when none does). In blocks, so that each loop runs over contiguous elements
+ * of one delta and vectorises; the sums run over t in order, as element by element. */
 void ties_disjoint_mean(const method_ctx *c, void *const *d, void *out) {
+    enum { B = 256 };
     const bool f64 = c->f64;
+    const uint64_t blocks = (c->numel + B - 1) / B;
 #pragma omp parallel for num_threads(c->threads) schedule(static)
-    for (uint64_t i = 0; i < c->numel; i++) {
-        double sum = 0;
-        for (int t = 0; t < c->T; t++)
-            sum += rd(d[t], i, f64);
-        double acc = 0;
-        int count = 0;
-        for (int t = 0; t < c->T; t++) {
-            double v = rd(d[t], i, f64);
-            if ((v > 0 && sum > 0) || (v < 0 && sum < 0)) {
-                acc += v;
-                count++;
-            }
+    for (uint64_t b = 0; b < blocks; b++) {
+        const uint64_t i0 = b * B, len = c->numel - i0 < B ? c->numel - i0 : B;
+        double sum[B], acc[B];
+        int count[B];
+        for (uint64_t j = 0; j < len; j++) {
+            sum[j] = acc[j] = 0;
+            count[j] = 0;
         }
-        wr(out, i, count ? acc / count : 0.0, f64);
+        for (int t = 0; t < c->T; t++)
+            for (uint64_t j = 0; j < len; j++)
+                sum[j] += rd(d[t], i0 + j, f64);
+        for (int t = 0; t < c->T; t++)
+            for (uint64_t j = 0; j < len; j++) {
+                double v = rd(d[t], i0 + j, f64);
+                bool agree = (v > 0 && sum[j] > 0) || (v < 0 && sum[j] < 0);
+                acc[j] += agree ? v : 0.0;
+                count[j] += agree;
+            }
+        for (uint64_t j = 0; j < len; j++)
+            wr(out, i0 + j, count[j] ? acc[j] / count[j] : 0.0, f64);
     }
 }
 
