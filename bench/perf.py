@@ -158,6 +158,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-llama", action="store_true")
+    ap.add_argument("--only-llama", action="store_true", help="just the llama7b-block rows")
     ap.add_argument("--skip-io", action="store_true")
     ap.add_argument("--only-io", action="store_true", help="just the task_arithmetic/ties I/O rows")
     a = ap.parse_args()
@@ -168,8 +169,10 @@ def main():
     print(f"{'workload':<36} {'ref s':>8} {'acem s':>8} {'ratio':>6} {'GFLOP/s':>8} {'% sgemm':>8} "
           f"{'peak RSS':>9} {'bound':>9} {'max diff':>9}")
     rows = []
-    ace_rows = [] if a.only_io else [("gpt2-2blocks", 7, 0.0), ("gpt2-2blocks", 7, 1.5)] + \
-        ([] if a.skip_llama else [("llama7b-block", 3, 0.0), ("llama7b-block", 3, 1.5)])
+    gpt2 = [] if a.only_llama else [("gpt2-2blocks", 7, 0.0), ("gpt2-2blocks", 7, 1.5)]
+    llama = [] if a.skip_llama else [("llama7b-block", 3, 0.0), ("llama7b-block", 3, 1.5)]
+    ace_rows = [] if a.only_io else gpt2 + llama
+    a.skip_io = a.skip_io or a.only_llama
     for shape, T, h in ace_rows:
         r = bench_ace(acem, shape, T, h, a.runs, a.threads, a.quick)
         rate = r["flops"] / r["method_s"] / 1e9
