@@ -1,5 +1,6 @@
-/* checkpoint.c — a model argument as a list of tensors: one .safetensors file, or a
- * Hugging Face directory (model.safetensors, or shards + model.safetensors.index.json). */
+/* checkpoint.c — a model argument as a list of tensors: one .safetensors or GGUF file, or
+ * a Hugging Face directory (model.safetensors, or shards + model.safetensors.index.json).
+ * GGUF's block-quantised tensors read as their dequantised F32 values. */
 #include "formats.h"
 
 #include <cjson/cJSON.h>
@@ -76,16 +77,60 @@ const acem_tensor *acem_checkpoint_find(const acem_checkpoint *ck, const char *n
     return NULL;
 }
 
+const st_header *acem_checkpoint_gguf(const acem_checkpoint *ck) {
+    return ck->meta.alignment ? &ck->meta : NULL;
+}
+
+int acem_checkpoint_read_stored(const acem_checkpoint *ck, const acem_tensor *t, uint64_t from,
+                                void *dst, uint64_t n, acem_error *err) {
+    uint64_t stored = t->nbytes;
+    if (t->quant != ACEM_QUANT_NONE) acem_quant_stored_bytes(t->quant, t->numel, &stored);
+    if (from > stored || n > stored - from)
+        return acem_fail(err, "%s: read outside tensor \"%s\"", ck->path, t->name);
+    const ck_file *f = &ck->files[t->file];
+    return acem_pread_full(f->fd, f->path, dst, n, t->offset + from, err);
+}
+
+/* Bytes [from, from + nbytes) of a quantised tensor's F32 values: the blocks covering them
+ * are read and dequantised a group at a time. */
+#define QUANT_GROUP_ELEMS 65536u
+static int read_quantised(const acem_checkpoint *ck, const acem_tensor *t, uint64_t from,
+                          unsigned char *dst, uint64_t nbytes, acem_error *err) {
+    const uint64_t be = acem_quant_block_elems(t->quant), bb = acem_quant_block_bytes(t->quant);
+    float *values = acem_alloc(QUANT_GROUP_ELEMS, sizeof(float), "dequantised values", err);
+    unsigned char *blocks =
+        values ? acem_alloc(QUANT_GROUP_ELEMS / be, bb, "quantised blocks", err) : NULL;
+    int rc = blocks ? 0 : -1;
+    uint64_t end = from + nbytes;
+    while (!rc && from < end) {
+        uint64_t first = from / 4 / be, n = (end + 4 * be - 1) / (4 * be) - first;
+        if (n > QUANT_GROUP_ELEMS / be) n = QUANT_GROUP_ELEMS / be;
+        rc = acem_checkpoint_read_stored(ck, t, first * bb, blocks, n * bb, err);
+        if (rc) break;
+        acem_dequantize(t->quant, blocks, values, (size_t)n);
+        uint64_t lo = from - first * be * 4, hi = n * be * 4;
+        if (hi > end - first * be * 4) hi = end - first * be * 4;
+        memcpy(dst, (unsigned char *)values + lo, (size_t)(hi - lo));
+        dst += hi - lo;
+        from += hi - lo;
+    }
+    free(values);
+    free(blocks);
+    return rc;
+}
+
 int acem_checkpoint_read(const acem_checkpoint *ck, const acem_tensor *t, uint64_t from, void *dst,
                          uint64_t nbytes, acem_error *err) {
     if (from > t->nbytes || nbytes > t->nbytes - from)
         return acem_fail(err, "%s: read outside tensor \"%s\"", ck->path, t->name);
+    if (t->quant != ACEM_QUANT_NONE) return read_quantised(ck, t, from, dst, nbytes, err);
     const ck_file *f = &ck->files[t->file];
     return acem_pread_full(f->fd, f->path, dst, nbytes, t->offset + from, err);
 }
 
-/* Opens one safetensors file as shard number ck->n_files and appends its tensors. */
-static int add_file(acem_checkpoint *ck, const char *path, acem_error *err) {
+/* Opens one safetensors file (or, when not a shard of a directory, a GGUF file) as shard
+ * number ck->n_files and appends its tensors. */
+static int add_file(acem_checkpoint *ck, const char *path, bool may_be_gguf, acem_error *err) {
     ck_file *f = &ck->files[ck->n_files];
     f->fd = -1;
     if (!(f->path = acem_strdup(path, err))) return -1;
@@ -96,8 +141,15 @@ static int add_file(acem_checkpoint *ck, const char *path, acem_error *err) {
     if (fstat(f->fd, &st) != 0) return acem_fail(err, "%s: cannot stat: %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode)) return acem_fail(err, "%s: not a regular file", path);
     st_header h;
-    if (st_header_read(path, f->fd, (uint64_t)st.st_size, (int)(ck->n_files - 1), &h, err))
-        return -1;
+    unsigned char magic[4] = {0};
+    if (st.st_size >= 4 && acem_pread_full(f->fd, path, magic, 4, 0, err)) return -1;
+    bool gguf = memcmp(magic, "GGUF", 4) == 0;
+    size_t len = strlen(path);
+    if (may_be_gguf && !gguf && len > 5 && strcmp(path + len - 5, ".gguf") == 0)
+        return acem_fail(err, "%s: not a GGUF file (it does not start with \"GGUF\")", path);
+    int (*read_header)(const char *, int, uint64_t, int, st_header *, acem_error *) =
+        may_be_gguf && gguf ? gguf_header_read : st_header_read;
+    if (read_header(path, f->fd, (uint64_t)st.st_size, (int)(ck->n_files - 1), &h, err)) return -1;
     acem_tensor *grown = realloc(ck->tensors, (ck->n_tensors + h.n_tensors + 1) * sizeof *grown);
     if (!grown) {
         st_header_free(&h);
@@ -203,7 +255,7 @@ static int open_sharded(acem_checkpoint *ck, const char *dir, const char *index_
     if (!(ck->files = acem_alloc(n_shards, sizeof *ck->files, "shards", err))) goto out;
     for (size_t i = 0; i < n_shards; i++) {
         char *p = acem_path_join(dir, shards[i], err);
-        int r = p ? add_file(ck, p, err) : -1;
+        int r = p ? add_file(ck, p, false, err) : -1;
         free(p);
         if (r) goto out;
     }
@@ -244,7 +296,7 @@ int acem_checkpoint_open(const char *path, acem_checkpoint **out, acem_error *er
     if (!(ck->path = acem_strdup(path, err))) goto out;
     if (!acem_is_dir(path)) {
         if (!(ck->files = acem_alloc(1, sizeof *ck->files, "a file", err))) goto out;
-        rc = add_file(ck, path, err) || index_names(ck, err) ? -1 : 0;
+        rc = add_file(ck, path, true, err) || index_names(ck, err) ? -1 : 0;
         goto out;
     }
     single = acem_path_join(path, "model.safetensors", err);
@@ -252,7 +304,7 @@ int acem_checkpoint_open(const char *path, acem_checkpoint **out, acem_error *er
     if (!single || !index) goto out;
     if (access(single, F_OK) == 0) {
         if (!(ck->files = acem_alloc(1, sizeof *ck->files, "a file", err))) goto out;
-        rc = add_file(ck, single, err) || index_names(ck, err) ? -1 : 0;
+        rc = add_file(ck, single, false, err) || index_names(ck, err) ? -1 : 0;
     } else if (access(index, F_OK) == 0) {
         rc = open_sharded(ck, path, index, err);
     } else {

@@ -11,12 +11,27 @@
 /* JSON numbers arrive as doubles: integers above 2^53 cannot be represented exactly. */
 #define ACEM_JSON_MAX_INT 9007199254740992.0
 
-/* One parsed safetensors header. Tensors are sorted by data offset; names are owned. */
+/* GGUF: limits on the key-values and tensor infos before the data section. */
+#define ACEM_GGUF_MAX_HEADER  (256ULL << 20)
+#define ACEM_GGUF_MAX_KV      1000000u
+#define ACEM_GGUF_MAX_STRING  (64ULL << 20)
+#define ACEM_GGUF_MAX_NAME    4096u
+#define ACEM_GGUF_MAX_NESTING 8
+#define ACEM_GGUF_ALIGNMENT   32u
+
+/* One parsed header (safetensors or GGUF). Tensors are sorted by data offset; names are
+ * owned. meta_* are the metadata as text (GGUF values rendered for display). */
 typedef struct st_header {
     acem_tensor *tensors;
     size_t n_tensors;
     char **meta_keys, **meta_values;
     size_t n_meta;
+    /* GGUF only: the key-value section as stored, kv_at[i] the start of key-value i in it
+     * (kv_at[n_kv] == kv_len), so that a GGUF output can carry them over verbatim. */
+    unsigned char *kv_raw;
+    uint64_t kv_len;
+    uint64_t *kv_at;
+    uint32_t alignment; /* 0 when not GGUF */
 } st_header;
 
 /* Reads and validates the header of the open file `fd` (size `file_size`); `file` is the
@@ -24,6 +39,33 @@ typedef struct st_header {
 int st_header_read(const char *path, int fd, uint64_t file_size, int file, st_header *h,
                    acem_error *err);
 void st_header_free(st_header *h);
+
+/* The same for a GGUF file (v2 or v3, little-endian): key-values of every type, tensor
+ * infos, general.alignment, offsets exactly where ggml puts them. */
+int gguf_header_read(const char *path, int fd, uint64_t file_size, int file, st_header *h,
+                     acem_error *err);
+/* ggml's plain element types: F32, F16, BF16, F64, I8, I16, I32, I64 (ACEM_DT_NONE / -1
+ * for the others). */
+acem_dtype gguf_plain_dtype(uint32_t ggml_type);
+int64_t gguf_plain_type(acem_dtype dt);
+/* The base checkpoint's GGUF header, or NULL when it is not a GGUF file. */
+const st_header *acem_checkpoint_gguf(const acem_checkpoint *ck);
+/* Reads stored bytes [from, from + n) of t: its blocks as they are on disk. */
+int acem_checkpoint_read_stored(const acem_checkpoint *ck, const acem_tensor *t, uint64_t from,
+                                void *dst, uint64_t n, acem_error *err);
+
+/* ---- ggml block quantisation (quant.c) ---- */
+uint32_t acem_quant_ggml_type(acem_quant q);
+acem_quant acem_quant_from_ggml(uint32_t type); /* ACEM_QUANT_NONE if not a known quant */
+uint32_t acem_quant_block_elems(acem_quant q);
+uint32_t acem_quant_block_bytes(acem_quant q);
+bool acem_quant_writable(acem_quant q); /* Q8_0 and Q4_0 have quantisers */
+/* Stored bytes of numel values; false when numel is not whole blocks or on overflow. */
+bool acem_quant_stored_bytes(acem_quant q, uint64_t numel, uint64_t *bytes);
+void acem_dequantize(acem_quant q, const void *blocks, float *dst, size_t n_blocks);
+void acem_quantize(acem_quant q, const float *src, void *blocks, size_t n_blocks);
+/* Index of the first value of the first block whose scale is NaN/Inf, or -1. */
+int64_t acem_quant_first_nonfinite(acem_quant q, const void *blocks, size_t n_blocks);
 
 /* Validates that buf[0..len) is UTF-8 (no overlongs, surrogates or code points > 10FFFF). */
 bool acem_utf8_valid(const unsigned char *buf, size_t len);
@@ -38,7 +80,11 @@ typedef struct st_out_tensor {
     acem_dtype dtype;
     int ndim;
     const uint64_t *shape;
-    uint64_t nbytes;
+    uint64_t nbytes; /* bytes the caller writes */
+    /* GGUF outputs: stored as these blocks. The caller writes F32 values (dtype F32) that
+     * the writer quantises, or, when prequantised, the blocks themselves. */
+    acem_quant quant;
+    bool prequantised;
 } st_out_tensor;
 
 typedef struct st_writer st_writer;
@@ -55,5 +101,16 @@ int st_writer_write(st_writer *w, const void *data, uint64_t n, acem_error *err)
 int st_writer_finish(st_writer *w, acem_error *err);
 size_t st_writer_shards(const st_writer *w);
 void st_writer_free(st_writer *w);
+
+/* GGUF v3 output to file_path: the key-values of `from` (a GGUF base, or NULL) less any
+ * acem.* keys, then meta as acem.KEY strings, tensor infos, and data aligned as ggml
+ * expects. The same streaming contract as st_writer. */
+typedef struct gguf_writer gguf_writer;
+int gguf_writer_open(const char *file_path, const st_out_tensor *tensors, size_t n,
+                     const st_header *from, const acem_param *meta, size_t n_meta,
+                     gguf_writer **out, acem_error *err);
+int gguf_writer_write(gguf_writer *w, const void *data, uint64_t n, acem_error *err);
+int gguf_writer_finish(gguf_writer *w, acem_error *err);
+void gguf_writer_free(gguf_writer *w);
 
 #endif
