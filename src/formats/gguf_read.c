@@ -258,7 +258,7 @@ static int read_kvs(cursor *c, st_header *h, uint64_t n_kv) {
         char *key = acem_alloc(len + 1, 1, "a key", c->err);
         if (!key) return -1;
         memcpy(key, c->buf + at, (size_t)len);
-        h->meta_keys[h->n_meta] = key;
+        h->meta_keys[h->n_meta++] = key; /* owned by h from here on */
         snprintf(what, sizeof what, "key-value \"%.64s\"", key);
         if (read_uint(c, 4, &type, what)) return -1;
         if (type >= GT_COUNT)
@@ -275,8 +275,7 @@ static int read_kvs(cursor *c, st_header *h, uint64_t n_kv) {
                                  c->path);
             h->alignment = (uint32_t)a;
         }
-        if (!(h->meta_values[h->n_meta] = acem_strdup(t.s, c->err))) return -1;
-        h->n_meta++;
+        if (!(h->meta_values[h->n_meta - 1] = acem_strdup(t.s, c->err))) return -1;
     }
     h->kv_at[n_kv] = c->pos - start;
     h->kv_len = c->pos - start;
