@@ -446,6 +446,124 @@ def _gguf_cases():
 
 
 # --------------------------------------------------------------------------- #
+# Hostile PyTorch zip checkpoints (torch.save layout, pickles written by hand)
+# --------------------------------------------------------------------------- #
+
+MARKER = "PWNED-by-acem-test"   # a payload that ran would create this file
+
+
+def p_str(s):
+    b = s.encode() if isinstance(s, str) else s
+    return b"X" + struct.pack("<I", len(b)) + b
+
+
+def p_int(v):
+    return b"J" + struct.pack("<i", v)
+
+
+def p_tuple(items):
+    return b"(" + b"".join(items) + b"t"
+
+
+def p_tensor(key, numel, offset, size, stride, storage=b"FloatStorage"):
+    pid = p_tuple([p_str("storage"), b"ctorch\n" + storage + b"\n", p_str(key), p_str("cpu"), p_int(numel)])
+    args = p_tuple([pid + b"Q", p_int(offset), p_tuple([p_int(x) for x in size]),
+                    p_tuple([p_int(x) for x in stride]), b"\x89",
+                    b"ccollections\nOrderedDict\n)R"])
+    return b"ctorch._utils\n_rebuild_tensor_v2\n" + args + b"R"
+
+
+def p_state_dict(t1=None, t2=None):
+    t1 = p_tensor("0", 12, 0, [4, 3], [3, 1]) if t1 is None else t1
+    t2 = p_tensor("1", 3, 0, [3], [1]) if t2 is None else t2
+    return b"\x80\x02}(" + p_str(T1) + t1 + p_str(T2) + t2 + b"u."
+
+
+def torch_zip(pkl=None, storages=None, compress=False, extra=()):
+    import io
+    import zipfile
+    pkl = p_state_dict() if pkl is None else pkl
+    storages = {"0": d1(), "1": d2()} if storages is None else storages
+    buf = io.BytesIO()
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(buf, "w", method) as z:
+        z.writestr("archive/data.pkl", pkl)
+        for k, v in storages.items():
+            z.writestr("archive/data/" + k, v)
+        z.writestr("archive/version", "3\n")
+        for name, data in extra:
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def _torch_cases():
+    cmd = ("touch " + MARKER).encode()
+    system = b"\x80\x02cos\nsystem\n" + p_str(cmd) + b"\x85R."
+    good = torch_zip()
+    crc_at = good.index(b"PK\x01\x02") + 16          # CRC of data.pkl in the directory
+    bad_crc = good[:crc_at] + bytes([good[crc_at] ^ 1]) + good[crc_at + 1:]
+    return [
+        ("torch-os-system", "data.pkl calls os.system('touch ...') (must not run)",
+         lambda: torch_zip(system)),
+        ("torch-builtins-eval", "data.pkl calls builtins.eval",
+         lambda: torch_zip(b"\x80\x02cbuiltins\neval\n" + p_str("1+1") + b"\x85R.")),
+        ("torch-reduce-storage-class", "REDUCE of torch.FloatStorage (allowed only as a persistent id)",
+         lambda: torch_zip(b"\x80\x02}(" + p_str(T1) + b"ctorch\nFloatStorage\n" + p_int(12) + b"\x85Ru.")),
+        ("torch-reduce-ordereddict-args", "collections.OrderedDict called with arguments",
+         lambda: torch_zip(b"\x80\x02ccollections\nOrderedDict\n" + p_tuple([p_str("x")]) + b"R.")),
+        ("torch-reduce-non-global", "REDUCE whose callable is a string",
+         lambda: torch_zip(b"\x80\x02" + p_str("os.system") + b")R.")),
+        ("torch-global-torch-load", "global torch.load (not on the allow list)",
+         lambda: torch_zip(b"\x80\x02ctorch\nload\n)R.")),
+        ("torch-opcode-inst", "protocol-0 INST opcode ('i') naming os system",
+         lambda: torch_zip(b"\x80\x02(" + p_str(cmd) + b"ios\nsystem\n.")),
+        ("torch-opcode-newobj", "NEWOBJ opcode (0x81)",
+         lambda: torch_zip(b"\x80\x02ccollections\nOrderedDict\n)\x81.")),
+        ("torch-deep-marks", "100,000 nested MARKs",
+         lambda: torch_zip(b"\x80\x02" + b"(" * 100000 + b"t" * 100000 + b".")),
+        ("torch-deep-lists", "2,000,000 empty lists pushed (stack limit)",
+         lambda: torch_zip(b"\x80\x02" + b"]" * 2000000 + b".")),
+        ("torch-deep-nesting", "a list nested 100,000 deep (built with APPEND)",
+         lambda: torch_zip(b"\x80\x02" + b"]" * 100000 + b"a" * 99999 + b".")),
+        ("torch-memo-huge-index", "LONG_BINPUT at index 2^32-1",
+         lambda: torch_zip(b"\x80\x02}r\xff\xff\xff\xff.")),
+        ("torch-memo-unset", "BINGET of a memo slot never set",
+         lambda: torch_zip(b"\x80\x02}q\x00h\x07.")),
+        ("torch-string-len-huge", "BINUNICODE of length 2^32-1",
+         lambda: torch_zip(b"\x80\x02}(X\xff\xff\xff\xffabc")),
+        ("torch-truncated-pickle", "data.pkl cut in the middle", lambda: torch_zip(p_state_dict()[:60])),
+        ("torch-no-stop", "data.pkl without STOP", lambda: torch_zip(p_state_dict()[:-1])),
+        ("torch-not-state-dict", "data.pkl holds a list of tensors",
+         lambda: torch_zip(b"\x80\x02](" + p_tensor("0", 12, 0, [4, 3], [3, 1]) + b"e.")),
+        ("torch-int-value", "a state_dict value that is an int",
+         lambda: torch_zip(b"\x80\x02}(" + p_str(T1) + p_int(3) + b"u.")),
+        ("torch-storage-missing", "tensor storage '7' absent from the archive",
+         lambda: torch_zip(p_state_dict(t2=p_tensor("7", 3, 0, [3], [1])))),
+        ("torch-storage-size", "storage entry 4 bytes shorter than its element count",
+         lambda: torch_zip(storages={"0": d1(), "1": d2()[:8]})),
+        ("torch-view-past-storage", "view [4, 3] at offset 4 of a 12-element storage",
+         lambda: torch_zip(p_state_dict(t1=p_tensor("0", 12, 4, [4, 3], [3, 1])))),
+        ("torch-stride-past-storage", "view [4, 3] with strides [3, 2] past the storage",
+         lambda: torch_zip(p_state_dict(t1=p_tensor("0", 12, 0, [4, 3], [3, 2])))),
+        ("torch-negative-size", "a negative size", lambda: torch_zip(p_state_dict(t1=p_tensor("0", 12, 0, [-4, -3], [3, 1])))),
+        ("torch-stride-overflow", "stride 2^62 x size (index overflows)",
+         lambda: torch_zip(p_state_dict(t1=b"ctorch._utils\n_rebuild_tensor_v2\n" + p_tuple([
+             p_tuple([p_str("storage"), b"ctorch\nFloatStorage\n", p_str("0"), p_str("cpu"), p_int(12)]) + b"Q",
+             p_int(0), p_tuple([p_int(4), p_int(3)]), p_tuple([b"\x8a\x08" + struct.pack("<q", 1 << 62), p_int(1)]),
+             b"\x89", b"ccollections\nOrderedDict\n)R"]) + b"R"))),
+        ("torch-storage-unknown-class", "storage class torch.ComplexFloatStorage",
+         lambda: torch_zip(p_state_dict(t2=p_tensor("1", 3, 0, [3], [1], b"ComplexFloatStorage")))),
+        ("torch-compressed-entry", "entries deflate-compressed", lambda: torch_zip(compress=True)),
+        ("torch-crc-mismatch", "data.pkl's CRC in the directory is wrong", lambda: bad_crc),
+        ("torch-two-pickles", "two data.pkl entries", lambda: torch_zip(extra=[("other/data.pkl", p_state_dict())])),
+        ("torch-no-pickle", "a zip archive without data.pkl",
+         lambda: torch_zip(pkl=b"", extra=()).replace(b"archive/data.pkl", b"archive/data.xyz")),
+        ("torch-zip-truncated", "the archive cut before its central directory", lambda: torch_zip()[:-200]),
+        ("torch-legacy-pickle", "a bare pickle (legacy torch.save, not zip)", lambda: b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."),
+    ]
+
+
+# --------------------------------------------------------------------------- #
 # Case machinery
 # --------------------------------------------------------------------------- #
 
@@ -712,6 +830,7 @@ def all_cases():
     for group in (_len_prefix_cases, _json_cases, _entry_cases, _layout_cases):
         cases += [file_case(n, d, b) for n, d, b in group()]
     cases += [file_case(n, d, b, ".gguf") for n, d, b in _gguf_cases()]
+    cases += [file_case(n, d, b, ".bin") for n, d, b in _torch_cases()]
     cases += _cross_and_special_cases() + _hf_cases() + _output_cases()
     names = [c.name for c in cases]
     assert len(names) == len(set(names)), "duplicate case names"
@@ -746,7 +865,15 @@ def control_gguf(tmp):
             "out": "out.safetensors"}
 
 
-CONTROLS = [("control-gguf", "valid GGUF file as base and expert, output to a .safetensors file",
+def control_torch(tmp):
+    write(tmp, "in/good.bin", torch_zip())
+    return {"argv": merge_argv("in/good.bin", [GOOD_M1, "in/good.bin"], "out.safetensors"),
+            "out": "out.safetensors"}
+
+
+CONTROLS = [("control-torch", "valid torch.save-style zip as base and expert, output to a "
+             ".safetensors file", control_torch),
+            ("control-gguf", "valid GGUF file as base and expert, output to a .safetensors file",
              control_gguf),
             ("control-files", "valid files, output to a .safetensors file", control_files),
             ("control-hf-dir", "valid HF directory as base and expert, output to a directory", control_dirs)]

@@ -22,8 +22,12 @@ struct acem_checkpoint {
     size_t n_files;
     acem_tensor *tensors; /* storage order: shard by shard, by offset */
     size_t n_tensors;
-    size_t *by_name; /* indices into tensors, sorted by name */
-    st_header meta;  /* metadata of the first shard (its tensors are moved out) */
+    size_t *by_name;    /* indices into tensors, sorted by name */
+    st_header meta;     /* metadata of the first shard (its tensors are moved out) */
+    tensor_view *views; /* per tensor: a PyTorch strided view, or not strided */
+    /* The last strided tensor read, gathered into row-major order (reads are sequential). */
+    const acem_tensor *gathered_for;
+    unsigned char *gathered;
 };
 
 const char *acem_checkpoint_path(const acem_checkpoint *ck) { return ck->path; }
@@ -51,6 +55,8 @@ void acem_checkpoint_close(acem_checkpoint *ck) {
     for (size_t i = 0; i < ck->n_tensors; i++)
         free((char *)ck->tensors[i].name);
     st_header_free(&ck->meta);
+    free(ck->views);
+    free(ck->gathered);
     free(ck->files);
     free(ck->tensors);
     free(ck->by_name);
@@ -119,11 +125,47 @@ static int read_quantised(const acem_checkpoint *ck, const acem_tensor *t, uint6
     return rc;
 }
 
+/* A strided view: the storage span it covers is read once and gathered (an odometer over
+ * the indices) into row-major order, kept until another strided tensor is read. */
+static int gather(acem_checkpoint *ck, const acem_tensor *t, const tensor_view *v,
+                  acem_error *err) {
+    const size_t es = acem_dtype_size(t->dtype);
+    unsigned char *span = acem_alloc(v->span, es, "a strided tensor", err);
+    unsigned char *out = span ? acem_alloc(t->numel, es, "a strided tensor", err) : NULL;
+    const ck_file *f = &ck->files[t->file];
+    if (!out || acem_pread_full(f->fd, f->path, span, v->span * es, v->base, err)) {
+        free(span);
+        free(out);
+        return -1;
+    }
+    uint64_t idx[ACEM_MAX_DIMS] = {0}, pos = 0;
+    for (uint64_t i = 0; i < t->numel; i++) {
+        memcpy(out + i * es, span + pos * es, es);
+        for (int d = t->ndim - 1; d >= 0; d--) {
+            pos += v->stride[d];
+            if (++idx[d] < t->shape[d]) break;
+            pos -= idx[d] * v->stride[d];
+            idx[d] = 0;
+        }
+    }
+    free(span);
+    free(ck->gathered);
+    ck->gathered = out;
+    ck->gathered_for = t;
+    return 0;
+}
+
 int acem_checkpoint_read(const acem_checkpoint *ck, const acem_tensor *t, uint64_t from, void *dst,
                          uint64_t nbytes, acem_error *err) {
     if (from > t->nbytes || nbytes > t->nbytes - from)
         return acem_fail(err, "%s: read outside tensor \"%s\"", ck->path, t->name);
     if (t->quant != ACEM_QUANT_NONE) return read_quantised(ck, t, from, dst, nbytes, err);
+    const tensor_view *v = &ck->views[t - ck->tensors];
+    if (v->strided) {
+        if (ck->gathered_for != t && gather((acem_checkpoint *)ck, t, v, err)) return -1;
+        memcpy(dst, ck->gathered + from, (size_t)nbytes);
+        return 0;
+    }
     const ck_file *f = &ck->files[t->file];
     return acem_pread_full(f->fd, f->path, dst, nbytes, t->offset + from, err);
 }
@@ -143,19 +185,33 @@ static int add_file(acem_checkpoint *ck, const char *path, bool may_be_gguf, ace
     st_header h;
     unsigned char magic[4] = {0};
     if (st.st_size >= 4 && acem_pread_full(f->fd, path, magic, 4, 0, err)) return -1;
-    bool gguf = memcmp(magic, "GGUF", 4) == 0;
+    bool gguf = memcmp(magic, "GGUF", 4) == 0, zip = memcmp(magic, "PK\3\4", 4) == 0;
     size_t len = strlen(path);
     if (may_be_gguf && !gguf && len > 5 && strcmp(path + len - 5, ".gguf") == 0)
         return acem_fail(err, "%s: not a GGUF file (it does not start with \"GGUF\")", path);
+    if (magic[0] == 0x80) /* a bare pickle: torch.save before 1.6 (or without the zip format) */
+        return acem_fail(err,
+                         "%s: a legacy (non-zip) PyTorch pickle, which acem does not read; re-save "
+                         "it with torch.save of PyTorch >= 1.6 or convert it to safetensors",
+                         path);
     int (*read_header)(const char *, int, uint64_t, int, st_header *, acem_error *) =
-        may_be_gguf && gguf ? gguf_header_read : st_header_read;
+        may_be_gguf && gguf ? gguf_header_read
+        : zip               ? torch_header_read
+                            : st_header_read;
     if (read_header(path, f->fd, (uint64_t)st.st_size, (int)(ck->n_files - 1), &h, err)) return -1;
-    acem_tensor *grown = realloc(ck->tensors, (ck->n_tensors + h.n_tensors + 1) * sizeof *grown);
-    if (!grown) {
+    size_t total = ck->n_tensors + h.n_tensors + 1;
+    acem_tensor *grown = realloc(ck->tensors, total * sizeof *grown);
+    if (grown) ck->tensors = grown;
+    tensor_view *views = grown ? realloc(ck->views, total * sizeof *views) : NULL;
+    if (views) ck->views = views;
+    if (!grown || !views) {
         st_header_free(&h);
         return acem_fail(err, "%s: out of memory for tensor descriptors", path);
     }
-    ck->tensors = grown;
+    if (h.views)
+        memcpy(views + ck->n_tensors, h.views, h.n_tensors * sizeof *views);
+    else
+        memset(views + ck->n_tensors, 0, h.n_tensors * sizeof *views);
     memcpy(ck->tensors + ck->n_tensors, h.tensors, h.n_tensors * sizeof *h.tensors);
     ck->n_tensors += h.n_tensors;
     h.n_tensors = 0; /* names now belong to ck */
@@ -292,7 +348,7 @@ int acem_checkpoint_open(const char *path, acem_checkpoint **out, acem_error *er
     acem_checkpoint *ck = acem_alloc(1, sizeof *ck, "a checkpoint", err);
     if (!ck) return -1;
     int rc = -1;
-    char *single = NULL, *index = NULL;
+    char *single = NULL, *index = NULL, *bin = NULL, *bin_index = NULL;
     if (!(ck->path = acem_strdup(path, err))) goto out;
     if (!acem_is_dir(path)) {
         if (!(ck->files = acem_alloc(1, sizeof *ck->files, "a file", err))) goto out;
@@ -302,18 +358,30 @@ int acem_checkpoint_open(const char *path, acem_checkpoint **out, acem_error *er
     single = acem_path_join(path, "model.safetensors", err);
     index = acem_path_join(path, "model.safetensors.index.json", err);
     if (!single || !index) goto out;
-    if (access(single, F_OK) == 0) {
+    if (!(bin = acem_path_join(path, "pytorch_model.bin", err)) ||
+        !(bin_index = acem_path_join(path, "pytorch_model.bin.index.json", err)))
+        goto out;
+    /* safetensors first, then PyTorch; one file before an index */
+    const char *one = access(single, F_OK) == 0 ? single : access(bin, F_OK) == 0 ? bin : NULL;
+    const char *idx = access(index, F_OK) == 0       ? index
+                      : access(bin_index, F_OK) == 0 ? bin_index
+                                                     : NULL;
+    if (one) {
         if (!(ck->files = acem_alloc(1, sizeof *ck->files, "a file", err))) goto out;
-        rc = add_file(ck, single, false, err) || index_names(ck, err) ? -1 : 0;
-    } else if (access(index, F_OK) == 0) {
-        rc = open_sharded(ck, path, index, err);
+        rc = add_file(ck, one, false, err) || index_names(ck, err) ? -1 : 0;
+    } else if (idx) {
+        rc = open_sharded(ck, path, idx, err);
     } else {
-        acem_fail(err, "%s: holds neither model.safetensors nor model.safetensors.index.json",
+        acem_fail(err,
+                  "%s: holds none of model.safetensors, model.safetensors.index.json, "
+                  "pytorch_model.bin, pytorch_model.bin.index.json",
                   path);
     }
 out:
     free(single);
     free(index);
+    free(bin);
+    free(bin_index);
     if (rc)
         acem_checkpoint_close(ck);
     else

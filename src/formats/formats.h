@@ -32,7 +32,16 @@ typedef struct st_header {
     uint64_t kv_len;
     uint64_t *kv_at;
     uint32_t alignment; /* 0 when not GGUF */
+    /* PyTorch only (or NULL): per tensor, a strided view (views[i].strided) of the storage
+     * starting at views[i].base; such tensors are gathered when read. */
+    struct tensor_view *views;
 } st_header;
+
+typedef struct tensor_view {
+    bool strided;
+    uint64_t base, span; /* file offset of the view's element 0; storage elements spanned */
+    uint64_t stride[ACEM_MAX_DIMS];
+} tensor_view;
 
 /* Reads and validates the header of the open file `fd` (size `file_size`); `file` is the
  * shard index stored in each tensor. Every rule of the format is checked here. */
@@ -53,6 +62,50 @@ const st_header *acem_checkpoint_gguf(const acem_checkpoint *ck);
 /* Reads stored bytes [from, from + n) of t: its blocks as they are on disk. */
 int acem_checkpoint_read_stored(const acem_checkpoint *ck, const acem_tensor *t, uint64_t from,
                                 void *dst, uint64_t n, acem_error *err);
+
+/* ---- PyTorch zip checkpoints (zip.c, pickle.c, torch_read.c) ---- */
+
+typedef struct zip_entry {
+    char *name;
+    uint64_t header, data, size; /* local header and data offsets, data size */
+    uint32_t crc;
+} zip_entry;
+
+typedef struct zip_archive {
+    zip_entry *entries; /* sorted by name */
+    size_t n, cap;
+} zip_archive;
+
+int zip_open(const char *path, int fd, uint64_t size, zip_archive *z, acem_error *err);
+const zip_entry *zip_find(const zip_archive *z, const char *name);
+uint32_t zip_crc32(const unsigned char *p, size_t n);
+void zip_free(zip_archive *z);
+
+/* One tensor of a torch state_dict: a view of storage `key` (numel elements of dtype). */
+typedef struct torch_ref {
+    char *name, *key;
+    acem_dtype dtype;
+    uint64_t storage_numel, offset;
+    int ndim;
+    uint64_t size[ACEM_MAX_DIMS], stride[ACEM_MAX_DIMS];
+} torch_ref;
+
+#define ACEM_PICKLE_MAX_BYTES (256ULL << 20)
+#define ACEM_PICKLE_MAX_MEMO  (1u << 20)
+#define ACEM_PICKLE_MAX_STACK (1u << 20)
+#define ACEM_PICKLE_MAX_MARKS 1000u
+
+/* Runs the restricted unpickler over data.pkl: only the opcodes and globals a state_dict
+ * needs (collections.OrderedDict, torch._utils._rebuild_tensor_v2 / _rebuild_parameter,
+ * torch.*Storage as persistent ids); nothing is ever executed. */
+int pickle_state_dict(const char *path, const unsigned char *buf, size_t len, torch_ref **out,
+                      size_t *n, acem_error *err);
+void torch_refs_free(torch_ref *refs, size_t n);
+
+/* A zip checkpoint of torch.save (PyTorch >= 1.6) as a header: contiguous tensors point at
+ * their storage's bytes; other views carry their strides in h->views. */
+int torch_header_read(const char *path, int fd, uint64_t file_size, int file, st_header *h,
+                      acem_error *err);
 
 /* ---- ggml block quantisation (quant.c) ---- */
 uint32_t acem_quant_ggml_type(acem_quant q);
