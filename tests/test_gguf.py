@@ -364,6 +364,15 @@ def test_ace_f16_q8(d):
     w0 = {n: G.values(read[0][n]) for n, _, _ in shapes}
     ws = [{n: G.values(x[n]) for n, _, _ in shapes} for x in read[1:]]
     oracle = AF.merge("ace", w0, ws)
+    # the same merge written as F32: the computation's own error, before output rounding
+    f32 = os.path.join(d, "ace-out.safetensors")
+    r = merge(paths[0], paths[1:], "ace", f32, "--dtype", "f32")
+    if r.returncode == 0:
+        for n, v in st_values(f32).items():
+            do = oracle[n] - w0[n]
+            rel = np.linalg.norm((v.astype(np.float64) - w0[n]) - do) / np.linalg.norm(do)
+            check("  %s as F32: delta rel. Frobenius error vs the oracle %.2e (<= 1e-4)"
+                  % (n, rel), rel <= 1e-4)
     print("  measured: ace GGUF merge vs the float64 oracle (inputs dequantised)")
     for n, s, gt in shapes:
         g = got[n]

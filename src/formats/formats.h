@@ -120,6 +120,14 @@ void acem_quantize(acem_quant q, const float *src, void *blocks, size_t n_blocks
 /* Index of the first value of the first block whose scale is NaN/Inf, or -1. */
 int64_t acem_quant_first_nonfinite(acem_quant q, const void *blocks, size_t n_blocks);
 
+/* The unsigned little-endian integer in p[0..n), n <= 8. */
+static inline uint64_t acem_le(const unsigned char *p, int n) {
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
 /* Validates that buf[0..len) is UTF-8 (no overlongs, surrogates or code points > 10FFFF). */
 bool acem_utf8_valid(const unsigned char *buf, size_t len);
 

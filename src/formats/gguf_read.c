@@ -90,16 +90,9 @@ static int need(cursor *c, uint64_t n, const char *what) {
     return 0;
 }
 
-static uint64_t le(const unsigned char *p, int n) {
-    uint64_t v = 0;
-    for (int i = n - 1; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
 static int read_uint(cursor *c, int n, uint64_t *v, const char *what) {
     if (need(c, (uint64_t)n, what)) return -1;
-    *v = le(c->buf + c->pos, n);
+    *v = acem_le(c->buf + c->pos, n);
     c->pos += (uint64_t)n;
     return 0;
 }
@@ -150,7 +143,7 @@ static int utf8_prefix(const unsigned char *s, uint64_t len, int max) {
 }
 
 static void put_number(text *t, int type, const unsigned char *p) {
-    uint64_t u = le(p, type_size[type]);
+    uint64_t u = acem_le(p, type_size[type]);
     switch (type) {
     case GT_I8: put(t, "%d", (int8_t)u); break;
     case GT_I16: put(t, "%d", (int16_t)u); break;
@@ -268,7 +261,7 @@ static int read_kvs(cursor *c, st_header *h, uint64_t n_kv) {
         text t = {.n = 0};
         if (read_value(c, (uint32_t)type, 0, &t, what)) return -1;
         if (strcmp(key, "general.alignment") == 0) {
-            uint64_t a = type == GT_U32 ? le(c->buf + value_at, 4) : 0;
+            uint64_t a = type == GT_U32 ? acem_le(c->buf + value_at, 4) : 0;
             if (a == 0 || (a & (a - 1)) || a > (1u << 20))
                 return acem_fail(c->err,
                                  "%s: general.alignment must be a uint32 power of two up to 2^20",

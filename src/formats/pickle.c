@@ -127,13 +127,6 @@ static int take(vm *m, size_t n, const unsigned char **bytes) {
     return 0;
 }
 
-static uint64_t le(const unsigned char *p, int n) {
-    uint64_t v = 0;
-    for (int i = n - 1; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
 /* Pops everything above the last MARK into a new tuple/list-like object of kind k. */
 static obj *pop_mark(vm *m, kind k) {
     if (m->n_marks == 0) {
@@ -287,7 +280,7 @@ static int set_items(vm *m, obj *dict, obj *const *kv, size_t n) {
 static int string(vm *m, size_t len_bytes) {
     const unsigned char *b = NULL, *s = NULL;
     if (take(m, len_bytes, &b)) return -1;
-    uint64_t n = le(b, (int)len_bytes);
+    uint64_t n = acem_le(b, (int)len_bytes);
     if (n > (uint64_t)(m->end - m->p)) return bad(m, "string length beyond the end of data.pkl");
     if (take(m, (size_t)n, &s)) return -1;
     if (memchr(s, 0, (size_t)n) || !acem_utf8_valid(s, (size_t)n))
@@ -301,7 +294,7 @@ static int string(vm *m, size_t len_bytes) {
 static int integer(vm *m, int n, bool is_signed) {
     const unsigned char *b = NULL;
     if (take(m, (size_t)n, &b)) return -1;
-    uint64_t v = le(b, n);
+    uint64_t v = acem_le(b, n);
     obj *o = make(m, K_INT);
     if (!o) return -1;
     o->i = is_signed && n < 8 && (v >> (8 * n - 1)) ? (int64_t)(v | ~0ULL << (8 * n)) : (int64_t)v;
@@ -340,9 +333,9 @@ static int step(vm *m, int op, bool *stop) {
     case 'X': return string(m, 4);
     case 0x8c: return string(m, 1);
     case 'q': return take(m, 1, &b) || memo_put(m, b[0]);
-    case 'r': return take(m, 4, &b) || memo_put(m, le(b, 4));
+    case 'r': return take(m, 4, &b) || memo_put(m, acem_le(b, 4));
     case 'h': return take(m, 1, &b) || memo_get(m, b[0]);
-    case 'j': return take(m, 4, &b) || memo_get(m, le(b, 4));
+    case 'j': return take(m, 4, &b) || memo_get(m, acem_le(b, 4));
     case 'c': return global(m);
     case 't': return push(m, pop_mark(m, K_TUPLE));
     case 0x85:

@@ -20,13 +20,6 @@
 #define ZIP_MAX_CDIR    (64u << 20)
 #define ZIP_MAX_ENTRIES 1000000u
 
-static uint64_t le(const unsigned char *p, int n) {
-    uint64_t v = 0;
-    for (int i = n - 1; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
 void zip_free(zip_archive *z) {
     for (size_t i = 0; i < z->n; i++)
         free(z->entries[i].name);
@@ -44,7 +37,7 @@ static int find_cdir(const char *path, int fd, uint64_t size, uint64_t *cd_off, 
     int rc = acem_pread_full(fd, path, buf, tail, size - tail, err);
     uint64_t at = tail; /* the last record whose comment ends exactly at the end of file */
     for (uint64_t i = tail - EOCD_SIZE + 1; !rc && i-- > 0;)
-        if (le(buf + i, 4) == 0x06054b50 && i + EOCD_SIZE + le(buf + i + 20, 2) == tail) {
+        if (acem_le(buf + i, 4) == 0x06054b50 && i + EOCD_SIZE + acem_le(buf + i + 20, 2) == tail) {
             at = i;
             break;
         }
@@ -54,10 +47,10 @@ static int find_cdir(const char *path, int fd, uint64_t size, uint64_t *cd_off, 
     }
     const unsigned char *e = buf + at;
     uint64_t eocd = size - tail + at;
-    *count = le(e + 10, 2);
-    *cd_len = le(e + 12, 4);
-    *cd_off = le(e + 16, 4);
-    if (le(e + 4, 2) != 0 || le(e + 6, 2) != 0 || le(e + 8, 2) != *count)
+    *count = acem_le(e + 10, 2);
+    *cd_len = acem_le(e + 12, 4);
+    *cd_off = acem_le(e + 16, 4);
+    if (acem_le(e + 4, 2) != 0 || acem_le(e + 6, 2) != 0 || acem_le(e + 8, 2) != *count)
         rc = acem_fail(err, "%s: multi-disk zip archives are not supported", path);
     free(buf);
     if (rc) return rc;
@@ -66,15 +59,15 @@ static int find_cdir(const char *path, int fd, uint64_t size, uint64_t *cd_off, 
         if (eocd < LOCATOR_SIZE ||
             acem_pread_full(fd, path, loc, LOCATOR_SIZE, eocd - LOCATOR_SIZE, err))
             return acem_fail(err, "%s: ZIP64 end-of-central-directory locator missing", path);
-        uint64_t rec_off = le(loc + 8, 8);
-        if (le(loc, 4) != 0x07064b50 || le(loc + 4, 4) != 0 || le(loc + 16, 4) > 1 ||
+        uint64_t rec_off = acem_le(loc + 8, 8);
+        if (acem_le(loc, 4) != 0x07064b50 || acem_le(loc + 4, 4) != 0 || acem_le(loc + 16, 4) > 1 ||
             rec_off > eocd - LOCATOR_SIZE || eocd - LOCATOR_SIZE - rec_off < EOCD64_SIZE ||
-            acem_pread_full(fd, path, rec, EOCD64_SIZE, rec_off, err) || le(rec, 4) != 0x06064b50 ||
-            le(rec + 24, 8) != le(rec + 32, 8))
+            acem_pread_full(fd, path, rec, EOCD64_SIZE, rec_off, err) ||
+            acem_le(rec, 4) != 0x06064b50 || acem_le(rec + 24, 8) != acem_le(rec + 32, 8))
             return acem_fail(err, "%s: malformed ZIP64 end-of-central-directory record", path);
-        *count = le(rec + 32, 8);
-        *cd_len = le(rec + 40, 8);
-        *cd_off = le(rec + 48, 8);
+        *count = acem_le(rec + 32, 8);
+        *cd_len = acem_le(rec + 40, 8);
+        *cd_off = acem_le(rec + 48, 8);
         eocd = rec_off;
     }
     uint64_t cd_end;
@@ -92,14 +85,14 @@ static int zip64_extra(const unsigned char *x, uint64_t len, uint64_t *usize, ui
     uint64_t *want[3] = {*usize == 0xFFFFFFFF ? usize : NULL, *csize == 0xFFFFFFFF ? csize : NULL,
                          *off == 0xFFFFFFFF ? off : NULL};
     for (uint64_t i = 0; i + 4 <= len;) {
-        uint64_t id = le(x + i, 2), n = le(x + i + 2, 2);
+        uint64_t id = acem_le(x + i, 2), n = acem_le(x + i + 2, 2);
         if (i + 4 + n > len) return -1;
         if (id == 1) {
             uint64_t at = i + 4;
             for (int k = 0; k < 3; k++)
                 if (want[k]) {
                     if (at + 8 > i + 4 + n) return -1;
-                    *want[k] = le(x + at, 8);
+                    *want[k] = acem_le(x + at, 8);
                     want[k] = NULL;
                     at += 8;
                 }
@@ -123,12 +116,12 @@ static int check_local(const char *path, int fd, zip_entry *e, uint64_t cd_off, 
     unsigned char h[LOCAL_SIZE];
     size_t n = strlen(e->name);
     if (e->header > cd_off || cd_off - e->header < LOCAL_SIZE ||
-        acem_pread_full(fd, path, h, LOCAL_SIZE, e->header, err) || le(h, 4) != 0x04034b50)
+        acem_pread_full(fd, path, h, LOCAL_SIZE, e->header, err) || acem_le(h, 4) != 0x04034b50)
         return acem_fail(err, "%s: zip entry \"%.64s\" has no local header", path, e->name);
-    uint64_t name_len = le(h + 26, 2), extra = le(h + 28, 2);
+    uint64_t name_len = acem_le(h + 26, 2), extra = acem_le(h + 28, 2);
     char *name = acem_alloc(n + 1, 1, "a zip entry name", err);
     if (!name) return -1;
-    int rc = name_len != n || le(h + 8, 2) != 0 || (le(h + 6, 2) & 1) ||
+    int rc = name_len != n || acem_le(h + 8, 2) != 0 || (acem_le(h + 6, 2) & 1) ||
              cd_off - e->header < LOCAL_SIZE + n ||
              acem_pread_full(fd, path, name, n, e->header + LOCAL_SIZE, err) ||
              memcmp(name, e->name, n) != 0;
@@ -148,10 +141,12 @@ static int read_entries(const char *path, int fd, const unsigned char *cd, uint6
     uint64_t at = 0;
     for (size_t i = 0; i < z->cap; i++) {
         const unsigned char *c = cd + at;
-        if (cd_len - at < CDIR_SIZE || le(c, 4) != 0x02014b50)
+        if (cd_len - at < CDIR_SIZE || acem_le(c, 4) != 0x02014b50)
             return acem_fail(err, "%s: malformed zip central directory entry %zu", path, i);
-        uint64_t method = le(c + 10, 2), csize = le(c + 20, 4), usize = le(c + 24, 4);
-        uint64_t n = le(c + 28, 2), m = le(c + 30, 2), k = le(c + 32, 2), off = le(c + 42, 4);
+        uint64_t method = acem_le(c + 10, 2), csize = acem_le(c + 20, 4),
+                 usize = acem_le(c + 24, 4);
+        uint64_t n = acem_le(c + 28, 2), m = acem_le(c + 30, 2), k = acem_le(c + 32, 2),
+                 off = acem_le(c + 42, 4);
         if (cd_len - at - CDIR_SIZE < n + m + k)
             return acem_fail(err, "%s: zip central directory entry %zu is truncated", path, i);
         zip_entry *e = &z->entries[z->n];
@@ -164,14 +159,14 @@ static int read_entries(const char *path, int fd, const unsigned char *cd, uint6
         if (zip64_extra(c + CDIR_SIZE + n, m, &usize, &csize, &off))
             return acem_fail(err, "%s: zip entry \"%.64s\" has a malformed ZIP64 field", path,
                              e->name);
-        if (method != 0 || (le(c + 8, 2) & 1) || csize != usize)
+        if (method != 0 || (acem_le(c + 8, 2) & 1) || csize != usize)
             return acem_fail(err,
                              "%s: zip entry \"%.64s\" is compressed or encrypted (method %llu); "
                              "acem reads the stored entries torch.save writes",
                              path, e->name, (unsigned long long)method);
         e->header = off;
         e->size = usize;
-        e->crc = (uint32_t)le(c + 16, 4);
+        e->crc = (uint32_t)acem_le(c + 16, 4);
         if (check_local(path, fd, e, cd_off, err)) return -1;
         at += CDIR_SIZE + n + m + k;
     }
