@@ -373,8 +373,8 @@ int acem_checkpoint_open(const char *path, acem_checkpoint **out, acem_error *er
         rc = open_sharded(ck, path, idx, err);
     } else {
         acem_fail(err,
-                  "%s: holds none of model.safetensors, model.safetensors.index.json, "
-                  "pytorch_model.bin, pytorch_model.bin.index.json",
+                  "%s: holds neither model.safetensors nor model.safetensors.index.json (nor "
+                  "pytorch_model.bin or pytorch_model.bin.index.json)",
                   path);
     }
 out:
