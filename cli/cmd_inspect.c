@@ -7,8 +7,9 @@
 static void print_help(void) {
     printf("usage: acem inspect PATH\n"
            "\n"
-           "Validates a checkpoint (a .safetensors file or a Hugging Face directory) exactly as\n"
-           "a merge would, then lists its metadata and tensors in storage order.\n"
+           "Validates a checkpoint (a .safetensors or GGUF file or a Hugging Face directory)\n"
+           "exactly as a merge would, then lists its metadata and tensors in storage order\n"
+           "(bytes: as the values are merged, F32 for GGUF's quantised blocks).\n"
            "\n"
            "example:\n"
            "  acem inspect ./gpt2\n");
@@ -52,7 +53,8 @@ int cmd_inspect(int argc, char **argv) {
             k += (size_t)snprintf(shape + k, sizeof shape - k, "%s%llu", d ? ", " : "",
                                   (unsigned long long)t->shape[d]);
         if (k < sizeof shape) snprintf(shape + k, sizeof shape - k, "]");
-        printf("%-*s  %-7s  %-24s  %12llu\n", (int)width, t->name, acem_dtype_name(t->dtype), shape,
+        printf("%-*s  %-7s  %-24s  %12llu\n", (int)width, t->name,
+               t->quant ? acem_quant_name(t->quant) : acem_dtype_name(t->dtype), shape,
                (unsigned long long)t->nbytes);
         total_bytes += t->nbytes;
         total_numel += t->numel;

@@ -16,9 +16,11 @@ static void print_help(void) {
         "\n"
         "Merges T >= 2 experts fine-tuned from one base: for every tensor, Dt = Wt - W0, the\n"
         "method combines the Dt into Delta, and OUT gets W0 + lambda * Delta. Models are\n"
-        ".safetensors files or Hugging Face directories (model.safetensors, or shards with\n"
-        "model.safetensors.index.json). OUT ending in .safetensors is one file; anything else\n"
-        "is a directory that also receives the base directory's config and tokenizer files.\n"
+        ".safetensors or GGUF files or Hugging Face directories (model.safetensors, or shards\n"
+        "with model.safetensors.index.json). OUT ending in .safetensors or .gguf is one file\n"
+        "(GGUF: the base's key-values and, by default, each tensor's type, quantised blocks\n"
+        "included); anything else is a directory that also receives the base directory's\n"
+        "config and tokenizer files.\n"
         "The output appears only when complete; an existing one is kept unless --force.\n"
         "\n"
         "required:\n"
@@ -36,7 +38,9 @@ static void print_help(void) {
         "      --preset P             the ACE reference's exclusions: gpt2, bert, roberta,\n"
         "                             llama, clip-vit\n"
         "      --dtype D              output dtype of float tensors: f32, f16, bf16, f64\n"
-        "                             (default: as the base)\n"
+        "                             (default: as the base); with a .gguf output also\n"
+        "                             q8_0 or q4_0 (tensors of 2+ axes whose rows split into\n"
+        "                             32-value blocks)\n"
         "      --precision P          compute precision f32 (default, as the ACE reference) or "
         "f64\n"
         "      --covariance-axis A    stored (default, as the ACE reference): covariances over "
@@ -103,6 +107,7 @@ typedef struct flags {
     long long seed, threads;
     uint64_t max_shard;
     acem_dtype dtype, precision;
+    acem_quant quant; /* --dtype q8_0 / q4_0 */
     int force, quiet, allow_nonfinite;
     int axis; /* -1: not given, 0 stored, 1 input */
 } flags;
@@ -225,6 +230,10 @@ static int parse_flags(int argc, char **argv, flags *f) {
         case O_DTYPE:
         case O_PRECISION: {
             acem_dtype dt = acem_dtype_parse(optarg);
+            if (c == O_DTYPE && dt == ACEM_DT_NONE && acem_quant_parse(optarg)) {
+                f->quant = acem_quant_parse(optarg);
+                break;
+            }
             if (dt == ACEM_DT_NONE ||
                 (c == O_PRECISION && dt != ACEM_DT_F32 && dt != ACEM_DT_F64)) {
                 cli_error("%s: unknown type \"%s\"", c == O_DTYPE ? "--dtype" : "--precision",
@@ -281,7 +290,10 @@ static void apply_flags(const flags *f, acem_merge_options *o, acem_param *param
     if (f->seed >= 0) o->seed = (uint64_t)f->seed;
     if (f->threads) o->threads = (int)f->threads;
     if (f->max_shard) o->max_shard_size = f->max_shard;
-    if (f->dtype != ACEM_DT_NONE) o->out_dtype = f->dtype;
+    if (f->dtype != ACEM_DT_NONE || f->quant != ACEM_QUANT_NONE) {
+        o->out_dtype = f->dtype;
+        o->out_quant = f->quant;
+    }
     if (f->precision != ACEM_DT_NONE) o->precision = f->precision;
     o->force |= f->force;
     o->allow_nonfinite |= f->allow_nonfinite;

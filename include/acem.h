@@ -53,6 +53,20 @@ acem_dtype acem_dtype_from_name(const char *name); /* ACEM_DT_NONE if unknown */
 size_t acem_dtype_size(acem_dtype dt);
 int acem_dtype_is_mergeable(acem_dtype dt); /* F64, F32, F16, BF16 */
 
+/* GGUF block-quantised storage. A tensor stored so has dtype F32 (the values it
+ * dequantises to; acem_checkpoint_read returns those) and quant naming its blocks. */
+typedef enum acem_quant {
+    ACEM_QUANT_NONE,
+    ACEM_QUANT_Q8_0, /* 32 values: f16 scale d, 32 int8; x = q * d */
+    ACEM_QUANT_Q4_0, /* 32 values: f16 d, 16 bytes of nibbles; x = (q - 8) * d */
+    ACEM_QUANT_Q4_K, /* 256 values in 8 sub-blocks with 6-bit scales and mins (read only) */
+    ACEM_QUANT_Q6_K, /* 256 values in 16 sub-blocks with int8 scales (read only) */
+    ACEM_QUANT_COUNT
+} acem_quant;
+
+const char *acem_quant_name(acem_quant q);  /* "Q8_0", ...; "" for ACEM_QUANT_NONE */
+acem_quant acem_quant_parse(const char *s); /* "q8_0" / "Q8_0", ...; ACEM_QUANT_NONE if not */
+
 /* "f32", "F32", "float32", "bf16", ... as a user types them; ACEM_DT_NONE if unknown. */
 acem_dtype acem_dtype_parse(const char *s);
 /* "5000000000", "512K", "64M", "2G" (powers of 1024) into bytes; -1 if malformed. */
@@ -76,14 +90,16 @@ typedef struct acem_tensor {
     uint64_t shape[ACEM_MAX_DIMS];
     uint64_t numel;
     uint64_t nbytes;
-    int file;        /* index of the shard holding it */
-    uint64_t offset; /* absolute byte offset of its data in that shard */
+    int file;         /* index of the shard holding it */
+    uint64_t offset;  /* absolute byte offset of its data in that shard */
+    acem_quant quant; /* GGUF block quantisation of the stored bytes, or ACEM_QUANT_NONE */
 } acem_tensor;
 
 typedef struct acem_checkpoint acem_checkpoint;
 
-/* path: a .safetensors file, or a directory holding model.safetensors or shards plus
- * model.safetensors.index.json. Everything is validated before this returns. */
+/* path: a .safetensors or GGUF file (recognised by its magic), or a directory holding
+ * model.safetensors or shards plus model.safetensors.index.json. Everything is validated
+ * before this returns. */
 int acem_checkpoint_open(const char *path, acem_checkpoint **out, acem_error *err);
 void acem_checkpoint_close(acem_checkpoint *ck);
 const char *acem_checkpoint_path(const acem_checkpoint *ck);
@@ -95,7 +111,7 @@ size_t acem_checkpoint_file_count(const acem_checkpoint *ck);
 /* Reads nbytes raw bytes of tensor t starting at byte `from` of its data. */
 int acem_checkpoint_read(const acem_checkpoint *ck, const acem_tensor *t, uint64_t from, void *dst,
                          uint64_t nbytes, acem_error *err);
-/* __metadata__ of the (first) file: key/value pairs. */
+/* __metadata__ of the (first) file, or a GGUF file's key-values shown as text. */
 size_t acem_checkpoint_metadata_count(const acem_checkpoint *ck);
 void acem_checkpoint_metadata_at(const acem_checkpoint *ck, size_t i, const char **key,
                                  const char **value);
@@ -143,8 +159,9 @@ typedef struct acem_merge_options {
     const char *const *excludes; /* POSIX extended regexes, searched in the tensor name */
     int n_excludes;
     const char *preset;      /* gpt2|bert|roberta|llama|clip-vit or NULL */
-    const char *out;         /* ends in .safetensors: one file; else a directory */
+    const char *out;         /* ends in .safetensors or .gguf: one file; else a directory */
     acem_dtype out_dtype;    /* ACEM_DT_NONE: same as base */
+    acem_quant out_quant;    /* GGUF output: quantise 2-D+ float tensors (Q8_0, Q4_0) */
     acem_dtype precision;    /* compute type, ACEM_DT_F32 (default) or ACEM_DT_F64 */
     int threads;             /* 0: all cores */
     uint64_t max_shard_size; /* 0: no sharding */

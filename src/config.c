@@ -6,7 +6,7 @@
  *   models:
  *     - model: ./expert-a         # or a plain path
  *   parameters: {density: 0.2, lambda: 1.0}
- *   dtype: bf16                   # output dtype
+ *   dtype: bf16                   # output dtype (q8_0 / q4_0 for .gguf outputs)
  *
  * Unknown keys are errors, so a typo never silently changes a merge. */
 #include "internal.h"
@@ -172,6 +172,10 @@ static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
     if (!strcmp(k, "dtype") || !strcmp(k, "out_dtype") || !strcmp(k, "precision")) {
         if (!(s = scalar(x, v, k))) return -1;
         acem_dtype dt = acem_dtype_parse(s);
+        if (dt == ACEM_DT_NONE && strcmp(k, "precision") && acem_quant_parse(s)) {
+            o->out_quant = acem_quant_parse(s); /* q8_0 / q4_0 for .gguf outputs */
+            return 0;
+        }
         if (dt == ACEM_DT_NONE) return acem_fail(x->err, "%s: unknown %s \"%s\"", x->path, k, s);
         *(strcmp(k, "precision") ? &o->out_dtype : &o->precision) = dt;
         return 0;

@@ -15,9 +15,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+static bool ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n > k && strcmp(s + n - k, suffix) == 0;
+}
+
+bool output_is_gguf(const char *out) { return ends_with(out, ".gguf"); }
+
 bool output_is_file(const char *out) {
-    size_t n = strlen(out), k = strlen(".safetensors");
-    return n > k && strcmp(out + n - k, ".safetensors") == 0;
+    return ends_with(out, ".safetensors") || output_is_gguf(out);
 }
 
 static bool same_file(const char *a, const char *b) {

@@ -7,10 +7,11 @@
 typedef struct output {
     const char *final_path;
     char *tmp_path; /* file or directory being written; NULL once committed or aborted */
-    bool is_file;   /* final_path ends in .safetensors */
+    bool is_file;   /* final_path ends in .safetensors or .gguf */
 } output;
 
 bool output_is_file(const char *out);
+bool output_is_gguf(const char *out); /* a GGUF file output */
 /* Refuses an output path that is one of the inputs (or one of their shard files). */
 int output_check_distinct(const char *out, const acem_checkpoint *const *inputs, int n,
                           acem_error *err);

@@ -56,7 +56,8 @@ typedef struct merge_run {
     acem_checkpoint **grams; /* regmean's Gram files, per expert (entries may be NULL) */
     void **gram_bufs;
     plan plan;
-    st_writer *writer;
+    st_writer *writer; /* one of the two writers */
+    gguf_writer *gguf;
     /* buffers */
     void *w0, *out;
     void **deltas;
@@ -104,6 +105,12 @@ static int load(merge_run *r, const acem_checkpoint *ck, const acem_tensor *t, u
     return bad >= 0 ? nonfinite_error(ck, t, from + (uint64_t)bad, err) : 0;
 }
 
+/* Appends bytes of the current output tensor. */
+static int emit(merge_run *r, const void *bytes, uint64_t n, acem_error *err) {
+    return r->gguf ? gguf_writer_write(r->gguf, bytes, n, err)
+                   : st_writer_write(r->writer, bytes, n, err);
+}
+
 /* Writes n compute-precision values as the output dtype. */
 static int store(merge_run *r, const plan_entry *e, const void *values, uint64_t n,
                  acem_error *err) {
@@ -112,7 +119,7 @@ static int store(merge_run *r, const plan_entry *e, const void *values, uint64_t
         acem_convert_to_raw(values, r->o->precision, r->raw, e->out_dtype, n);
         bytes = r->raw;
     }
-    return st_writer_write(r->writer, bytes, n * acem_dtype_size(e->out_dtype), err);
+    return emit(r, bytes, n * acem_dtype_size(e->out_dtype), err);
 }
 
 /* d -= w0, element by element. */
@@ -292,7 +299,7 @@ static int merge_linear(merge_run *r, const plan_entry *e, acem_error *err) {
                                        (uint64_t)first, err);
         }
         r->progress.bytes_done += n * acem_dtype_size(b->dtype) * (uint64_t)(r->T + 1);
-        if (st_writer_write(r->writer, r->raw, n * eo, err) || check_cancel(r, err)) return -1;
+        if (emit(r, r->raw, n * eo, err) || check_cancel(r, err)) return -1;
         report_progress(r);
     }
     return 0;
@@ -325,7 +332,7 @@ static int merge_tensor(merge_run *r, const plan_entry *e, method_info *info, ac
         void *bytes = eo <= r->csize ? r->deltas[0] : r->raw;
         acem_combine_to_raw(r->w0, r->out, r->lambda, r->o->precision, bytes, e->out_dtype, n,
                             true);
-        if (st_writer_write(r->writer, bytes, n * eo, err) || check_cancel(r, err)) return -1;
+        if (emit(r, bytes, n * eo, err) || check_cancel(r, err)) return -1;
         report_progress(r);
         if (n == 0) break;
     }
@@ -333,9 +340,29 @@ static int merge_tensor(merge_run *r, const plan_entry *e, method_info *info, ac
     return 0;
 }
 
+/* A GGUF tensor's blocks, unchanged (their scales are still checked for NaN/Inf). */
+static int copy_blocks(merge_run *r, const plan_entry *e, acem_error *err) {
+    const acem_tensor *b = e->base;
+    const uint64_t be = acem_quant_block_elems(b->quant), bb = acem_quant_block_bytes(b->quant);
+    for (uint64_t from = 0; from < b->numel; from += CHUNK_ELEMS) {
+        uint64_t n = b->numel - from < CHUNK_ELEMS ? b->numel - from : CHUNK_ELEMS;
+        if (acem_checkpoint_read_stored(r->base, b, from / be * bb, r->raw, n / be * bb, err))
+            return -1;
+        r->progress.bytes_done += n * sizeof(float);
+        int64_t bad = r->o->allow_nonfinite
+                          ? -1
+                          : acem_quant_first_nonfinite(b->quant, r->raw, (size_t)(n / be));
+        if (bad >= 0) return nonfinite_error(r->base, b, from + (uint64_t)bad, err);
+        if (emit(r, r->raw, n / be * bb, err) || check_cancel(r, err)) return -1;
+        report_progress(r);
+    }
+    return 0;
+}
+
 /* Copied tensors pass through as bytes, or via the compute type when --dtype changes them. */
 static int copy_tensor(merge_run *r, const plan_entry *e, acem_error *err) {
     const acem_tensor *b = e->base;
+    if (e->raw_copy) return copy_blocks(r, e, err);
     size_t es = acem_dtype_size(b->dtype);
     bool is_float = acem_dtype_is_mergeable(b->dtype);
     for (uint64_t from = 0; from < b->numel; from += CHUNK_ELEMS) {
@@ -350,7 +377,7 @@ static int copy_tensor(merge_run *r, const plan_entry *e, acem_error *err) {
                               ? acem_first_nonfinite_raw(r->raw, b->dtype, n)
                               : -1;
             if (bad >= 0) rc = nonfinite_error(r->base, b, from + (uint64_t)bad, err);
-            if (!rc) rc = st_writer_write(r->writer, r->raw, n * es, err);
+            if (!rc) rc = emit(r, r->raw, n * es, err);
         }
         if (rc || check_cancel(r, err)) return -1;
         report_progress(r);
@@ -426,6 +453,7 @@ static void free_run(merge_run *r) {
     free(r->out);
     free(r->raw);
     st_writer_free(r->writer);
+    gguf_writer_free(r->gguf);
     plan_free(&r->plan);
     for (int t = 0; t < r->T; t++) {
         if (r->experts) acem_checkpoint_close(r->experts[t]);
@@ -460,10 +488,15 @@ static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
     if (o->out_dtype != ACEM_DT_NONE && !acem_dtype_is_mergeable(o->out_dtype))
         return acem_fail(err, "output dtype must be f64, f32, f16 or bf16");
     if (o->max_shard_size && output_is_file(o->out))
+        return acem_fail(err, "%s: --max-shard-size needs a directory output, not a file", o->out);
+    if (o->out_quant != ACEM_QUANT_NONE &&
+        (!acem_quant_writable(o->out_quant) || !output_is_gguf(o->out)))
         return acem_fail(err,
-                         "%s: --max-shard-size needs a directory output, not a "
-                         ".safetensors file",
-                         o->out);
+                         "%s: quantised output (%s) needs a .gguf output path and Q8_0 or "
+                         "Q4_0",
+                         o->out, acem_quant_name(o->out_quant));
+    if (o->out_quant != ACEM_QUANT_NONE && o->out_dtype != ACEM_DT_NONE)
+        return acem_fail(err, "give either an output dtype or a quantisation, not both");
     char desc[384];
     if (method_resolve_params(r->method, o->params, o->n_params, r->params, desc, sizeof desc, err))
         return -1;
@@ -506,8 +539,10 @@ static int open_writer(merge_run *r, const output *out, const acem_merge_summary
                        st_out_tensor *tensors, acem_error *err) {
     for (size_t i = 0; i < r->plan.n; i++) {
         const plan_entry *e = &r->plan.entries[i];
+        uint64_t nbytes = e->base->numel * acem_dtype_size(e->out_dtype);
+        if (e->raw_copy) acem_quant_stored_bytes(e->out_quant, e->base->numel, &nbytes);
         tensors[i] = (st_out_tensor){e->base->name, e->out_dtype, e->base->ndim, e->base->shape,
-                                     e->base->numel * acem_dtype_size(e->out_dtype)};
+                                     nbytes,        e->out_quant, e->raw_copy};
     }
     const acem_param meta[] = {
         {"format", "pt"},
@@ -515,6 +550,11 @@ static int open_writer(merge_run *r, const output *out, const acem_merge_summary
         {"acem_method", s->method},
         {"acem_params", s->params},
     };
+    const acem_param gguf_meta[] = {
+        {"version", ACEM_VERSION}, {"method", s->method}, {"params", s->params}};
+    if (output_is_gguf(out->final_path))
+        return gguf_writer_open(out->tmp_path, tensors, r->plan.n, acem_checkpoint_gguf(r->base),
+                                gguf_meta, 3, &r->gguf, err);
     return st_writer_open(out->is_file ? NULL : out->tmp_path, out->is_file ? out->tmp_path : NULL,
                           tensors, r->plan.n, r->o->max_shard_size, meta, 4, &r->writer, err);
 }
@@ -609,10 +649,11 @@ int acem_merge(const acem_merge_options *o, acem_merge_summary *s, acem_error *e
     if (output_begin(&out, o->out, o->force, err)) goto done;
     size_t aux = 0;
     if (open_writer(&r, &out, s, tensors, err) || run_plan(&r, s, err) ||
-        st_writer_finish(r.writer, err) || output_copy_aux_files(&out, o->base, &aux, err) ||
+        (r.gguf ? gguf_writer_finish(r.gguf, err) : st_writer_finish(r.writer, err)) ||
+        output_copy_aux_files(&out, o->base, &aux, err) ||
         (o->report_path && write_report(&r, s, err)) || output_commit(&out, err))
         goto done;
-    s->shards = st_writer_shards(r.writer);
+    s->shards = r.gguf ? 1 : st_writer_shards(r.writer);
     s->bytes_read = r.progress.bytes_done;
     rc = 0;
 done:

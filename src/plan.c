@@ -1,5 +1,7 @@
 /* plan.c — matches tensors across inputs and assigns merge / copy. */
 #include "plan.h"
+#include "formats/formats.h"
+#include "output.h"
 
 #include <cjson/cJSON.h>
 #include <regex.h>
@@ -123,6 +125,22 @@ static int match_experts(plan_entry *e, const acem_checkpoint *const *experts, i
     return 0;
 }
 
+/* GGUF outputs keep each float tensor's stored type (blocks included) unless --dtype asks
+ * for a float type or a quantisation (of tensors of 2 or more axes whose rows split into
+ * its blocks). Merged tensors whose blocks acem cannot quantise (K-quants) become Q8_0;
+ * copied ones keep their blocks byte for byte. */
+static void gguf_types(plan_entry *e, const acem_merge_options *o) {
+    const acem_tensor *b = e->base;
+    if (!acem_dtype_is_mergeable(b->dtype) || o->out_dtype != ACEM_DT_NONE) return;
+    bool fits = o->out_quant != ACEM_QUANT_NONE && b->ndim >= 2 &&
+                b->shape[b->ndim - 1] % acem_quant_block_elems(o->out_quant) == 0;
+    e->out_quant = fits ? o->out_quant : b->quant;
+    e->raw_copy =
+        e->action == PLAN_COPY && e->out_quant != ACEM_QUANT_NONE && e->out_quant == b->quant;
+    if (!e->raw_copy && e->out_quant != ACEM_QUANT_NONE && !acem_quant_writable(e->out_quant))
+        e->out_quant = ACEM_QUANT_Q8_0;
+}
+
 int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *const *experts, int T,
                const acem_merge_options *o, acem_error *err) {
     memset(p, 0, sizeof *p);
@@ -132,6 +150,7 @@ int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *cons
     int rc = -1;
     bool gpt2 = o->covariance_axis_input &&
                 ((o->preset && strcmp(o->preset, "gpt2") == 0) || base_is_gpt2(o->base));
+    bool gguf = o->out && output_is_gguf(o->out);
     p->n = acem_checkpoint_count(base);
     if (!(p->entries = acem_alloc(p->n, sizeof *p->entries, "the plan", err)) ||
         !(p->expert_slots = acem_alloc(p->n * (size_t)T, sizeof *p->expert_slots, "the plan", err)))
@@ -150,6 +169,7 @@ int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *cons
                 e->action = PLAN_COPY;
                 e->reason = ex[k].pattern;
             }
+        if (gguf) gguf_types(e, o);
         e->conv1d = gpt2 && e->base->ndim == 2 && is_conv1d_name(e->base->name);
         p->n_merge += e->action == PLAN_MERGE;
         p->bytes_to_read += e->base->nbytes * (e->action == PLAN_MERGE ? (uint64_t)T + 1 : 1);

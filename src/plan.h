@@ -12,7 +12,9 @@ typedef struct plan_entry {
     plan_action action;
     const char *reason; /* why a tensor is copied (static string or a regex) */
     acem_dtype out_dtype;
-    bool conv1d; /* a GPT-2 Conv1D weight stored (in, out), for --covariance-axis input */
+    acem_quant out_quant; /* GGUF output: blocks of this type (fed F32 values) */
+    bool raw_copy;        /* copied as the base's stored blocks, unchanged */
+    bool conv1d;          /* a GPT-2 Conv1D weight stored (in, out), for --covariance-axis input */
 } plan_entry;
 
 typedef struct plan {

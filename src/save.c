@@ -6,7 +6,8 @@
 
 int acem_save_safetensors(const char *path, const acem_tensor_data *tensors, size_t n,
                           const acem_param *metadata, size_t n_meta, acem_error *err) {
-    if (!output_is_file(path)) return acem_fail(err, "%s: expected a .safetensors path", path);
+    if (!output_is_file(path) || output_is_gguf(path))
+        return acem_fail(err, "%s: expected a .safetensors path", path);
     st_out_tensor *desc = acem_alloc(n + 1, sizeof *desc, "tensor descriptors", err);
     if (!desc) return -1;
     int rc = 0;

@@ -304,6 +304,266 @@ def _layout_cases():
 
 
 # --------------------------------------------------------------------------- #
+# Hostile GGUF files: the same two tensors (T1 F32 ne [3, 4], T2 F32 ne [3])
+# --------------------------------------------------------------------------- #
+
+G_STRING, G_ARRAY = 8, 9
+
+
+def gstr(s):
+    b = s if isinstance(s, bytes) else s.encode()
+    return struct.pack("<Q", len(b)) + b
+
+
+def gkv(key, vtype, payload):
+    return gstr(key) + struct.pack("<I", vtype) + payload
+
+
+def ginfo(name, ne, gtype=0, off=0):
+    return (gstr(name) + struct.pack("<I", len(ne)) + b"".join(struct.pack("<Q", d) for d in ne)
+            + struct.pack("<IQ", gtype, off))
+
+
+GOOD_KV = [gkv("general.architecture", G_STRING, gstr("llama"))]
+
+
+def good_infos(off2=64):
+    return [ginfo(T1, [3, 4], 0, 0), ginfo(T2, [3], 0, off2)]
+
+
+def good_gguf_data(seed=3):
+    return d1(seed) + b"\0" * 16 + d2(seed) + b"\0" * 20
+
+
+def gguf(kvs=None, infos=None, data=None, magic=b"GGUF", version=3, n_t=None, n_kv=None,
+         align=32):
+    kvs = GOOD_KV if kvs is None else kvs
+    infos = good_infos() if infos is None else infos
+    data = good_gguf_data() if data is None else data
+    head = magic + struct.pack("<IQQ", version, len(infos) if n_t is None else n_t,
+                               len(kvs) if n_kv is None else n_kv)
+    head += b"".join(kvs) + b"".join(infos)
+    return head + b"\0" * ((-len(head)) % align) + data
+
+
+def gguf_nan():
+    t1 = tensor_values(3)[0]
+    t1[4] = float("nan")
+    return gguf(data=f32(t1) + b"\0" * 16 + d2() + b"\0" * 20)
+
+
+def _gguf_cases():
+    big = (1 << 64) - 1
+    arch = gstr("general.architecture")
+
+    def nested(depth):
+        payload = struct.pack("<I", 4) + struct.pack("<Q", 1) + struct.pack("<I", 7)  # u32 7
+        for _ in range(depth - 1):
+            payload = struct.pack("<I", G_ARRAY) + struct.pack("<Q", 1) + payload
+        return gkv("t.deep", G_ARRAY, payload)
+
+    return [
+        ("gguf-bad-magic", "a .gguf file whose magic is 'GGUX'", lambda: gguf(magic=b"GGUX")),
+        ("gguf-magic-only", "the four bytes 'GGUF'", lambda: b"GGUF"),
+        ("gguf-truncated-header", "header cut after 20 of its 24 bytes", lambda: gguf()[:20]),
+        ("gguf-version-1", "version 1 (32-bit counts)", lambda: gguf(version=1)),
+        ("gguf-version-4", "version 4", lambda: gguf(version=4)),
+        ("gguf-big-endian", "version written big-endian (00 00 00 03)", lambda: gguf(version=0x03000000)),
+        ("gguf-tensor-count-2^63", "tensor count 2^63", lambda: gguf(n_t=1 << 63)),
+        ("gguf-tensor-count-over-limit", "tensor count 1,000,001", lambda: gguf(n_t=1000001)),
+        ("gguf-kv-count-2^64-1", "key-value count 2^64-1", lambda: gguf(n_kv=big)),
+        ("gguf-kv-count-too-many", "100,000 key-values claimed in a small file", lambda: gguf(n_kv=100000)),
+        ("gguf-tensor-count-too-many", "3 tensors claimed, 2 infos present", lambda: gguf(n_t=3)),
+        ("gguf-key-len-2^64-1", "a key whose length is 2^64-1 (pos + len wraps)",
+         lambda: gguf(kvs=[struct.pack("<Q", big) + b"general.architecture"])),
+        ("gguf-key-len-past-eof", "a key length one byte past the end of the file",
+         lambda: gguf(kvs=[struct.pack("<Q", len(gguf()) + 1) + b"x"])),
+        ("gguf-key-empty", "an empty key", lambda: gguf(kvs=[gkv("", G_STRING, gstr("x"))])),
+        ("gguf-key-invalid-utf8", "a key with the byte 0xFF", lambda: gguf(kvs=[gkv(b"gen\xffx", G_STRING, gstr("x"))])),
+        ("gguf-key-nul", "a key with a NUL byte", lambda: gguf(kvs=[gkv(b"gen\x00x", G_STRING, gstr("x"))])),
+        ("gguf-key-duplicate", "the same key twice", lambda: gguf(kvs=GOOD_KV * 2)),
+        ("gguf-value-string-len-2^63", "a string value of length 2^63",
+         lambda: gguf(kvs=[arch + struct.pack("<IQ", G_STRING, 1 << 63) + b"llama"])),
+        ("gguf-value-invalid-utf8", "a string value with an overlong encoding C0 AF",
+         lambda: gguf(kvs=[gkv("general.name", G_STRING, gstr(b"a\xc0\xafb"))])),
+        ("gguf-value-type-unknown", "value type 13", lambda: gguf(kvs=[gkv("t.x", 13, b"\0" * 8)])),
+        ("gguf-value-type-2^32-1", "value type 2^32-1", lambda: gguf(kvs=[gkv("t.x", 0xFFFFFFFF, b"\0" * 8)])),
+        ("gguf-bool-2", "a bool value 2", lambda: gguf(kvs=[gkv("t.b", 7, b"\x02")])),
+        ("gguf-array-elem-type-unknown", "array of value type 42",
+         lambda: gguf(kvs=[gkv("t.a", G_ARRAY, struct.pack("<IQ", 42, 1) + b"\0" * 8)])),
+        ("gguf-array-count-2^62", "array of 2^62 uint32 (count x 4 wraps)",
+         lambda: gguf(kvs=[gkv("t.a", G_ARRAY, struct.pack("<IQ", 4, 1 << 62) + b"\0" * 16)])),
+        ("gguf-array-strings-count-huge", "array claiming 2^40 strings",
+         lambda: gguf(kvs=[gkv("t.a", G_ARRAY, struct.pack("<IQ", G_STRING, 1 << 40) + gstr("a"))])),
+        ("gguf-array-string-len-huge", "array whose second string has length 2^64-1",
+         lambda: gguf(kvs=[gkv("t.a", G_ARRAY, struct.pack("<IQ", G_STRING, 2) + gstr("a")
+                                + struct.pack("<Q", big) + b"b")])),
+        ("gguf-array-nested-9", "arrays nested 9 deep", lambda: gguf(kvs=[nested(9)])),
+        ("gguf-array-nested-100000", "arrays nested 100,000 deep", lambda: gguf(kvs=[nested(100000)])),
+        ("gguf-alignment-0", "general.alignment 0",
+         lambda: gguf(kvs=GOOD_KV + [gkv("general.alignment", 4, struct.pack("<I", 0))])),
+        ("gguf-alignment-48", "general.alignment 48 (not a power of two)",
+         lambda: gguf(kvs=GOOD_KV + [gkv("general.alignment", 4, struct.pack("<I", 48))])),
+        ("gguf-alignment-2^31", "general.alignment 2^31",
+         lambda: gguf(kvs=GOOD_KV + [gkv("general.alignment", 4, struct.pack("<I", 1 << 31))])),
+        ("gguf-alignment-u64", "general.alignment stored as uint64",
+         lambda: gguf(kvs=GOOD_KV + [gkv("general.alignment", 10, struct.pack("<Q", 32))])),
+        ("gguf-tensor-name-empty", "a tensor with an empty name", lambda: gguf(infos=[ginfo(T1, [3, 4]), ginfo("", [3], 0, 64)])),
+        ("gguf-tensor-name-len-huge", "a tensor name of length 2^63",
+         lambda: gguf(infos=[ginfo(T1, [3, 4]), struct.pack("<Q", 1 << 63) + b"x"])),
+        ("gguf-tensor-name-duplicate", "two tensors with one name",
+         lambda: gguf(infos=[ginfo(T1, [3, 4]), ginfo(T1, [3], 0, 64)])),
+        ("gguf-tensor-ndims-0", "a tensor with 0 dimensions", lambda: gguf(infos=[ginfo(T1, [3, 4]), ginfo(T2, [], 0, 64)])),
+        ("gguf-tensor-ndims-5", "a tensor with 5 dimensions",
+         lambda: gguf(infos=[ginfo(T1, [3, 4]), ginfo(T2, [3, 1, 1, 1, 1], 0, 64)])),
+        ("gguf-tensor-ndims-2^32-1", "n_dims 2^32-1", lambda: gguf(infos=[ginfo(T1, [3, 4]), gstr(T2) + struct.pack("<I", 0xFFFFFFFF)])),
+        ("gguf-tensor-numel-overflow", "ne [2^32, 2^32, 16] (element count wraps to 0)",
+         lambda: gguf(infos=[ginfo(T1, [1 << 32, 1 << 32, 16]), ginfo(T2, [3], 0, 0)], data=d2() + b"\0" * 20)),
+        ("gguf-tensor-bytes-overflow", "F32 ne [2^62] (byte size wraps to 0)",
+         lambda: gguf(infos=[ginfo(T1, [1 << 62]), ginfo(T2, [3], 0, 0)], data=d2() + b"\0" * 20)),
+        ("gguf-tensor-dim-2^63", "a dimension of 2^63 (negative as ggml's int64)",
+         lambda: gguf(infos=[ginfo(T1, [1 << 63, 0]), ginfo(T2, [3], 0, 0)], data=d2() + b"\0" * 20)),
+        ("gguf-tensor-type-unknown", "ggml type 99", lambda: gguf(infos=[ginfo(T1, [3, 4]), ginfo(T2, [3], 99, 64)])),
+        ("gguf-tensor-type-q5_k", "ggml type Q5_K (13), not read by acem",
+         lambda: gguf(infos=[ginfo(T1, [3, 4]), ginfo(T2, [256], 13, 64)], data=d1() + b"\0" * 16 + b"\0" * 176)),
+        ("gguf-q8_0-row-not-blocks", "Q8_0 tensor whose rows (3 values) do not split into blocks of 32",
+         lambda: gguf(infos=[ginfo(T1, [3, 4]), ginfo(T2, [3], 8, 64)])),
+        ("gguf-offset-misaligned", "second tensor at offset 48 (not a multiple of 32)",
+         lambda: gguf(infos=good_infos(48), data=d1() + d2() + b"\0" * 4)),
+        ("gguf-offset-overlap", "second tensor at offset 32, inside the first",
+         lambda: gguf(infos=good_infos(32), data=d1()[:32] + d2() + b"\0" * 20)),
+        ("gguf-offset-gap", "second tensor at offset 96, a 32-byte gap after the first's padding",
+         lambda: gguf(infos=good_infos(96), data=d1() + b"\0" * 48 + d2() + b"\0" * 20)),
+        ("gguf-offset-first-not-zero", "first tensor at offset 32",
+         lambda: gguf(infos=[ginfo(T1, [3, 4], 0, 32), ginfo(T2, [3], 0, 96)],
+                      data=b"\0" * 32 + good_gguf_data())),
+        ("gguf-offset-2^64-32", "second tensor at offset 2^64-32 (data start + offset wraps)",
+         lambda: gguf(infos=good_infos((1 << 64) - 32))),
+        ("gguf-data-truncated", "data section 24 bytes short (second tensor cut)", lambda: gguf()[:-24]),
+        ("gguf-trailing-bytes", "64 bytes after the last tensor's padding", lambda: gguf() + b"\0" * 64),
+        ("gguf-nan-in-f32", "NaN value in an F32 tensor", gguf_nan),
+    ]
+
+
+# --------------------------------------------------------------------------- #
+# Hostile PyTorch zip checkpoints (torch.save layout, pickles written by hand)
+# --------------------------------------------------------------------------- #
+
+MARKER = "PWNED-by-acem-test"   # a payload that ran would create this file
+
+
+def p_str(s):
+    b = s.encode() if isinstance(s, str) else s
+    return b"X" + struct.pack("<I", len(b)) + b
+
+
+def p_int(v):
+    return b"J" + struct.pack("<i", v)
+
+
+def p_tuple(items):
+    return b"(" + b"".join(items) + b"t"
+
+
+def p_tensor(key, numel, offset, size, stride, storage=b"FloatStorage"):
+    pid = p_tuple([p_str("storage"), b"ctorch\n" + storage + b"\n", p_str(key), p_str("cpu"), p_int(numel)])
+    args = p_tuple([pid + b"Q", p_int(offset), p_tuple([p_int(x) for x in size]),
+                    p_tuple([p_int(x) for x in stride]), b"\x89",
+                    b"ccollections\nOrderedDict\n)R"])
+    return b"ctorch._utils\n_rebuild_tensor_v2\n" + args + b"R"
+
+
+def p_state_dict(t1=None, t2=None):
+    t1 = p_tensor("0", 12, 0, [4, 3], [3, 1]) if t1 is None else t1
+    t2 = p_tensor("1", 3, 0, [3], [1]) if t2 is None else t2
+    return b"\x80\x02}(" + p_str(T1) + t1 + p_str(T2) + t2 + b"u."
+
+
+def torch_zip(pkl=None, storages=None, compress=False, extra=()):
+    import io
+    import zipfile
+    pkl = p_state_dict() if pkl is None else pkl
+    storages = {"0": d1(), "1": d2()} if storages is None else storages
+    buf = io.BytesIO()
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(buf, "w", method) as z:
+        z.writestr("archive/data.pkl", pkl)
+        for k, v in storages.items():
+            z.writestr("archive/data/" + k, v)
+        z.writestr("archive/version", "3\n")
+        for name, data in extra:
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def _torch_cases():
+    cmd = ("touch " + MARKER).encode()
+    system = b"\x80\x02cos\nsystem\n" + p_str(cmd) + b"\x85R."
+    good = torch_zip()
+    crc_at = good.index(b"PK\x01\x02") + 16          # CRC of data.pkl in the directory
+    bad_crc = good[:crc_at] + bytes([good[crc_at] ^ 1]) + good[crc_at + 1:]
+    return [
+        ("torch-os-system", "data.pkl calls os.system('touch ...') (must not run)",
+         lambda: torch_zip(system)),
+        ("torch-builtins-eval", "data.pkl calls builtins.eval",
+         lambda: torch_zip(b"\x80\x02cbuiltins\neval\n" + p_str("1+1") + b"\x85R.")),
+        ("torch-reduce-storage-class", "REDUCE of torch.FloatStorage (allowed only as a persistent id)",
+         lambda: torch_zip(b"\x80\x02}(" + p_str(T1) + b"ctorch\nFloatStorage\n" + p_int(12) + b"\x85Ru.")),
+        ("torch-reduce-ordereddict-args", "collections.OrderedDict called with arguments",
+         lambda: torch_zip(b"\x80\x02ccollections\nOrderedDict\n" + p_tuple([p_str("x")]) + b"R.")),
+        ("torch-reduce-non-global", "REDUCE whose callable is a string",
+         lambda: torch_zip(b"\x80\x02" + p_str("os.system") + b")R.")),
+        ("torch-global-torch-load", "global torch.load (not on the allow list)",
+         lambda: torch_zip(b"\x80\x02ctorch\nload\n)R.")),
+        ("torch-opcode-inst", "protocol-0 INST opcode ('i') naming os system",
+         lambda: torch_zip(b"\x80\x02(" + p_str(cmd) + b"ios\nsystem\n.")),
+        ("torch-opcode-newobj", "NEWOBJ opcode (0x81)",
+         lambda: torch_zip(b"\x80\x02ccollections\nOrderedDict\n)\x81.")),
+        ("torch-deep-marks", "100,000 nested MARKs",
+         lambda: torch_zip(b"\x80\x02" + b"(" * 100000 + b"t" * 100000 + b".")),
+        ("torch-deep-lists", "2,000,000 empty lists pushed (stack limit)",
+         lambda: torch_zip(b"\x80\x02" + b"]" * 2000000 + b".")),
+        ("torch-deep-nesting", "a list nested 100,000 deep (built with APPEND)",
+         lambda: torch_zip(b"\x80\x02" + b"]" * 100000 + b"a" * 99999 + b".")),
+        ("torch-memo-huge-index", "LONG_BINPUT at index 2^32-1",
+         lambda: torch_zip(b"\x80\x02}r\xff\xff\xff\xff.")),
+        ("torch-memo-unset", "BINGET of a memo slot never set",
+         lambda: torch_zip(b"\x80\x02}q\x00h\x07.")),
+        ("torch-string-len-huge", "BINUNICODE of length 2^32-1",
+         lambda: torch_zip(b"\x80\x02}(X\xff\xff\xff\xffabc")),
+        ("torch-truncated-pickle", "data.pkl cut in the middle", lambda: torch_zip(p_state_dict()[:60])),
+        ("torch-no-stop", "data.pkl without STOP", lambda: torch_zip(p_state_dict()[:-1])),
+        ("torch-not-state-dict", "data.pkl holds a list of tensors",
+         lambda: torch_zip(b"\x80\x02](" + p_tensor("0", 12, 0, [4, 3], [3, 1]) + b"e.")),
+        ("torch-int-value", "a state_dict value that is an int",
+         lambda: torch_zip(b"\x80\x02}(" + p_str(T1) + p_int(3) + b"u.")),
+        ("torch-storage-missing", "tensor storage '7' absent from the archive",
+         lambda: torch_zip(p_state_dict(t2=p_tensor("7", 3, 0, [3], [1])))),
+        ("torch-storage-size", "storage entry 4 bytes shorter than its element count",
+         lambda: torch_zip(storages={"0": d1(), "1": d2()[:8]})),
+        ("torch-view-past-storage", "view [4, 3] at offset 4 of a 12-element storage",
+         lambda: torch_zip(p_state_dict(t1=p_tensor("0", 12, 4, [4, 3], [3, 1])))),
+        ("torch-stride-past-storage", "view [4, 3] with strides [3, 2] past the storage",
+         lambda: torch_zip(p_state_dict(t1=p_tensor("0", 12, 0, [4, 3], [3, 2])))),
+        ("torch-negative-size", "a negative size", lambda: torch_zip(p_state_dict(t1=p_tensor("0", 12, 0, [-4, -3], [3, 1])))),
+        ("torch-stride-overflow", "stride 2^62 x size (index overflows)",
+         lambda: torch_zip(p_state_dict(t1=b"ctorch._utils\n_rebuild_tensor_v2\n" + p_tuple([
+             p_tuple([p_str("storage"), b"ctorch\nFloatStorage\n", p_str("0"), p_str("cpu"), p_int(12)]) + b"Q",
+             p_int(0), p_tuple([p_int(4), p_int(3)]), p_tuple([b"\x8a\x08" + struct.pack("<q", 1 << 62), p_int(1)]),
+             b"\x89", b"ccollections\nOrderedDict\n)R"]) + b"R"))),
+        ("torch-storage-unknown-class", "storage class torch.ComplexFloatStorage",
+         lambda: torch_zip(p_state_dict(t2=p_tensor("1", 3, 0, [3], [1], b"ComplexFloatStorage")))),
+        ("torch-compressed-entry", "entries deflate-compressed", lambda: torch_zip(compress=True)),
+        ("torch-crc-mismatch", "data.pkl's CRC in the directory is wrong", lambda: bad_crc),
+        ("torch-two-pickles", "two data.pkl entries", lambda: torch_zip(extra=[("other/data.pkl", p_state_dict())])),
+        ("torch-no-pickle", "a zip archive without data.pkl",
+         lambda: torch_zip(pkl=b"", extra=()).replace(b"archive/data.pkl", b"archive/data.xyz")),
+        ("torch-zip-truncated", "the archive cut before its central directory", lambda: torch_zip()[:-200]),
+        ("torch-legacy-pickle", "a bare pickle (legacy torch.save, not zip)", lambda: b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."),
+    ]
+
+
+# --------------------------------------------------------------------------- #
 # Case machinery
 # --------------------------------------------------------------------------- #
 
@@ -320,9 +580,9 @@ def write(tmp, rel, data):
     return rel
 
 
-def file_case(name, desc, builder):
+def file_case(name, desc, builder, ext=".safetensors"):
     def make(tmp, role):
-        rel = write(tmp, "in/evil-%s.safetensors" % name, builder())
+        rel = write(tmp, "in/evil-%s%s" % (name, ext), builder())
         return {"bad": rel, "names": [os.path.basename(rel)]}
     return Case(name, desc, make)
 
@@ -569,6 +829,8 @@ def all_cases():
     cases = []
     for group in (_len_prefix_cases, _json_cases, _entry_cases, _layout_cases):
         cases += [file_case(n, d, b) for n, d, b in group()]
+    cases += [file_case(n, d, b, ".gguf") for n, d, b in _gguf_cases()]
+    cases += [file_case(n, d, b, ".bin") for n, d, b in _torch_cases()]
     cases += _cross_and_special_cases() + _hf_cases() + _output_cases()
     names = [c.name for c in cases]
     assert len(names) == len(set(names)), "duplicate case names"
@@ -597,7 +859,23 @@ def control_dirs(tmp):
     return {"argv": merge_argv("in/gooddir", [GOOD_M1, "in/gooddir"], "outdir"), "out": "outdir"}
 
 
-CONTROLS = [("control-files", "valid files, output to a .safetensors file", control_files),
+def control_gguf(tmp):
+    write(tmp, "in/good.gguf", gguf(data=good_gguf_data(1)))
+    return {"argv": merge_argv("in/good.gguf", [GOOD_M1, "in/good.gguf"], "out.safetensors"),
+            "out": "out.safetensors"}
+
+
+def control_torch(tmp):
+    write(tmp, "in/good.bin", torch_zip())
+    return {"argv": merge_argv("in/good.bin", [GOOD_M1, "in/good.bin"], "out.safetensors"),
+            "out": "out.safetensors"}
+
+
+CONTROLS = [("control-torch", "valid torch.save-style zip as base and expert, output to a "
+             ".safetensors file", control_torch),
+            ("control-gguf", "valid GGUF file as base and expert, output to a .safetensors file",
+             control_gguf),
+            ("control-files", "valid files, output to a .safetensors file", control_files),
             ("control-hf-dir", "valid HF directory as base and expert, output to a directory", control_dirs)]
 
 

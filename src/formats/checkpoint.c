@@ -1,10 +1,12 @@
-/* checkpoint.c — a model argument as a list of tensors: one .safetensors file, or a
- * Hugging Face directory (model.safetensors, or shards + model.safetensors.index.json). */
+/* checkpoint.c — a model argument as a list of tensors: one .safetensors or GGUF file, or
+ * a Hugging Face directory (model.safetensors, or shards + model.safetensors.index.json).
+ * GGUF's block-quantised tensors read as their dequantised F32 values. */
 #include "formats.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -21,8 +23,14 @@ struct acem_checkpoint {
     size_t n_files;
     acem_tensor *tensors; /* storage order: shard by shard, by offset */
     size_t n_tensors;
-    size_t *by_name; /* indices into tensors, sorted by name */
-    st_header meta;  /* metadata of the first shard (its tensors are moved out) */
+    size_t *by_name;    /* indices into tensors, sorted by name */
+    st_header meta;     /* metadata of the first shard (its tensors are moved out) */
+    tensor_view *views; /* per tensor: a PyTorch strided view, or not strided */
+    /* The last strided tensor read, gathered into row-major order. Reads are sequential
+     * per tensor, but the fused kernel reads blocks of one tensor from several threads. */
+    const acem_tensor *gathered_for;
+    unsigned char *gathered;
+    pthread_mutex_t gather_lock;
 };
 
 const char *acem_checkpoint_path(const acem_checkpoint *ck) { return ck->path; }
@@ -50,6 +58,9 @@ void acem_checkpoint_close(acem_checkpoint *ck) {
     for (size_t i = 0; i < ck->n_tensors; i++)
         free((char *)ck->tensors[i].name);
     st_header_free(&ck->meta);
+    free(ck->views);
+    free(ck->gathered);
+    pthread_mutex_destroy(&ck->gather_lock);
     free(ck->files);
     free(ck->tensors);
     free(ck->by_name);
@@ -76,16 +87,99 @@ const acem_tensor *acem_checkpoint_find(const acem_checkpoint *ck, const char *n
     return NULL;
 }
 
+const st_header *acem_checkpoint_gguf(const acem_checkpoint *ck) {
+    return ck->meta.alignment ? &ck->meta : NULL;
+}
+
+int acem_checkpoint_read_stored(const acem_checkpoint *ck, const acem_tensor *t, uint64_t from,
+                                void *dst, uint64_t n, acem_error *err) {
+    uint64_t stored = t->nbytes;
+    if (t->quant != ACEM_QUANT_NONE) acem_quant_stored_bytes(t->quant, t->numel, &stored);
+    if (from > stored || n > stored - from)
+        return acem_fail(err, "%s: read outside tensor \"%s\"", ck->path, t->name);
+    const ck_file *f = &ck->files[t->file];
+    return acem_pread_full(f->fd, f->path, dst, n, t->offset + from, err);
+}
+
+/* Bytes [from, from + nbytes) of a quantised tensor's F32 values: the blocks covering them
+ * are read and dequantised a group at a time. */
+#define QUANT_GROUP_ELEMS 65536u
+static int read_quantised(const acem_checkpoint *ck, const acem_tensor *t, uint64_t from,
+                          unsigned char *dst, uint64_t nbytes, acem_error *err) {
+    const uint64_t be = acem_quant_block_elems(t->quant), bb = acem_quant_block_bytes(t->quant);
+    float *values = acem_alloc(QUANT_GROUP_ELEMS, sizeof(float), "dequantised values", err);
+    unsigned char *blocks =
+        values ? acem_alloc(QUANT_GROUP_ELEMS / be, bb, "quantised blocks", err) : NULL;
+    int rc = blocks ? 0 : -1;
+    uint64_t end = from + nbytes;
+    while (!rc && from < end) {
+        uint64_t first = from / 4 / be, n = (end + 4 * be - 1) / (4 * be) - first;
+        if (n > QUANT_GROUP_ELEMS / be) n = QUANT_GROUP_ELEMS / be;
+        rc = acem_checkpoint_read_stored(ck, t, first * bb, blocks, n * bb, err);
+        if (rc) break;
+        acem_dequantize(t->quant, blocks, values, (size_t)n);
+        uint64_t lo = from - first * be * 4, hi = n * be * 4;
+        if (hi > end - first * be * 4) hi = end - first * be * 4;
+        memcpy(dst, (unsigned char *)values + lo, (size_t)(hi - lo));
+        dst += hi - lo;
+        from += hi - lo;
+    }
+    free(values);
+    free(blocks);
+    return rc;
+}
+
+/* A strided view: the storage span it covers is read once and gathered (an odometer over
+ * the indices) into row-major order, kept until another strided tensor is read. */
+static int gather(acem_checkpoint *ck, const acem_tensor *t, const tensor_view *v,
+                  acem_error *err) {
+    const size_t es = acem_dtype_size(t->dtype);
+    unsigned char *span = acem_alloc(v->span, es, "a strided tensor", err);
+    unsigned char *out = span ? acem_alloc(t->numel, es, "a strided tensor", err) : NULL;
+    const ck_file *f = &ck->files[t->file];
+    if (!out || acem_pread_full(f->fd, f->path, span, v->span * es, v->base, err)) {
+        free(span);
+        free(out);
+        return -1;
+    }
+    uint64_t idx[ACEM_MAX_DIMS] = {0}, pos = 0;
+    for (uint64_t i = 0; i < t->numel; i++) {
+        memcpy(out + i * es, span + pos * es, es);
+        for (int d = t->ndim - 1; d >= 0; d--) {
+            pos += v->stride[d];
+            if (++idx[d] < t->shape[d]) break;
+            pos -= idx[d] * v->stride[d];
+            idx[d] = 0;
+        }
+    }
+    free(span);
+    free(ck->gathered);
+    ck->gathered = out;
+    ck->gathered_for = t;
+    return 0;
+}
+
 int acem_checkpoint_read(const acem_checkpoint *ck, const acem_tensor *t, uint64_t from, void *dst,
                          uint64_t nbytes, acem_error *err) {
     if (from > t->nbytes || nbytes > t->nbytes - from)
         return acem_fail(err, "%s: read outside tensor \"%s\"", ck->path, t->name);
+    if (t->quant != ACEM_QUANT_NONE) return read_quantised(ck, t, from, dst, nbytes, err);
+    const tensor_view *v = &ck->views[t - ck->tensors];
+    if (v->strided) {
+        acem_checkpoint *w = (acem_checkpoint *)ck;
+        pthread_mutex_lock(&w->gather_lock);
+        int rc = ck->gathered_for != t ? gather(w, t, v, err) : 0;
+        if (!rc) memcpy(dst, ck->gathered + from, (size_t)nbytes);
+        pthread_mutex_unlock(&w->gather_lock);
+        return rc;
+    }
     const ck_file *f = &ck->files[t->file];
     return acem_pread_full(f->fd, f->path, dst, nbytes, t->offset + from, err);
 }
 
-/* Opens one safetensors file as shard number ck->n_files and appends its tensors. */
-static int add_file(acem_checkpoint *ck, const char *path, acem_error *err) {
+/* Opens one safetensors file (or, when not a shard of a directory, a GGUF file) as shard
+ * number ck->n_files and appends its tensors. */
+static int add_file(acem_checkpoint *ck, const char *path, bool may_be_gguf, acem_error *err) {
     ck_file *f = &ck->files[ck->n_files];
     f->fd = -1;
     if (!(f->path = acem_strdup(path, err))) return -1;
@@ -96,14 +190,35 @@ static int add_file(acem_checkpoint *ck, const char *path, acem_error *err) {
     if (fstat(f->fd, &st) != 0) return acem_fail(err, "%s: cannot stat: %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode)) return acem_fail(err, "%s: not a regular file", path);
     st_header h;
-    if (st_header_read(path, f->fd, (uint64_t)st.st_size, (int)(ck->n_files - 1), &h, err))
-        return -1;
-    acem_tensor *grown = realloc(ck->tensors, (ck->n_tensors + h.n_tensors + 1) * sizeof *grown);
-    if (!grown) {
+    unsigned char magic[4] = {0};
+    if (st.st_size >= 4 && acem_pread_full(f->fd, path, magic, 4, 0, err)) return -1;
+    bool gguf = memcmp(magic, "GGUF", 4) == 0, zip = memcmp(magic, "PK\3\4", 4) == 0;
+    size_t len = strlen(path);
+    if (may_be_gguf && !gguf && len > 5 && strcmp(path + len - 5, ".gguf") == 0)
+        return acem_fail(err, "%s: not a GGUF file (it does not start with \"GGUF\")", path);
+    if (magic[0] == 0x80) /* a bare pickle: torch.save before 1.6 (or without the zip format) */
+        return acem_fail(err,
+                         "%s: a legacy (non-zip) PyTorch pickle, which acem does not read; re-save "
+                         "it with torch.save of PyTorch >= 1.6 or convert it to safetensors",
+                         path);
+    int (*read_header)(const char *, int, uint64_t, int, st_header *, acem_error *) =
+        may_be_gguf && gguf ? gguf_header_read
+        : zip               ? torch_header_read
+                            : st_header_read;
+    if (read_header(path, f->fd, (uint64_t)st.st_size, (int)(ck->n_files - 1), &h, err)) return -1;
+    size_t total = ck->n_tensors + h.n_tensors + 1;
+    acem_tensor *grown = realloc(ck->tensors, total * sizeof *grown);
+    if (grown) ck->tensors = grown;
+    tensor_view *views = grown ? realloc(ck->views, total * sizeof *views) : NULL;
+    if (views) ck->views = views;
+    if (!grown || !views) {
         st_header_free(&h);
         return acem_fail(err, "%s: out of memory for tensor descriptors", path);
     }
-    ck->tensors = grown;
+    if (h.views)
+        memcpy(views + ck->n_tensors, h.views, h.n_tensors * sizeof *views);
+    else
+        memset(views + ck->n_tensors, 0, h.n_tensors * sizeof *views);
     memcpy(ck->tensors + ck->n_tensors, h.tensors, h.n_tensors * sizeof *h.tensors);
     ck->n_tensors += h.n_tensors;
     h.n_tensors = 0; /* names now belong to ck */
@@ -203,7 +318,7 @@ static int open_sharded(acem_checkpoint *ck, const char *dir, const char *index_
     if (!(ck->files = acem_alloc(n_shards, sizeof *ck->files, "shards", err))) goto out;
     for (size_t i = 0; i < n_shards; i++) {
         char *p = acem_path_join(dir, shards[i], err);
-        int r = p ? add_file(ck, p, err) : -1;
+        int r = p ? add_file(ck, p, false, err) : -1;
         free(p);
         if (r) goto out;
     }
@@ -239,29 +354,42 @@ int acem_checkpoint_open(const char *path, acem_checkpoint **out, acem_error *er
     *out = NULL;
     acem_checkpoint *ck = acem_alloc(1, sizeof *ck, "a checkpoint", err);
     if (!ck) return -1;
+    pthread_mutex_init(&ck->gather_lock, NULL);
     int rc = -1;
-    char *single = NULL, *index = NULL;
+    char *single = NULL, *index = NULL, *bin = NULL, *bin_index = NULL;
     if (!(ck->path = acem_strdup(path, err))) goto out;
     if (!acem_is_dir(path)) {
         if (!(ck->files = acem_alloc(1, sizeof *ck->files, "a file", err))) goto out;
-        rc = add_file(ck, path, err) || index_names(ck, err) ? -1 : 0;
+        rc = add_file(ck, path, true, err) || index_names(ck, err) ? -1 : 0;
         goto out;
     }
     single = acem_path_join(path, "model.safetensors", err);
     index = acem_path_join(path, "model.safetensors.index.json", err);
     if (!single || !index) goto out;
-    if (access(single, F_OK) == 0) {
+    if (!(bin = acem_path_join(path, "pytorch_model.bin", err)) ||
+        !(bin_index = acem_path_join(path, "pytorch_model.bin.index.json", err)))
+        goto out;
+    /* safetensors first, then PyTorch; one file before an index */
+    const char *one = access(single, F_OK) == 0 ? single : access(bin, F_OK) == 0 ? bin : NULL;
+    const char *idx = access(index, F_OK) == 0       ? index
+                      : access(bin_index, F_OK) == 0 ? bin_index
+                                                     : NULL;
+    if (one) {
         if (!(ck->files = acem_alloc(1, sizeof *ck->files, "a file", err))) goto out;
-        rc = add_file(ck, single, err) || index_names(ck, err) ? -1 : 0;
-    } else if (access(index, F_OK) == 0) {
-        rc = open_sharded(ck, path, index, err);
+        rc = add_file(ck, one, false, err) || index_names(ck, err) ? -1 : 0;
+    } else if (idx) {
+        rc = open_sharded(ck, path, idx, err);
     } else {
-        acem_fail(err, "%s: holds neither model.safetensors nor model.safetensors.index.json",
+        acem_fail(err,
+                  "%s: holds neither model.safetensors nor model.safetensors.index.json (nor "
+                  "pytorch_model.bin or pytorch_model.bin.index.json)",
                   path);
     }
 out:
     free(single);
     free(index);
+    free(bin);
+    free(bin_index);
     if (rc)
         acem_checkpoint_close(ck);
     else

@@ -11,19 +11,122 @@
 /* JSON numbers arrive as doubles: integers above 2^53 cannot be represented exactly. */
 #define ACEM_JSON_MAX_INT 9007199254740992.0
 
-/* One parsed safetensors header. Tensors are sorted by data offset; names are owned. */
+/* GGUF: limits on the key-values and tensor infos before the data section. */
+#define ACEM_GGUF_MAX_HEADER  (256ULL << 20)
+#define ACEM_GGUF_MAX_KV      1000000u
+#define ACEM_GGUF_MAX_STRING  (64ULL << 20)
+#define ACEM_GGUF_MAX_NAME    4096u
+#define ACEM_GGUF_MAX_NESTING 8
+#define ACEM_GGUF_ALIGNMENT   32u
+
+/* One parsed header (safetensors or GGUF). Tensors are sorted by data offset; names are
+ * owned. meta_* are the metadata as text (GGUF values rendered for display). */
 typedef struct st_header {
     acem_tensor *tensors;
     size_t n_tensors;
     char **meta_keys, **meta_values;
     size_t n_meta;
+    /* GGUF only: the key-value section as stored, kv_at[i] the start of key-value i in it
+     * (kv_at[n_kv] == kv_len), so that a GGUF output can carry them over verbatim. */
+    unsigned char *kv_raw;
+    uint64_t kv_len;
+    uint64_t *kv_at;
+    uint32_t alignment; /* 0 when not GGUF */
+    /* PyTorch only (or NULL): per tensor, a strided view (views[i].strided) of the storage
+     * starting at views[i].base; such tensors are gathered when read. */
+    struct tensor_view *views;
 } st_header;
+
+typedef struct tensor_view {
+    bool strided;
+    uint64_t base, span; /* file offset of the view's element 0; storage elements spanned */
+    uint64_t stride[ACEM_MAX_DIMS];
+} tensor_view;
 
 /* Reads and validates the header of the open file `fd` (size `file_size`); `file` is the
  * shard index stored in each tensor. Every rule of the format is checked here. */
 int st_header_read(const char *path, int fd, uint64_t file_size, int file, st_header *h,
                    acem_error *err);
 void st_header_free(st_header *h);
+
+/* The same for a GGUF file (v2 or v3, little-endian): key-values of every type, tensor
+ * infos, general.alignment, offsets exactly where ggml puts them. */
+int gguf_header_read(const char *path, int fd, uint64_t file_size, int file, st_header *h,
+                     acem_error *err);
+/* ggml's plain element types: F32, F16, BF16, F64, I8, I16, I32, I64 (ACEM_DT_NONE / -1
+ * for the others). */
+acem_dtype gguf_plain_dtype(uint32_t ggml_type);
+int64_t gguf_plain_type(acem_dtype dt);
+/* The base checkpoint's GGUF header, or NULL when it is not a GGUF file. */
+const st_header *acem_checkpoint_gguf(const acem_checkpoint *ck);
+/* Reads stored bytes [from, from + n) of t: its blocks as they are on disk. */
+int acem_checkpoint_read_stored(const acem_checkpoint *ck, const acem_tensor *t, uint64_t from,
+                                void *dst, uint64_t n, acem_error *err);
+
+/* ---- PyTorch zip checkpoints (zip.c, pickle.c, torch_read.c) ---- */
+
+typedef struct zip_entry {
+    char *name;
+    uint64_t header, data, size; /* local header and data offsets, data size */
+    uint32_t crc;
+} zip_entry;
+
+typedef struct zip_archive {
+    zip_entry *entries; /* sorted by name */
+    size_t n, cap;
+} zip_archive;
+
+int zip_open(const char *path, int fd, uint64_t size, zip_archive *z, acem_error *err);
+const zip_entry *zip_find(const zip_archive *z, const char *name);
+uint32_t zip_crc32(const unsigned char *p, size_t n);
+void zip_free(zip_archive *z);
+
+/* One tensor of a torch state_dict: a view of storage `key` (numel elements of dtype). */
+typedef struct torch_ref {
+    char *name, *key;
+    acem_dtype dtype;
+    uint64_t storage_numel, offset;
+    int ndim;
+    uint64_t size[ACEM_MAX_DIMS], stride[ACEM_MAX_DIMS];
+} torch_ref;
+
+#define ACEM_PICKLE_MAX_BYTES (256ULL << 20)
+#define ACEM_PICKLE_MAX_MEMO  (1u << 20)
+#define ACEM_PICKLE_MAX_STACK (1u << 20)
+#define ACEM_PICKLE_MAX_MARKS 1000u
+
+/* Runs the restricted unpickler over data.pkl: only the opcodes and globals a state_dict
+ * needs (collections.OrderedDict, torch._utils._rebuild_tensor_v2 / _rebuild_parameter,
+ * torch.*Storage as persistent ids); nothing is ever executed. */
+int pickle_state_dict(const char *path, const unsigned char *buf, size_t len, torch_ref **out,
+                      size_t *n, acem_error *err);
+void torch_refs_free(torch_ref *refs, size_t n);
+
+/* A zip checkpoint of torch.save (PyTorch >= 1.6) as a header: contiguous tensors point at
+ * their storage's bytes; other views carry their strides in h->views. */
+int torch_header_read(const char *path, int fd, uint64_t file_size, int file, st_header *h,
+                      acem_error *err);
+
+/* ---- ggml block quantisation (quant.c) ---- */
+uint32_t acem_quant_ggml_type(acem_quant q);
+acem_quant acem_quant_from_ggml(uint32_t type); /* ACEM_QUANT_NONE if not a known quant */
+uint32_t acem_quant_block_elems(acem_quant q);
+uint32_t acem_quant_block_bytes(acem_quant q);
+bool acem_quant_writable(acem_quant q); /* Q8_0 and Q4_0 have quantisers */
+/* Stored bytes of numel values; false when numel is not whole blocks or on overflow. */
+bool acem_quant_stored_bytes(acem_quant q, uint64_t numel, uint64_t *bytes);
+void acem_dequantize(acem_quant q, const void *blocks, float *dst, size_t n_blocks);
+void acem_quantize(acem_quant q, const float *src, void *blocks, size_t n_blocks);
+/* Index of the first value of the first block whose scale is NaN/Inf, or -1. */
+int64_t acem_quant_first_nonfinite(acem_quant q, const void *blocks, size_t n_blocks);
+
+/* The unsigned little-endian integer in p[0..n), n <= 8. */
+static inline uint64_t acem_le(const unsigned char *p, int n) {
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
 
 /* Validates that buf[0..len) is UTF-8 (no overlongs, surrogates or code points > 10FFFF). */
 bool acem_utf8_valid(const unsigned char *buf, size_t len);
@@ -38,7 +141,11 @@ typedef struct st_out_tensor {
     acem_dtype dtype;
     int ndim;
     const uint64_t *shape;
-    uint64_t nbytes;
+    uint64_t nbytes; /* bytes the caller writes */
+    /* GGUF outputs: stored as these blocks. The caller writes F32 values (dtype F32) that
+     * the writer quantises, or, when prequantised, the blocks themselves. */
+    acem_quant quant;
+    bool prequantised;
 } st_out_tensor;
 
 typedef struct st_writer st_writer;
@@ -55,5 +162,16 @@ int st_writer_write(st_writer *w, const void *data, uint64_t n, acem_error *err)
 int st_writer_finish(st_writer *w, acem_error *err);
 size_t st_writer_shards(const st_writer *w);
 void st_writer_free(st_writer *w);
+
+/* GGUF v3 output to file_path: the key-values of `from` (a GGUF base, or NULL) less any
+ * acem.* keys, then meta as acem.KEY strings, tensor infos, and data aligned as ggml
+ * expects. The same streaming contract as st_writer. */
+typedef struct gguf_writer gguf_writer;
+int gguf_writer_open(const char *file_path, const st_out_tensor *tensors, size_t n,
+                     const st_header *from, const acem_param *meta, size_t n_meta,
+                     gguf_writer **out, acem_error *err);
+int gguf_writer_write(gguf_writer *w, const void *data, uint64_t n, acem_error *err);
+int gguf_writer_finish(gguf_writer *w, acem_error *err);
+void gguf_writer_free(gguf_writer *w);
 
 #endif

@@ -70,6 +70,9 @@ void st_header_free(st_header *h) {
     free(h->tensors);
     free(h->meta_keys);
     free(h->meta_values);
+    free(h->kv_raw);
+    free(h->kv_at);
+    free(h->views);
     memset(h, 0, sizeof *h);
 }
 

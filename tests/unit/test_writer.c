@@ -82,7 +82,8 @@ static void test_shards_and_index(void **state) {
     for (int i = 0; i < N; i++) {
         snprintf(names[i], sizeof names[i], "t%d", i);
         shapes[i][0] = (uint64_t)(10 + i);
-        t[i] = (st_out_tensor){names[i], ACEM_DT_F32, 1, shapes[i], shapes[i][0] * 4};
+        t[i] = (st_out_tensor){names[i],         ACEM_DT_F32,     1,    shapes[i],
+                               shapes[i][0] * 4, ACEM_QUANT_NONE, false};
     }
     st_writer *w;
     acem_error err = {{0}};

@@ -1,0 +1,228 @@
+/* gguf_write.c — writes one GGUF v3 file front to back.
+ *
+ * Header: "GGUF", version 3, counts; the base's key-values copied byte for byte (except
+ * acem.* keys, which this run writes anew as strings); tensor infos with ne[0] the last
+ * row-major axis and offsets at the aligned running sum of the sizes; zero padding to the
+ * alignment. Data: each tensor's stored bytes, then zeros up to the alignment. Tensors
+ * stored as blocks receive F32 values that are quantised here a group of blocks at a time,
+ * or their blocks unchanged when prequantised. The caller writes into a temporary file;
+ * making it visible is output.c's job. */
+#include "formats.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define STAGE_ELEMS 65536u /* F32 values quantised per group: a multiple of every block */
+
+struct gguf_writer {
+    const char *path;
+    const st_out_tensor *tensors;
+    size_t n_tensors, cur;
+    FILE *f;
+    uint32_t alignment;
+    uint64_t left;   /* input bytes the current tensor still expects */
+    uint64_t stored; /* bytes of the current tensor written to the file */
+    float *stage;    /* F32 input on its way into blocks */
+    size_t staged;   /* bytes in stage */
+    unsigned char *blocks;
+};
+
+static int put_bytes(gguf_writer *w, const void *p, size_t n, acem_error *err) {
+    if (n && fwrite(p, 1, n, w->f) != n)
+        return acem_fail(err, "%s: write failed: %s", w->path, strerror(errno));
+    return 0;
+}
+
+static int put_uint(gguf_writer *w, uint64_t v, int n, acem_error *err) {
+    unsigned char b[8];
+    for (int i = 0; i < n; i++)
+        b[i] = (unsigned char)(v >> (8 * i));
+    return put_bytes(w, b, (size_t)n, err);
+}
+
+static int put_string(gguf_writer *w, const char *s, acem_error *err) {
+    size_t n = strlen(s);
+    return put_uint(w, n, 8, err) || put_bytes(w, s, n, err) ? -1 : 0;
+}
+
+static int put_zeros(gguf_writer *w, uint64_t n, acem_error *err) {
+    static const unsigned char zeros[64];
+    for (; n > 0; n -= n < 64 ? n : 64)
+        if (put_bytes(w, zeros, n < 64 ? (size_t)n : 64, err)) return -1;
+    return 0;
+}
+
+static uint64_t padding(uint64_t n, uint32_t a) { return (a - n % a) % a; }
+
+static uint64_t stored_size(const st_out_tensor *t) {
+    uint64_t numel = 1, bytes = t->nbytes;
+    for (int d = 0; d < t->ndim; d++)
+        numel *= t->shape[d];
+    if (t->quant != ACEM_QUANT_NONE) acem_quant_stored_bytes(t->quant, numel, &bytes);
+    return bytes;
+}
+
+/* The ggml type of t, or an error for what GGUF cannot hold. */
+static int ggml_type_of(const char *path, const st_out_tensor *t, uint32_t *type, acem_error *err) {
+    if (t->ndim > 4)
+        return acem_fail(err, "%s: tensor \"%s\" has %d dimensions; GGUF holds at most 4", path,
+                         t->name, t->ndim);
+    if (t->quant != ACEM_QUANT_NONE) {
+        uint32_t be = acem_quant_block_elems(t->quant);
+        if (t->ndim == 0 || t->shape[t->ndim - 1] % be != 0)
+            return acem_fail(err, "%s: tensor \"%s\": rows do not split into %s blocks of %u", path,
+                             t->name, acem_quant_name(t->quant), be);
+        *type = acem_quant_ggml_type(t->quant);
+        return 0;
+    }
+    int64_t g = gguf_plain_type(t->dtype);
+    if (g < 0)
+        return acem_fail(err, "%s: tensor \"%s\" is %s, which GGUF cannot hold", path, t->name,
+                         acem_dtype_name(t->dtype));
+    *type = (uint32_t)g;
+    return 0;
+}
+
+static int write_header(gguf_writer *w, const st_header *from, const acem_param *meta,
+                        size_t n_meta, acem_error *err) {
+    uint64_t n_kv = n_meta;
+    for (size_t i = 0; from && i < from->n_meta; i++)
+        n_kv += strncmp(from->meta_keys[i], "acem.", 5) != 0;
+    if (put_bytes(w, "GGUF", 4, err) || put_uint(w, 3, 4, err) ||
+        put_uint(w, w->n_tensors, 8, err) || put_uint(w, n_kv, 8, err))
+        return -1;
+    uint64_t at = 24;
+    for (size_t i = 0; from && i < from->n_meta; i++) {
+        uint64_t len = from->kv_at[i + 1] - from->kv_at[i];
+        if (strncmp(from->meta_keys[i], "acem.", 5) == 0) continue;
+        if (put_bytes(w, from->kv_raw + from->kv_at[i], (size_t)len, err)) return -1;
+        at += len;
+    }
+    for (size_t i = 0; i < n_meta; i++) {
+        char key[128];
+        snprintf(key, sizeof key, "acem.%s", meta[i].key);
+        if (put_string(w, key, err) || put_uint(w, 8 /* string */, 4, err) ||
+            put_string(w, meta[i].value, err))
+            return -1;
+        at += 8 + strlen(key) + 4 + 8 + strlen(meta[i].value);
+    }
+    uint64_t offset = 0;
+    for (size_t i = 0; i < w->n_tensors; i++) {
+        const st_out_tensor *t = &w->tensors[i];
+        uint32_t type = 0;
+        if (ggml_type_of(w->path, t, &type, err) || put_string(w, t->name, err) ||
+            put_uint(w, t->ndim ? (uint64_t)t->ndim : 1, 4, err))
+            return -1;
+        for (int d = t->ndim - 1; d >= 0; d--)
+            if (put_uint(w, t->shape[d], 8, err)) return -1;
+        if ((t->ndim == 0 && put_uint(w, 1, 8, err)) || put_uint(w, type, 4, err) ||
+            put_uint(w, offset, 8, err))
+            return -1;
+        at += 8 + strlen(t->name) + 4 + 8 * (uint64_t)(t->ndim ? t->ndim : 1) + 4 + 8;
+        offset += stored_size(t) + padding(stored_size(t), w->alignment);
+    }
+    return put_zeros(w, padding(at, w->alignment), err);
+}
+
+/* Moves to the next tensor that expects input, padding each finished one. */
+static int advance(gguf_writer *w, acem_error *err) {
+    while (w->left == 0 && w->cur < w->n_tensors) {
+        if (put_zeros(w, padding(w->stored, w->alignment), err)) return -1;
+        w->stored = 0;
+        if (++w->cur < w->n_tensors) w->left = w->tensors[w->cur].nbytes;
+    }
+    return 0;
+}
+
+int gguf_writer_open(const char *file_path, const st_out_tensor *tensors, size_t n,
+                     const st_header *from, const acem_param *meta, size_t n_meta,
+                     gguf_writer **out, acem_error *err) {
+    *out = NULL;
+    gguf_writer *w = acem_alloc(1, sizeof *w, "the writer", err);
+    if (!w) return -1;
+    w->path = file_path;
+    w->tensors = tensors;
+    w->n_tensors = n;
+    w->alignment = from ? from->alignment : ACEM_GGUF_ALIGNMENT;
+    int fd = open(file_path, O_WRONLY | O_TRUNC | O_CLOEXEC);
+    if (fd < 0 || !(w->f = fdopen(fd, "wb"))) {
+        acem_fail(err, "%s: cannot create: %s", file_path, strerror(errno));
+        if (fd >= 0) close(fd);
+        gguf_writer_free(w);
+        return -1;
+    }
+    setvbuf(w->f, NULL, _IOFBF, 4u << 20);
+    if (!(w->stage = acem_alloc(STAGE_ELEMS, sizeof(float), "the quantiser", err)) ||
+        !(w->blocks = acem_alloc(STAGE_ELEMS / 32, 34, "the quantiser", err)) ||
+        write_header(w, from, meta, n_meta, err)) {
+        gguf_writer_free(w);
+        return -1;
+    }
+    w->left = n ? tensors[0].nbytes : 0;
+    if (n && advance(w, err)) {
+        gguf_writer_free(w);
+        return -1;
+    }
+    *out = w;
+    return 0;
+}
+
+static int flush_stage(gguf_writer *w, const st_out_tensor *t, acem_error *err) {
+    size_t n_blocks = w->staged / (4 * acem_quant_block_elems(t->quant));
+    size_t bytes = n_blocks * acem_quant_block_bytes(t->quant);
+    acem_quantize(t->quant, w->stage, w->blocks, n_blocks);
+    w->staged = 0;
+    w->stored += bytes;
+    return put_bytes(w, w->blocks, bytes, err);
+}
+
+int gguf_writer_write(gguf_writer *w, const void *data, uint64_t n, acem_error *err) {
+    const unsigned char *p = data;
+    while (n > 0) {
+        if (w->cur >= w->n_tensors)
+            return acem_fail(err, "internal error: more data written than the tensors hold");
+        const st_out_tensor *t = &w->tensors[w->cur];
+        uint64_t take = n < w->left ? n : w->left;
+        if (t->quant != ACEM_QUANT_NONE && !t->prequantised) {
+            const size_t cap = STAGE_ELEMS * sizeof(float);
+            take = take < cap - w->staged ? take : cap - w->staged;
+            memcpy((unsigned char *)w->stage + w->staged, p, (size_t)take);
+            w->staged += (size_t)take;
+            if ((w->staged == cap || take == w->left) && flush_stage(w, t, err)) return -1;
+        } else {
+            if (put_bytes(w, p, (size_t)take, err)) return -1;
+            w->stored += take;
+        }
+        p += take;
+        n -= take;
+        w->left -= take;
+        if (advance(w, err)) return -1;
+    }
+    return 0;
+}
+
+int gguf_writer_finish(gguf_writer *w, acem_error *err) {
+    if (w->cur < w->n_tensors)
+        return acem_fail(err, "internal error: tensor \"%s\" was not fully written",
+                         w->tensors[w->cur].name);
+    FILE *f = w->f;
+    w->f = NULL;
+    int rc = fflush(f) != 0 ? acem_fail(err, "%s: write failed: %s", w->path, strerror(errno)) : 0;
+    if (!rc && fsync(fileno(f)) != 0)
+        rc = acem_fail(err, "%s: fsync failed: %s", w->path, strerror(errno));
+    if (fclose(f) != 0 && !rc)
+        rc = acem_fail(err, "%s: close failed: %s", w->path, strerror(errno));
+    return rc;
+}
+
+void gguf_writer_free(gguf_writer *w) {
+    if (!w) return;
+    if (w->f) fclose(w->f);
+    free(w->stage);
+    free(w->blocks);
+    free(w);
+}

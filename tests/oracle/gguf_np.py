@@ -1,0 +1,264 @@
+"""Tiny, independent GGUF reader/writer in numpy (test oracle), written from the format's
+description (ggml docs/gguf.md, ggml-common.h block layouts); it shares no code with acem.
+
+File: "GGUF", u32 version, u64 n_tensors, u64 n_kv; key-values (string key, u32 value type,
+value); tensor infos (string name, u32 n_dims, u64 ne[n_dims] (ne[0] fastest), u32 ggml
+type, u64 offset relative to the data section); zero padding to the alignment
+(general.alignment, default 32); the data section, each tensor at its offset.
+Strings are u64 length + UTF-8 bytes. Everything little-endian.
+
+Shapes here are row-major (ne reversed), like numpy's.  Quantised tensors come back as
+`Quant(type, shape, blocks)`; `dequantize()` gives float32 values.  `quantize()` follows
+ggml's reference quantisers (quantize_row_q8_0_ref, quantize_row_q4_0_ref) bit for bit.
+"""
+
+import struct
+from collections import OrderedDict
+
+import numpy as np
+
+# value types
+U8, I8, U16, I16, U32, I32, F32, BOOL, STRING, ARRAY, U64, I64, F64 = range(13)
+_SCALAR = {U8: "<B", I8: "<b", U16: "<H", I16: "<h", U32: "<I", I32: "<i", F32: "<f",
+           BOOL: "<?", U64: "<Q", I64: "<q", F64: "<d"}
+
+# ggml types
+GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q8_0, GGML_Q4_K, GGML_Q6_K = 0, 1, 2, 8, 12, 14
+GGML_I8, GGML_I16, GGML_I32, GGML_I64, GGML_F64, GGML_BF16 = 24, 25, 26, 27, 28, 30
+PLAIN = {GGML_F32: "<f4", GGML_F16: "<f2", GGML_BF16: "<u2", GGML_F64: "<f8",
+         GGML_I8: "i1", GGML_I16: "<i2", GGML_I32: "<i4", GGML_I64: "<i8"}
+# (values per block, bytes per block)
+BLOCK = {GGML_Q8_0: (32, 34), GGML_Q4_0: (32, 18), GGML_Q4_K: (256, 144), GGML_Q6_K: (256, 210)}
+NAMES = {GGML_F32: "F32", GGML_F16: "F16", GGML_BF16: "BF16", GGML_F64: "F64", GGML_Q8_0: "Q8_0",
+         GGML_Q4_0: "Q4_0", GGML_Q4_K: "Q4_K", GGML_Q6_K: "Q6_K", GGML_I8: "I8",
+         GGML_I16: "I16", GGML_I32: "I32", GGML_I64: "I64"}
+
+
+class FormatError(Exception):
+    pass
+
+
+class Quant:
+    def __init__(self, gtype, shape, blocks):
+        self.gtype, self.shape, self.blocks = gtype, tuple(shape), blocks
+
+    def dequantize(self):
+        return dequantize(self.gtype, self.blocks).reshape(self.shape)
+
+
+# ------------------------------------------------------------ blocks --
+
+def _half(b, at):
+    return b[:, at:at + 2].copy().view("<f2").astype(np.float32)[:, 0]
+
+
+def dequantize(gtype, raw):
+    """Stored blocks (bytes) -> float32 values, computed in float32 like ggml."""
+    be, bb = BLOCK[gtype]
+    b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, bb)
+    if gtype == GGML_Q8_0:
+        d = _half(b, 0)[:, None]
+        return (b[:, 2:].view(np.int8).astype(np.float32) * d).ravel()
+    if gtype == GGML_Q4_0:
+        d = _half(b, 0)[:, None]
+        qs = b[:, 2:]
+        q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32) - np.float32(8)
+        return (q * d).ravel()
+    if gtype == GGML_Q4_K:
+        d, dmin = _half(b, 0)[:, None], _half(b, 2)[:, None]
+        s = b[:, 4:16].astype(np.int32)
+        sc = np.empty((len(b), 8), np.int32)
+        mn = np.empty((len(b), 8), np.int32)
+        sc[:, :4], mn[:, :4] = s[:, 0:4] & 63, s[:, 4:8] & 63
+        sc[:, 4:] = (s[:, 8:12] & 15) | ((s[:, 0:4] >> 6) << 4)
+        mn[:, 4:] = (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)
+        qs = b[:, 16:].reshape(-1, 4, 32)  # four groups of 32 bytes: 64 values each
+        q = np.stack([qs & 0x0F, qs >> 4], axis=2).reshape(-1, 8, 32).astype(np.float32)
+        scale = (d * sc.astype(np.float32))[:, :, None]
+        mins = (dmin * mn.astype(np.float32))[:, :, None]
+        return (scale * q - mins).ravel()
+    # Q6_K: two halves of 128 values; within a half, value 32*k + l (k = 0..3, l < 32)
+    ql, qh = b[:, :128].reshape(-1, 2, 64), b[:, 128:192].reshape(-1, 2, 32)
+    sc = b[:, 192:208].view(np.int8).astype(np.float32).reshape(-1, 2, 8)
+    d = _half(b, 208)[:, None, None, None]
+    lo = np.stack([ql[:, :, :32] & 15, ql[:, :, 32:] & 15, ql[:, :, :32] >> 4,
+                   ql[:, :, 32:] >> 4], axis=2).astype(np.int32)
+    hi = np.stack([(qh >> s) & 3 for s in (0, 2, 4, 6)], axis=2).astype(np.int32)
+    q = (lo | (hi << 4)) - 32                                   # (n, 2, 4, 32)
+    scale = sc.reshape(-1, 2, 4, 2)                               # sub-blocks of 16
+    scale = np.repeat(scale, 16, axis=3)                          # (n, 2, 4, 32)
+    return (d * scale * q.astype(np.float32)).ravel()
+
+
+def _round_away(v):
+    v = v.astype(np.float64)
+    return np.trunc(v + np.copysign(0.5, v))
+
+
+def quantize(gtype, x):
+    """float32 values (a multiple of 32) -> blocks as bytes, ggml's reference rounding."""
+    x = np.asarray(x, dtype=np.float32).reshape(-1, 32)
+    if gtype == GGML_Q8_0:
+        amax = np.abs(x).max(axis=1)
+        d = (amax / np.float32(127)).astype(np.float32)
+        with np.errstate(divide="ignore"):
+            idv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+        q = _round_away((x * idv[:, None]).astype(np.float32)).astype(np.int8)
+        out = np.empty((len(x), 34), np.uint8)
+        out[:, :2] = d.astype("<f2").view(np.uint8).reshape(-1, 2)
+        out[:, 2:] = q.view(np.uint8)
+        return out.tobytes()
+    if gtype == GGML_Q4_0:
+        idx = np.argmax(np.abs(x), axis=1)  # first of the largest magnitude, like the reference
+        mx = x[np.arange(len(x)), idx]
+        d = (mx / np.float32(-8)).astype(np.float32)
+        with np.errstate(divide="ignore"):
+            idv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+        v = ((x * idv[:, None]).astype(np.float32) + np.float32(8.5)).astype(np.float32)
+        q = np.minimum(15, np.trunc(v.astype(np.float64))).astype(np.uint8)
+        out = np.empty((len(x), 18), np.uint8)
+        out[:, :2] = d.astype("<f2").view(np.uint8).reshape(-1, 2)
+        out[:, 2:] = q[:, :16] | (q[:, 16:] << 4)
+        return out.tobytes()
+    raise ValueError("no quantiser for ggml type %d" % gtype)
+
+
+def block_scales(gtype, raw):
+    """The f16 scale d of every block of a Q8_0 / Q4_0 tensor, as float64."""
+    bb = BLOCK[gtype][1]
+    b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, bb)
+    return _half(b, 0).astype(np.float64)
+
+
+# ------------------------------------------------------------ reading --
+
+class _Reader:
+    def __init__(self, data):
+        self.data, self.pos = data, 0
+
+    def take(self, n):
+        if self.pos + n > len(self.data):
+            raise FormatError("read past the end of the file at %d" % self.pos)
+        b = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+    def scalar(self, t):
+        fmt = _SCALAR[t]
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+
+    def string(self):
+        n = self.scalar(U64)
+        return self.take(n).decode("utf-8")
+
+    def value(self, t):
+        if t == STRING:
+            return self.string()
+        if t == ARRAY:
+            et, n = self.scalar(U32), self.scalar(U64)
+            return (et, [self.value(et) for _ in range(n)])
+        if t not in _SCALAR:
+            raise FormatError("unknown value type %d" % t)
+        return self.scalar(t)
+
+
+def read(path):
+    """-> (version, OrderedDict key -> (type, value), OrderedDict name -> ndarray or Quant,
+    alignment).  Arrays are (element type, [values])."""
+    with open(path, "rb") as f:
+        data = f.read()
+    r = _Reader(data)
+    if r.take(4) != b"GGUF":
+        raise FormatError("%s: bad magic" % path)
+    version, n_t, n_kv = r.scalar(U32), r.scalar(U64), r.scalar(U64)
+    if version not in (2, 3):
+        raise FormatError("%s: version %d" % (path, version))
+    kv = OrderedDict()
+    for _ in range(n_kv):
+        key = r.string()
+        t = r.scalar(U32)
+        if key in kv:
+            raise FormatError("%s: key %r twice" % (path, key))
+        kv[key] = (t, r.value(t))
+    align = kv.get("general.alignment", (U32, 32))[1]
+    infos = []
+    for _ in range(n_t):
+        name = r.string()
+        nd = r.scalar(U32)
+        ne = [r.scalar(U64) for _ in range(nd)]
+        infos.append((name, tuple(reversed(ne)), r.scalar(U32), r.scalar(U64)))
+    start = r.pos + (-r.pos) % align
+    tensors = OrderedDict()
+    expected = 0
+    for name, shape, gt, off in infos:
+        if off != expected:
+            raise FormatError("%s: %r at offset %d, expected %d" % (path, name, off, expected))
+        n = int(np.prod(shape, dtype=np.int64))
+        if gt in BLOCK:
+            be, bb = BLOCK[gt]
+            size = n // be * bb
+            tensors[name] = Quant(gt, shape, data[start + off:start + off + size])
+        else:
+            dt = np.dtype(PLAIN[gt])
+            size = n * dt.itemsize
+            tensors[name] = np.frombuffer(data[start + off:start + off + size], dt).reshape(shape)
+        if start + off + size > len(data):
+            raise FormatError("%s: %r past the end" % (path, name))
+        expected = off + size + (-size) % align
+    if len(data) > start + expected:
+        raise FormatError("%s: trailing bytes" % path)
+    return version, kv, tensors, align
+
+
+def values(t):
+    """A tensor from read() as float64 values (BF16 bits converted, blocks dequantised)."""
+    if isinstance(t, Quant):
+        return t.dequantize().astype(np.float64)
+    if t.dtype == np.dtype("<u2"):  # BF16 bits
+        return (t.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return t.astype(np.float64)
+
+
+# ------------------------------------------------------------ writing --
+
+def _enc_value(t, v):
+    if t == STRING:
+        b = v.encode("utf-8")
+        return struct.pack("<Q", len(b)) + b
+    if t == ARRAY:
+        et, items = v
+        return struct.pack("<IQ", et, len(items)) + b"".join(_enc_value(et, x) for x in items)
+    return struct.pack(_SCALAR[t], v)
+
+
+def encode_kv(key, t, v):
+    return _enc_value(STRING, key) + struct.pack("<I", t) + _enc_value(t, v)
+
+
+def write(path, kvs, tensors, align=32, version=3):
+    """kvs: list of (key, type, value); tensors: list of (name, ggml type, float array)
+    (quantised here for Q8_0/Q4_0; a (shape, bytes) pair is stored as given)."""
+    infos, blobs, off = b"", [], 0
+    for name, gt, arr in tensors:
+        if isinstance(arr, tuple):
+            shape, raw = arr
+        else:
+            shape = np.shape(arr)
+            a = np.asarray(arr)
+            if gt in BLOCK:
+                raw = quantize(gt, a.astype(np.float32).ravel())
+            elif gt == GGML_BF16:
+                b = np.ascontiguousarray(a.astype(np.float32)).view(np.uint32).astype(np.uint64)
+                raw = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype("<u2").tobytes()
+            else:
+                raw = np.ascontiguousarray(a.astype(PLAIN[gt])).tobytes()
+        ne = list(reversed(shape)) or [1]
+        infos += _enc_value(STRING, name) + struct.pack("<I", len(ne))
+        infos += b"".join(struct.pack("<Q", d) for d in ne) + struct.pack("<IQ", gt, off)
+        blobs.append(raw + b"\0" * ((-len(raw)) % align))
+        off += len(blobs[-1])
+    head = b"GGUF" + struct.pack("<IQQ", version, len(tensors), len(kvs))
+    head += b"".join(encode_kv(k, t, v) for k, t, v in kvs) + infos
+    head += b"\0" * ((-len(head)) % align)
+    with open(path, "wb") as f:
+        f.write(head + b"".join(blobs))
