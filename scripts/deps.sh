@@ -3,7 +3,7 @@
 # name extra packages (fuzz/run.sh: clang).
 set -euo pipefail
 packages=(build-essential cmake pkg-config libopenblas-dev liblapacke-dev libcjson-dev
-          libyaml-dev libcmocka-dev python3 python3-numpy "$@")
+          libyaml-dev libcmocka-dev python3 python3-numpy valgrind "$@")
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
