@@ -221,7 +221,7 @@ static int check_repeated(cfg_ctx *x, yaml_node_pair_t *first, yaml_node_pair_t 
 int acem_config_load(const char *path, acem_config **out, acem_merge_options *o, acem_error *err) {
     *out = NULL;
     acem_config *c = acem_alloc(1, sizeof *c, "the config", err);
-    if (!c) return -1;
+    if (!c) return acem_fail_naming(err, path);
     FILE *f = fopen(path, "rb");
     if (!f) {
         free(c);
@@ -255,9 +255,10 @@ int acem_config_load(const char *path, acem_config **out, acem_merge_options *o,
 out:
     yaml_parser_delete(&parser);
     fclose(f);
-    if (rc)
+    if (rc) {
         acem_config_free(c);
-    else
-        *out = c;
-    return rc;
+        return acem_fail_naming(err, path);
+    }
+    *out = c;
+    return 0;
 }

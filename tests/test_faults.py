@@ -265,14 +265,16 @@ def test_too_many_tensors(d):
     timed_refusal("1,000,001 tensors (limit 1,000,000)", d, bad, "limit", 15)
 
 
+def near_limit_file(path):
+    """A header of exactly 100,000,000 bytes (the limit): one long metadata string, one tensor."""
+    header = ('{"__metadata__":{"pad":"' + "x" * (100000000 - 200) + '"},"w":{"dtype":"F32",'
+              '"shape":[1],"data_offsets":[0,4]}}').encode()
+    header_file(path, header + b" " * (100000000 - len(header)), b"\0\0\0\0")
+
+
 def test_header_near_limit(d):
-    # a 99.99 MB header: one metadata string, then a normal tensor
-    pad = 100000000 - 200
-    header = ('{"__metadata__":{"pad":"' + "x" * pad + '"},"w":{"dtype":"F32","shape":[1],'
-              '"data_offsets":[0,4]}}').encode()
-    header += b" " * (100000000 - len(header))
     bad = os.path.join(d, "near.safetensors")
-    header_file(bad, header, b"\0\0\0\0")
+    near_limit_file(bad)
     timed_merge("a header of exactly 100,000,000 bytes (the limit)", d, [bad, bad, bad], 30)
     with open(bad, "r+b") as f:  # one byte more is past the limit
         f.write(struct.pack("<Q", 100000001))
@@ -302,14 +304,20 @@ def test_out_of_memory(d):
         os.truncate(p, 8 + len(header) + (1 << 28))
         paths.append(p)
     out = os.path.join(d, "oom.safetensors")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
 
-    def limit():
-        resource.setrlimit(resource.RLIMIT_AS, (768 << 20, 768 << 20))
-    r = run(merge_args(paths, out, "ties"), preexec_fn=limit, env=dict(os.environ, OMP_NUM_THREADS="1",
-                                                                        OPENBLAS_NUM_THREADS="1"))
+    def limit(mib):
+        return lambda: resource.setrlimit(resource.RLIMIT_AS, (mib << 20, mib << 20))
+    r = run(merge_args(paths, out, "ties"), preexec_fn=limit(768), env=env)
     check("a merge that needs more memory than RLIMIT_AS allows: one 'out of memory' line, nothing left",
           one_error_line(r, "out of memory") and not leftovers(d, out),
           f"rc={r.returncode} err={r.stderr!r} left={leftovers(d, out)}")
+    near = os.path.join(d, "near.safetensors")
+    near_limit_file(near)
+    r = run(merge_args([near, near, near], out), preexec_fn=limit(200), env=env)
+    check("a 100 MB header under a 200 MiB RLIMIT_AS: one 'out of memory' line naming the file",
+          one_error_line(r, "out of memory", "near.safetensors") and not leftovers(d, out),
+          f"rc={r.returncode} err={r.stderr!r}")
 
 
 def main():

@@ -24,9 +24,12 @@ void la_set(const la *L, void *x, size_t i, double v) {
 }
 
 const char *la_strerror(int info) {
-    return info == LA_NONFINITE ? "the matrix holds NaN or Inf (values overflow the compute "
-                                  "precision; --precision f64 may help)"
-                                : "did not converge";
+    if (info == LA_NONFINITE)
+        return "the matrix holds NaN or Inf (values overflow the compute precision; "
+               "--precision f64 may help)";
+    if (info == LAPACK_WORK_MEMORY_ERROR || info == LAPACK_TRANSPOSE_MEMORY_ERROR)
+        return "out of memory for LAPACK's workspace";
+    return "did not converge";
 }
 
 /* xBDSQR (inside xGESDD) can loop forever on Inf, and LAPACKE's own check only catches NaN. */

@@ -12,7 +12,7 @@
 #include <stddef.h>
 
 #define LA_NONFINITE (-1000)
-/* "did not converge", or what LA_NONFINITE means, for an error message. */
+/* "did not converge", "out of memory" or what LA_NONFINITE means, for an error message. */
 const char *la_strerror(int info);
 
 typedef struct la {
