@@ -17,6 +17,8 @@
 const char *fz_workdir(void);
 /* workdir/name, malloc'd. */
 char *fz_path(const char *name);
+/* Removes a file, or a directory and everything in it. */
+void fz_remove(const char *path);
 /* Replaces the file at path with data[0..n). */
 void fz_write(const char *path, const uint8_t *data, size_t n);
 /* Copies $ACEM_FUZZ_MODELS/name (valid files written by fuzz/make_seeds.py) to dst. */

@@ -28,19 +28,6 @@ static int count_entries(const char *dir) {
     return n;
 }
 
-static void remove_output(const char *out, int is_dir) {
-    if (!is_dir) {
-        unlink(out);
-        return;
-    }
-    DIR *d = opendir(out);
-    struct dirent *e;
-    while (d && (e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) unlinkat(dirfd(d), e->d_name, 0);
-    if (d) closedir(d);
-    rmdir(out);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!g_base) {
         g_base = fz_path("base.safetensors");
@@ -76,7 +63,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (acem_checkpoint_open(o.out, &ck, &err) != 0) fz_fail("the output is invalid", err.msg);
         fz_read_checkpoint(ck);
         acem_checkpoint_close(ck);
-        remove_output(o.out, is_dir);
+        fz_remove(o.out);
     } else {
         if (!err.msg[0] || strchr(err.msg, '\n')) fz_fail("a bad error message", err.msg);
         if (!strstr(err.msg, fz_workdir()) && strncmp(err.msg, "tensor \"", 8) != 0)

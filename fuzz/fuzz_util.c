@@ -15,28 +15,21 @@ void fz_fail(const char *msg, const char *detail) {
     abort();
 }
 
-static void remove_workdir(void) {
-    DIR *d = opendir(g_dir);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-            char p[8192];
-            snprintf(p, sizeof p, "%s/%s", g_dir, e->d_name);
-            if (unlink(p) != 0) { /* a directory output of the merge harness */
-                DIR *sub = opendir(p);
-                struct dirent *s;
-                while (sub && (s = readdir(sub)))
-                    if (strcmp(s->d_name, ".") && strcmp(s->d_name, ".."))
-                        unlinkat(dirfd(sub), s->d_name, 0);
-                if (sub) closedir(sub);
-                rmdir(p);
-            }
-        }
-        closedir(d);
+void fz_remove(const char *path) {
+    if (unlink(path) == 0) return;
+    DIR *d = opendir(path);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char p[8192];
+        snprintf(p, sizeof p, "%s/%s", path, e->d_name);
+        fz_remove(p);
     }
-    rmdir(g_dir);
+    if (d) closedir(d);
+    rmdir(path);
 }
+
+static void remove_workdir(void) { fz_remove(g_dir); }
 
 const char *fz_workdir(void) {
     if (!g_dir[0]) {
