@@ -48,7 +48,16 @@ __attribute__((section(".preinit_array"),
                used)) static void (*const preinit)(int, char **, char **) = omp_defaults;
 
 static volatile sig_atomic_t g_signal;
-static void on_signal(int sig) { g_signal = sig; }
+/* The first SIGINT/SIGTERM cancels the merge cleanly at the next chunk; a second one ends
+ * the process at once (a long decomposition does not look at the flag), leaving at most a
+ * temporary that the next run removes, never anything at the output path. */
+static void on_signal(int sig) {
+    if (g_signal) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+    }
+    g_signal = sig;
+}
 
 int cli_run_merge(const acem_merge_options *opts, bool quiet) {
     acem_merge_options o = *opts;
@@ -95,6 +104,8 @@ int cli_run_merge(const acem_merge_options *opts, bool quiet) {
 }
 
 int main(int argc, char **argv) {
+    /* Past RLIMIT_FSIZE a write must fail with EFBIG (a clean error), not kill us. */
+    signal(SIGXFSZ, SIG_IGN);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
         !strcmp(argv[1], "help")) {
         fputs(usage, argc < 2 ? stderr : stdout);

@@ -9,6 +9,9 @@ echo "== release build"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j "$jobs" >/dev/null
 ctest --test-dir build --output-on-failure -j "$jobs"
+# the unit tests and representative command lines under valgrind memcheck
+echo "== valgrind (memcheck) on the release build"
+bash scripts/valgrind.sh build
 echo "== ASan + UBSan build"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DACEM_SANITIZE=ON >/dev/null
 cmake --build build-asan -j "$jobs" >/dev/null

@@ -199,10 +199,33 @@ static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
     return acem_fail(x->err, "%s: unknown key \"%s\" (see docs/config.md)", x->path, k);
 }
 
+/* The key a spelling stands for: mergekit's names and acem's short ones are one key. */
+static const char *canonical_key(const char *k) {
+    static const char *const alias[][2] = {{"merge_method", "method"},
+                                           {"base_model", "base"},
+                                           {"output", "out"},
+                                           {"out_dtype", "dtype"}};
+    for (size_t i = 0; i < sizeof alias / sizeof *alias; i++)
+        if (!strcmp(k, alias[i][0])) return alias[i][1];
+    return k;
+}
+
+/* A key given twice (in any spelling) is an error, as a typo would be: which one wins is
+ * not obvious to a reader. Keys are checked as they come, so at most a few dozen known
+ * ones are ever compared. */
+static int check_repeated(cfg_ctx *x, yaml_node_pair_t *first, yaml_node_pair_t *p, const char *k) {
+    for (yaml_node_pair_t *q = first; q < p; q++) {
+        yaml_node_t *n = node(x, q->key);
+        if (!strcmp(canonical_key((const char *)n->data.scalar.value), canonical_key(k)))
+            return acem_fail(x->err, "%s: \"%s\" is given twice", x->path, canonical_key(k));
+    }
+    return 0;
+}
+
 int acem_config_load(const char *path, acem_config **out, acem_merge_options *o, acem_error *err) {
     *out = NULL;
     acem_config *c = acem_alloc(1, sizeof *c, "the config", err);
-    if (!c) return -1;
+    if (!c) return acem_fail_naming(err, path);
     FILE *f = fopen(path, "rb");
     if (!f) {
         free(c);
@@ -228,15 +251,18 @@ int acem_config_load(const char *path, acem_config **out, acem_merge_options *o,
     for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top;
          p++) {
         const char *k = scalar(&x, node(&x, p->key), "key");
-        if (!k || top_level_key(&x, k, node(&x, p->value))) goto out;
+        if (!k || check_repeated(&x, root->data.mapping.pairs.start, p, k) ||
+            top_level_key(&x, k, node(&x, p->value)))
+            goto out;
     }
     rc = 0;
 out:
     yaml_parser_delete(&parser);
     fclose(f);
-    if (rc)
+    if (rc) {
         acem_config_free(c);
-    else
-        *out = c;
-    return rc;
+        return acem_fail_naming(err, path);
+    }
+    *out = c;
+    return 0;
 }

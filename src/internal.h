@@ -25,6 +25,10 @@ static inline bool acem_add_u64(uint64_t a, uint64_t b, uint64_t *r) {
     return !__builtin_add_overflow(a, b, r);
 }
 
+/* Returns -1 after making sure err's message names path (an allocation failure deep in a
+ * parser does not know the file it was reading). */
+int acem_fail_naming(acem_error *err, const char *path);
+
 /* malloc/calloc that report failure through err with what was being allocated. */
 void *acem_alloc(size_t n, size_t size, const char *what, acem_error *err);
 char *acem_strdup(const char *s, acem_error *err);

@@ -18,8 +18,9 @@ int delta_stats(const method_ctx *c, void *const *D, double *norm, double *erank
     for (int t = 0; t < c->T; t++) {
         norm[t] = sqrt(norm[t]);
         la_copy(&L, m * n, D[t], work);
-        if (la_singular_values(&L, m, n, work, s)) {
-            acem_fail(err, "SVD did not converge");
+        int info = la_singular_values(&L, m, n, work, s);
+        if (info) {
+            acem_fail(err, "SVD: %s", la_strerror(info));
             goto out;
         }
         double total = 0, h = 0;

@@ -22,6 +22,15 @@ int acem_fail(acem_error *err, const char *fmt, ...) {
     return -1;
 }
 
+int acem_fail_naming(acem_error *err, const char *path) {
+    if (err && !strstr(err->msg, path)) {
+        char inner[sizeof err->msg];
+        snprintf(inner, sizeof inner, "%s", err->msg);
+        acem_fail(err, "%s: %s", path, inner);
+    }
+    return -1;
+}
+
 void *acem_alloc(size_t n, size_t size, const char *what, acem_error *err) {
     size_t total;
     if (__builtin_mul_overflow(n, size, &total)) {

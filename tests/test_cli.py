@@ -1,17 +1,15 @@
 #!/usr/bin/python3
 """End-to-end tests of the acem command line: help, example, inspect, YAML configs,
-usage errors, reports, and signals during a merge.
+usage errors, reports, and stale temporaries (signals and other faults: test_faults.py).
 
 usage: /usr/bin/python3 tests/test_cli.py PATH_TO_acem
 """
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -202,36 +200,11 @@ def test_stale_temporaries(d):
           and not os.path.exists(stale_dir) and os.path.exists(live), r1.stderr + r2.stderr)
 
 
-def test_signals(d):
-    # Big enough that the merge is still running when the signal arrives: ties keeps whole
-    # tensors, 24 tensors x 1M floats per model.
-    rng = np.random.default_rng(1)
-    tensors = {f"layer.{i}.weight": rng.standard_normal((1024, 1024)) for i in range(24)}
-    base = os.path.join(d, "big-base.safetensors")
-    exp = os.path.join(d, "big-e.safetensors")
-    st.write_file(base, {k: st.from_f64(v, "F32") for k, v in tensors.items()})
-    st.write_file(exp, {k: st.from_f64(v + 1, "F32") for k, v in tensors.items()})
-    for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
-        out = os.path.join(d, "sig-out")
-        p = subprocess.Popen([ACEM, "merge", "-q", "--threads", "1", "--base", base, "--model", exp,
-                              "--model", exp, "--model", exp, "-M", "ties", "-o", out],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 30
-        while time.time() < deadline and not any(".acem-tmp-" in f for f in os.listdir(d)):
-            time.sleep(0.005)
-        p.send_signal(sig)
-        _, err = p.communicate(timeout=60)
-        leftovers = [f for f in os.listdir(d) if ".acem-tmp-" in f or f.startswith("sig-out")]
-        check(f"{sig.name} during a merge: exit {code}, nothing at the output, no temporary",
-              p.returncode == code and not leftovers and "interrupted" in err,
-              f"rc={p.returncode} leftovers={leftovers} err={err!r}")
-
-
 def main():
     with tempfile.TemporaryDirectory(prefix="acem-cli-") as d:
         test_help()
         for fn in (test_example, test_yaml_equivalence, test_usage_errors, test_report, test_stats,
-                   test_stale_temporaries, test_signals):
+                   test_stale_temporaries):
             sub = os.path.join(d, fn.__name__)
             os.mkdir(sub)
             fn(sub)

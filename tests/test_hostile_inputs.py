@@ -24,7 +24,12 @@ and one good expert, output to a directory).  Expected for every hostile run:
     temporary files, every input byte-for-byte unchanged.
 
 Two control cases (valid inputs) must succeed, so a binary that rejects
-everything does not pass.  Stdlib only.
+everything does not pass.
+
+The files in tests/hostile/ are inputs that once broke acem, most found by the
+fuzzers (fuzz/): a .safetensors file runs as base and as expert with its method
+beside fuzz/make_seeds.py's valid models (numpy), a .yaml file is the config of
+`acem merge FILE -o out.safetensors`.  Everything else is stdlib only.
 """
 
 import hashlib
@@ -767,11 +772,50 @@ def _cross_and_special_cases():
     ]
 
 
-def merge_argv(base, models, out, extra=()):
+def merge_argv(base, models, out, extra=(), method="average"):
     argv = ["merge", "--base", base]
     for m in models:
         argv += ["--model", m]
-    return argv + ["--method", "average", "-o", out] + list(extra)
+    return argv + ["--method", method, "-o", out] + list(extra)
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HOSTILE_DIR = os.path.join(HERE, "hostile")
+# Every file in tests/hostile/ but README.md: name -> (method for .safetensors, description).
+REGRESSIONS = {
+    "fuzz-ace-overflow-hang.safetensors":
+        ("ace", "fuzz_merge: finite F32 weights (7e22) whose deltas overflow ACE's float32 Gram "
+                "matrix to Inf; LAPACK's SVD then never returned"),
+    "fuzz-config-repeated-models.yaml":
+        (None, "fuzz_config: `models` given twice (the first list leaked)"),
+    "config-repeated-parameters.yaml":
+        (None, "`parameters` given twice: the second mapping was written past its allocation"),
+}
+
+
+def _regression_cases():
+    found = sorted(f for f in os.listdir(HOSTILE_DIR) if f != "README.md")
+    assert found == sorted(REGRESSIONS), "tests/hostile/ and REGRESSIONS disagree: %r" % found
+    cases = []
+    for fn in found:
+        method, desc = REGRESSIONS[fn]
+        data = open(os.path.join(HOSTILE_DIR, fn), "rb").read()
+
+        def make(tmp, role, fn=fn, method=method, data=data):
+            rel = write(tmp, "in/" + fn, data)
+            if fn.endswith(".yaml"):
+                return {"argv": ["merge", rel, "-o", "out.safetensors"], "names": [fn]}
+            sys.path.insert(0, os.path.join(HERE, "..", "fuzz"))
+            import make_seeds
+            make_seeds.write_models(os.path.join(tmp, "in", "fz"))
+            m = ["in/fz/e1.safetensors", rel]
+            argv = (merge_argv(rel, ["in/fz/e1.safetensors", "in/fz/e2.safetensors"], "out.safetensors",
+                               method=method) if role == "base" else
+                    merge_argv("in/fz/base.safetensors", m, "outdir", method=method))
+            return {"argv": argv, "names": [fn, 'tensor "']}
+        roles = ("-",) if fn.endswith(".yaml") else ("base", "expert")
+        cases.append(Case(fn.rsplit(".", 1)[0], desc, make, roles=roles, rc=(1, 2)))
+    return cases
 
 
 GOOD_BASE, GOOD_M1, GOOD_M2 = "in/base.safetensors", "in/m1.safetensors", "in/m2.safetensors"
@@ -788,6 +832,15 @@ def _output_cases():
         hf_dir(tmp, "in/gooddir", {SHARD1: shard_t1(1), SHARD2: shard_t2(1)}, good_index())
         return {"argv": merge_argv("in/gooddir", [GOOD_M1, GOOD_M2], "in/gooddir", ["--force"]),
                 "names": ["gooddir"]}
+
+    def out_is_input_link(kind):
+        def make(tmp, role):
+            (os.link if kind == "hard" else os.symlink)(
+                os.path.join(tmp, GOOD_M2) if kind == "hard" else "m2.safetensors",
+                os.path.join(tmp, "in/link.safetensors"))
+            return {"argv": merge_argv(GOOD_BASE, [GOOD_M1, GOOD_M2], "in/link.safetensors", ["--force"]),
+                    "names": ["link.safetensors"]}
+        return make
 
     def out_exists(tmp, role):
         write(tmp, "out.safetensors", b"precious bytes, must survive\n")
@@ -815,6 +868,10 @@ def _output_cases():
              out_is_input(GOOD_BASE, False, ["base.safetensors"]), roles=("-",)),
         Case("output-is-input-dir", "-o equals the HF directory given as --base, with --force",
              out_is_input_dir, roles=("-",)),
+        Case("output-is-input-hardlink", "-o is a hard link of a --model file, with --force",
+             out_is_input_link("hard"), roles=("-",)),
+        Case("output-is-input-symlink", "-o is a symbolic link to a --model file, with --force",
+             out_is_input_link("sym"), roles=("-",)),
         Case("output-exists", "output file already exists, no --force (must stay byte-identical)",
              out_exists, roles=("-",)),
         Case("output-dir-exists", "output directory already exists, no --force (must stay unchanged)",
@@ -831,7 +888,7 @@ def all_cases():
         cases += [file_case(n, d, b) for n, d, b in group()]
     cases += [file_case(n, d, b, ".gguf") for n, d, b in _gguf_cases()]
     cases += [file_case(n, d, b, ".bin") for n, d, b in _torch_cases()]
-    cases += _cross_and_special_cases() + _hf_cases() + _output_cases()
+    cases += _cross_and_special_cases() + _hf_cases() + _output_cases() + _regression_cases()
     names = [c.name for c in cases]
     assert len(names) == len(set(names)), "duplicate case names"
     return cases

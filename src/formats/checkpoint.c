@@ -293,7 +293,7 @@ static int open_sharded(acem_checkpoint *ck, const char *dir, const char *index_
     size_t n_shards = 0;
     const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
     if (!root || !cJSON_IsObject(root)) {
-        acem_fail(err, "%s: not a valid JSON object", index_path);
+        acem_json_error(index_path, root ? 0 : len, "not a valid JSON object", err);
         goto out;
     }
     if (!cJSON_IsObject(map) || !map->child) {
@@ -353,7 +353,7 @@ out:
 int acem_checkpoint_open(const char *path, acem_checkpoint **out, acem_error *err) {
     *out = NULL;
     acem_checkpoint *ck = acem_alloc(1, sizeof *ck, "a checkpoint", err);
-    if (!ck) return -1;
+    if (!ck) return acem_fail_naming(err, path);
     pthread_mutex_init(&ck->gather_lock, NULL);
     int rc = -1;
     char *single = NULL, *index = NULL, *bin = NULL, *bin_index = NULL;
@@ -390,9 +390,10 @@ out:
     free(index);
     free(bin);
     free(bin_index);
-    if (rc)
+    if (rc) {
         acem_checkpoint_close(ck);
-    else
-        *out = ck;
-    return rc;
+        return acem_fail_naming(err, path);
+    }
+    *out = ck;
+    return 0;
 }

@@ -131,6 +131,11 @@ static inline uint64_t acem_le(const unsigned char *p, int n) {
 /* Validates that buf[0..len) is UTF-8 (no overlongs, surrogates or code points > 10FFFF). */
 bool acem_utf8_valid(const unsigned char *buf, size_t len);
 
+/* The error for a JSON text of len bytes that cJSON did not parse: cJSON answers NULL for
+ * bad JSON and for a failed allocation alike, so memory for a copy of the text is probed
+ * to tell "out of memory" from `invalid`. Returns -1. */
+int acem_json_error(const char *path, size_t len, const char *invalid, acem_error *err);
+
 /* pread until done; -1 with err set on failure or a short file. */
 int acem_pread_full(int fd, const char *path, void *dst, uint64_t n, uint64_t off, acem_error *err);
 

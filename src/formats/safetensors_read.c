@@ -31,6 +31,12 @@ int acem_pread_full(int fd, const char *path, void *dst, uint64_t n, uint64_t of
     return 0;
 }
 
+int acem_json_error(const char *path, size_t len, const char *invalid, acem_error *err) {
+    void *probe = malloc(len + (1u << 20));
+    free(probe);
+    return acem_fail(err, "%s: %s", path, probe ? invalid : "out of memory parsing the JSON");
+}
+
 bool acem_utf8_valid(const unsigned char *s, size_t len) {
     size_t i = 0;
     while (i < len) {
@@ -200,7 +206,7 @@ static int parse_json(const char *path, const char *json, size_t len, uint64_t d
                       uint64_t file_size, int file, st_header *h, acem_error *err) {
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
-    if (!root) return acem_fail(err, "%s: header is not valid JSON", path);
+    if (!root) return acem_json_error(path, len, "header is not valid JSON", err);
     int rc = -1;
     for (const char *p = end; p < json + len; p++)
         if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {

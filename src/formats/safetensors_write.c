@@ -387,6 +387,13 @@ int st_writer_finish(st_writer *w, acem_error *err) {
 
 void st_writer_free(st_writer *w) {
     if (!w) return;
+    if (w->thread_started) { /* first: a write in flight still uses fd and the paths */
+        pthread_mutex_lock(&w->mu);
+        w->quit = true;
+        pthread_cond_signal(&w->cv);
+        pthread_mutex_unlock(&w->mu);
+        pthread_join(w->thread, NULL);
+    }
     if (w->fd >= 0) close(w->fd);
     for (size_t i = 0; i < w->n_shards; i++)
         free(w->shards[i].path);
@@ -396,13 +403,6 @@ void st_writer_free(st_writer *w) {
         free((char *)w->meta[i].value);
     }
     free(w->meta);
-    if (w->thread_started) {
-        pthread_mutex_lock(&w->mu);
-        w->quit = true;
-        pthread_cond_signal(&w->cv);
-        pthread_mutex_unlock(&w->mu);
-        pthread_join(w->thread, NULL);
-    }
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);
     free(w->bufs[0]);

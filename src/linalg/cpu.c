@@ -12,6 +12,23 @@
 
 #define PICK(L, s, d) ((L)->f64 ? (d) : (s))
 
+const char *la_strerror(int info) {
+    if (info == LA_NONFINITE)
+        return "the matrix holds NaN or Inf (values overflow the compute precision; "
+               "--precision f64 may help)";
+    if (info == LAPACK_WORK_MEMORY_ERROR || info == LAPACK_TRANSPOSE_MEMORY_ERROR)
+        return "out of memory for LAPACK's workspace";
+    return "did not converge";
+}
+
+/* xBDSQR (inside xGESDD) can loop forever on Inf, and LAPACKE's own check only catches NaN. */
+static bool all_finite(const la *L, size_t n, const void *A) {
+    double sum = 0; /* NaN or Inf anywhere makes the sum non-finite: 0 * Inf is NaN */
+    for (size_t i = 0; i < n; i++)
+        sum += 0.0 * la_get(L, A, i);
+    return sum == 0.0;
+}
+
 void la_copy(const la *L, size_t n, const void *x, void *y) { memcpy(y, x, n * la_size(L)); }
 void la_zero(const la *L, size_t n, void *x) { memset(x, 0, n * la_size(L)); }
 
@@ -151,6 +168,7 @@ int la_svd(const la *L, size_t m, size_t n, void *A, void *U, void *s, void *VT)
      * row-major, its "VT" (r x m) is our U row-major. */
     lapack_int M = (lapack_int)m, N = (lapack_int)n, r = (lapack_int)(m < n ? m : n);
     if (r == 0) return 0;
+    if (!all_finite(L, m * n, A)) return LA_NONFINITE;
     return L->f64 ? LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'S', N, M, A, N, s, VT, N, U, r)
                   : LAPACKE_sgesdd(LAPACK_COL_MAJOR, 'S', N, M, A, N, s, VT, N, U, r);
 }
@@ -158,12 +176,14 @@ int la_svd(const la *L, size_t m, size_t n, void *A, void *U, void *s, void *VT)
 int la_singular_values(const la *L, size_t m, size_t n, void *A, void *s) {
     lapack_int M = (lapack_int)m, N = (lapack_int)n;
     if (m == 0 || n == 0) return 0;
+    if (!all_finite(L, m * n, A)) return LA_NONFINITE;
     return L->f64 ? LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'N', N, M, A, N, s, NULL, 1, NULL, 1)
                   : LAPACKE_sgesdd(LAPACK_COL_MAJOR, 'N', N, M, A, N, s, NULL, 1, NULL, 1);
 }
 
 int la_eig_sym(const la *L, size_t n, void *A, void *w, void *Z) {
     lapack_int N = (lapack_int)n, found;
+    if (!all_finite(L, n * n, A)) return LA_NONFINITE;
     lapack_int *isuppz = malloc(2 * (n ? n : 1) * sizeof *isuppz);
     if (!isuppz) return -1;
     /* Column-major Z holds eigenvectors in columns; row-major that is Z^T, so transpose. */
@@ -186,6 +206,7 @@ int la_eig_sym_top(const la *L, size_t n, size_t k, void *A, void *w, void *Vt) 
      * buffer is Vt (k x n) with the eigenvectors as rows. */
     lapack_int N = (lapack_int)n, found, il = (lapack_int)(n - k + 1), iu = (lapack_int)n;
     if (k == 0 || k > n) return k == 0 ? 0 : -1;
+    if (!all_finite(L, n * n, A)) return LA_NONFINITE;
     lapack_int *isuppz = malloc(2 * n * sizeof *isuppz);
     if (!isuppz) return -1;
     int info = L->f64 ? LAPACKE_dsyevr(LAPACK_COL_MAJOR, 'V', 'I', 'U', N, A, N, 0, 0, il, iu, 0,

@@ -3,12 +3,17 @@
  * Matrices are dense, row-major, in the compute precision (float, or double when f64),
  * passed as void pointers so that a method is written once for both precisions. The CPU
  * backend (cpu.c) calls OpenBLAS + LAPACKE; a CUDA backend can implement the same calls.
- * Functions that can fail return 0 or a LAPACK info code. */
+ * Functions that can fail return 0 or a LAPACK info code; the decompositions return
+ * LA_NONFINITE for a matrix holding NaN or Inf, on which LAPACK may never return. */
 #ifndef ACEM_LINALG_H
 #define ACEM_LINALG_H
 
 #include <stdbool.h>
 #include <stddef.h>
+
+#define LA_NONFINITE (-1000)
+/* "did not converge", "out of memory" or what LA_NONFINITE means, for an error message. */
+const char *la_strerror(int info);
 
 typedef struct la {
     bool f64;

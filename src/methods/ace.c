@@ -106,8 +106,9 @@ static int refine_svd(const method_ctx *c, size_t k, double *Fd, double *R, doub
     double *s = acem_alloc(r, sizeof(double), "the refinement SVD", err);
     int rc = -1;
     if (U && VT && s) {
-        if (la_svd(&D, m, n, Fd, U, s, VT)) {
-            acem_fail(err, "SVD did not converge");
+        int info = la_svd(&D, m, n, Fd, U, s, VT);
+        if (info) {
+            acem_fail(err, "SVD: %s", la_strerror(info));
         } else {
             *sigma_iso = 0;
             for (size_t i = 0; i < k; i++)

@@ -54,8 +54,9 @@ static int solve_pinv_sym(const la *L, size_t m, size_t n, void *A, void *Y, dou
     void *w = cov_alloc(L, n, "eigenvalues", err), *Z = cov_alloc(L, n * n, "eigenvectors", err);
     int rc = -1;
     if (!w || !Z) goto out;
-    if (la_eig_sym(L, n, A, w, Z)) {
-        rc = acem_fail(err, "symmetric eigendecomposition did not converge");
+    int info = la_eig_sym(L, n, A, w, Z);
+    if (info) {
+        rc = acem_fail(err, "symmetric eigendecomposition: %s", la_strerror(info));
         goto out;
     }
     double cut = (double)n * eps * (n ? la_get(L, w, n - 1) : 0);
@@ -74,8 +75,9 @@ static int solve_pinv_general(const la *L, size_t m, size_t n, void *A, void *Y,
     void *VT = cov_alloc(L, n * n, "an SVD", err);
     int rc = -1;
     if (!U || !s || !VT) goto out;
-    if (la_svd(L, n, n, A, U, s, VT)) {
-        rc = acem_fail(err, "SVD did not converge");
+    int info = la_svd(L, n, n, A, U, s, VT);
+    if (info) {
+        rc = acem_fail(err, "SVD: %s", la_strerror(info));
         goto out;
     }
     double cut = (double)n * eps * (n ? la_get(L, s, 0) : 0);

@@ -27,8 +27,8 @@ static int svd_of(const la *L, size_t m, size_t n, const void *A, svd *d, acem_e
     int rc = -1;
     if (work && d->U && d->s && d->VT) {
         la_copy(L, m * n, A, work);
-        rc = la_svd(L, m, n, work, d->U, d->s, d->VT) == 0 ? 0
-                                                           : acem_fail(err, "SVD did not converge");
+        int info = la_svd(L, m, n, work, d->U, d->s, d->VT);
+        rc = info ? acem_fail(err, "SVD: %s", la_strerror(info)) : 0;
     }
     free(work);
     if (rc) svd_free(d);

@@ -1,0 +1,108 @@
+#!/usr/bin/python3
+"""Writes the fuzzers' seed corpora and the valid models the harnesses load.
+
+usage: /usr/bin/python3 fuzz/make_seeds.py OUTDIR
+
+OUTDIR/models/            base.safetensors, e1.safetensors, e2.safetensors (fuzz_merge's
+                          valid inputs) and shards/ (fuzz_index's two valid shards)
+OUTDIR/seeds/<harness>/   one small valid input per file
+"""
+
+import os
+import shutil
+import sys
+from collections import OrderedDict
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "oracle"))
+import safetensors_np as st  # noqa: E402
+
+# Every dtype acem merges, a GPT-2 Conv1D name, and an integer tensor that is copied.
+SPEC = [("model.layers.0.mlp.up_proj.weight", "F32", (4, 3)),
+        ("model.layers.0.attn.c_attn.weight", "F16", (3, 5)),
+        ("model.norm.weight", "BF16", (3,)),
+        ("model.ids", "I64", (2,))]
+
+
+def model(seed):
+    rng = np.random.default_rng(seed)
+    out = OrderedDict()
+    for name, dtype, shape in SPEC:
+        v = rng.integers(0, 5, shape) if dtype == "I64" else rng.standard_normal(shape)
+        out[name] = st.from_f64(v, dtype)
+    return out
+
+
+def file_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def write_models(models):
+    """base/e1/e2.safetensors and shards/ (two shards) under models; returns (shard names,
+    the index's bytes). tests/test_hostile_inputs.py uses them for the fuzzers' findings."""
+    os.makedirs(os.path.join(models, "shards"), exist_ok=True)
+    for i, name in enumerate(("base", "e1", "e2")):
+        st.write_file(os.path.join(models, name + ".safetensors"), model(i), {"format": "pt"})
+    # Two shards (2 and 2 tensors, 80-byte limit) and their index.
+    names = st.write_sharded(os.path.join(models, "shards"), model(0), 80)
+    assert len(names) == 2, names
+    index = file_bytes(os.path.join(models, "shards", st.INDEX_NAME))
+    os.remove(os.path.join(models, "shards", st.INDEX_NAME))
+    return names, index
+
+
+def main(outdir):
+    models, seeds = os.path.join(outdir, "models"), os.path.join(outdir, "seeds")
+    shutil.rmtree(seeds, ignore_errors=True)
+    for sub in ("safetensors", "index", "config", "merge"):
+        os.makedirs(os.path.join(seeds, sub), exist_ok=True)
+    names, index = write_models(models)
+
+    def seed(harness, name, data):
+        with open(os.path.join(seeds, harness, name), "wb") as f:
+            f.write(data)
+
+    # safetensors: the models, the shards, every dtype, no tensors, no metadata.
+    for name in ("base", "e1"):
+        seed("safetensors", name, file_bytes(os.path.join(models, name + ".safetensors")))
+    for sn in names:
+        seed("safetensors", sn, file_bytes(os.path.join(models, "shards", sn)))
+    every = OrderedDict((dt.lower(), st.from_f64(np.arange(3), dt)) for dt in st.DTYPES)
+    every["scalar"] = st.from_f64(np.float64(1.5), "F32")
+    every["empty"] = st.from_f64(np.zeros((0, 4)), "F32")
+    tmp = os.path.join(outdir, "tmp.safetensors")
+    for name, tensors, meta in (("every-dtype", every, {"format": "pt", "k": "v"}),
+                                ("no-tensors", OrderedDict(), {"format": "pt"}),
+                                ("no-metadata", model(3), None)):
+        st.write_file(tmp, tensors, meta)
+        seed("safetensors", name, file_bytes(tmp))
+    os.remove(tmp)
+
+    # index: as written, compact, and with extra metadata.
+    seed("index", "index", index)
+    seed("index", "compact", index.replace(b"\n", b"").replace(b"  ", b""))
+    seed("index", "metadata", index.replace(b'"metadata": {', b'"metadata": {"format": "pt", '))
+
+    # config: the documented keys in their forms.
+    seed("config", "mergekit", b"merge_method: ties\nbase_model: ./base\nmodels:\n"
+         b"  - model: ./a\n  - model: ./b\n  - ./c\nparameters:\n  density: 0.2\n  lambda: 1.0\n"
+         b"dtype: bf16\npreset: gpt2\noutput: ./merged\n")
+    seed("config", "all-keys", b"method: dare_ties\nbase: b.safetensors\nmodels: [x, y]\n"
+         b"out: o.safetensors\nlambda: 0.5\nprecision: f64\nexclude: ['^ids$', bias]\n"
+         b"seed: 7\nthreads: 2\nmax_shard_size: 5G\nreport: r.json\nallow_nonfinite: false\n"
+         b"covariance_axis: input\nout_dtype: float16\n")
+    seed("config", "grams", b"method: regmean\nbase: b\nmodels:\n  - {model: x, gram: gx}\n"
+         b"  - model: y\n    gram: gy\nparameters: {alpha: 0.9}\n")
+    seed("config", "anchors", b"base: &b base\nmodels: [*b, *b]\nmethod: average\n")
+
+    # merge: selector byte (role, output kind, method) + a file.
+    basef = file_bytes(os.path.join(models, "base.safetensors"))
+    e2f = file_bytes(os.path.join(models, "e2.safetensors"))
+    for sel in range(0, 6 * 13, 5):
+        seed("merge", "sel-%02d" % sel, bytes([sel]) + (basef if sel % 3 == 0 else e2f))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
