@@ -53,10 +53,36 @@ def write_models(models):
     return names, index
 
 
+def other_formats(outdir):
+    """A GGUF file (key-values of several types, F32/F16 tensors, Q8_0 and Q4_0 blocks) and,
+    when python3-torch is there, a torch.save archive (tied and transposed views, f16)."""
+    import gguf_np as g
+    rng = np.random.default_rng(5)
+    path = os.path.join(outdir, "tmp.gguf")
+    kvs = [("general.architecture", g.STRING, "llama"), ("general.alignment", g.U32, 32),
+           ("x.list", g.ARRAY, (g.I32, [1, 2, 3])), ("x.names", g.ARRAY, (g.STRING, ["a", "b"]))]
+    g.write(path, kvs, [("a.weight", g.GGML_F32, rng.standard_normal((4, 3))),
+                        ("b.weight", g.GGML_F16, rng.standard_normal((3, 5))),
+                        ("q8.weight", g.GGML_Q8_0, rng.standard_normal((2, 32))),
+                        ("q4.weight", g.GGML_Q4_0, rng.standard_normal((1, 32)))])
+    out = [("gguf", file_bytes(path))]
+    os.remove(path)
+    try:
+        import torch
+    except ImportError:
+        return out
+    w = torch.randn(4, 6, generator=torch.Generator().manual_seed(5))
+    path = os.path.join(outdir, "tmp.bin")
+    torch.save({"w": w, "tied": w, "wt": w.t(), "h": w[:2].half()}, path)
+    out.append(("torch", file_bytes(path)))
+    os.remove(path)
+    return out
+
+
 def main(outdir):
     models, seeds = os.path.join(outdir, "models"), os.path.join(outdir, "seeds")
     shutil.rmtree(seeds, ignore_errors=True)
-    for sub in ("safetensors", "index", "config", "merge"):
+    for sub in ("safetensors", "index", "config", "merge", "pickle"):
         os.makedirs(os.path.join(seeds, sub), exist_ok=True)
     names, index = write_models(models)
 
@@ -79,6 +105,15 @@ def main(outdir):
         st.write_file(tmp, tensors, meta)
         seed("safetensors", name, file_bytes(tmp))
     os.remove(tmp)
+    # GGUF files and PyTorch zip archives reach their readers through the same harness:
+    # acem_checkpoint_open picks the reader by a file's first bytes.
+    for name, data in other_formats(outdir):
+        seed("safetensors", name, data)
+        if name == "torch":  # its data.pkl, for the unpickler alone
+            import zipfile, io
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                pkl = [n for n in z.namelist() if n.endswith("/data.pkl")]
+                seed("pickle", "state-dict", z.read(pkl[0]))
 
     # index: as written, compact, and with extra metadata.
     seed("index", "index", index)
