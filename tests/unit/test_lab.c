@@ -222,6 +222,7 @@ static void test_digits_transforms(void **state) {
     free(s);
     free(path);
     tu_rmtree(dir);
+    free(dir);
 }
 
 static void expect_digits_error(const char *extra_line, int n, const char *needle) {
@@ -234,6 +235,7 @@ static void expect_digits_error(const char *extra_line, int n, const char *needl
     free(s);
     free(path);
     tu_rmtree(dir);
+    free(dir);
 }
 
 static void test_digits_rejects_bad_files(void **state) {
