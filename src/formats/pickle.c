@@ -48,8 +48,8 @@ typedef struct vm {
     acem_error *err;
     obj **all; /* every object, for freeing */
     size_t n_all, cap_all;
-    obj **stack;
-    size_t sp;
+    obj **stack; /* grown by doubling up to ACEM_PICKLE_MAX_STACK */
+    size_t sp, stack_cap;
     size_t marks[ACEM_PICKLE_MAX_MARKS];
     size_t n_marks;
     obj **memo;
@@ -106,7 +106,15 @@ static int add_item(vm *m, obj *o, obj *x) {
 
 static int push(vm *m, obj *o) {
     if (!o) return -1;
-    if (m->sp >= ACEM_PICKLE_MAX_STACK) return bad(m, "stack deeper than the limit");
+    if (m->sp == m->stack_cap) {
+        if (m->stack_cap >= ACEM_PICKLE_MAX_STACK) return bad(m, "stack deeper than the limit");
+        size_t cap = m->stack_cap ? 2 * m->stack_cap : 64;
+        if (cap > ACEM_PICKLE_MAX_STACK) cap = ACEM_PICKLE_MAX_STACK;
+        obj **grown = realloc(m->stack, cap * sizeof *grown);
+        if (!grown) return bad(m, "out of memory");
+        m->stack = grown;
+        m->stack_cap = cap;
+    }
     m->stack[m->sp++] = o;
     return 0;
 }
@@ -428,18 +436,16 @@ int pickle_state_dict(const char *path, const unsigned char *buf, size_t len, to
     vm m = {.path = path, .p = buf, .start = buf, .end = buf + len, .err = err};
     int rc = -1;
     bool stop = false;
-    if ((m.stack = acem_alloc(ACEM_PICKLE_MAX_STACK, sizeof *m.stack, "the pickle stack", err))) {
-        while (!stop && m.p < m.end)
-            if (step(&m, *m.p++, &stop)) goto out;
-        if (!stop)
-            bad(&m, "no STOP opcode");
-        else if (m.p != m.end)
-            bad(&m, "bytes after STOP");
-        else if (m.sp != 1 || m.n_marks)
-            bad(&m, "STOP with a stack other than one object");
-        else
-            rc = collect(&m, m.stack[0], out, n);
-    }
+    while (!stop && m.p < m.end)
+        if (step(&m, *m.p++, &stop)) goto out;
+    if (!stop)
+        bad(&m, "no STOP opcode");
+    else if (m.p != m.end)
+        bad(&m, "bytes after STOP");
+    else if (m.sp != 1 || m.n_marks)
+        bad(&m, "STOP with a stack other than one object");
+    else
+        rc = collect(&m, m.stack[0], out, n);
 out:
     for (size_t i = 0; i < m.n_all; i++) {
         obj *o = m.all[i];
