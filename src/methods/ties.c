@@ -6,6 +6,8 @@
  * orders like the value — so no copy or sort of the tensor is needed. */
 #include "method.h"
 
+#include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 
 static inline uint64_t magnitude_key(const void *p, size_t i, bool f64) {
@@ -19,23 +21,98 @@ static inline uint64_t magnitude_key(const void *p, size_t i, bool f64) {
     return x & 0x7fffffffu;
 }
 
-/* Key of the k-th largest magnitude (1 <= k <= n), 16 bits of the key per pass. */
-static uint64_t kth_largest_key(const void *p, uint64_t n, uint64_t k, bool f64) {
-    static _Thread_local uint64_t hist[1 << 16];
-    uint64_t prefix = 0, mask = 0;
-    for (int shift = f64 ? 48 : 16; shift >= 0; shift -= 16) {
+enum { DIGIT_BITS = 16, DIGITS = 1 << DIGIT_BITS, MAX_THREADS = 64 };
+
+/* Walks a histogram from the largest digit down to the one holding the k-th largest key;
+ * k becomes that key's rank within the digit. */
+static unsigned digit_of_kth(const uint64_t *hist, uint64_t *k) {
+    unsigned digit = DIGITS - 1;
+    for (; digit > 0 && *k > hist[digit]; digit--)
+        *k -= hist[digit];
+    return digit;
+}
+
+/* The k-th largest key among the entries idx[0..n) (all n entries when idx is NULL) whose
+ * bits from `shift` up are `prefix`: radix passes over the lower bits, 16 at a time. */
+static uint64_t kth_among(const void *p, const uint64_t *idx, uint64_t n, uint64_t k,
+                          uint64_t prefix, int shift, bool f64) {
+    static _Thread_local uint64_t hist[DIGITS];
+    uint64_t mask = ~0ULL << shift;
+    for (shift -= DIGIT_BITS; shift >= 0; shift -= DIGIT_BITS) {
         memset(hist, 0, sizeof hist);
         for (uint64_t i = 0; i < n; i++) {
-            uint64_t key = magnitude_key(p, i, f64);
-            if ((key & mask) == prefix) hist[(key >> shift) & 0xffff]++;
+            uint64_t key = magnitude_key(p, idx ? idx[i] : i, f64);
+            if ((key & mask) == prefix) hist[(key >> shift) & (DIGITS - 1)]++;
         }
-        int digit = 0xffff;
-        for (; digit > 0 && k > hist[digit]; digit--)
-            k -= hist[digit];
-        prefix |= (uint64_t)digit << shift;
-        mask |= (uint64_t)0xffff << shift;
+        prefix |= (uint64_t)digit_of_kth(hist, &k) << shift;
+        mask |= (uint64_t)(DIGITS - 1) << shift;
     }
     return prefix;
+}
+
+/* TIES' trim of one delta d (n entries): every entry whose magnitude is below the k-th
+ * largest becomes 0. Two parallel passes instead of a full radix select and a trim:
+ *  1. a histogram of the top 16 key bits (per thread, over a static split) finds the digit
+ *     D of the k-th largest;
+ *  2. entries with a top digit below D are zeroed, those in D are listed (each thread
+ *     at its offset from pass 1's counts, so the list is in index order);
+ * then the k-th largest is selected among the listed entries alone. When the digit holds
+ * so many entries that its list would outweigh the memory bound, pass 2 only zeroes and
+ * the remaining bits are selected over the whole delta. */
+static int trim(const method_ctx *c, void *d, uint64_t k, acem_error *err) {
+    const bool f64 = c->f64;
+    const uint64_t n = c->numel;
+    const int top = f64 ? 48 : 16, threads = c->threads < MAX_THREADS ? c->threads : MAX_THREADS;
+    uint64_t(*hist)[DIGITS] = acem_alloc((size_t)threads, sizeof *hist, "TIES histograms", err);
+    if (!hist) return -1;
+    const uint64_t chunk = (n + (uint64_t)threads - 1) / (uint64_t)threads;
+#pragma omp parallel num_threads(threads)
+    {
+        int th = omp_get_thread_num();
+        uint64_t lo = (uint64_t)th * chunk < n ? (uint64_t)th * chunk : n;
+        uint64_t hi = lo + chunk < n ? lo + chunk : n;
+        memset(hist[th], 0, sizeof hist[th]);
+        for (uint64_t i = lo; i < hi; i++)
+            hist[th][magnitude_key(d, i, f64) >> top]++;
+    }
+    uint64_t total[DIGITS] = {0}, at[MAX_THREADS + 1] = {0};
+    for (int th = 0; th < threads; th++)
+        for (unsigned j = 0; j < DIGITS; j++)
+            total[j] += hist[th][j];
+    const unsigned digit = digit_of_kth(total, &k);
+    for (int th = 0; th < threads; th++)
+        at[th + 1] = at[th] + hist[th][digit];
+    free(hist);
+    /* the listed indices take 8 bytes each: at most a quarter of the delta's own size */
+    const bool listed = total[digit] * 8 <= n * (f64 ? 8 : 4) / 4;
+    uint64_t *idx =
+        listed ? acem_alloc(total[digit] ? total[digit] : 1, 8, "TIES' trim", err) : NULL;
+    if (listed && !idx) return -1;
+#pragma omp parallel num_threads(threads)
+    {
+        int th = omp_get_thread_num();
+        uint64_t lo = (uint64_t)th * chunk < n ? (uint64_t)th * chunk : n;
+        uint64_t hi = lo + chunk < n ? lo + chunk : n, *out = idx ? idx + at[th] : NULL;
+        for (uint64_t i = lo; i < hi; i++) {
+            uint64_t t = magnitude_key(d, i, f64) >> top;
+            if (t < digit)
+                wr(d, i, 0.0, f64);
+            else if (t == digit && out)
+                *out++ = i;
+        }
+    }
+    const uint64_t prefix = (uint64_t)digit << top;
+    if (idx) {
+        uint64_t threshold = kth_among(d, idx, total[digit], k, prefix, top, f64);
+        for (uint64_t i = 0; i < total[digit]; i++)
+            if (magnitude_key(d, idx[i], f64) < threshold) wr(d, idx[i], 0.0, f64);
+        free(idx);
+    } else { /* the entries below the digit are 0 now and outside the prefix */
+        uint64_t threshold = kth_among(d, NULL, n, k, prefix, top, f64);
+        for (uint64_t i = 0; i < n; i++)
+            if (magnitude_key(d, i, f64) < threshold) wr(d, i, 0.0, f64);
+    }
+    return 0;
 }
 
 /* Elect sign and disjoint mean: per element, the mean of the Dt that agree in sign with
@@ -75,17 +152,10 @@ static const method_param ties_params[] = {
 };
 
 static int merge_ties(const method_ctx *c, void *const *d, void *out, acem_error *err) {
-    (void)err;
     uint64_t k = (uint64_t)(c->p[P_DENSITY] * (double)c->numel);
     if (k < 1) k = 1;
-        /* the experts trim independently (the histogram is per thread) */
-#pragma omp parallel for num_threads(c->threads) schedule(dynamic, 1)
-    for (int t = 0; t < c->T; t++) {
-        if (c->numel == 0) continue;
-        uint64_t threshold = kth_largest_key(d[t], c->numel, k, c->f64);
-        for (uint64_t i = 0; i < c->numel; i++)
-            if (magnitude_key(d[t], i, c->f64) < threshold) wr(d[t], i, 0.0, c->f64);
-    }
+    for (int t = 0; t < c->T && c->numel; t++)
+        if (trim(c, d[t], k, err)) return -1;
     ties_disjoint_mean(c, d, out);
     return 0;
 }

@@ -43,15 +43,18 @@ static int cmp(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* Trimming keeps exactly the entries whose magnitude is >= the k-th largest. */
-static void check_trim(bool f64, uint64_t n, double density, int distinct) {
+/* Trimming keeps exactly the entries whose magnitude is >= the k-th largest, with any
+ * number of threads (each takes a slice of the histogram pass and of the trim). */
+static void check_trim(bool f64, uint64_t n, double density, int distinct, int threads) {
     double *ref = malloc(n * sizeof(double)), *sorted = malloc(n * sizeof(double));
     void *buf = malloc(n * 8), *other = calloc(n, 8), *out = malloc(n * 8);
     uint64_t s = n * 31 + (uint64_t)distinct;
     for (uint64_t i = 0; i < n; i++) {
         s = acem_mix64(s);
-        double v = distinct ? (double)(int64_t)(s % (uint64_t)distinct) - distinct / 2
-                            : ldexp((double)(s >> 11) * 0x1p-53 - 0.5, (int)(s % 40) - 20);
+        double v = distinct > 0 ? (double)(int64_t)(s % (uint64_t)distinct) - distinct / 2
+                   : distinct < 0 /* one top-16-bit digit, distinct low bits */
+                       ? ((s >> 40) & 1 ? -1 : 1) * (1 + (double)(s % 1000) * 0x1p-20)
+                       : ldexp((double)(s >> 11) * 0x1p-53 - 0.5, (int)(s % 40) - 20);
         ref[i] = f64 ? v : (double)(float)v;
         wr(buf, i, ref[i], f64);
         sorted[i] = fabs(ref[i]);
@@ -62,6 +65,7 @@ static void check_trim(bool f64, uint64_t n, double density, int distinct) {
     double thr = sorted[n - k];
     double p[1] = {density};
     method_ctx c = ctx(n, 2, f64, p);
+    c.threads = threads;
     void *d[2] = {buf, other};
     method_ties.merge(&c, d, out, NULL);
     for (uint64_t i = 0; i < n; i++) {
@@ -77,14 +81,20 @@ static void check_trim(bool f64, uint64_t n, double density, int distinct) {
 
 static void test_ties_trim_random(void **state) {
     (void)state;
-    for (int f64 = 0; f64 < 2; f64++) {
-        check_trim(f64, 1, 0.2, 0);
-        check_trim(f64, 1000, 0.2, 0);
-        check_trim(f64, 4097, 0.01, 0);
-        check_trim(f64, 5000, 0.3, 7); /* many equal magnitudes */
-        check_trim(f64, 300, 1.0, 0);
-        check_trim(f64, 300, 0.0, 0); /* k = max(1, 0) = 1 */
-    }
+    for (int f64 = 0; f64 < 2; f64++)
+        for (int threads = 1; threads <= 3; threads++) {
+            check_trim(f64, 1, 0.2, 0, threads);
+            check_trim(f64, 2, 0.5, 0, threads);
+            check_trim(f64, 1000, 0.2, 0, threads);
+            check_trim(f64, 4097, 0.01, 0, threads);
+            check_trim(f64, 100003, 0.2, 0, threads);
+            check_trim(f64, 5000, 0.3, 7, threads); /* many equal magnitudes: not listed */
+            check_trim(f64, 5000, 0.3, 2000, threads);
+            check_trim(f64, 5000, 0.3, -1, threads); /* all in the top digit: not listed */
+            check_trim(f64, 5000, 0.001, -1, threads);
+            check_trim(f64, 300, 1.0, 0, threads);
+            check_trim(f64, 300, 0.0, 0, threads); /* k = max(1, 0) = 1 */
+        }
 }
 
 /* The DARE mask depends on (seed, name, t, i) only: chunked calls and any thread count
