@@ -1,7 +1,9 @@
 /* fuzz_merge.c — acem_merge with a fuzzed file as the base, as an expert, or as both,
  * beside valid tiny models (written by fuzz/make_seeds.py).
  *
- * Input: one selector byte (role, method, output kind), then the safetensors file. After
+ * Input: one selector byte (role, method, output kind), then the file: safetensors, GGUF or
+ * a torch.save archive (the reader is picked by the first bytes). A GGUF base merged into a
+ * single file is written as GGUF, so the writer copies the fuzzed key-values. After
  * a failed merge nothing may be left in the working directory but the inputs; after a
  * successful one the output must be a valid checkpoint that reads back completely. */
 #include "fuzz.h"
@@ -16,7 +18,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 enum { ROLE_BASE, ROLE_EXPERT, ROLE_BOTH, N_ROLES };
 
-static char *g_base, *g_e1, *g_e2, *g_fuzzed, *g_out_file, *g_out_dir;
+static char *g_base, *g_e1, *g_e2, *g_fuzzed, *g_out_file, *g_out_gguf, *g_out_dir;
 
 static int count_entries(const char *dir) {
     DIR *d = opendir(dir);
@@ -35,6 +37,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         g_e2 = fz_path("e2.safetensors");
         g_fuzzed = fz_path("fuzzed.safetensors");
         g_out_file = fz_path("out.safetensors");
+        g_out_gguf = fz_path("out.gguf");
         g_out_dir = fz_path("outdir");
         fz_copy_model("base.safetensors", g_base);
         fz_copy_model("e1.safetensors", g_e1);
@@ -53,7 +56,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     o.models = models;
     o.n_models = 2;
     o.method = method;
-    o.out = is_dir ? g_out_dir : g_out_file;
+    int gguf_base = role != ROLE_EXPERT && size >= 5 && memcmp(data + 1, "GGUF", 4) == 0;
+    o.out = is_dir ? g_out_dir : gguf_base ? g_out_gguf : g_out_file;
     o.max_shard_size = is_dir ? 64 : 0; /* a directory output is sharded */
     o.threads = 1;
     acem_error err = {{0}};

@@ -79,6 +79,18 @@ def other_formats(outdir):
     return out
 
 
+def gguf_model(outdir, seed):
+    """model(seed) as a GGUF file, in the same types (BF16 rounded as ggml does)."""
+    import gguf_np as g
+    types = {"F32": g.GGML_F32, "F16": g.GGML_F16, "BF16": g.GGML_BF16, "I64": g.GGML_I64}
+    path = os.path.join(outdir, "tmp.gguf")
+    g.write(path, [("general.architecture", g.STRING, "llama"), ("general.name", g.STRING, "m")],
+            [(name, types[t.dtype], t.to_f64().reshape(t.shape)) for name, t in model(seed).items()])
+    data = file_bytes(path)
+    os.remove(path)
+    return data
+
+
 def main(outdir):
     models, seeds = os.path.join(outdir, "models"), os.path.join(outdir, "seeds")
     shutil.rmtree(seeds, ignore_errors=True)
@@ -137,6 +149,10 @@ def main(outdir):
     e2f = file_bytes(os.path.join(models, "e2.safetensors"))
     for sel in range(0, 6 * 13, 5):
         seed("merge", "sel-%02d" % sel, bytes([sel]) + (basef if sel % 3 == 0 else e2f))
+    # the base and e2 as GGUF (same names and shapes): as the base, the output is GGUF too
+    for sel in range(0, 6 * 13, 7):
+        if (sel // 3) % 2 == 0:  # a single-file output
+            seed("merge", "gguf-sel-%02d" % sel, bytes([sel]) + gguf_model(outdir, 0 if sel % 3 == 0 else 2))
 
 
 if __name__ == "__main__":
