@@ -46,14 +46,27 @@ void la_scale(const la *L, size_t n, double a, void *x) {
         cblas_sscal((blasint)n, (float)a, x, 1);
 }
 
+/* In fixed blocks summed in parallel, then the blocks' sums in order: the result does not
+ * depend on the thread count. */
 double la_sumsq(const la *L, size_t n, const void *x) {
-    double s = 0;
-    if (L->f64)
-        for (size_t i = 0; i < n; i++)
-            s += ((const double *)x)[i] * ((const double *)x)[i];
-    else
-        for (size_t i = 0; i < n; i++)
-            s += (double)((const float *)x)[i] * ((const float *)x)[i];
+    enum { BLOCK = 1 << 16, MAX_BLOCKS = 4096 };
+    size_t block = n / MAX_BLOCKS + 1 > BLOCK ? n / MAX_BLOCKS + 1 : BLOCK;
+    size_t blocks = (n + block - 1) / block;
+    double part[MAX_BLOCKS + 1], s = 0;
+#pragma omp parallel for num_threads(L->threads) schedule(static) if (blocks > 16)
+    for (size_t b = 0; b < blocks; b++) {
+        size_t end = (b + 1) * block < n ? (b + 1) * block : n;
+        double acc = 0;
+        if (L->f64)
+            for (size_t i = b * block; i < end; i++)
+                acc += ((const double *)x)[i] * ((const double *)x)[i];
+        else
+            for (size_t i = b * block; i < end; i++)
+                acc += (double)((const float *)x)[i] * ((const float *)x)[i];
+        part[b] = acc;
+    }
+    for (size_t b = 0; b < blocks; b++)
+        s += part[b];
     return s;
 }
 
@@ -69,10 +82,10 @@ void la_gemm(const la *L, bool ta, bool tb, size_t m, size_t n, size_t k, double
                     (blasint)lda, B, (blasint)ldb, (float)beta, C, (blasint)ldc);
 }
 
-/* G (k x k) = alpha op(X)^T op(X) + beta G by syrk (upper), then mirrored tile by tile;
- * trans: X is rows x k and G = X^T X, else X is k x rows and G = X X^T. */
-static void syrk_full(const la *L, bool trans, size_t k, size_t rows, double alpha, const void *X,
-                      double beta, void *G) {
+/* G's upper triangle (k x k) = alpha op(X)^T op(X) + beta G by syrk; trans: X is rows x k
+ * and G = X^T X, else X is k x rows and G = X X^T. */
+static void syrk_upper(const la *L, bool trans, size_t k, size_t rows, double alpha, const void *X,
+                       double beta, void *G) {
     CBLAS_TRANSPOSE t = trans ? CblasTrans : CblasNoTrans;
     blasint lda = (blasint)(trans ? k : rows);
     if (L->f64)
@@ -81,12 +94,34 @@ static void syrk_full(const la *L, bool trans, size_t k, size_t rows, double alp
     else
         cblas_ssyrk(CblasRowMajor, CblasUpper, t, (blasint)k, (blasint)rows, (float)alpha, X, lda,
                     (float)beta, G, (blasint)k);
+}
+
+void la_mirror_upper(const la *L, size_t k, void *G) {
     enum { TILE = 64 };
     for (size_t i0 = 0; i0 < k; i0 += TILE)
         for (size_t j0 = i0; j0 < k; j0 += TILE)
             for (size_t i = i0; i < i0 + TILE && i < k; i++)
                 for (size_t j = j0 > i + 1 ? j0 : i + 1; j < j0 + TILE && j < k; j++)
                     la_set(L, G, j * k + i, la_get(L, G, i * k + j));
+}
+
+static void syrk_full(const la *L, bool trans, size_t k, size_t rows, double alpha, const void *X,
+                      double beta, void *G) {
+    syrk_upper(L, trans, k, rows, alpha, X, beta, G);
+    la_mirror_upper(L, k, G);
+}
+
+void la_gram_upper(const la *L, size_t m, size_t n, double alpha, const void *X, double beta,
+                   void *G) {
+    syrk_upper(L, true, n, m, alpha, X, beta, G);
+}
+
+void la_symv_upper(const la *L, size_t n, double alpha, const void *S, const void *x, void *y) {
+    if (L->f64)
+        cblas_dsymv(CblasRowMajor, CblasUpper, (blasint)n, alpha, S, (blasint)n, x, 1, 1.0, y, 1);
+    else
+        cblas_ssymv(CblasRowMajor, CblasUpper, (blasint)n, (float)alpha, S, (blasint)n, x, 1, 1.0f,
+                    y, 1);
 }
 
 void la_gram(const la *L, size_t m, size_t n, double alpha, const void *X, double beta, void *G) {
@@ -98,14 +133,19 @@ void la_gram_rows(const la *L, size_t m, size_t n, double alpha, const void *X, 
     syrk_full(L, false, m, n, alpha, X, beta, G);
 }
 
+/* Threads take ranges of 256 columns; each column sums its rows in order, as serially. */
 void la_col_means(const la *L, size_t m, size_t n, const void *X, void *mu) {
-    double *acc = calloc(n ? n : 1, sizeof(double));
-    for (size_t i = 0; i < m; i++)
-        for (size_t j = 0; j < n; j++)
-            acc[j] += la_get(L, X, i * n + j);
-    for (size_t j = 0; j < n; j++)
-        la_set(L, mu, j, m ? acc[j] / (double)m : 0.0);
-    free(acc);
+    enum { COLS = 256 };
+#pragma omp parallel for num_threads(L->threads) schedule(static) if (m * n > 1u << 20)
+    for (size_t j0 = 0; j0 < n; j0 += COLS) {
+        size_t w = n - j0 < COLS ? n - j0 : COLS;
+        double acc[COLS] = {0};
+        for (size_t i = 0; i < m; i++)
+            for (size_t j = 0; j < w; j++)
+                acc[j] += la_get(L, X, i * n + j0 + j);
+        for (size_t j = 0; j < w; j++)
+            la_set(L, mu, j0 + j, m ? acc[j] / (double)m : 0.0);
+    }
 }
 
 void la_add_row(const la *L, size_t m, size_t n, double a, const void *v, void *X) {

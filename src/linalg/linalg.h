@@ -48,6 +48,14 @@ void la_gemm(const la *L, bool ta, bool tb, size_t m, size_t n, size_t k, double
              size_t ldc);
 /* G (n x n, full) = alpha X^T X + beta G for X (m x n): syrk, then the lower triangle mirrored. */
 void la_gram(const la *L, size_t m, size_t n, double alpha, const void *X, double beta, void *G);
+/* G's upper triangle only (row-major: G[i][j], j >= i) = alpha X^T X + beta G, by syrk;
+ * the lower triangle is left as it was. For sums of Gram matrices mirrored once at the end. */
+void la_gram_upper(const la *L, size_t m, size_t n, double alpha, const void *X, double beta,
+                   void *G);
+/* G[j][i] = G[i][j] for j > i: the upper triangle copied onto the lower, in cache tiles. */
+void la_mirror_upper(const la *L, size_t n, void *G);
+/* y (n) += alpha S x for S (n x n) symmetric, read from its upper triangle alone. */
+void la_symv_upper(const la *L, size_t n, double alpha, const void *S, const void *x, void *y);
 /* G (m x m, full) = alpha X X^T + beta G for X (m x n), the same way. */
 void la_gram_rows(const la *L, size_t m, size_t n, double alpha, const void *X, double beta,
                   void *G);

@@ -61,7 +61,7 @@ static int ace_estimate(const method_ctx *c, void *const *D, int t, void *S, cov
     la_col_means(&L, m, n, C, st->mu);
     la_add_row(&L, m, n, -1.0, st->mu, C);
     la_axpy(&L, n, 1.0, st->mu, st->mu_sum);
-    la_gram(&L, m, n, 1.0, C, 0.0, S);
+    la_gram_upper(&L, m, n, 1.0, C, 0.0, S); /* S is calloc'd: its lower triangle stays 0 */
     double tau = TINY;
     for (size_t i = 0; i < n; i++)
         tau += la_get(&L, S, i * n + i);
@@ -70,9 +70,10 @@ static int ace_estimate(const method_ctx *c, void *const *D, int t, void *S, cov
     st->e[t] = e;
     st->sum_e += e;
     if (st->hetero) /* v += mu_t S_t, so that sum_t D_t S_t = sum_t C_t S_t + 1 v */
-        la_gemm(&L, false, false, 1, n, n, 1.0, st->mu, n, S, n, 1.0, st->v, n);
+        la_symv_upper(&L, n, 1.0, S, st->mu, st->v);
     task->X = C;
     task->gram_scale = scale;
+    task->upper_only = true;
     return 0;
 }
 
@@ -182,8 +183,9 @@ static int refine_gram(const method_ctx *c, size_t k, const void *F, void *out, 
     for (size_t at = 0; at < b.len; at += b.rows) { /* G = sum over blocks of B^T B */
         size_t rows = b.len - at < b.rows ? b.len - at : b.rows;
         load_block(&b, at, rows, B);
-        la_gram(&D, rows, r, 1.0, B, at ? 1.0 : 0.0, G);
+        la_gram_upper(&D, rows, r, 1.0, B, at ? 1.0 : 0.0, G);
     }
+    la_mirror_upper(&D, r, G);
     if (la_eig_sym_top(&D, r, k, G, w, Vt)) {
         rc = 1;
         goto out;

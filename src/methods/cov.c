@@ -14,20 +14,24 @@ int cov_accumulate(const la *L, const method_ctx *c, void *const *D, cov_estimat
     const size_t m = c->rows, n = c->cols;
     la_zero(L, m * n, Y);
     la_zero(L, n * n, P);
+    bool mirror_sum = false;
     for (int t = 0; t < c->T; t++) {
         cov_task task = {0};
         if (estimate(c, D, t, S, &task, user, err)) return -1;
         if (task.skip) continue;
+        mirror_sum |= task.upper_only;
         if (task.gram_scale > 0 && K && 2 * m < n) {
             /* X (X^T X) = (X X^T) X: 3 m^2 n flops (syrk, gemm) instead of 2 m n^2
              * (ace-merging.md, Cost) */
             la_gram_rows(L, m, n, 1.0, task.X, 0.0, K);
             la_gemm(L, false, false, m, n, m, task.gram_scale, K, m, task.X, n, 1.0, Y, n);
         } else {
+            if (task.upper_only) la_mirror_upper(L, n, S);
             la_gemm(L, false, false, m, n, n, 1.0, task.X, n, S, n, 1.0, Y, n);
         }
         la_axpy(L, n * n, 1.0, S, P);
     }
+    if (mirror_sum) la_mirror_upper(L, n, P);
     return 0;
 }
 
