@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char *usage =
     "acem " ACEM_VERSION " - data-free model merging\n"
@@ -34,18 +35,16 @@ void cli_error(const char *fmt, ...) {
 
 /* acem's own OpenMP loops (deltas, conversions, combines) run between OpenBLAS calls on the
  * same cores. libgomp's default lets idle workers spin for milliseconds after every loop,
- * taking cores from the BLAS call that follows; passive workers sleep at once. libgomp
- * reads OMP_WAIT_POLICY when it is loaded, before main(): an executable's preinit_array
- * runs before any shared library's initialisers, so the default is set there (a value the
- * user set wins). */
-static void omp_defaults(int argc, char **argv, char **envp) {
-    (void)argc;
-    (void)argv;
-    (void)envp;
-    setenv("OMP_WAIT_POLICY", "passive", 0);
+ * taking cores from the BLAS call that follows (5-10% of a GPT-2 ACE merge); passive
+ * workers sleep at once. libgomp reads OMP_WAIT_POLICY in its constructor, before main(),
+ * and nothing set earlier survives: libc's own initialiser resets environ to the one the
+ * process started with (a setenv in a preinit_array function is lost). So when the user has
+ * not chosen a policy, acem sets the passive one and executes itself again, once. If that
+ * fails (no /proc), it goes on with libgomp's default. */
+static void omp_passive_by_default(char **argv) {
+    if (getenv("OMP_WAIT_POLICY") || setenv("OMP_WAIT_POLICY", "passive", 0) != 0) return;
+    execv("/proc/self/exe", argv);
 }
-__attribute__((section(".preinit_array"),
-               used)) static void (*const preinit)(int, char **, char **) = omp_defaults;
 
 static volatile sig_atomic_t g_signal;
 /* The first SIGINT/SIGTERM cancels the merge cleanly at the next chunk; a second one ends
@@ -104,6 +103,7 @@ int cli_run_merge(const acem_merge_options *opts, bool quiet) {
 }
 
 int main(int argc, char **argv) {
+    omp_passive_by_default(argv);
     /* Past RLIMIT_FSIZE a write must fail with EFBIG (a clean error), not kill us. */
     signal(SIGXFSZ, SIG_IGN);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||

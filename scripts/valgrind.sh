@@ -13,7 +13,8 @@ b=${1:-build}
 start=$SECONDS
 vg="valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,possible
     --suppressions=$PWD/scripts/valgrind.supp"
-export OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2
+# a policy set here keeps acem from executing itself again (cli/main.c), out of valgrind
+export OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 OMP_WAIT_POLICY=passive
 for t in "$b"/tests/test_*; do
   echo "== valgrind $(basename "$t")"
   $vg "$t" >/dev/null
