@@ -6,8 +6,9 @@ usage: perf.py ACEM_BINARY [--runs 3] [--threads N] [--quick] [--skip-llama] [--
 Workloads (synthetic checkpoints from make_synthetic.py, named shapes):
   ace gpt2-2blocks T=7, homogeneous and heterogeneous task strengths, and ace
   llama7b-block T=3: acem (files in -> file out) against the PyTorch transcription of the
-  reference's operation sequence (ace_vs_torch.py) on tensors already in memory; outputs
-  must agree to 1e-4 (relative Frobenius of the merged deltas).
+  reference's operation sequence (ace_vs_torch.py) on tensors already in memory; both are
+  compared with a float64 evaluation (tests/oracle/ace_family.py), which acem must match to
+  1e-4 (relative Frobenius of the merged deltas; a row past it is flagged).
   task_arithmetic and ties on a 2 GiB float32 model (+3 experts) against `cat FILES`.
 Columns: reference seconds, acem seconds (medians), ratio, acem's dense-phase rate
 (flops of acem's own formulation / seconds spent in the method, from --report) and that
