@@ -167,7 +167,7 @@ typedef struct acem_merge_options {
     uint64_t max_shard_size; /* 0: no sharding */
     uint64_t seed;
     int force;           /* replace an existing output */
-    int allow_nonfinite; /* skip the NaN/Inf check on inputs */
+    int allow_nonfinite; /* skip the NaN/Inf checks on inputs and merged outputs */
     /* Covariance methods build covariances over the stored column axis (0, as the ACE
      * reference) or, with 1, over the input axis: GPT-2 Conv1D tensors (stored in x out)
      * are transposed when preset is gpt2 or the base's config.json says model_type gpt2. */

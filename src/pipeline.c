@@ -30,7 +30,8 @@ typedef struct fused_scratch {
     unsigned char *raw;
     void *w0, *d, *out;
     double *acc;
-    int64_t *first_bad; /* per input (base, then experts): first non-finite element or -1 */
+    int64_t *first_bad; /* per input (base, then experts), then the output: first non-finite
+                           element or -1 */
     int failed;         /* a read failed; err says why */
     acem_error err;
 } fused_scratch;
@@ -84,6 +85,37 @@ static int nonfinite_error(const acem_checkpoint *ck, const acem_tensor *t, uint
                      acem_checkpoint_file_path(ck, t->file), t->name, (unsigned long long)at);
 }
 
+/* A merged value that is not finite in the output type: finite inputs can still overflow a
+ * narrow type (F16 past 65504), and a method can break down. Writing it would hand the user
+ * a broken model without a word, so it is refused like a non-finite input. */
+static int output_nonfinite_error(const merge_run *r, const plan_entry *e, uint64_t at,
+                                  acem_error *err) {
+    return acem_fail(err,
+                     "%s: tensor \"%s\": the value written at element %llu is not finite as %s "
+                     "(NaN, or beyond the type's range); write a wider --dtype or pass "
+                     "--allow-nonfinite to keep it",
+                     r->o->out, e->base->name, (unsigned long long)at,
+                     acem_dtype_name(e->out_dtype));
+}
+
+/* The first non-finite of n output values, in parallel blocks; -1 if none (or unchecked). */
+static int64_t first_nonfinite_output(const merge_run *r, const void *raw, acem_dtype dt,
+                                      uint64_t n) {
+    if (r->o->allow_nonfinite) return -1;
+    const size_t es = acem_dtype_size(dt);
+    const int64_t blocks = (int64_t)((n + FUSED_BLOCK - 1) / FUSED_BLOCK);
+    int64_t first = INT64_MAX; /* min's identity: the reduction starts every thread from it */
+#pragma omp parallel for num_threads(r->threads) schedule(static)                                  \
+    reduction(min                                                                                  \
+              : first) if (blocks > 1)
+    for (int64_t blk = 0; blk < blocks; blk++) {
+        uint64_t at = (uint64_t)blk * FUSED_BLOCK, m = n - at < FUSED_BLOCK ? n - at : FUSED_BLOCK;
+        int64_t bad = acem_first_nonfinite_raw((const char *)raw + at * es, dt, (size_t)m);
+        if (bad >= 0 && (int64_t)at + bad < first) first = (int64_t)at + bad;
+    }
+    return first == INT64_MAX ? -1 : first;
+}
+
 /* Reads elements [from, from+n) of tensor t into dst in the compute precision: straight
  * into dst when the stored type is the compute type, else through raw. Returns the index of
  * the first non-finite value (unless --allow-nonfinite), -1 if none, -2 if the read
@@ -111,14 +143,16 @@ static int emit(merge_run *r, const void *bytes, uint64_t n, acem_error *err) {
                    : st_writer_write(r->writer, bytes, n, err);
 }
 
-/* Writes n compute-precision values as the output dtype. */
-static int store(merge_run *r, const plan_entry *e, const void *values, uint64_t n,
+/* Writes n compute-precision values, elements [from, from+n), as the output dtype. */
+static int store(merge_run *r, const plan_entry *e, const void *values, uint64_t from, uint64_t n,
                  acem_error *err) {
     const void *bytes = values;
     if (e->out_dtype != r->o->precision) {
         acem_convert_to_raw(values, r->o->precision, r->raw, e->out_dtype, n);
         bytes = r->raw;
     }
+    int64_t bad = first_nonfinite_output(r, bytes, e->out_dtype, n);
+    if (bad >= 0) return output_nonfinite_error(r, e, from + (uint64_t)bad, err);
     return emit(r, bytes, n * acem_dtype_size(e->out_dtype), err);
 }
 
@@ -259,6 +293,8 @@ static void fused_block(const merge_run *r, const plan_entry *e, uint64_t from, 
     for (size_t i = 0; i < m; i++)
         wr(s->out, i, s->acc[i] * scale, f64);
     acem_combine_to_raw(s->w0, s->out, r->lambda, r->o->precision, out_raw, e->out_dtype, m, false);
+    int64_t bad = r->o->allow_nonfinite ? -1 : acem_first_nonfinite_raw(out_raw, e->out_dtype, m);
+    if (bad >= 0 && s->first_bad[r->T + 1] < 0) s->first_bad[r->T + 1] = (int64_t)from + bad;
 }
 
 /* Linear methods: each chunk is split into blocks shared out among the threads, which read
@@ -273,7 +309,7 @@ static int merge_linear(merge_run *r, const plan_entry *e, acem_error *err) {
         int64_t blocks = (int64_t)((n + FUSED_BLOCK - 1) / FUSED_BLOCK);
         for (int th = 0; th < r->threads; th++) {
             r->scratch[th].failed = 0;
-            for (int k = 0; k <= r->T; k++)
+            for (int k = 0; k <= r->T + 1; k++)
                 r->scratch[th].first_bad[k] = -1;
         }
 #pragma omp parallel for num_threads(r->threads) schedule(static)
@@ -288,12 +324,13 @@ static int merge_linear(merge_run *r, const plan_entry *e, acem_error *err) {
                 *err = r->scratch[th].err;
                 return -1;
             }
-        for (int k = 0; k <= r->T; k++) { /* the first input, then the first element */
+        for (int k = 0; k <= r->T + 1; k++) { /* inputs first, then the output */
             int64_t first = -1;
             for (int th = 0; th < r->threads; th++) {
                 int64_t at = r->scratch[th].first_bad[k];
                 if (at >= 0 && (first < 0 || at < first)) first = at;
             }
+            if (first >= 0 && k > r->T) return output_nonfinite_error(r, e, (uint64_t)first, err);
             if (first >= 0)
                 return nonfinite_error(k ? r->experts[k - 1] : r->base, k ? e->experts[k - 1] : b,
                                        (uint64_t)first, err);
@@ -332,6 +369,8 @@ static int merge_tensor(merge_run *r, const plan_entry *e, method_info *info, ac
         void *bytes = eo <= r->csize ? r->deltas[0] : r->raw;
         acem_combine_to_raw(r->w0, r->out, r->lambda, r->o->precision, bytes, e->out_dtype, n,
                             true);
+        int64_t bad = first_nonfinite_output(r, bytes, e->out_dtype, n);
+        if (bad >= 0) return output_nonfinite_error(r, e, from + (uint64_t)bad, err);
         if (emit(r, bytes, n * eo, err) || check_cancel(r, err)) return -1;
         report_progress(r);
         if (n == 0) break;
@@ -369,7 +408,7 @@ static int copy_tensor(merge_run *r, const plan_entry *e, acem_error *err) {
         uint64_t n = b->numel - from < CHUNK_ELEMS ? b->numel - from : CHUNK_ELEMS;
         int rc;
         if (is_float && e->out_dtype != b->dtype) {
-            rc = load(r, r->base, b, from, n, r->w0, err) || store(r, e, r->w0, n, err);
+            rc = load(r, r->base, b, from, n, r->w0, err) || store(r, e, r->w0, from, n, err);
         } else { /* bytes pass through unchanged (floats are still checked for NaN/Inf) */
             rc = acem_checkpoint_read(r->base, b, from * es, r->raw, n * es, err);
             r->progress.bytes_done += n * es;
@@ -396,7 +435,7 @@ static int alloc_scratch(merge_run *r, acem_error *err) {
             !(s->d = acem_alloc(FUSED_BLOCK, r->csize, "scratch", err)) ||
             !(s->out = acem_alloc(FUSED_BLOCK, r->csize, "scratch", err)) ||
             !(s->acc = acem_alloc(FUSED_BLOCK, sizeof *s->acc, "scratch", err)) ||
-            !(s->first_bad = acem_alloc((size_t)r->T + 1, sizeof *s->first_bad, "scratch", err)))
+            !(s->first_bad = acem_alloc((size_t)r->T + 2, sizeof *s->first_bad, "scratch", err)))
             return -1;
     }
     return 0;

@@ -200,11 +200,63 @@ def test_stale_temporaries(d):
           and not os.path.exists(stale_dir) and os.path.exists(live), r1.stderr + r2.stderr)
 
 
+def test_output_overflow(d):
+    """Finite inputs whose written values are not finite in the output type (F16 past 65504)
+    are refused like non-finite inputs, through every write path, unless --allow-nonfinite."""
+    def model(name, big, dtype):
+        w = np.ones(40000)  # past one 16K-element block: the check runs in parallel blocks
+        w[30001] = big
+        t = {"w": st.from_f64(w, dtype), "keep": st.from_f64(np.array([1e6, 3.0]), "F32")}
+        st.write_file(os.path.join(d, name), t)
+    model("b.safetensors", 60000.0, "F16")
+    model("e1.safetensors", 65000.0, "F16")
+    model("e2.safetensors", 65000.0, "F16")
+    common = ["merge", "-q", "-b", "b.safetensors", "-m", "e1.safetensors", "-m", "e2.safetensors"]
+    cases = [  # (what, extra args, tensor, element)
+        ("task_arithmetic (fused kernel): 60000 + 2 x 5000 as F16",
+         ["-M", "task_arithmetic", "--lambda", "1", "--exclude", "keep"], "w", 30001),
+        ("ties (method path): 60000 + 3 x 5000 as F16", ["-M", "ties", "--lambda", "3", "--param", "density=1",
+                                                         "--exclude", "keep"], "w", 30001),
+        ("a copied F32 tensor converted by --dtype f16 (1e6)", ["-M", "average", "--exclude", "keep",
+                                                                "--dtype", "f16"], "keep", 0),
+    ]
+    for what, extra, tensor, at in cases:
+        r = run(*common, *extra, "-o", "o.safetensors", cwd=d)
+        check(f"output overflow refused: {what}",
+              r.returncode == 1 and r.stderr.count("\n") == 1 and f'tensor "{tensor}"' in r.stderr
+              and f"element {at} " in r.stderr and "o.safetensors" in r.stderr
+              and not os.path.exists(os.path.join(d, "o.safetensors")), r.stderr)
+        r = run(*common, *extra, "--allow-nonfinite", "-o", "o.safetensors", "-f", cwd=d)
+        out = st.read_file(os.path.join(d, "o.safetensors"))[0] if r.returncode == 0 else {}
+        check(f"--allow-nonfinite writes it as Inf: {what}",
+              r.returncode == 0 and np.isinf(out[tensor].to_f64().ravel()[at]), r.stderr)
+        if os.path.exists(os.path.join(d, "o.safetensors")):
+            os.remove(os.path.join(d, "o.safetensors"))
+
+
+def test_header_length_like_pickle(d):
+    """A safetensors header of 0x280 or 0x380 bytes makes the file start with 0x80 0x02 /
+    0x80 0x03, a pickle's PROTO opcode: such files are safetensors, not legacy pickles."""
+    paths = []
+    for i, hlen in enumerate((0x280, 0x380, 0x480)):
+        data = np.arange(6, dtype=np.float32) * (i + 1)
+        hdr = json.dumps({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}).encode()
+        hdr += b" " * (hlen - len(hdr))
+        paths.append(os.path.join(d, f"m{i}.safetensors"))
+        with open(paths[-1], "wb") as f:
+            f.write(hlen.to_bytes(8, "little") + hdr + data.tobytes())
+    out = os.path.join(d, "o.safetensors")
+    r = run("merge", "-q", "-b", paths[0], "-m", paths[1], "-m", paths[2], "-M", "average", "-o", out)
+    got = st.read_file(out)[0]["w"].to_f64().ravel() if r.returncode == 0 else None
+    check("files whose header length starts like a pickle (0x80 0x02..0x04) are read as safetensors",
+          r.returncode == 0 and np.array_equal(got, np.arange(6) * 2.5), r.stderr)
+
+
 def main():
     with tempfile.TemporaryDirectory(prefix="acem-cli-") as d:
         test_help()
         for fn in (test_example, test_yaml_equivalence, test_usage_errors, test_report, test_stats,
-                   test_stale_temporaries):
+                   test_stale_temporaries, test_output_overflow, test_header_length_like_pickle):
             sub = os.path.join(d, fn.__name__)
             os.mkdir(sub)
             fn(sub)
