@@ -194,17 +194,20 @@ static int add_file(acem_checkpoint *ck, const char *path, bool may_be_gguf, ace
     if (st.st_size >= 9 && acem_pread_full(f->fd, path, magic, 9, 0, err)) return -1;
     if (st.st_size >= 4 && st.st_size < 9 && acem_pread_full(f->fd, path, magic, 4, 0, err))
         return -1;
-    bool gguf = memcmp(magic, "GGUF", 4) == 0, zip = memcmp(magic, "PK\3\4", 4) == 0;
-    size_t len = strlen(path);
-    if (may_be_gguf && !gguf && len > 5 && strcmp(path + len - 5, ".gguf") == 0)
-        return acem_fail(err, "%s: not a GGUF file (it does not start with \"GGUF\")", path);
-    /* A bare pickle (torch.save before 1.6, or without the zip format) starts with PROTO,
-     * 0x80; so does a safetensors file whose header length is 0x..80 (1 in 32 of them, with
-     * 8-byte padding), but its header then opens with '{' at byte 8. */
+    /* The magic numbers of the other formats can also open a safetensors file, as the first
+     * bytes of its header length: a bare pickle's PROTO 0x80 (torch.save before 1.6) does for
+     * header lengths 0x..80 (1 in 32 files, with 8-byte padding), and "PK\3\4" for one
+     * length. A safetensors header then opens with '{' at byte 8, where neither a pickle of
+     * torch.save nor a zip entry has one. ("GGUF" would be a length past the limit.) */
     uint64_t header_len = 0;
     for (int i = 7; i >= 0; i--)
         header_len = header_len << 8 | magic[i];
     bool st_like = st.st_size >= 9 && magic[8] == '{' && header_len <= (uint64_t)st.st_size - 8;
+    bool gguf = memcmp(magic, "GGUF", 4) == 0;
+    bool zip = !st_like && memcmp(magic, "PK\3\4", 4) == 0;
+    size_t len = strlen(path);
+    if (may_be_gguf && !gguf && len > 5 && strcmp(path + len - 5, ".gguf") == 0)
+        return acem_fail(err, "%s: not a GGUF file (it does not start with \"GGUF\")", path);
     if (magic[0] == 0x80 && !st_like)
         return acem_fail(err,
                          "%s: a legacy (non-zip) PyTorch pickle, which acem does not read; re-save "
