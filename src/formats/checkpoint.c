@@ -191,9 +191,8 @@ static int add_file(acem_checkpoint *ck, const char *path, bool may_be_gguf, ace
     if (!S_ISREG(st.st_mode)) return acem_fail(err, "%s: not a regular file", path);
     st_header h;
     unsigned char magic[9] = {0};
-    if (st.st_size >= 9 && acem_pread_full(f->fd, path, magic, 9, 0, err)) return -1;
-    if (st.st_size >= 4 && st.st_size < 9 && acem_pread_full(f->fd, path, magic, 4, 0, err))
-        return -1;
+    size_t head = st.st_size < 9 ? (size_t)st.st_size : 9;
+    if (head >= 4 && acem_pread_full(f->fd, path, magic, head, 0, err)) return -1;
     /* The magic numbers of the other formats can also open a safetensors file, as the first
      * bytes of its header length: a bare pickle's PROTO 0x80 (torch.save before 1.6) does for
      * header lengths 0x..80 (1 in 32 files, with 8-byte padding), and "PK\3\4" for one

@@ -61,7 +61,7 @@ static int ace_estimate(const method_ctx *c, void *const *D, int t, void *S, cov
     la_col_means(&L, m, n, C, st->mu);
     la_add_row(&L, m, n, -1.0, st->mu, C);
     la_axpy(&L, n, 1.0, st->mu, st->mu_sum);
-    la_gram_upper(&L, m, n, 1.0, C, 0.0, S); /* S is calloc'd: its lower triangle stays 0 */
+    la_gram_upper(&L, m, n, 1.0, C, 0.0, S); /* cov_accumulate mirrors it where needed */
     double tau = TINY;
     for (size_t i = 0; i < n; i++)
         tau += la_get(&L, S, i * n + i);

@@ -16,8 +16,8 @@ typedef struct cov_task {
     double gram_scale; /* > 0: S_t = gram_scale X^T X exactly, so X S_t may be associated as
                           (X X^T) X gram_scale, cheaper when 2m < n; 0: S_t is general */
     bool skip;         /* contributes nothing (e.g. an all-zero delta under normalisation) */
-    bool upper_only;   /* S_t holds its upper triangle, the lower is zero: it is mirrored only
-                          where X S_t needs it whole; P's sum is mirrored once at the end */
+    bool upper_only;   /* only S_t's upper triangle is set (the lower is stale): it is mirrored
+                          where X S_t needs it whole, and P's sum once at the end */
 } cov_task;
 
 /* Builds task t's S_t into S (n x n) and says which X multiplies it. */

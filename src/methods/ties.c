@@ -50,6 +50,12 @@ static uint64_t kth_among(const void *p, const uint64_t *idx, uint64_t n, uint64
     return prefix;
 }
 
+/* Thread th's share [lo, hi) of n entries split in chunks. */
+static void slice(uint64_t n, uint64_t chunk, int th, uint64_t *lo, uint64_t *hi) {
+    *lo = (uint64_t)th * chunk < n ? (uint64_t)th * chunk : n;
+    *hi = *lo + chunk < n ? *lo + chunk : n;
+}
+
 /* TIES' trim of one delta d (n entries): every entry whose magnitude is below the k-th
  * largest becomes 0. Two parallel passes instead of a full radix select and a trim:
  *  1. a histogram of the top 16 key bits (per thread, over a static split) finds the digit
@@ -69,8 +75,8 @@ static int trim(const method_ctx *c, void *d, uint64_t k, acem_error *err) {
 #pragma omp parallel num_threads(threads)
     {
         int th = omp_get_thread_num();
-        uint64_t lo = (uint64_t)th * chunk < n ? (uint64_t)th * chunk : n;
-        uint64_t hi = lo + chunk < n ? lo + chunk : n;
+        uint64_t lo, hi;
+        slice(n, chunk, th, &lo, &hi);
         memset(hist[th], 0, sizeof hist[th]);
         for (uint64_t i = lo; i < hi; i++)
             hist[th][magnitude_key(d, i, f64) >> top]++;
@@ -91,8 +97,8 @@ static int trim(const method_ctx *c, void *d, uint64_t k, acem_error *err) {
 #pragma omp parallel num_threads(threads)
     {
         int th = omp_get_thread_num();
-        uint64_t lo = (uint64_t)th * chunk < n ? (uint64_t)th * chunk : n;
-        uint64_t hi = lo + chunk < n ? lo + chunk : n, *out = idx ? idx + at[th] : NULL;
+        uint64_t lo, hi, *out = idx ? idx + at[th] : NULL;
+        slice(n, chunk, th, &lo, &hi);
         for (uint64_t i = lo; i < hi; i++) {
             uint64_t t = magnitude_key(d, i, f64) >> top;
             if (t < digit)
