@@ -241,20 +241,42 @@ int la_eig_sym(const la *L, size_t n, void *A, void *w, void *Z) {
     return info;
 }
 
+/* dsyevr finds a subset of eigenvectors by bisection and inverse iteration (dstebz +
+ * dstein), and dstein reorthogonalises every cluster of eigenvalues closer than
+ * 1e-3 ||A||: on a Gram matrix with a few dominant directions the whole bulk is one cluster,
+ * O(n k^2) of BLAS1 work (4 s of a 10 s 4096 x 4096 solve). MRRR (dstemr) needs no
+ * reorthogonalisation, but dsyevr calls it only for the whole spectrum; so the three steps
+ * here: tridiagonal reduction A = Q T Q^T, MRRR on T's index range, Z = Q Z_T. */
 int la_eig_sym_top(const la *L, size_t n, size_t k, void *A, void *w, void *Vt) {
     /* Column-major Z (n x k, ldz n) holds the eigenvectors as columns: row-major, that
      * buffer is Vt (k x n) with the eigenvectors as rows. */
-    lapack_int N = (lapack_int)n, found, il = (lapack_int)(n - k + 1), iu = (lapack_int)n;
+    lapack_int N = (lapack_int)n, K = (lapack_int)k, found = 0, il = N - K + 1;
+    lapack_logical tryrac = 1;
     if (k == 0 || k > n) return k == 0 ? 0 : -1;
     if (!all_finite(L, n * n, A)) return LA_NONFINITE;
-    lapack_int *isuppz = malloc(2 * n * sizeof *isuppz);
-    if (!isuppz) return -1;
-    int info = L->f64 ? LAPACKE_dsyevr(LAPACK_COL_MAJOR, 'V', 'I', 'U', N, A, N, 0, 0, il, iu, 0,
-                                       &found, w, Vt, N, isuppz)
-                      : LAPACKE_ssyevr(LAPACK_COL_MAJOR, 'V', 'I', 'U', N, A, N, 0, 0, il, iu, 0,
-                                       &found, w, Vt, N, isuppz);
+    void *d = malloc(4 * n * la_size(L));
+    lapack_int *isuppz = malloc(2 * k * sizeof *isuppz);
+    int info = -1;
+    if (d && isuppz) {
+        /* e: n, the last as workspace; all_w: dstemr works in W up to n entries */
+        void *e = la_at(L, d, n), *tau = la_at(L, d, 2 * n), *all_w = la_at(L, d, 3 * n);
+        info = L->f64 ? LAPACKE_dsytrd(LAPACK_COL_MAJOR, 'U', N, A, N, d, e, tau)
+                      : LAPACKE_ssytrd(LAPACK_COL_MAJOR, 'U', N, A, N, d, e, tau);
+        if (info == 0)
+            info = L->f64 ? LAPACKE_dstemr(LAPACK_COL_MAJOR, 'V', 'I', N, d, e, 0, 0, il, N, &found,
+                                           all_w, Vt, N, K, isuppz, &tryrac)
+                          : LAPACKE_sstemr(LAPACK_COL_MAJOR, 'V', 'I', N, d, e, 0, 0, il, N, &found,
+                                           all_w, Vt, N, K, isuppz, &tryrac);
+        if (info == 0 && found == K)
+            info = L->f64 ? LAPACKE_dormtr(LAPACK_COL_MAJOR, 'L', 'U', 'N', N, K, A, N, tau, Vt, N)
+                          : LAPACKE_sormtr(LAPACK_COL_MAJOR, 'L', 'U', 'N', N, K, A, N, tau, Vt, N);
+        else if (info == 0)
+            info = -1;
+        if (info == 0) memcpy(w, all_w, k * la_size(L));
+    }
+    free(d);
     free(isuppz);
-    return info == 0 && (size_t)found != k ? -1 : info;
+    return info;
 }
 
 void la_set_threads(int n) { openblas_set_num_threads(n); }

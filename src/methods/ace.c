@@ -150,36 +150,28 @@ static void load_block(const f_blocks *b, size_t at, size_t rows, double *B) {
                                          : la_get(b->L, b->F, (at + i) * b->n + j);
 }
 
-/* out += the rows x r block Rb at `at`, transposed back when F was blocked by columns. */
-static void add_block(const f_blocks *b, size_t at, size_t rows, const double *Rb, void *out) {
-    for (size_t i = 0; i < rows; i++)
-        for (size_t j = 0; j < b->r; j++) {
-            size_t o = b->by_cols ? j * b->n + at + i : (at + i) * b->n + j;
-            la_set(b->L, out, o, la_get(b->L, out, o) + Rb[i * b->r + j]);
-        }
-}
-
 /* The same through the top-k eigenpairs of the r x r Gram matrix of F on its smaller side
  * (r = min(m, n)): with F^T F = V diag(sigma^2) V^T (m >= n),
- *     sigma_iso U_k V_k^T = F V_k diag(sigma_iso / sigma_i) V_k^T = F W,
- * and W F with W from F F^T when m < n. Exact whenever sigma_k > 0, several times cheaper
- * than a full SVD, and F is only ever held in double one block at a time: the Gram matrix
- * accumulates block by block and F W is added to out block by block. Returns 1 (nothing
- * done) when F is too close to rank-deficient within its top k, where the singular vectors
- * are not determined and the SVD decides. */
+ *     sigma_iso U_k V_k^T = (F V_k) diag(sigma_iso / sigma_i) V_k^T,
+ * and U_k diag(sigma_iso / sigma_i) (U_k^T F) from F F^T = U diag(sigma^2) U^T when m < n.
+ * Exact whenever sigma_k > 0 and several times cheaper than a full SVD: the Gram matrix
+ * (accumulated from F one block at a time in double) and its eigenpairs need double (see
+ * refine()), the two thin products (4 m n k flops, not the 2 m n r of F times an r x r W)
+ * run in the compute precision. Returns 1 (nothing done) when F is too close to
+ * rank-deficient within its top k, where the singular vectors are not determined and the
+ * SVD decides. */
 static int refine_gram(const method_ctx *c, size_t k, const void *F, void *out, double *sigma_iso,
                        acem_error *err) {
     const la L = {c->f64, c->threads}, D = {true, c->threads};
     const f_blocks b = blocks_of(&L, F, c->rows, c->cols);
-    const size_t r = b.r;
+    const size_t m = c->rows, n = c->cols, r = b.r;
     double *G = acem_alloc(r * r, sizeof(double), "the refinement", err);
     double *Vt = acem_alloc(k * r, sizeof(double), "the refinement", err);
     double *w = acem_alloc(k, sizeof(double), "the refinement", err);
-    double *S = acem_alloc(k * r, sizeof(double), "the refinement", err);
     double *B = acem_alloc(b.rows * r, sizeof(double), "the refinement", err);
-    double *Rb = acem_alloc(b.rows * r, sizeof(double), "the refinement", err);
+    void *V = NULL, *S = NULL, *Y = NULL;
     int rc = -1;
-    if (!G || !Vt || !w || !S || !B || !Rb) goto out;
+    if (!G || !Vt || !w || !B) goto out;
     for (size_t at = 0; at < b.len; at += b.rows) { /* G = sum over blocks of B^T B */
         size_t rows = b.len - at < b.rows ? b.len - at : b.rows;
         load_block(&b, at, rows, B);
@@ -198,25 +190,34 @@ static int refine_gram(const method_ctx *c, size_t k, const void *F, void *out, 
     for (size_t i = 0; i < k; i++)
         sum += sqrt(w[i]);
     *sigma_iso = sum / (double)k;
-    /* W = Vt^T diag(sigma_iso / sigma_i) Vt, built in G (free after the eigensolver) */
+    free(G); /* the products' memory */
+    free(B);
+    G = B = NULL;
+    V = cov_alloc(&L, k * r, "the refinement", err); /* V_k^T (or U_k^T), k x r */
+    S = cov_alloc(&L, k * r, "the refinement", err); /* diag(sigma_iso / sigma_i) V_k^T */
+    Y = cov_alloc(&L, k * b.len, "the refinement", err);
+    if (!V || !S || !Y) goto out;
     for (size_t i = 0; i < k; i++)
-        for (size_t j = 0; j < r; j++)
-            S[i * r + j] = Vt[i * r + j] * (*sigma_iso / sqrt(w[i]));
-    la_gemm(&D, true, false, r, r, k, 1.0, Vt, r, S, r, 0.0, G, r);
-    for (size_t at = 0; at < b.len; at += b.rows) { /* out += F W (or W F), block by block */
-        size_t rows = b.len - at < b.rows ? b.len - at : b.rows;
-        load_block(&b, at, rows, B);
-        la_gemm(&D, false, false, rows, r, r, 1.0, B, r, G, r, 0.0, Rb, r); /* W symmetric */
-        add_block(&b, at, rows, Rb, out);
+        for (size_t j = 0; j < r; j++) {
+            la_set(&L, V, i * r + j, Vt[i * r + j]);
+            la_set(&L, S, i * r + j, Vt[i * r + j] * (*sigma_iso / sqrt(w[i])));
+        }
+    if (!b.by_cols) {
+        la_gemm(&L, false, true, m, k, n, 1.0, F, n, V, n, 0.0, Y, k);    /* Y = F V_k */
+        la_gemm(&L, false, false, m, n, k, 1.0, Y, k, S, n, 1.0, out, n); /* out += Y S */
+    } else {
+        la_gemm(&L, false, false, k, n, m, 1.0, V, m, F, n, 0.0, Y, n);  /* Y = U_k^T F */
+        la_gemm(&L, true, false, m, n, k, 1.0, S, m, Y, n, 1.0, out, n); /* out += S^T Y */
     }
     rc = 0;
 out:
     free(G);
     free(Vt);
     free(w);
-    free(S);
     free(B);
-    free(Rb);
+    free(V);
+    free(S);
+    free(Y);
     return rc;
 }
 
