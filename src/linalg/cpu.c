@@ -254,27 +254,22 @@ int la_eig_sym_top(const la *L, size_t n, size_t k, void *A, void *w, void *Vt) 
      * buffer is Vt (k x n) with the eigenvectors as rows. */
     lapack_int N = (lapack_int)n, K = (lapack_int)k, found = 0, il = N - K + 1;
     lapack_logical tryrac = 1;
-    if (k == 0 || k > n) return k == 0 ? 0 : -1;
+    if (k == 0 || k > n || !L->f64) return k == 0 ? 0 : -1;
     if (!all_finite(L, n * n, A)) return LA_NONFINITE;
-    void *d = malloc(4 * n * la_size(L));
+    double *d = malloc(4 * n * sizeof *d);
     lapack_int *isuppz = malloc(2 * k * sizeof *isuppz);
     int info = -1;
     if (d && isuppz) {
         /* e: n, the last as workspace; all_w: dstemr works in W up to n entries */
-        void *e = la_at(L, d, n), *tau = la_at(L, d, 2 * n), *all_w = la_at(L, d, 3 * n);
-        info = L->f64 ? LAPACKE_dsytrd(LAPACK_COL_MAJOR, 'L', N, A, N, d, e, tau)
-                      : LAPACKE_ssytrd(LAPACK_COL_MAJOR, 'L', N, A, N, d, e, tau);
+        double *e = d + n, *tau = d + 2 * n, *all_w = d + 3 * n;
+        info = LAPACKE_dsytrd(LAPACK_COL_MAJOR, 'L', N, A, N, d, e, tau);
         if (info == 0)
-            info = L->f64 ? LAPACKE_dstemr(LAPACK_COL_MAJOR, 'V', 'I', N, d, e, 0, 0, il, N, &found,
-                                           all_w, Vt, N, K, isuppz, &tryrac)
-                          : LAPACKE_sstemr(LAPACK_COL_MAJOR, 'V', 'I', N, d, e, 0, 0, il, N, &found,
-                                           all_w, Vt, N, K, isuppz, &tryrac);
-        if (info == 0 && found == K)
-            info = L->f64 ? LAPACKE_dormtr(LAPACK_COL_MAJOR, 'L', 'L', 'N', N, K, A, N, tau, Vt, N)
-                          : LAPACKE_sormtr(LAPACK_COL_MAJOR, 'L', 'L', 'N', N, K, A, N, tau, Vt, N);
-        else if (info == 0)
-            info = -1;
-        if (info == 0) memcpy(w, all_w, k * la_size(L));
+            info = LAPACKE_dstemr(LAPACK_COL_MAJOR, 'V', 'I', N, d, e, 0, 0, il, N, &found, all_w,
+                                  Vt, N, K, isuppz, &tryrac);
+        if (info == 0 && found != K) info = -1;
+        if (info == 0)
+            info = LAPACKE_dormtr(LAPACK_COL_MAJOR, 'L', 'L', 'N', N, K, A, N, tau, Vt, N);
+        if (info == 0) memcpy(w, all_w, k * sizeof *all_w);
     }
     free(d);
     free(isuppz);

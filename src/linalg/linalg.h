@@ -84,7 +84,8 @@ int la_singular_values(const la *L, size_t m, size_t n, void *A, void *s);
 int la_eig_sym(const la *L, size_t n, void *A, void *w, void *Z);
 
 /* The k largest eigenpairs of a symmetric A (n x n, destroyed): eigenvalues w (k,
- * ascending) and the eigenvectors as the rows of Vt (k x n). */
+ * ascending) and the eigenvectors as the rows of Vt (k x n). Double only (L->f64): in float32
+ * the subset's eigenvectors lose orthogonality on a clustered bulk. */
 int la_eig_sym_top(const la *L, size_t n, size_t k, void *A, void *w, void *Vt);
 
 /* Threads used by BLAS/LAPACK calls. */
