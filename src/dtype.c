@@ -4,6 +4,7 @@
 #include "internal.h"
 
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
 static const struct {
@@ -106,7 +107,7 @@ uint16_t acem_f32_to_bf16(float f) {
         return -1;                                                                                 \
     } while (0)
 
-int64_t acem_first_nonfinite_raw(const void *raw, acem_dtype dt, size_t n) {
+ACEM_SIMD_CLONES int64_t acem_first_nonfinite_raw(const void *raw, acem_dtype dt, size_t n) {
     switch (dt) {
     case ACEM_DT_F64: FIND_NONFINITE(uint64_t, 0x7ff0000000000000ULL);
     case ACEM_DT_F32: FIND_NONFINITE(uint32_t, 0x7f800000u);
@@ -124,8 +125,8 @@ int64_t acem_first_nonfinite_raw(const void *raw, acem_dtype dt, size_t n) {
             d[i] = (DST_T)(EXPR);                                                                  \
     } while (0)
 
-int64_t acem_convert_from_raw(const void *raw, acem_dtype dt, void *dst, acem_dtype compute,
-                              size_t n, bool check_finite) {
+ACEM_SIMD_CLONES int64_t acem_convert_from_raw(const void *raw, acem_dtype dt, void *dst,
+                                               acem_dtype compute, size_t n, bool check_finite) {
     const uint16_t *h = raw;
     if (compute == ACEM_DT_F64) {
         switch (dt) {
@@ -203,34 +204,46 @@ acem_dtype acem_dtype_parse(const char *s) {
 
 /* out_i = w0_i + lambda * delta_i evaluated in double and rounded once to the stored
  * type, so that an f64 output of an f32 computation keeps the delta's precision. */
+#define COMBINE_LOOP(SRC_T, STORE)                                                                 \
+    do {                                                                                           \
+        const SRC_T *a = w0, *b = delta;                                                           \
+        for (size_t i = lo; i < hi; i++) {                                                         \
+            double v = (double)a[i] + lambda * (double)b[i];                                       \
+            STORE;                                                                                 \
+        }                                                                                          \
+    } while (0)
+#define COMBINE_TO(SRC_T)                                                                          \
+    do {                                                                                           \
+        switch (dt) {                                                                              \
+        case ACEM_DT_F64: COMBINE_LOOP(SRC_T, ((double *)raw)[i] = v); break;                      \
+        case ACEM_DT_F32: COMBINE_LOOP(SRC_T, ((float *)raw)[i] = (float)v); break;                \
+        case ACEM_DT_F16: COMBINE_LOOP(SRC_T, h[i] = acem_f32_to_f16((float)v)); break;            \
+        default: COMBINE_LOOP(SRC_T, h[i] = acem_f32_to_bf16((float)v)); break;                    \
+        }                                                                                          \
+    } while (0)
+
+ACEM_SIMD_CLONES static void combine_range(const void *w0, const void *delta, double lambda,
+                                           bool f64, void *raw, acem_dtype dt, size_t lo,
+                                           size_t hi) {
+    uint16_t *h = raw;
+    if (f64)
+        COMBINE_TO(double);
+    else
+        COMBINE_TO(float);
+}
+#undef COMBINE_TO
+#undef COMBINE_LOOP
+
 void acem_combine_to_raw(const void *w0, const void *delta, double lambda, acem_dtype compute,
                          void *raw, acem_dtype dt, size_t n, bool parallel) {
     const bool f64 = compute == ACEM_DT_F64;
-#define COMBINED(i)                                                                                \
-    (f64 ? ((const double *)w0)[i] + lambda * ((const double *)delta)[i]                           \
-         : (double)((const float *)w0)[i] + lambda * (double)((const float *)delta)[i])
-    uint16_t *h = raw;
-    switch (dt) {
-    case ACEM_DT_F64:
-#pragma omp parallel for schedule(static) if (parallel)
-        for (size_t i = 0; i < n; i++)
-            ((double *)raw)[i] = COMBINED(i);
-        break;
-    case ACEM_DT_F32:
-#pragma omp parallel for schedule(static) if (parallel)
-        for (size_t i = 0; i < n; i++)
-            ((float *)raw)[i] = (float)COMBINED(i);
-        break;
-    case ACEM_DT_F16:
-#pragma omp parallel for schedule(static) if (parallel)
-        for (size_t i = 0; i < n; i++)
-            h[i] = acem_f32_to_f16((float)COMBINED(i));
-        break;
-    default:
-#pragma omp parallel for schedule(static) if (parallel)
-        for (size_t i = 0; i < n; i++)
-            h[i] = acem_f32_to_bf16((float)COMBINED(i));
-        break;
+    if (!parallel) {
+        combine_range(w0, delta, lambda, f64, raw, dt, 0, n);
+        return;
     }
-#undef COMBINED
+#pragma omp parallel
+    {
+        size_t th = (size_t)omp_get_thread_num(), nt = (size_t)omp_get_num_threads();
+        combine_range(w0, delta, lambda, f64, raw, dt, n * th / nt, n * (th + 1) / nt);
+    }
 }

@@ -36,6 +36,17 @@ char *acem_strdup(const char *s, acem_error *err);
 /* Monotonic seconds. */
 double acem_now(void);
 
+/* The hot element-wise loops (conversions, the linear merge's accumulation) are compiled
+ * twice, for AVX2 and for baseline x86-64, and the loader picks one per machine (GCC's
+ * function multiversioning): a distributed binary cannot assume -mavx2. The AVX2 clone has
+ * no FMA, so results are bitwise the same either way. OpenMP-outlined loop bodies are not
+ * cloned: cloned kernels take a range and parallel callers split it. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define ACEM_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define ACEM_SIMD_CLONES
+#endif
+
 /* Conversions between stored bytes and the compute type (F32 or F64). from_raw returns
  * the index of the first non-finite value, or -1 if all are finite (checked only when
  * check_finite). */

@@ -265,6 +265,24 @@ static int load_deltas(merge_run *r, const plan_entry *e, uint64_t from, uint64_
     return 0;
 }
 
+/* acc += Wt - W0, the difference in the compute precision, the sum in double. */
+ACEM_SIMD_CLONES static void accumulate_delta(double *acc, const void *wt, const void *w0, size_t m,
+                                              bool f64) {
+    if (f64)
+        for (size_t i = 0; i < m; i++)
+            acc[i] += ((const double *)wt)[i] - ((const double *)w0)[i];
+    else
+        for (size_t i = 0; i < m; i++)
+            acc[i] += (double)(((const float *)wt)[i] - ((const float *)w0)[i]);
+}
+
+/* out = scale * acc, rounded to the compute precision. */
+ACEM_SIMD_CLONES static void store_scaled(void *out, const double *acc, double scale, size_t m,
+                                          bool f64) {
+    for (size_t i = 0; i < m; i++)
+        wr(out, i, acc[i] * scale, f64);
+}
+
 /* One block of a linear method, in one thread: Dt = Wt - W0 in the compute precision,
  * Delta = scale * sum_t Dt (summed in double), out = W0 + lambda * Delta as the output
  * dtype: the same arithmetic as load_deltas + deltas_scaled_sum + acem_combine_to_raw. */
@@ -280,18 +298,12 @@ static void fused_block(const merge_run *r, const plan_entry *e, uint64_t from, 
             return;
         }
         if (bad >= 0 && s->first_bad[k] < 0) s->first_bad[k] = (int64_t)from + bad;
-        if (k == 0) {
+        if (k == 0)
             memset(s->acc, 0, m * sizeof *s->acc);
-        } else if (f64) {
-            for (size_t i = 0; i < m; i++)
-                s->acc[i] += ((const double *)s->d)[i] - ((const double *)s->w0)[i];
-        } else {
-            for (size_t i = 0; i < m; i++)
-                s->acc[i] += (double)(((const float *)s->d)[i] - ((const float *)s->w0)[i]);
-        }
+        else
+            accumulate_delta(s->acc, s->d, s->w0, m, f64);
     }
-    for (size_t i = 0; i < m; i++)
-        wr(s->out, i, s->acc[i] * scale, f64);
+    store_scaled(s->out, s->acc, scale, m, f64);
     acem_combine_to_raw(s->w0, s->out, r->lambda, r->o->precision, out_raw, e->out_dtype, m, false);
     int64_t bad = r->o->allow_nonfinite ? -1 : acem_first_nonfinite_raw(out_raw, e->out_dtype, m);
     if (bad >= 0 && s->first_bad[r->T + 1] < 0) s->first_bad[r->T + 1] = (int64_t)from + bad;
