@@ -158,17 +158,29 @@ def bench_io(acem, runs, threads, quick):
         def cat():
             subprocess.run(["cat"] + files, stdout=subprocess.DEVNULL, check=True)
         cat()  # warm the page cache
-        cat_s = statistics.median(timed(cat) for _ in range(runs))
-        for method in ("task_arithmetic", "ties"):
-            out = os.path.join(d, "out.safetensors")
-            cmd = [acem, "merge", "-q", "-f", "-b", files[0], "-m", files[1], "-m", files[2], "-m", files[3],
-                   "-M", method, "-o", out, "--threads", str(threads)]
-            res = [run_acem(cmd) for _ in range(runs)]
-            rows.append(dict(workload=f"{method} 4 x {total // 4 // MiB} MiB f32", ref=cat_s,
-                             acem=statistics.median(r[0] for r in res), rss=max(r[1] for r in res),
-                             bound=5 * 4 * numel + 64 * MiB, gbps=total / statistics.median(r[0] for r in res) / 1e9,
-                             cat_gbps=total / cat_s / 1e9))
-            os.unlink(out)
+        out = os.path.join(d, "out.safetensors")
+        methods = ("task_arithmetic", "ties")
+        cat_times, res = [], {m: [] for m in methods}
+        # Runs interleave cat and the methods: this VM's page-cache read rate drifts (cat took
+        # 0.72 to 1.24 s on the same files within an hour), so each run of each side sees the
+        # same conditions as its neighbours.
+        for _ in range(runs):
+            cat_times.append(timed(cat))
+            for method in methods:
+                # untimed: deleting the previous 2 GiB output (freeing its blocks) is not the
+                # merge's work, and on a VM's disk it slows whatever runs next
+                if os.path.exists(out):
+                    os.unlink(out)
+                os.sync()
+                res[method].append(run_acem([acem, "merge", "-q", "-f", "-b", files[0], "-m", files[1], "-m", files[2],
+                                             "-m", files[3], "-M", method, "-o", out, "--threads", str(threads)]))
+        cat_s = statistics.median(cat_times)
+        for method in methods:
+            acem_s = statistics.median(r[0] for r in res[method])
+            rows.append(dict(workload=f"{method} 4 x {total // 4 // MiB} MiB f32", ref=cat_s, acem=acem_s,
+                             rss=max(r[1] for r in res[method]), bound=5 * 4 * numel + 64 * MiB,
+                             gbps=total / acem_s / 1e9, cat_gbps=total / cat_s / 1e9))
+        os.unlink(out)
     return rows
 
 

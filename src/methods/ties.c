@@ -56,6 +56,30 @@ static void slice(uint64_t n, uint64_t chunk, int th, uint64_t *lo, uint64_t *hi
     *hi = *lo + chunk < n ? *lo + chunk : n;
 }
 
+/* Entries [b, e) of d whose key's top digit is below `digit` become +0 (all-zero bits);
+ * returns whether any has the top digit `digit` itself. Branch-free on the bit patterns, so
+ * that it vectorises. */
+enum { ZERO_BLOCK = 64 };
+static bool zero_below(void *d, uint64_t b, uint64_t e, uint64_t digit, int top, bool f64) {
+    int hit = 0;
+    if (f64) {
+        uint64_t *x = d;
+        for (uint64_t i = b; i < e; i++) {
+            uint64_t t = (x[i] & 0x7fffffffffffffffULL) >> top;
+            hit |= t == digit;
+            x[i] = t < digit ? 0 : x[i];
+        }
+    } else {
+        uint32_t *x = d, dg = (uint32_t)digit, sh = (uint32_t)top;
+        for (uint64_t i = b; i < e; i++) {
+            uint32_t t = (x[i] & 0x7fffffffu) >> sh;
+            hit |= t == dg;
+            x[i] = t < dg ? 0 : x[i];
+        }
+    }
+    return hit;
+}
+
 /* TIES' trim of one delta d (n entries): every entry whose magnitude is below the k-th
  * largest becomes 0. Two parallel passes instead of a full radix select and a trim:
  *  1. a histogram of the top 16 key bits (per thread, over a static split) finds the digit
@@ -99,12 +123,11 @@ static int trim(const method_ctx *c, void *d, uint64_t k, acem_error *err) {
         int th = omp_get_thread_num();
         uint64_t lo, hi, *out = idx ? idx + at[th] : NULL;
         slice(n, chunk, th, &lo, &hi);
-        for (uint64_t i = lo; i < hi; i++) {
-            uint64_t t = magnitude_key(d, i, f64) >> top;
-            if (t < digit)
-                wr(d, i, 0.0, f64);
-            else if (t == digit && out)
-                *out++ = i;
+        for (uint64_t b = lo; b < hi; b += ZERO_BLOCK) {
+            uint64_t e = hi - b < ZERO_BLOCK ? hi : b + ZERO_BLOCK;
+            if (zero_below(d, b, e, digit, top, f64) && out)
+                for (uint64_t i = b; i < e; i++) /* the rare block with digit entries */
+                    if (magnitude_key(d, i, f64) >> top == digit) *out++ = i;
         }
     }
     const uint64_t prefix = (uint64_t)digit << top;
