@@ -10,7 +10,8 @@ column slice (strided, with a storage offset), a row slice (storage offset), f16
 f64, int64 and bool tensors, nn.Parameters (keep_vars=True: _rebuild_parameter); as
 single .bin files, as directories with pytorch_model.bin, and as sharded directories
 (pytorch_model-0000i-of-00002.bin + pytorch_model.bin.index.json). A legacy (non-zip)
-torch.save file is refused with a message saying so.
+torch.save file is refused with a message saying so. Copies rewritten with every size and
+offset in ZIP64 form (as archives > 4 GiB have them) merge the same.
 The last line printed is always "N passed, M failed".
 """
 
@@ -92,6 +93,33 @@ def sharded(torch, sd, d):
         json.dump({"metadata": {}, "weight_map": wm}, f)
 
 
+def zip64_copy(src, dst, cdir_extra=True):
+    """Rewrites a torch.save archive with every size and offset in ZIP64 form: 0xFFFFFFFF in
+    the local headers and the central directory, the values in ZIP64 extra fields, and a
+    ZIP64 end record + locator. The form archives > 4 GiB take, at a test's size.
+    cdir_extra=False leaves the central directory's extra fields out (malformed)."""
+    import struct
+    import zipfile
+    with zipfile.ZipFile(src) as z:
+        entries = [(i.filename.encode(), z.read(i), i.CRC) for i in z.infolist()]
+    out, cdir = bytearray(), bytearray()
+    for name, data, crc in entries:
+        off, n = len(out), len(data)
+        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 45, 0, 0, 0, 0, crc, 0xFFFFFFFF, 0xFFFFFFFF,
+                           len(name), 20) + name + struct.pack("<HHQQ", 1, 16, n, n) + data
+        extra = struct.pack("<HHQQQ", 1, 24, n, n, off) if cdir_extra else b""
+        cdir += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45, 0, 0, 0, 0, crc, 0xFFFFFFFF,
+                            0xFFFFFFFF, len(name), len(extra), 0, 0, 0, 0, 0xFFFFFFFF) + name + extra
+    cd_off, rec_off = len(out), len(out) + len(cdir)
+    out += cdir
+    out += struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, len(entries), len(entries),
+                       len(cdir), cd_off)
+    out += struct.pack("<IIQI", 0x07064B50, 0, rec_off, 1)
+    out += struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    with open(dst, "wb") as f:
+        f.write(out)
+
+
 def same_output(a, b):
     ta, tb = st.read_file(a)[0], st.read_file(b)[0]
     if list(ta) != list(tb):
@@ -145,6 +173,23 @@ def main():
         diff = r.stderr if r.returncode else same_output(o1, os.path.join(d, "ties-st.safetensors"))
         check("pytorch_model.bin and sharded pytorch_model.bin.index.json directories merge like "
               "safetensors", diff is None, diff)
+        # ZIP64: every size and offset through the ZIP64 extra fields and end records
+        z64 = [os.path.join(d, "z64-%d.bin" % i) for i in range(4)]
+        for src, dst in zip(bins, z64):
+            zip64_copy(src, dst)
+        o1 = os.path.join(d, "z64.safetensors")
+        r = acem("merge", "-q", "-b", z64[0], "-m", z64[1], "-m", z64[2], "-m", z64[3],
+                 "-M", "ties", "-o", o1)
+        diff = r.stderr if r.returncode else same_output(o1, os.path.join(d, "ties-st.safetensors"))
+        check("ZIP64 archives (sizes and offsets in ZIP64 extra fields) merge like safetensors",
+              diff is None, diff)
+        bad = os.path.join(d, "z64-bad.bin")
+        zip64_copy(bins[1], bad, cdir_extra=False)
+        r = acem("merge", "-q", "-b", z64[0], "-m", bad, "-m", z64[2], "-M", "average",
+                 "-o", os.path.join(d, "x.safetensors"))
+        check("a ZIP64 entry without its extra field is refused in one line naming the file",
+              r.returncode == 1 and "ZIP64" in r.stderr and bad in r.stderr
+              and r.stderr.count("\n") == 1, r.stderr)
         legacy = os.path.join(d, "legacy.bin")
         torch.save(sds[0], legacy, _use_new_zipfile_serialization=False)
         r = acem("merge", "-q", "-b", legacy, "-m", bins[1], "-m", bins[2], "-M", "average",
