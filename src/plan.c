@@ -127,8 +127,8 @@ static int match_experts(plan_entry *e, const acem_checkpoint *const *experts, i
 
 /* GGUF outputs keep each float tensor's stored type (blocks included) unless --dtype asks
  * for a float type or a quantisation (of tensors of 2 or more axes whose rows split into
- * its blocks). Merged tensors whose blocks acem cannot quantise (K-quants) become Q8_0;
- * copied ones keep their blocks byte for byte. */
+ * its blocks). Merged tensors are quantised again into their type; copied ones keep their
+ * blocks byte for byte. */
 static void gguf_types(plan_entry *e, const acem_merge_options *o) {
     const acem_tensor *b = e->base;
     if (!acem_dtype_is_mergeable(b->dtype) || o->out_dtype != ACEM_DT_NONE) return;
@@ -137,8 +137,6 @@ static void gguf_types(plan_entry *e, const acem_merge_options *o) {
     e->out_quant = fits ? o->out_quant : b->quant;
     e->raw_copy =
         e->action == PLAN_COPY && e->out_quant != ACEM_QUANT_NONE && e->out_quant == b->quant;
-    if (!e->raw_copy && e->out_quant != ACEM_QUANT_NONE && !acem_quant_writable(e->out_quant))
-        e->out_quant = ACEM_QUANT_Q8_0;
 }
 
 int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *const *experts, int T,

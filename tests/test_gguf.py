@@ -13,7 +13,8 @@ usage: /usr/bin/python3 tests/test_gguf.py PATH_TO_acem [-v]
     tensors copied from the base keep their blocks byte for byte;
   * --dtype q8_0 / q4_0 quantise bit-identically to ggml's reference quantisers, with
     round-trip errors within the formats' bounds (Q8_0 |err| <= d/2, Q4_0 <= |d|/2
-    except the clamped top code, <= |d|);
+    except the clamped top code, <= |d|); --dtype q4_k / q6_k bit-identically to a float32
+    numpy transcription of ggml's reference K-quant quantisers (tests/oracle/kquant_np.py);
   * ace over three experts whose tensors are F16 and Q8_0, written as GGUF, compared
     with the float64 oracle (the measured errors are printed);
   * inspect and stats on GGUF; usage errors for impossible output types.
@@ -32,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "oracle"))
 import ace_family as AF  # noqa: E402
 import gguf_np as G  # noqa: E402
+import kquant_np as KQ  # noqa: E402
 import safetensors_np as st  # noqa: E402
 
 ACEM = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else None
@@ -260,17 +262,17 @@ def test_quantised_inputs(d):
             want = np.mean([G.values(x[n]) for x in inputs], axis=0)
             ok = ok and np.max(np.abs(got[n] - want)) <= 1e-6 * (1 + np.max(np.abs(want)))
     check("average of quantised GGUF inputs matches the oracle on dequantised values", ok, r.stderr)
-    # copied tensors keep their blocks; merged ones keep Q8_0/Q4_0 and K-quants become Q8_0
+    # copied tensors keep their blocks; merged ones keep their block types
     out = os.path.join(d, "q-copy.gguf")
     r = merge(paths[0], paths[1:], "average", out, "-x", "q4k|q8")
     ok = r.returncode == 0
     if ok:
         _, _, ts, _ = G.read(out)
         ok = (ts["q4k"].blocks == inputs[0]["q4k"].blocks and ts["q8"].blocks == inputs[0]["q8"].blocks
-              and ts["q4"].gtype == G.GGML_Q4_0 and ts["q6k"].gtype == G.GGML_Q8_0
+              and ts["q4"].gtype == G.GGML_Q4_0 and ts["q6k"].gtype == G.GGML_Q6_K
               and ts["norm"].dtype == np.float32)
     check("GGUF output: copied tensors keep their blocks byte for byte, merged ones keep "
-          "Q8_0/Q4_0 (K-quants become Q8_0)", ok, r.stderr)
+          "their types (Q4_0, Q6_K re-quantised)", ok, r.stderr)
 
 
 def bound_ratios(gtype, blocks, x):
@@ -330,8 +332,57 @@ def test_quantised_outputs(d):
     r = merge(b[1], [e[1] for e in es], "ties", os.path.join(d, "x.safetensors"), "--dtype", "q8_0")
     check("--dtype q8_0 with a safetensors output is refused", r.returncode != 0
           and "gguf" in r.stderr and not os.path.exists(os.path.join(d, "x.safetensors")), r.stderr)
-    r = merge(b[1], [e[1] for e in es], "ties", os.path.join(d, "x.gguf"), "--dtype", "q6_k")
-    check("--dtype q6_k (no quantiser) is refused", r.returncode != 0, r.stderr)
+    r = merge(b[1], [e[1] for e in es], "ties", os.path.join(d, "x.gguf"), "--dtype", "q5_k")
+    check("--dtype q5_k (not a type acem writes) is refused", r.returncode != 0
+          and not os.path.exists(os.path.join(d, "x.gguf")), r.stderr)
+    test_kquant_outputs(d)
+
+
+def test_kquant_outputs(d):
+    """--dtype q4_k / q6_k against tests/oracle/kquant_np.py (ggml's reference quantisers in
+    float32 numpy): identical blocks, on rows of 256 and 512 values with outliers, a block of
+    zeros and a block with one non-zero sub-block; 1-D tensors and rows that do not split
+    into 256 stay F32."""
+    rng = np.random.default_rng(7)
+    shapes = [("w.a", (24, 512)), ("w.b", (6, 256)), ("w.z", (2, 256)), ("w.odd", (4, 96)),
+              ("n", (256,))]
+    models_ = []
+    for t in range(4):
+        m = {n: (0.02 * rng.standard_normal(sh) + 0.5 * (rng.standard_normal(sh) > 2.5)).astype(np.float32)
+             for n, sh in shapes}
+        m["w.z"][:] = 0
+        m["w.z"][1, :16] = 0.01 * (t + 1)
+        models_.append(m)
+    paths = []
+    for t, m in enumerate(models_):
+        paths.append(os.path.join(d, "kq%d.safetensors" % t))
+        st.write_file(paths[-1], {n: st.from_f64(v, "F32") for n, v in m.items()})
+    ref = os.path.join(d, "kq-ref.safetensors")
+    r = merge(paths[0], paths[1:], "ties", ref)
+    if r.returncode:
+        check("K-quant reference merge", False, r.stderr)
+        return
+    want = {n: t.to_f64().astype(np.float32).reshape(t.shape) for n, t in st.read_file(ref)[0].items()}
+    for q, gt, oracle, loose in (("q4_k", G.GGML_Q4_K, KQ.quantize_q4_k, 1 / 12),
+                                 ("q6_k", G.GGML_Q6_K, KQ.quantize_q6_k, 1 / 48)):
+        out = os.path.join(d, "kq-%s.gguf" % q)
+        r = merge(paths[0], paths[1:], "ties", out, "--dtype", q)
+        if r.returncode:
+            check("--dtype %s GGUF output" % q, False, r.stderr)
+            continue
+        _, _, ts, _ = G.read(out)
+        same, worst = True, 0.0
+        for n, t in ts.items():
+            if n in ("n", "w.odd"):
+                same = same and isinstance(t, np.ndarray) and t.tobytes() == want[n].tobytes()
+                continue
+            same = same and t.gtype == gt and t.blocks == oracle(want[n].ravel())
+            back = G.dequantize(gt, t.blocks).reshape(want[n].shape)
+            worst = max(worst, float(np.abs(back - want[n]).max() / np.abs(want[n]).max()))
+        check("--dtype %s: blocks identical to the float32 oracle of ggml's reference quantiser; "
+              "1-D tensors and rows not in 256s stay F32" % q, same)
+        check("%s round trip: max |err| / max |x| = %.4f (below %.4f)" % (q.upper(), worst, loose),
+              worst < loose)
 
 
 def ulp16(x):

@@ -112,7 +112,7 @@ uint32_t acem_quant_ggml_type(acem_quant q);
 acem_quant acem_quant_from_ggml(uint32_t type); /* ACEM_QUANT_NONE if not a known quant */
 uint32_t acem_quant_block_elems(acem_quant q);
 uint32_t acem_quant_block_bytes(acem_quant q);
-bool acem_quant_writable(acem_quant q); /* Q8_0 and Q4_0 have quantisers */
+bool acem_quant_writable(acem_quant q); /* a known quantisation: all have quantisers */
 /* Stored bytes of numel values; false when numel is not whole blocks or on overflow. */
 bool acem_quant_stored_bytes(acem_quant q, uint64_t numel, uint64_t *bytes);
 void acem_dequantize(acem_quant q, const void *blocks, float *dst, size_t n_blocks);

@@ -1,6 +1,5 @@
 /* quant.c — ggml block quantisation: the block layouts of Q8_0, Q4_0, Q4_K and Q6_K, their
- * dequantisation, and quantisers for Q8_0 and Q4_0 that follow ggml's reference rounding
- * (quantize_row_q8_0_ref / quantize_row_q4_0_ref). All multi-byte fields are little-endian.
+ * dequantisation and quantisation. All multi-byte fields are little-endian.
  *
  *   Q8_0  34 bytes / 32 values:  f16 d, int8 q[32];               x = d * q
  *   Q4_0  18 bytes / 32 values:  f16 d, u8 qs[16];                x = d * (nibble - 8),
@@ -9,7 +8,10 @@
  *                                sub-blocks of 32 with 6-bit scale sc and min m:
  *                                x = d * sc * nibble - dmin * m
  *   Q6_K 210 bytes / 256 values: u8 ql[128], u8 qh[64], int8 scales[16], f16 d; sixteen
- *                                sub-blocks of 16: x = d * scale * (6-bit q - 32) */
+ *                                sub-blocks of 16: x = d * scale * (6-bit q - 32)
+ *
+ * The quantisers follow ggml's reference ones (quantize_row_*_ref): Q8_0 and Q4_0 directly,
+ * Q4_K and Q6_K with their least-squares searches over trial scales. */
 #include "formats.h"
 
 #include <math.h>
@@ -38,7 +40,7 @@ acem_quant acem_quant_parse(const char *s) {
 uint32_t acem_quant_ggml_type(acem_quant q) { return quant_table[q].ggml_type; }
 uint32_t acem_quant_block_elems(acem_quant q) { return quant_table[q].block_elems; }
 uint32_t acem_quant_block_bytes(acem_quant q) { return quant_table[q].block_bytes; }
-bool acem_quant_writable(acem_quant q) { return q == ACEM_QUANT_Q8_0 || q == ACEM_QUANT_Q4_0; }
+bool acem_quant_writable(acem_quant q) { return q > ACEM_QUANT_NONE && q < ACEM_QUANT_COUNT; }
 
 acem_quant acem_quant_from_ggml(uint32_t type) {
     for (int q = ACEM_QUANT_NONE + 1; q < ACEM_QUANT_COUNT; q++)
@@ -177,8 +179,226 @@ static void quant_q4_0(const float *x, unsigned char *b) {
     }
 }
 
+/* ---- K-quants: ggml's reference quantisers (quantize_row_q4_K_ref / _q6_K_ref), the same
+ * float32 operations in the same order, without FMA. */
+
+/* ggml's nearest_int: round half to even (exact for |v| < 2^22, where ggml's is). */
+static inline int round_even(float v) { return (int)lrintf(v); }
+static inline int clamp_int(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+#define KQ_EPS 1e-15f /* ggml's GROUP_MAX_EPS: a group below it is all zero */
+
+/* For symmetric codes at inverse scale iscale: sum_i w_i x_i l_i and sum_i w_i l_i^2 with
+ * w_i = x_i^2, and (when L) the codes themselves, l_i + nmax. */
+static void symmetric_trial(int n, int nmax, const float *x, float iscale, float *sumlx,
+                            float *suml2, int8_t *L) {
+    *sumlx = *suml2 = 0.0f;
+    for (int i = 0; i < n; i++) {
+        int l = clamp_int(round_even(iscale * x[i]), -nmax, nmax - 1);
+        float w = x[i] * x[i];
+        *sumlx += w * x[i] * (float)l;
+        *suml2 += w * (float)l * (float)l;
+        if (L) L[i] = (int8_t)(l + nmax);
+    }
+}
+
+/* Symmetric codes L in [0, 2 nmax) for n values: the scale nmax / max|x| and 18 trial scales
+ * around it, the one with the least sum_i x_i^2 (x_i - scale (L_i - nmax))^2 (ggml's
+ * make_qx_quants with rmse_type 1). Returns the scale, negative when the value of largest
+ * magnitude is positive (codes run against the sign, as in ggml). */
+static float symmetric_codes(int n, int nmax, const float *x, int8_t *L) {
+    float amax = 0.0f, max = 0.0f, sumlx, suml2;
+    for (int i = 0; i < n; i++)
+        if (fabsf(x[i]) > amax) {
+            amax = fabsf(x[i]);
+            max = x[i];
+        }
+    if (amax < KQ_EPS) {
+        memset(L, 0, (size_t)n);
+        return 0.0f;
+    }
+    symmetric_trial(n, nmax, x, (float)-nmax / max, &sumlx, &suml2, L);
+    float scale = suml2 != 0.0f ? sumlx / suml2 : 0.0f, best = scale * sumlx;
+    for (int is = -9; is <= 9; is++) {
+        float iscale = -((float)nmax + 0.1f * (float)is) / max;
+        if (is == 0) continue;
+        symmetric_trial(n, nmax, x, iscale, &sumlx, &suml2, NULL);
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            symmetric_trial(n, nmax, x, iscale, &sumlx, &suml2, L);
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
+/* Affine codes L in [0, nmax] for n values, x ~ scale L - min with min >= 0: the best of the
+ * plain fit and nstep + 1 trial scales by weighted least squares (ggml's make_qkx2_quants,
+ * squared error). Returns the scale; *the_min gets min. */
+static float affine_codes(int n, int nmax, const float *x, const float *w, uint8_t *L,
+                          float *the_min, float rmin, float rdelta, int nstep) {
+    uint8_t trial[32];
+    float min = x[0], max = x[0], sum_w = w[0], sum_x = w[0] * x[0];
+    for (int i = 1; i < n; i++) {
+        min = x[i] < min ? x[i] : min;
+        max = x[i] > max ? x[i] : max;
+        sum_w += w[i];
+        sum_x += w[i] * x[i];
+    }
+    if (min > 0) min = 0;
+    if (max == min) {
+        memset(L, 0, (size_t)n);
+        *the_min = -min;
+        return 0.0f;
+    }
+    float iscale = (float)nmax / (max - min), scale = 1 / iscale, best_error = 0;
+    for (int i = 0; i < n; i++) {
+        L[i] = (uint8_t)clamp_int(round_even(iscale * (x[i] - min)), 0, nmax);
+        float diff = scale * (float)L[i] + min - x[i];
+        best_error += w[i] * (diff * diff);
+    }
+    for (int is = 0; is <= nstep; is++) {
+        iscale = (rmin + rdelta * (float)is + (float)nmax) / (max - min);
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; i++) {
+            int l = clamp_int(round_even(iscale * (x[i] - min)), 0, nmax);
+            trial[i] = (uint8_t)l;
+            sum_l += w[i] * (float)l;
+            sum_l2 += w[i] * (float)l * (float)l;
+            sum_xl += w[i] * (float)l * x[i];
+        }
+        float D = sum_w * sum_l2 - sum_l * sum_l;
+        if (!(D > 0)) continue;
+        float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+        float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+        if (this_min > 0) {
+            this_min = 0;
+            this_scale = sum_xl / sum_l2;
+        }
+        float error = 0;
+        for (int i = 0; i < n; i++) {
+            float diff = this_scale * (float)trial[i] + this_min - x[i];
+            error += w[i] * (diff * diff);
+        }
+        if (error < best_error) {
+            memcpy(L, trial, (size_t)n);
+            best_error = error;
+            scale = this_scale;
+            min = this_min;
+        }
+    }
+    *the_min = -min;
+    return scale;
+}
+
+/* Q4_K: per 32-value sub-block an affine fit weighted by rms + |x|; scales and mins to 6 bits
+ * relative to the largest of each; then the codes again against the stored scales. */
+static void quant_q4_k(const float *x, unsigned char *b) {
+    uint8_t L[256], *sc = b + 4, *qs = b + 16;
+    float scales[8], mins[8], w[32], max_scale = 0, max_min = 0;
+    for (int j = 0; j < 8; j++) {
+        const float *xj = x + 32 * j;
+        float sum_x2 = 0;
+        for (int l = 0; l < 32; l++)
+            sum_x2 += xj[l] * xj[l];
+        float av_x = sqrtf(sum_x2 / 32);
+        for (int l = 0; l < 32; l++)
+            w[l] = av_x + fabsf(xj[l]);
+        scales[j] = affine_codes(32, 15, xj, w, L + 32 * j, &mins[j], -1.0f, 0.1f, 20);
+        max_scale = scales[j] > max_scale ? scales[j] : max_scale;
+        max_min = mins[j] > max_min ? mins[j] : max_min;
+    }
+    float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
+    float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
+    memset(sc, 0, 12);
+    for (int j = 0; j < 8; j++) { /* ggml's 6-bit packing, undone by q4k_scale_min */
+        uint8_t ls = (uint8_t)round_even(inv_scale * scales[j]);
+        uint8_t lm = (uint8_t)round_even(inv_min * mins[j]);
+        ls = ls < 63 ? ls : 63;
+        lm = lm < 63 ? lm : 63;
+        if (j < 4) {
+            sc[j] = ls;
+            sc[j + 4] = lm;
+        } else {
+            sc[j + 4] = (uint8_t)((ls & 0x0F) | (lm & 0x0F) << 4);
+            sc[j - 4] |= (uint8_t)((ls >> 4) << 6);
+            sc[j] |= (uint8_t)((lm >> 4) << 6);
+        }
+    }
+    put_half(b, max_scale / 63.0f);
+    put_half(b + 2, max_min / 63.0f);
+    float d_all = half_at(b), dmin_all = half_at(b + 2);
+    for (int j = 0; j < 8; j++) {
+        int s, m;
+        q4k_scale_min(j, sc, &s, &m);
+        float d = d_all * (float)s, dm = dmin_all * (float)m;
+        if (d == 0.0f) continue;
+        for (int l = 0; l < 32; l++)
+            L[32 * j + l] = (uint8_t)clamp_int(round_even((x[32 * j + l] + dm) / d), 0, 15);
+    }
+    for (int j = 0; j < 256; j += 64, qs += 32)
+        for (int l = 0; l < 32; l++)
+            qs[l] = (uint8_t)(L[j + l] | L[j + l + 32] << 4);
+}
+
+/* Q6_K: per 16-value sub-block a symmetric fit; the scales to int8 relative to the largest
+ * (which becomes -128 times d); then the codes again against the stored scales. */
+static void quant_q6_k(const float *x, unsigned char *b) {
+    int8_t L[256];
+    uint8_t *ql = b, *qh = b + 128;
+    int8_t *sc = (int8_t *)(b + 192);
+    float scales[16], max_scale = 0, max_abs = 0;
+    for (int j = 0; j < 16; j++) {
+        scales[j] = symmetric_codes(16, 32, x + 16 * j, L + 16 * j);
+        if (fabsf(scales[j]) > max_abs) {
+            max_abs = fabsf(scales[j]);
+            max_scale = scales[j];
+        }
+    }
+    if (max_abs < KQ_EPS) {
+        memset(b, 0, 210);
+        return;
+    }
+    float iscale = -128.0f / max_scale;
+    put_half(b + 208, 1 / iscale);
+    for (int j = 0; j < 16; j++) {
+        int v = round_even(iscale * scales[j]);
+        sc[j] = (int8_t)(v < 127 ? v : 127);
+    }
+    float d_all = half_at(b + 208);
+    for (int j = 0; j < 16; j++) {
+        float d = d_all * (float)sc[j];
+        if (d == 0.0f) continue;
+        for (int l = 0; l < 16; l++)
+            L[16 * j + l] = (int8_t)(clamp_int(round_even(x[16 * j + l] / d), -32, 31) + 32);
+    }
+    for (int j = 0; j < 256; j += 128, ql += 64, qh += 32) /* dequant_q6k's layout */
+        for (int l = 0; l < 32; l++) {
+            ql[l] = (uint8_t)((L[j + l] & 0x0F) | (L[j + l + 64] & 0x0F) << 4);
+            ql[l + 32] = (uint8_t)((L[j + l + 32] & 0x0F) | (L[j + l + 96] & 0x0F) << 4);
+            qh[l] = (uint8_t)((L[j + l] >> 4) | (L[j + l + 32] >> 4) << 2 |
+                              (L[j + l + 64] >> 4) << 4 | (L[j + l + 96] >> 4) << 6);
+        }
+}
+
 void acem_quantize(acem_quant q, const float *src, void *blocks, size_t n_blocks) {
+    static void (*const quantiser[ACEM_QUANT_COUNT])(const float *, unsigned char *) = {
+        [ACEM_QUANT_Q8_0] = quant_q8_0,
+        [ACEM_QUANT_Q4_0] = quant_q4_0,
+        [ACEM_QUANT_Q4_K] = quant_q4_k,
+        [ACEM_QUANT_Q6_K] = quant_q6_k,
+    };
+    const size_t be = quant_table[q].block_elems, bb = quant_table[q].block_bytes;
+    float finite[256];
     unsigned char *b = blocks;
-    for (size_t i = 0; i < n_blocks; i++, src += 32, b += quant_table[q].block_bytes)
-        (q == ACEM_QUANT_Q8_0 ? quant_q8_0 : quant_q4_0)(src, b);
+    for (size_t i = 0; i < n_blocks; i++, src += be, b += bb) {
+        /* with --allow-nonfinite a block may hold NaN or Inf: the K-quant searches see 0 */
+        const float *x = src;
+        if (be == 256) {
+            for (size_t j = 0; j < be; j++)
+                finite[j] = finite_or_zero(src[j]);
+            x = finite;
+        }
+        quantiser[q](x, b);
+    }
 }
