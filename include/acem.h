@@ -161,7 +161,7 @@ typedef struct acem_merge_options {
     const char *preset;      /* gpt2|bert|roberta|llama|clip-vit or NULL */
     const char *out;         /* ends in .safetensors or .gguf: one file; else a directory */
     acem_dtype out_dtype;    /* ACEM_DT_NONE: same as base */
-    acem_quant out_quant;    /* GGUF output: quantise 2-D+ float tensors (Q8_0, Q4_0) */
+    acem_quant out_quant;    /* GGUF output: quantise 2-D+ float tensors (Q8_0/Q4_0/Q4_K/Q6_K) */
     acem_dtype precision;    /* compute type, ACEM_DT_F32 (default) or ACEM_DT_F64 */
     int threads;             /* 0: all cores */
     uint64_t max_shard_size; /* 0: no sharding */
