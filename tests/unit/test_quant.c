@@ -1,5 +1,6 @@
 /* test_quant.c — ggml block quantisation: Q8_0 / Q4_0 round trips within their bounds,
- * block layouts (scale, nibble order), zero and non-finite blocks, names and sizes. */
+ * block layouts (scale, nibble order), zero and non-finite blocks, K-quant edge blocks, names
+ * and sizes. (tests/test_gguf.py checks the K-quant blocks against a numpy oracle.) */
 #include "testutil.h"
 
 #include <math.h>
@@ -91,6 +92,53 @@ static void test_nonfinite(void **state) {
     assert_int_equal(acem_quant_first_nonfinite(ACEM_QUANT_Q8_0, b, 2), 32);
 }
 
+/* K-quant blocks of awkward values: no undefined behaviour (UBSan build), and where the
+ * values are representable the round trip stays close: constant blocks, one outlier, values
+ * near FLT_MAX and near the smallest normals, sign flips, zeros and non-finite values. */
+static void check_kquant_block(acem_quant q, const float *x, double tol) {
+    unsigned char b[210];
+    float y[256];
+    acem_quantize(q, x, b, 1);
+    acem_dequantize(q, b, y, 1);
+    double amax = 0, err = 0;
+    for (int j = 0; j < 256; j++) {
+        float v = isfinite(x[j]) ? x[j] : 0.0f;
+        amax = fmax(amax, fabs(v));
+        err = fmax(err, fabs((double)y[j] - v));
+        if (tol >= 0) assert_true(isfinite(y[j]));
+    }
+    if (tol >= 0) assert_true(err <= tol * amax);
+}
+
+static void test_kquant_edges(void **state) {
+    (void)state;
+    float x[256];
+    for (int q = ACEM_QUANT_Q4_K; q <= ACEM_QUANT_Q6_K; q++) {
+        double tol = q == ACEM_QUANT_Q4_K ? 1.0 / 8 : 1.0 / 32; /* 15 and 63 levels, 6-bit scales */
+        for (int j = 0; j < 256; j++)
+            x[j] = 0.0f;
+        check_kquant_block((acem_quant)q, x, 0); /* all zero: exactly zero back */
+        for (int j = 0; j < 256; j++)
+            x[j] = 0.25f;
+        check_kquant_block((acem_quant)q, x, tol);
+        x[100] = -40.0f; /* one outlier */
+        check_kquant_block((acem_quant)q, x, tol);
+        for (int j = 0; j < 256; j++)
+            x[j] = (j % 2 ? 1.0f : -1.0f) * (float)(j % 17) * 1e-3f;
+        check_kquant_block((acem_quant)q, x, tol);
+        for (int j = 0; j < 256; j++)
+            x[j] = (j % 3 ? 1.0f : -1.0f) * 1e38f * (float)(1 + j % 3);
+        check_kquant_block((acem_quant)q, x, -1); /* beyond f16 scales: only defined */
+        for (int j = 0; j < 256; j++)
+            x[j] = (j % 5 ? 1.0f : -1.0f) * 1e-37f * (float)(j % 7);
+        check_kquant_block((acem_quant)q, x, -1); /* below f16 scales: only defined */
+        x[3] = NAN;
+        x[7] = INFINITY;
+        x[9] = -INFINITY;
+        check_kquant_block((acem_quant)q, x, -1);
+    }
+}
+
 static void test_names(void **state) {
     (void)state;
     assert_int_equal(acem_quant_parse("q8_0"), ACEM_QUANT_Q8_0);
@@ -109,7 +157,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_q8_0_roundtrip), cmocka_unit_test(test_q4_0_roundtrip),
         cmocka_unit_test(test_layouts),        cmocka_unit_test(test_nonfinite),
-        cmocka_unit_test(test_names),
+        cmocka_unit_test(test_names),          cmocka_unit_test(test_kquant_edges),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
