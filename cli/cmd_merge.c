@@ -39,8 +39,8 @@ static void print_help(void) {
         "                             llama, clip-vit\n"
         "      --dtype D              output dtype of float tensors: f32, f16, bf16, f64\n"
         "                             (default: as the base); with a .gguf output also\n"
-        "                             q8_0, q4_0, q4_k or q6_k (tensors of 2+ axes whose rows\n"
-        "                             split into the type's 32- or 256-value blocks)\n"
+        "                             q8_0, q4_0, q4_k, q5_k or q6_k (tensors of 2+ axes whose\n"
+        "                             rows split into the type's 32- or 256-value blocks)\n"
         "      --precision P          compute precision f32 (default, as the ACE reference) or "
         "f64\n"
         "      --covariance-axis A    stored (default, as the ACE reference): covariances over "
@@ -108,7 +108,7 @@ typedef struct flags {
     long long seed, threads;
     uint64_t max_shard;
     acem_dtype dtype, precision;
-    acem_quant quant; /* --dtype q8_0 / q4_0 / q4_k / q6_k */
+    acem_quant quant; /* --dtype q8_0 / q4_0 / q4_k / q5_k / q6_k */
     int force, quiet, allow_nonfinite;
     int axis; /* -1: not given, 0 stored, 1 input */
 } flags;

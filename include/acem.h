@@ -59,8 +59,9 @@ typedef enum acem_quant {
     ACEM_QUANT_NONE,
     ACEM_QUANT_Q8_0, /* 32 values: f16 scale d, 32 int8; x = q * d */
     ACEM_QUANT_Q4_0, /* 32 values: f16 d, 16 bytes of nibbles; x = (q - 8) * d */
-    ACEM_QUANT_Q4_K, /* 256 values in 8 sub-blocks with 6-bit scales and mins (read only) */
-    ACEM_QUANT_Q6_K, /* 256 values in 16 sub-blocks with int8 scales (read only) */
+    ACEM_QUANT_Q4_K, /* 256 values in 8 sub-blocks with 6-bit scales and mins; 4-bit codes */
+    ACEM_QUANT_Q6_K, /* 256 values in 16 sub-blocks with int8 scales */
+    ACEM_QUANT_Q5_K, /* as Q4_K with 5-bit codes */
     ACEM_QUANT_COUNT
 } acem_quant;
 
@@ -161,7 +162,7 @@ typedef struct acem_merge_options {
     const char *preset;      /* gpt2|bert|roberta|llama|clip-vit or NULL */
     const char *out;         /* ends in .safetensors or .gguf: one file; else a directory */
     acem_dtype out_dtype;    /* ACEM_DT_NONE: same as base */
-    acem_quant out_quant;    /* GGUF output: quantise 2-D+ float tensors (Q8_0/Q4_0/Q4_K/Q6_K) */
+    acem_quant out_quant;    /* GGUF output: quantise 2-D+ float tensors (any of the above) */
     acem_dtype precision;    /* compute type, ACEM_DT_F32 (default) or ACEM_DT_F64 */
     int threads;             /* 0: all cores */
     uint64_t max_shard_size; /* 0: no sharding */

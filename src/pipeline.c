@@ -544,7 +544,7 @@ static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
         (!acem_quant_writable(o->out_quant) || !output_is_gguf(o->out)))
         return acem_fail(err,
                          "%s: quantised output (%s) needs a .gguf output path and Q8_0, "
-                         "Q4_0, Q4_K or Q6_K",
+                         "Q4_0, Q4_K, Q5_K or Q6_K",
                          o->out, acem_quant_name(o->out_quant));
     if (o->out_quant != ACEM_QUANT_NONE && o->out_dtype != ACEM_DT_NONE)
         return acem_fail(err, "give either an output dtype or a quantisation, not both");

@@ -9,11 +9,11 @@ usage: /usr/bin/python3 tests/test_gguf.py PATH_TO_acem [-v]
   * a GGUF base's key-values (every value type, nested arrays, general.alignment 64) are
     carried into a GGUF output unchanged, acem.* keys added;
   * acem's GGUF output read back by acem and by the numpy reader;
-  * Q8_0 / Q4_0 / Q4_K / Q6_K inputs dequantise exactly as the numpy oracle does;
+  * Q8_0 / Q4_0 / Q4_K / Q5_K / Q6_K inputs dequantise exactly as the numpy oracle does;
     tensors copied from the base keep their blocks byte for byte;
   * --dtype q8_0 / q4_0 quantise bit-identically to ggml's reference quantisers, with
     round-trip errors within the formats' bounds (Q8_0 |err| <= d/2, Q4_0 <= |d|/2
-    except the clamped top code, <= |d|); --dtype q4_k / q6_k bit-identically to a float32
+    except the clamped top code, <= |d|); --dtype q4_k / q5_k / q6_k bit-identically to a float32
     numpy transcription of ggml's reference K-quant quantisers (tests/oracle/kquant_np.py);
   * ace over three experts whose tensors are F16 and Q8_0, written as GGUF, compared
     with the float64 oracle (the measured errors are printed);
@@ -220,7 +220,7 @@ def random_kquant(rng, gtype, shape):
     n = int(np.prod(shape)) // be
     raw = rng.integers(0, 256, size=(n, bb), dtype=np.uint8)
     d = rng.uniform(0.001, 0.01, size=(n, 2)).astype("<f2").view(np.uint8)
-    if gtype == G.GGML_Q4_K:
+    if gtype in (G.GGML_Q4_K, G.GGML_Q5_K):
         raw[:, 0:4] = d
     else:
         raw[:, 208:210] = d[:, :2]
@@ -231,13 +231,14 @@ def test_quantised_inputs(d):
     rng = np.random.default_rng(3)
     qshapes = [("q8", (8, 64), G.GGML_Q8_0), ("q4", (8, 64), G.GGML_Q4_0),
                ("q4k", (4, 256), G.GGML_Q4_K), ("q6k", (2, 512), G.GGML_Q6_K),
+               ("q5k", (3, 256), G.GGML_Q5_K),
                ("norm", (64,), G.GGML_F32)]
     paths, inputs = [], []
     for t in range(3):
         ts = []
         for n, s, gt in qshapes:
             v = rng.standard_normal(s).astype(np.float32)
-            ts.append((n, gt, random_kquant(rng, gt, s) if gt in (G.GGML_Q4_K, G.GGML_Q6_K) else v))
+            ts.append((n, gt, random_kquant(rng, gt, s) if G.BLOCK.get(gt, (0,))[0] == 256 else v))
         paths.append(os.path.join(d, "q%d.gguf" % t))
         G.write(paths[-1], [("general.architecture", G.STRING, "q")], ts)
         inputs.append(G.read(paths[-1])[2])
@@ -251,7 +252,8 @@ def test_quantised_inputs(d):
             want = G.values(inputs[0][n]).astype(np.float32)
             if got[n].tobytes() != want.tobytes():
                 ok, detail = False, "%s: max |diff| %g" % (n, np.max(np.abs(got[n] - want)))
-    check("Q8_0, Q4_0, Q4_K, Q6_K tensors dequantise bit for bit as the numpy oracle", ok, detail)
+    check("Q8_0, Q4_0, Q4_K, Q5_K, Q6_K tensors dequantise bit for bit as the numpy oracle", ok,
+          detail)
     # average of three quantised experts vs the oracle on dequantised values
     out = os.path.join(d, "q-avg.safetensors")
     r = merge(paths[0], paths, "average", out)
@@ -270,9 +272,10 @@ def test_quantised_inputs(d):
         _, _, ts, _ = G.read(out)
         ok = (ts["q4k"].blocks == inputs[0]["q4k"].blocks and ts["q8"].blocks == inputs[0]["q8"].blocks
               and ts["q4"].gtype == G.GGML_Q4_0 and ts["q6k"].gtype == G.GGML_Q6_K
+              and ts["q5k"].gtype == G.GGML_Q5_K
               and ts["norm"].dtype == np.float32)
     check("GGUF output: copied tensors keep their blocks byte for byte, merged ones keep "
-          "their types (Q4_0, Q6_K re-quantised)", ok, r.stderr)
+          "their types (Q4_0, Q5_K, Q6_K re-quantised)", ok, r.stderr)
 
 
 def bound_ratios(gtype, blocks, x):
@@ -332,14 +335,14 @@ def test_quantised_outputs(d):
     r = merge(b[1], [e[1] for e in es], "ties", os.path.join(d, "x.safetensors"), "--dtype", "q8_0")
     check("--dtype q8_0 with a safetensors output is refused", r.returncode != 0
           and "gguf" in r.stderr and not os.path.exists(os.path.join(d, "x.safetensors")), r.stderr)
-    r = merge(b[1], [e[1] for e in es], "ties", os.path.join(d, "x.gguf"), "--dtype", "q5_k")
-    check("--dtype q5_k (not a type acem writes) is refused", r.returncode != 0
+    r = merge(b[1], [e[1] for e in es], "ties", os.path.join(d, "x.gguf"), "--dtype", "q3_k")
+    check("--dtype q3_k (not a type acem writes) is refused", r.returncode != 0
           and not os.path.exists(os.path.join(d, "x.gguf")), r.stderr)
     test_kquant_outputs(d)
 
 
 def test_kquant_outputs(d):
-    """--dtype q4_k / q6_k against tests/oracle/kquant_np.py (ggml's reference quantisers in
+    """--dtype q4_k / q5_k / q6_k against tests/oracle/kquant_np.py (ggml's reference quantisers in
     float32 numpy): identical blocks, on rows of 256 and 512 values with outliers, a block of
     zeros and a block with one non-zero sub-block; 1-D tensors and rows that do not split
     into 256 stay F32."""
@@ -364,6 +367,7 @@ def test_kquant_outputs(d):
         return
     want = {n: t.to_f64().astype(np.float32).reshape(t.shape) for n, t in st.read_file(ref)[0].items()}
     for q, gt, oracle, loose in (("q4_k", G.GGML_Q4_K, KQ.quantize_q4_k, 1 / 12),
+                                 ("q5_k", G.GGML_Q5_K, KQ.quantize_q5_k, 1 / 24),
                                  ("q6_k", G.GGML_Q6_K, KQ.quantize_q6_k, 1 / 48)):
         out = os.path.join(d, "kq-%s.gguf" % q)
         r = merge(paths[0], paths[1:], "ties", out, "--dtype", q)

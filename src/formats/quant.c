@@ -1,4 +1,4 @@
-/* quant.c — ggml block quantisation: the block layouts of Q8_0, Q4_0, Q4_K and Q6_K, their
+/* quant.c — ggml block quantisation: the block layouts of Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, their
  * dequantisation and quantisation. All multi-byte fields are little-endian.
  *
  *   Q8_0  34 bytes / 32 values:  f16 d, int8 q[32];               x = d * q
@@ -7,11 +7,13 @@
  *   Q4_K 144 bytes / 256 values: f16 d, f16 dmin, u8 scales[12], u8 qs[128]; eight
  *                                sub-blocks of 32 with 6-bit scale sc and min m:
  *                                x = d * sc * nibble - dmin * m
+ *   Q5_K 176 bytes / 256 values: as Q4_K, then u8 qh[32] before qs[128]: bit 2k (2k + 1) of
+ *                                qh[l] is the fifth bit of value l of sub-block 2k (2k + 1)
  *   Q6_K 210 bytes / 256 values: u8 ql[128], u8 qh[64], int8 scales[16], f16 d; sixteen
  *                                sub-blocks of 16: x = d * scale * (6-bit q - 32)
  *
  * The quantisers follow ggml's reference ones (quantize_row_*_ref): Q8_0 and Q4_0 directly,
- * Q4_K and Q6_K with their least-squares searches over trial scales. */
+ * Q4_K, Q5_K and Q6_K with their least-squares searches over trial scales. */
 #include "formats.h"
 
 #include <math.h>
@@ -24,7 +26,7 @@ static const struct {
 } quant_table[ACEM_QUANT_COUNT] = {
     [ACEM_QUANT_NONE] = {"", 0, 1, 0},          [ACEM_QUANT_Q8_0] = {"Q8_0", 8, 32, 34},
     [ACEM_QUANT_Q4_0] = {"Q4_0", 2, 32, 18},    [ACEM_QUANT_Q4_K] = {"Q4_K", 12, 256, 144},
-    [ACEM_QUANT_Q6_K] = {"Q6_K", 14, 256, 210},
+    [ACEM_QUANT_Q6_K] = {"Q6_K", 14, 256, 210}, [ACEM_QUANT_Q5_K] = {"Q5_K", 13, 256, 176},
 };
 
 const char *acem_quant_name(acem_quant q) {
@@ -83,6 +85,23 @@ static void dequant_q4k(const unsigned char *b, float *y) {
     }
 }
 
+static void dequant_q5k(const unsigned char *b, float *y) {
+    float d = half_at(b), dmin = half_at(b + 2);
+    const unsigned char *scales = b + 4, *qh = b + 16, *qs = b + 48;
+    for (int j = 0; j < 8; j += 2) { /* as Q4_K, the fifth bits from qh */
+        int sc0, m0, sc1, m1;
+        q4k_scale_min(j, scales, &sc0, &m0);
+        q4k_scale_min(j + 1, scales, &sc1, &m1);
+        for (int l = 0; l < 32; l++) {
+            int lo = (qs[l] & 0x0F) | ((qh[l] >> j) & 1) << 4;
+            int hi = (qs[l] >> 4) | ((qh[l] >> (j + 1)) & 1) << 4;
+            y[j * 32 + l] = d * (float)sc0 * (float)lo - dmin * (float)m0;
+            y[j * 32 + 32 + l] = d * (float)sc1 * (float)hi - dmin * (float)m1;
+        }
+        qs += 32;
+    }
+}
+
 static void dequant_q6k(const unsigned char *b, float *y) {
     const unsigned char *ql = b, *qh = b + 128;
     const signed char *sc = (const signed char *)(b + 192);
@@ -126,6 +145,7 @@ void acem_dequantize(acem_quant q, const void *blocks, float *dst, size_t n_bloc
             break;
         }
         case ACEM_QUANT_Q4_K: dequant_q4k(b, dst); break;
+        case ACEM_QUANT_Q5_K: dequant_q5k(b, dst); break;
         default: dequant_q6k(b, dst); break;
         }
     }
@@ -135,7 +155,8 @@ int64_t acem_quant_first_nonfinite(acem_quant q, const void *blocks, size_t n_bl
     const unsigned char *b = blocks;
     const size_t bb = quant_table[q].block_bytes;
     /* The integer codes are finite: a value is NaN/Inf exactly when a scale is. */
-    const size_t at = q == ACEM_QUANT_Q6_K ? 208 : 0, at2 = q == ACEM_QUANT_Q4_K ? 2 : at;
+    const size_t at = q == ACEM_QUANT_Q6_K ? 208 : 0,
+                 at2 = q == ACEM_QUANT_Q4_K || q == ACEM_QUANT_Q5_K ? 2 : at;
     for (size_t i = 0; i < n_blocks; i++, b += bb)
         if ((b[at + 1] & 0x7C) == 0x7C || (b[at2 + 1] & 0x7C) == 0x7C)
             return (int64_t)(i * quant_table[q].block_elems);
@@ -291,10 +312,12 @@ static float affine_codes(int n, int nmax, const float *x, const float *w, uint8
     return scale;
 }
 
-/* Q4_K: per 32-value sub-block an affine fit weighted by rms + |x|; scales and mins to 6 bits
- * relative to the largest of each; then the codes again against the stored scales. */
-static void quant_q4_k(const float *x, unsigned char *b) {
-    uint8_t L[256], *sc = b + 4, *qs = b + 16;
+/* Q4_K and Q5_K: per 32-value sub-block an affine fit weighted by rms + |x|, codes in
+ * [0, nmax]; scales and mins to 6 bits relative to the largest of each (d, dmin and the 12
+ * scale bytes of b); then the codes L again against the stored scales. */
+static void kquant_affine(const float *x, int nmax, float rmin, int nstep, unsigned char *b,
+                          uint8_t *L) {
+    uint8_t *sc = b + 4;
     float scales[8], mins[8], w[32], max_scale = 0, max_min = 0;
     for (int j = 0; j < 8; j++) {
         const float *xj = x + 32 * j;
@@ -304,7 +327,7 @@ static void quant_q4_k(const float *x, unsigned char *b) {
         float av_x = sqrtf(sum_x2 / 32);
         for (int l = 0; l < 32; l++)
             w[l] = av_x + fabsf(xj[l]);
-        scales[j] = affine_codes(32, 15, xj, w, L + 32 * j, &mins[j], -1.0f, 0.1f, 20);
+        scales[j] = affine_codes(32, nmax, xj, w, L + 32 * j, &mins[j], rmin, 0.1f, nstep);
         max_scale = scales[j] > max_scale ? scales[j] : max_scale;
         max_min = mins[j] > max_min ? mins[j] : max_min;
     }
@@ -334,11 +357,28 @@ static void quant_q4_k(const float *x, unsigned char *b) {
         float d = d_all * (float)s, dm = dmin_all * (float)m;
         if (d == 0.0f) continue;
         for (int l = 0; l < 32; l++)
-            L[32 * j + l] = (uint8_t)clamp_int(round_even((x[32 * j + l] + dm) / d), 0, 15);
+            L[32 * j + l] = (uint8_t)clamp_int(round_even((x[32 * j + l] + dm) / d), 0, nmax);
     }
+}
+
+static void quant_q4_k(const float *x, unsigned char *b) {
+    uint8_t L[256], *qs = b + 16;
+    kquant_affine(x, 15, -1.0f, 20, b, L);
     for (int j = 0; j < 256; j += 64, qs += 32)
         for (int l = 0; l < 32; l++)
             qs[l] = (uint8_t)(L[j + l] | L[j + l + 32] << 4);
+}
+
+static void quant_q5_k(const float *x, unsigned char *b) {
+    uint8_t L[256], *qh = b + 16, *qs = b + 48;
+    kquant_affine(x, 31, -0.5f, 15, b, L);
+    memset(qh, 0, 32);
+    for (int j = 0; j < 256; j += 64, qs += 32) /* sub-blocks j / 32 and j / 32 + 1 */
+        for (int l = 0; l < 32; l++) {
+            uint8_t lo = L[j + l], hi = L[j + l + 32];
+            qh[l] |= (uint8_t)((lo >> 4) << (j / 32) | (hi >> 4) << (j / 32 + 1));
+            qs[l] = (uint8_t)((lo & 0x0F) | (hi & 0x0F) << 4);
+        }
 }
 
 /* Q6_K: per 16-value sub-block a symmetric fit; the scales to int8 relative to the largest
@@ -383,10 +423,9 @@ static void quant_q6_k(const float *x, unsigned char *b) {
 
 void acem_quantize(acem_quant q, const float *src, void *blocks, size_t n_blocks) {
     static void (*const quantiser[ACEM_QUANT_COUNT])(const float *, unsigned char *) = {
-        [ACEM_QUANT_Q8_0] = quant_q8_0,
-        [ACEM_QUANT_Q4_0] = quant_q4_0,
-        [ACEM_QUANT_Q4_K] = quant_q4_k,
-        [ACEM_QUANT_Q6_K] = quant_q6_k,
+        [ACEM_QUANT_Q8_0] = quant_q8_0, [ACEM_QUANT_Q4_0] = quant_q4_0,
+        [ACEM_QUANT_Q4_K] = quant_q4_k, [ACEM_QUANT_Q6_K] = quant_q6_k,
+        [ACEM_QUANT_Q5_K] = quant_q5_k,
     };
     const size_t be = quant_table[q].block_elems, bb = quant_table[q].block_bytes;
     float finite[256];

@@ -23,14 +23,15 @@ _SCALAR = {U8: "<B", I8: "<b", U16: "<H", I16: "<h", U32: "<I", I32: "<i", F32: 
            BOOL: "<?", U64: "<Q", I64: "<q", F64: "<d"}
 
 # ggml types
-GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q8_0, GGML_Q4_K, GGML_Q6_K = 0, 1, 2, 8, 12, 14
+GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q8_0, GGML_Q4_K, GGML_Q5_K, GGML_Q6_K = 0, 1, 2, 8, 12, 13, 14
 GGML_I8, GGML_I16, GGML_I32, GGML_I64, GGML_F64, GGML_BF16 = 24, 25, 26, 27, 28, 30
 PLAIN = {GGML_F32: "<f4", GGML_F16: "<f2", GGML_BF16: "<u2", GGML_F64: "<f8",
          GGML_I8: "i1", GGML_I16: "<i2", GGML_I32: "<i4", GGML_I64: "<i8"}
 # (values per block, bytes per block)
-BLOCK = {GGML_Q8_0: (32, 34), GGML_Q4_0: (32, 18), GGML_Q4_K: (256, 144), GGML_Q6_K: (256, 210)}
+BLOCK = {GGML_Q8_0: (32, 34), GGML_Q4_0: (32, 18), GGML_Q4_K: (256, 144), GGML_Q5_K: (256, 176),
+         GGML_Q6_K: (256, 210)}
 NAMES = {GGML_F32: "F32", GGML_F16: "F16", GGML_BF16: "BF16", GGML_F64: "F64", GGML_Q8_0: "Q8_0",
-         GGML_Q4_0: "Q4_0", GGML_Q4_K: "Q4_K", GGML_Q6_K: "Q6_K", GGML_I8: "I8",
+         GGML_Q4_0: "Q4_0", GGML_Q4_K: "Q4_K", GGML_Q5_K: "Q5_K", GGML_Q6_K: "Q6_K", GGML_I8: "I8",
          GGML_I16: "I16", GGML_I32: "I32", GGML_I64: "I64"}
 
 
@@ -64,7 +65,7 @@ def dequantize(gtype, raw):
         qs = b[:, 2:]
         q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32) - np.float32(8)
         return (q * d).ravel()
-    if gtype == GGML_Q4_K:
+    if gtype in (GGML_Q4_K, GGML_Q5_K):
         d, dmin = _half(b, 0)[:, None], _half(b, 2)[:, None]
         s = b[:, 4:16].astype(np.int32)
         sc = np.empty((len(b), 8), np.int32)
@@ -72,8 +73,13 @@ def dequantize(gtype, raw):
         sc[:, :4], mn[:, :4] = s[:, 0:4] & 63, s[:, 4:8] & 63
         sc[:, 4:] = (s[:, 8:12] & 15) | ((s[:, 0:4] >> 6) << 4)
         mn[:, 4:] = (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)
-        qs = b[:, 16:].reshape(-1, 4, 32)  # four groups of 32 bytes: 64 values each
-        q = np.stack([qs & 0x0F, qs >> 4], axis=2).reshape(-1, 8, 32).astype(np.float32)
+        qs = b[:, 16:] if gtype == GGML_Q4_K else b[:, 48:]
+        qs = qs.reshape(-1, 4, 32)  # four groups of 32 bytes: 64 values each
+        q = np.stack([qs & 0x0F, qs >> 4], axis=2).reshape(-1, 8, 32).astype(np.int32)
+        if gtype == GGML_Q5_K:  # bit j of qh[l]: the fifth bit of value l of sub-block j
+            qh = b[:, 16:48].astype(np.int32)
+            q = q | np.stack([((qh >> j) & 1) << 4 for j in range(8)], axis=1)
+        q = q.astype(np.float32)
         scale = (d * sc.astype(np.float32))[:, :, None]
         mins = (dmin * mn.astype(np.float32))[:, :, None]
         return (scale * q - mins).ravel()

@@ -1,4 +1,4 @@
-"""ggml's reference K-quant quantisers (quantize_row_q4_K_ref, quantize_row_q6_K_ref) in
+"""ggml's reference K-quant quantisers (quantize_row_q4_K_ref, _q5_K_ref, _q6_K_ref) in
 numpy float32, written from the algorithm for acem's tests, independently of src/formats/quant.c.
 
 Every float32 operation is done in the order ggml's C code does it (sums run sequentially,
@@ -130,14 +130,14 @@ def quantize_q6_k(x):
     return out.tobytes()
 
 
-def quantize_q4_k(x):
-    """float32 values (a multiple of 256) -> Q4_K blocks as bytes."""
+def _affine_k(x, nmax, rmin, nstep):
+    """Q4_K / Q5_K: the 4 header bytes (d, dmin), the 12 scale bytes and the codes (nb, 256)."""
     X = np.asarray(x, F).reshape(-1, 256)
     nb = len(X)
     S = X.reshape(-1, 32)
     av_x = np.sqrt(_seq_sum(S * S) / F(32))
     W = av_x[:, None] + np.abs(S)
-    scales, mins, L = _affine(S, W, 15, -1.0, 0.1, 20)
+    scales, mins, L = _affine(S, W, nmax, rmin, 0.1, nstep)
     scales, mins, L = scales.reshape(nb, 8), mins.reshape(nb, 8), L.reshape(nb, 8, 32)
     max_scale = np.maximum(scales.max(axis=1), F(0))
     max_min = np.maximum(mins.max(axis=1), F(0))
@@ -155,12 +155,28 @@ def quantize_q4_k(x):
     d = d16.astype(F)[:, None] * ls.astype(F)
     dm = dmin16.astype(F)[:, None] * lm.astype(F)
     with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.clip(_rint((X.reshape(nb, 8, 32) + dm[:, :, None]) / d[:, :, None]), 0, 15)
+        q = np.clip(_rint((X.reshape(nb, 8, 32) + dm[:, :, None]) / d[:, :, None]), 0, nmax)
     L = np.where((d != 0)[:, :, None], q, L).reshape(nb, 256)
-    out = np.zeros((nb, 144), np.uint8)
-    out[:, 0:2] = d16.astype("<f2").view(np.uint8).reshape(-1, 2)
-    out[:, 2:4] = dmin16.astype("<f2").view(np.uint8).reshape(-1, 2)
-    out[:, 4:16] = sc
-    for j in range(4):
-        out[:, 16 + 32 * j:48 + 32 * j] = L[:, 64 * j:64 * j + 32] | L[:, 64 * j + 32:64 * j + 64] << 4
-    return out.tobytes()
+    head = np.zeros((nb, 16), np.uint8)
+    head[:, 0:2] = d16.astype("<f2").view(np.uint8).reshape(-1, 2)
+    head[:, 2:4] = dmin16.astype("<f2").view(np.uint8).reshape(-1, 2)
+    head[:, 4:16] = sc
+    return head, L
+
+
+def quantize_q4_k(x):
+    """float32 values (a multiple of 256) -> Q4_K blocks as bytes."""
+    head, L = _affine_k(x, 15, -1.0, 20)
+    qs = [L[:, 64 * j:64 * j + 32] | L[:, 64 * j + 32:64 * j + 64] << 4 for j in range(4)]
+    return np.concatenate([head] + [q.astype(np.uint8) for q in qs], axis=1).tobytes()
+
+
+def quantize_q5_k(x):
+    """float32 values (a multiple of 256) -> Q5_K blocks as bytes: codes 0..31, the fifth bit
+    of value l of sub-block j in bit j of qh[l]."""
+    head, L = _affine_k(x, 31, -0.5, 15)
+    qh = np.zeros((len(L), 32), np.int64)
+    for j in range(8):
+        qh |= (L[:, 32 * j:32 * j + 32] >> 4) << j
+    qs = [(L[:, 64 * j:64 * j + 32] & 15) | (L[:, 64 * j + 32:64 * j + 64] & 15) << 4 for j in range(4)]
+    return np.concatenate([head, qh.astype(np.uint8)] + [q.astype(np.uint8) for q in qs], axis=1).tobytes()

@@ -113,29 +113,31 @@ static void check_kquant_block(acem_quant q, const float *x, double tol) {
 static void test_kquant_edges(void **state) {
     (void)state;
     float x[256];
-    for (int q = ACEM_QUANT_Q4_K; q <= ACEM_QUANT_Q6_K; q++) {
-        double tol = q == ACEM_QUANT_Q4_K ? 1.0 / 8 : 1.0 / 32; /* 15 and 63 levels, 6-bit scales */
+    const acem_quant kquants[] = {ACEM_QUANT_Q4_K, ACEM_QUANT_Q5_K, ACEM_QUANT_Q6_K};
+    for (int k = 0; k < 3; k++) {
+        const acem_quant q = kquants[k];
+        const double tol = 1.0 / (8 << k); /* 15, 31, 63 levels, 6- or 8-bit scales */
         for (int j = 0; j < 256; j++)
             x[j] = 0.0f;
-        check_kquant_block((acem_quant)q, x, 0); /* all zero: exactly zero back */
+        check_kquant_block(q, x, 0); /* all zero: exactly zero back */
         for (int j = 0; j < 256; j++)
             x[j] = 0.25f;
-        check_kquant_block((acem_quant)q, x, tol);
+        check_kquant_block(q, x, tol);
         x[100] = -40.0f; /* one outlier */
-        check_kquant_block((acem_quant)q, x, tol);
+        check_kquant_block(q, x, tol);
         for (int j = 0; j < 256; j++)
             x[j] = (j % 2 ? 1.0f : -1.0f) * (float)(j % 17) * 1e-3f;
-        check_kquant_block((acem_quant)q, x, tol);
+        check_kquant_block(q, x, tol);
         for (int j = 0; j < 256; j++)
             x[j] = (j % 3 ? 1.0f : -1.0f) * 1e38f * (float)(1 + j % 3);
-        check_kquant_block((acem_quant)q, x, -1); /* beyond f16 scales: only defined */
+        check_kquant_block(q, x, -1); /* beyond f16 scales: only defined */
         for (int j = 0; j < 256; j++)
             x[j] = (j % 5 ? 1.0f : -1.0f) * 1e-37f * (float)(j % 7);
-        check_kquant_block((acem_quant)q, x, -1); /* below f16 scales: only defined */
+        check_kquant_block(q, x, -1); /* below f16 scales: only defined */
         x[3] = NAN;
         x[7] = INFINITY;
         x[9] = -INFINITY;
-        check_kquant_block((acem_quant)q, x, -1);
+        check_kquant_block(q, x, -1);
     }
 }
 
