@@ -53,8 +53,20 @@ def write_models(models):
     return names, index
 
 
+def kquant_blocks(rng, g, gtype, shape):
+    """(shape, raw blocks) for gguf_np.write: random code bytes, moderate f16 scales."""
+    be, bb = g.BLOCK[gtype]
+    raw = rng.integers(0, 256, size=(int(np.prod(shape)) // be, bb), dtype=np.uint8)
+    d = rng.uniform(0.001, 0.01, size=(len(raw), 2)).astype("<f2").view(np.uint8)
+    if gtype == g.GGML_Q6_K:
+        raw[:, 208:210] = d[:, :2]
+    else:
+        raw[:, 0:4] = d
+    return (shape, raw.tobytes())
+
+
 def other_formats(outdir):
-    """A GGUF file (key-values of several types, F32/F16 tensors, Q8_0 and Q4_0 blocks) and,
+    """A GGUF file (key-values of several types, F32/F16 tensors, Q8_0, Q4_0 and K-quant blocks) and,
     when python3-torch is there, a torch.save archive (tied and transposed views, f16)."""
     import gguf_np as g
     rng = np.random.default_rng(5)
@@ -64,7 +76,10 @@ def other_formats(outdir):
     g.write(path, kvs, [("a.weight", g.GGML_F32, rng.standard_normal((4, 3))),
                         ("b.weight", g.GGML_F16, rng.standard_normal((3, 5))),
                         ("q8.weight", g.GGML_Q8_0, rng.standard_normal((2, 32))),
-                        ("q4.weight", g.GGML_Q4_0, rng.standard_normal((1, 32)))])
+                        ("q4.weight", g.GGML_Q4_0, rng.standard_normal((1, 32))),
+                        ("k4.weight", g.GGML_Q4_K, kquant_blocks(rng, g, g.GGML_Q4_K, (1, 256))),
+                        ("k5.weight", g.GGML_Q5_K, kquant_blocks(rng, g, g.GGML_Q5_K, (1, 256))),
+                        ("k6.weight", g.GGML_Q6_K, kquant_blocks(rng, g, g.GGML_Q6_K, (1, 256)))])
     out = [("gguf", file_bytes(path))]
     os.remove(path)
     try:
