@@ -223,10 +223,11 @@ out:
 
 /* Step 7: Delta = M0 + sigma_iso U_k V_k^T, (U, sigma, V) the thin SVD of F = R + M0.
  *
- * This runs in double, also at --precision f32: k = floor(0.3 r) usually falls inside the
- * bulk of F's spectrum where sigma_k / sigma_{k+1} is within 1e-3 of 1, and the top-k
- * subspace is then so ill-conditioned that float32 SVDs (LAPACK's, PyTorch's) land up to
- * 2e-4 away from the exact result. In double the result is exact to ~1e-9. */
+ * The singular subspace is found in double, also at --precision f32: k = floor(0.3 r)
+ * usually falls inside the bulk of F's spectrum where sigma_k / sigma_{k+1} is within 1e-3
+ * of 1, and the top-k subspace is then so ill-conditioned that float32 SVDs (LAPACK's,
+ * PyTorch's) land up to 2e-4 away from the exact result. In double the subspace is exact to
+ * ~1e-9; applying it to F in float32 adds ~1e-6. */
 static int refine(const method_ctx *c, const void *F, void *out, acem_error *err) {
     const la L = {c->f64, c->threads};
     const size_t m = c->rows, n = c->cols, r = m < n ? m : n;
