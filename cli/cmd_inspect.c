@@ -55,8 +55,8 @@ int cmd_inspect(int argc, char **argv) {
         if (k < sizeof shape) snprintf(shape + k, sizeof shape - k, "]");
         printf("%-*s  %-7s  %-24s  %12llu\n", (int)width, t->name,
                t->quant ? acem_quant_name(t->quant) : acem_dtype_name(t->dtype), shape,
-               (unsigned long long)t->nbytes);
-        total_bytes += t->nbytes;
+               (unsigned long long)acem_tensor_stored_bytes(t));
+        total_bytes += acem_tensor_stored_bytes(t);
         total_numel += t->numel;
     }
     char b[32];

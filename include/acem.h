@@ -96,6 +96,10 @@ typedef struct acem_tensor {
     acem_quant quant; /* GGUF block quantisation of the stored bytes, or ACEM_QUANT_NONE */
 } acem_tensor;
 
+/* Bytes a tensor takes in its file: nbytes, or the size of its blocks when it is stored
+ * block-quantised (nbytes is then the size of its values as F32). */
+uint64_t acem_tensor_stored_bytes(const acem_tensor *t);
+
 typedef struct acem_checkpoint acem_checkpoint;
 
 /* path: a .safetensors or GGUF file (recognised by its magic), or a directory holding

@@ -254,6 +254,13 @@ def test_quantised_inputs(d):
                 ok, detail = False, "%s: max |diff| %g" % (n, np.max(np.abs(got[n] - want)))
     check("Q8_0, Q4_0, Q4_K, Q5_K, Q6_K tensors dequantise bit for bit as the numpy oracle", ok,
           detail)
+    r = acem("inspect", paths[0])
+    rows = {ln.split()[0]: ln.split() for ln in r.stdout.splitlines() if ln.split()[:1] in
+            (["q8"], ["q4"], ["q4k"], ["q6k"], ["q5k"])}
+    sizes = {n: int(rows[n][-1]) for n in rows}
+    check("inspect shows block tensors' stored bytes (Q8_0 8x64: 544, Q6_K 2x512: 840, "
+          "Q5_K 3x256: 528)", sizes == {"q8": 544, "q4": 288, "q4k": 576, "q6k": 840, "q5k": 528},
+          r.stdout)
     # average of three quantised experts vs the oracle on dequantised values
     out = os.path.join(d, "q-avg.safetensors")
     r = merge(paths[0], paths, "average", out)

@@ -50,6 +50,12 @@ acem_quant acem_quant_from_ggml(uint32_t type) {
     return ACEM_QUANT_NONE;
 }
 
+uint64_t acem_tensor_stored_bytes(const acem_tensor *t) {
+    uint64_t bytes = t->nbytes; /* the reader checked the block size when it opened the file */
+    if (t->quant != ACEM_QUANT_NONE) acem_quant_stored_bytes(t->quant, t->numel, &bytes);
+    return bytes;
+}
+
 bool acem_quant_stored_bytes(acem_quant q, uint64_t numel, uint64_t *bytes) {
     return numel % quant_table[q].block_elems == 0 &&
            acem_mul_u64(numel / quant_table[q].block_elems, quant_table[q].block_bytes, bytes);
