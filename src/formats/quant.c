@@ -76,31 +76,22 @@ static void q4k_scale_min(int j, const unsigned char *s, int *sc, int *m) {
     }
 }
 
-static void dequant_q4k(const unsigned char *b, float *y) {
+/* Q4_K (qh NULL) and Q5_K: eight sub-blocks of 32 with 6-bit scales and mins; 64 values per
+ * 32 qs bytes, low nibbles then high; Q5_K's fifth bit of value l of sub-block j is bit j of
+ * qh[l]. */
+static void dequant_q45k(const unsigned char *b, const unsigned char *qh, const unsigned char *qs,
+                         float *y) {
     float d = half_at(b), dmin = half_at(b + 2);
-    const unsigned char *scales = b + 4, *qs = b + 16;
-    for (int j = 0; j < 8; j += 2) { /* 64 values per 32 bytes: low nibbles, then high */
+    for (int j = 0; j < 8; j += 2) {
         int sc0, m0, sc1, m1;
-        q4k_scale_min(j, scales, &sc0, &m0);
-        q4k_scale_min(j + 1, scales, &sc1, &m1);
+        q4k_scale_min(j, b + 4, &sc0, &m0);
+        q4k_scale_min(j + 1, b + 4, &sc1, &m1);
         for (int l = 0; l < 32; l++) {
-            y[j * 32 + l] = d * (float)sc0 * (float)(qs[l] & 0x0F) - dmin * (float)m0;
-            y[j * 32 + 32 + l] = d * (float)sc1 * (float)(qs[l] >> 4) - dmin * (float)m1;
-        }
-        qs += 32;
-    }
-}
-
-static void dequant_q5k(const unsigned char *b, float *y) {
-    float d = half_at(b), dmin = half_at(b + 2);
-    const unsigned char *scales = b + 4, *qh = b + 16, *qs = b + 48;
-    for (int j = 0; j < 8; j += 2) { /* as Q4_K, the fifth bits from qh */
-        int sc0, m0, sc1, m1;
-        q4k_scale_min(j, scales, &sc0, &m0);
-        q4k_scale_min(j + 1, scales, &sc1, &m1);
-        for (int l = 0; l < 32; l++) {
-            int lo = (qs[l] & 0x0F) | ((qh[l] >> j) & 1) << 4;
-            int hi = (qs[l] >> 4) | ((qh[l] >> (j + 1)) & 1) << 4;
+            int lo = qs[l] & 0x0F, hi = qs[l] >> 4;
+            if (qh) {
+                lo |= ((qh[l] >> j) & 1) << 4;
+                hi |= ((qh[l] >> (j + 1)) & 1) << 4;
+            }
             y[j * 32 + l] = d * (float)sc0 * (float)lo - dmin * (float)m0;
             y[j * 32 + 32 + l] = d * (float)sc1 * (float)hi - dmin * (float)m1;
         }
@@ -150,8 +141,8 @@ void acem_dequantize(acem_quant q, const void *blocks, float *dst, size_t n_bloc
             }
             break;
         }
-        case ACEM_QUANT_Q4_K: dequant_q4k(b, dst); break;
-        case ACEM_QUANT_Q5_K: dequant_q5k(b, dst); break;
+        case ACEM_QUANT_Q4_K: dequant_q45k(b, NULL, b + 16, dst); break;
+        case ACEM_QUANT_Q5_K: dequant_q45k(b, b + 16, b + 48, dst); break;
         default: dequant_q6k(b, dst); break;
         }
     }
