@@ -66,13 +66,13 @@ static int save_model(const char *dir, const char *name, float *const *data,
         return -1;
     }
     snprintf(path, sizeof path, "%s/%s/config.json", dir, name);
-    FILE *f = fopen(path, "w");
-    if (!f || fprintf(f, "{\"model_type\": \"acem-example\", \"hidden_size\": 64}\n") < 0 ||
-        fclose(f) != 0) {
-        cli_error("%s: cannot write", path);
-        return -1;
-    }
-    return 0;
+    static const char config[] = "{\"model_type\": \"acem-example\", \"hidden_size\": 64}\n";
+    acem_outputs *outs = NULL; /* the example's own directory: its files are regenerated */
+    int rc = acem_outputs_new(&outs, &err) || acem_outputs_claim(outs, path, 1, &err) ||
+             acem_outputs_write(outs, path, config, sizeof config - 1, &err);
+    acem_outputs_free(outs);
+    if (rc) cli_error("%s", err.msg);
+    return rc ? -1 : 0;
 }
 
 static uint64_t numel(const spec *s) {

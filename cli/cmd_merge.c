@@ -107,8 +107,8 @@ typedef struct flags {
     double lambda;
     long long seed, threads;
     uint64_t max_shard;
-    acem_dtype dtype, precision;
-    acem_quant quant; /* --dtype q8_0 / q4_0 / q4_k / q5_k / q6_k */
+    acem_out_type out_type; /* --dtype; ACEM_OUT_INVALID: not given */
+    acem_dtype precision;
     int force, quiet, allow_nonfinite;
     int axis; /* -1: not given, 0 stored, 1 input */
 } flags;
@@ -229,21 +229,18 @@ static int parse_flags(int argc, char **argv, flags *f) {
             if (parse_int(optarg, "--seed", 0, INT64_MAX, &f->seed)) return -1;
             break;
         case O_DTYPE:
-        case O_PRECISION: {
-            acem_dtype dt = acem_dtype_parse(optarg);
-            if (c == O_DTYPE && dt == ACEM_DT_NONE && acem_quant_parse(optarg)) {
-                f->quant = acem_quant_parse(optarg);
-                break;
-            }
-            if (dt == ACEM_DT_NONE ||
-                (c == O_PRECISION && dt != ACEM_DT_F32 && dt != ACEM_DT_F64)) {
-                cli_error("%s: unknown type \"%s\"", c == O_DTYPE ? "--dtype" : "--precision",
-                          optarg);
+            if ((f->out_type = acem_out_type_parse(optarg)) == ACEM_OUT_INVALID) {
+                cli_error("--dtype: unknown type \"%s\"", optarg);
                 return -1;
             }
-            *(c == O_DTYPE ? &f->dtype : &f->precision) = dt;
             break;
-        }
+        case O_PRECISION:
+            f->precision = acem_dtype_parse(optarg);
+            if (f->precision != ACEM_DT_F32 && f->precision != ACEM_DT_F64) {
+                cli_error("--precision: unknown type \"%s\" (f32 or f64)", optarg);
+                return -1;
+            }
+            break;
         case O_SHARD:
             if (acem_parse_size(optarg, &f->max_shard) || f->max_shard == 0) {
                 cli_error("--max-shard-size expects a size like 5G or 500M, not \"%s\"", optarg);
@@ -291,10 +288,7 @@ static void apply_flags(const flags *f, acem_merge_options *o, acem_param *param
     if (f->seed >= 0) o->seed = (uint64_t)f->seed;
     if (f->threads) o->threads = (int)f->threads;
     if (f->max_shard) o->max_shard_size = f->max_shard;
-    if (f->dtype != ACEM_DT_NONE || f->quant != ACEM_QUANT_NONE) {
-        o->out_dtype = f->dtype;
-        o->out_quant = f->quant;
-    }
+    if (f->out_type != ACEM_OUT_INVALID) o->out_type = f->out_type;
     if (f->precision != ACEM_DT_NONE) o->precision = f->precision;
     o->force |= f->force;
     o->allow_nonfinite |= f->allow_nonfinite;
@@ -306,7 +300,8 @@ int cmd_merge(int argc, char **argv) {
     memset(&f, 0, sizeof f);
     f.lambda = NAN;
     f.seed = -1;
-    f.dtype = f.precision = ACEM_DT_NONE;
+    f.out_type = ACEM_OUT_INVALID;
+    f.precision = ACEM_DT_NONE;
     f.axis = -1;
     int r = parse_flags(argc, argv, &f);
     if (r) return r > 0 ? EXIT_OK : EXIT_USAGE;

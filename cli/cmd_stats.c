@@ -86,17 +86,7 @@ static void print_table(const table *tb, double threshold) {
            tb->n, hetero, threshold, tb->n - hetero);
 }
 
-static int write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (!f || fputs(text, f) < 0 || fclose(f) != 0) {
-        if (f) fclose(f);
-        cli_error("%s: cannot write", path);
-        return -1;
-    }
-    return 0;
-}
-
-static int write_json(const char *path, const table *tb, double threshold) {
+static void render_json(FILE *f, const table *tb, double threshold) {
     cJSON *root = cJSON_CreateObject();
     cJSON_AddNumberToObject(root, "threshold", threshold);
     cJSON *arr = cJSON_AddArrayToObject(root, "tensors");
@@ -115,17 +105,12 @@ static int write_json(const char *path, const table *tb, double threshold) {
     }
     char *text = cJSON_Print(root);
     cJSON_Delete(root);
-    int rc = text ? write_text(path, text) : -1;
+    if (text) fprintf(f, "%s\n", text);
     free(text);
-    return rc;
 }
 
-static int write_csv(const char *path, const table *tb) {
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        cli_error("%s: cannot write", path);
-        return -1;
-    }
+static void render_csv(FILE *f, const table *tb, double threshold) {
+    (void)threshold;
     fprintf(f, "tensor,rows,cols,gamma,branch");
     for (int t = 0; t < tb->T; t++)
         fprintf(f, ",norm_%d", t + 1);
@@ -142,11 +127,6 @@ static int write_csv(const char *path, const table *tb) {
             fprintf(f, ",%.6g", r->erank[t]);
         fprintf(f, "\n");
     }
-    if (fclose(f) != 0) {
-        cli_error("%s: cannot write", path);
-        return -1;
-    }
-    return 0;
 }
 
 /* Layer depth: the first integer in the name ("transformer.h.11.mlp..." -> 11), else -1.
@@ -181,7 +161,7 @@ static void xml_escaped(FILE *f, const char *s) {
 }
 
 /* gamma (log scale) against layer depth, one colour per tensor kind, the threshold drawn. */
-static int write_svg(const char *path, const table *tb, double threshold) {
+static void render_svg(FILE *f, const table *tb, double threshold) {
     static const char *palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                                     "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
     const double W = 960, H = 540, left = 80, right = 250, top = 50, bottom = 60;
@@ -202,11 +182,6 @@ static int write_svg(const char *path, const table *tb, double threshold) {
     double pw = W - left - right, ph = H - top - bottom;
 #define X(d) (left + pw * ((d)-dmin + 0.5) / (dmax - dmin + 1))
 #define Y(g) (top + ph * (lmax - log10(g)) / (lmax - lmin))
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        cli_error("%s: cannot write", path);
-        return -1;
-    }
     fprintf(f,
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
             "viewBox=\"0 0 %.0f %.0f\" font-family=\"sans-serif\" font-size=\"13\">\n",
@@ -272,11 +247,41 @@ static int write_svg(const char *path, const table *tb, double threshold) {
     fprintf(f, "</svg>\n");
 #undef X
 #undef Y
-    if (fclose(f) != 0) {
-        cli_error("%s: cannot write", path);
+}
+
+typedef void (*render_fn)(FILE *f, const table *tb, double threshold);
+
+/* Renders into memory, then writes through acem's output rules: the path was claimed
+ * before the statistics were computed, and the file appears only when complete. */
+static int write_output(acem_outputs *outs, const char *path, render_fn render, const table *tb,
+                        double threshold) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    acem_error err = {{0}};
+    if (!f) {
+        cli_error("out of memory");
         return -1;
     }
-    return 0;
+    render(f, tb, threshold);
+    int rc = fclose(f) != 0 ? -1 : acem_outputs_write(outs, path, text, len, &err);
+    if (rc) cli_error("%s", err.msg[0] ? err.msg : "out of memory");
+    free(text);
+    return rc;
+}
+
+/* Pre-flight: each table's path obeys the output rules (never an input, never twice,
+ * existing only with --force) before any tensor is read. */
+static int claim_outputs(acem_outputs *outs, const acem_merge_options *o, const char *const *paths,
+                         int n, int force) {
+    acem_error err = {{0}};
+    int rc = acem_outputs_add_input(outs, o->base, &err);
+    for (int t = 0; !rc && t < o->n_models; t++)
+        rc = acem_outputs_add_input(outs, o->models[t], &err);
+    for (int i = 0; !rc && i < n; i++)
+        if (paths[i]) rc = acem_outputs_claim(outs, paths[i], force, &err);
+    if (rc) cli_error("%s", err.msg);
+    return rc;
 }
 
 static void print_help(void) {
@@ -298,6 +303,7 @@ static void print_help(void) {
            "      --preset P         the ACE reference's exclusions (gpt2, bert, roberta, llama)\n"
            "  -t, --threads N        worker threads (default: all cores)\n"
            "  -q, --quiet            no table on the terminal\n"
+           "  -f, --force            replace existing --json/--csv/--svg files (never an input)\n"
            "\n"
            "example:\n"
            "  acem stats -b gpt2 -m gpt2-cola -m gpt2-sst2 -m gpt2-mrpc --svg gamma.svg\n");
@@ -315,6 +321,7 @@ int cmd_stats(int argc, char **argv) {
         {"preset", required_argument, 0, 'P'},
         {"threads", required_argument, 0, 't'},
         {"quiet", no_argument, 0, 'q'},
+        {"force", no_argument, 0, 'f'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -325,11 +332,11 @@ int cmd_stats(int argc, char **argv) {
     o.excludes = excludes;
     const char *json = NULL, *csv = NULL, *svg = NULL;
     double threshold = 0.3;
-    int quiet = 0, c;
+    int quiet = 0, force = 0, c;
     char *end;
     opterr = 0;
     optind = 1;
-    while ((c = getopt_long(argc, argv, ":b:m:x:t:qh", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":b:m:x:t:qfh", longopts, NULL)) != -1) {
         switch (c) {
         case 'b': o.base = optarg; break;
         case 'm':
@@ -356,6 +363,7 @@ int cmd_stats(int argc, char **argv) {
         case 'P': o.preset = optarg; break;
         case 't': o.threads = atoi(optarg) > 0 ? atoi(optarg) : 0; break;
         case 'q': quiet = 1; break;
+        case 'f': force = 1; break;
         case 'h': print_help(); return EXIT_OK;
         case ':': cli_error("option %s needs a value", argv[optind - 1]); return EXIT_USAGE;
         default:
@@ -367,18 +375,26 @@ int cmd_stats(int argc, char **argv) {
         cli_error("stats needs --base and at least 2 --model (see acem stats --help)");
         return EXIT_USAGE;
     }
+    acem_outputs *outs = NULL;
+    acem_error err = {{0}};
+    const char *paths[] = {json, csv, svg};
+    if (acem_outputs_new(&outs, &err) || claim_outputs(outs, &o, paths, 3, force)) {
+        if (!outs) cli_error("%s", err.msg);
+        acem_outputs_free(outs);
+        return EXIT_FAIL;
+    }
     progress_bar bar;
     progress_init(&bar, quiet);
     o.progress = progress_update;
     o.progress_user = &bar;
     table tb = {0};
-    acem_error err = {{0}};
     int rc = acem_stats(&o, threshold, collect, &tb, &err) ? EXIT_FAIL : EXIT_OK;
     if (rc) cli_error("%s", err.msg[0] ? err.msg : "out of memory");
     if (!rc && !quiet) print_table(&tb, threshold);
-    if (!rc && json && write_json(json, &tb, threshold)) rc = EXIT_FAIL;
-    if (!rc && csv && write_csv(csv, &tb)) rc = EXIT_FAIL;
-    if (!rc && svg && write_svg(svg, &tb, threshold)) rc = EXIT_FAIL;
+    if (!rc && json && write_output(outs, json, render_json, &tb, threshold)) rc = EXIT_FAIL;
+    if (!rc && csv && write_output(outs, csv, render_csv, &tb, threshold)) rc = EXIT_FAIL;
+    if (!rc && svg && write_output(outs, svg, render_svg, &tb, threshold)) rc = EXIT_FAIL;
+    acem_outputs_free(outs); /* the temporaries of tables not written are removed */
     for (size_t i = 0; i < tb.n; i++) {
         free(tb.rows[i].name);
         free(tb.rows[i].norm);

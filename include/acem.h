@@ -68,6 +68,33 @@ typedef enum acem_quant {
 const char *acem_quant_name(acem_quant q);  /* "Q8_0", ...; "" for ACEM_QUANT_NONE */
 acem_quant acem_quant_parse(const char *s); /* "q8_0" / "Q8_0", ...; ACEM_QUANT_NONE if not */
 
+/* The type an output stores a floating-point tensor as: one value, a float element type or
+ * a GGUF block type, never both. ACEM_OUT_KEEP: as the base stores it (blocks included,
+ * where the output format holds them). */
+typedef enum acem_out_type {
+    ACEM_OUT_KEEP,
+    ACEM_OUT_F64,
+    ACEM_OUT_F32,
+    ACEM_OUT_F16,
+    ACEM_OUT_BF16,
+    ACEM_OUT_Q8_0,
+    ACEM_OUT_Q4_0,
+    ACEM_OUT_Q4_K,
+    ACEM_OUT_Q5_K,
+    ACEM_OUT_Q6_K,
+    ACEM_OUT_COUNT,
+    ACEM_OUT_INVALID = -1
+} acem_out_type;
+
+/* "f16", "bf16", "float32", "q4_k", "Q8_0", ... as a user types them; ACEM_OUT_INVALID if
+ * unknown. */
+acem_out_type acem_out_type_parse(const char *s);
+const char *acem_out_type_name(acem_out_type t); /* "F16", "Q4_K", ...; "as the base" */
+/* The float type an output type stores, or ACEM_DT_NONE for a block type / KEEP. */
+acem_dtype acem_out_type_dtype(acem_out_type t);
+/* The block type an output type stores, or ACEM_QUANT_NONE. */
+acem_quant acem_out_type_quant(acem_out_type t);
+
 /* "f32", "F32", "float32", "bf16", ... as a user types them; ACEM_DT_NONE if unknown. */
 acem_dtype acem_dtype_parse(const char *s);
 /* "5000000000", "512K", "64M", "2G" (powers of 1024) into bytes; -1 if malformed. */
@@ -135,6 +162,25 @@ typedef struct acem_param acem_param;
 int acem_save_safetensors(const char *path, const acem_tensor_data *tensors, size_t n,
                           const acem_param *metadata, size_t n_meta, acem_error *err);
 
+/* ---- files acem writes ------------------------------------------------------------
+ * Every file acem writes follows one set of rules (SECURITY.md): never one of the run's
+ * inputs (a model file, a model directory or any file in one, a Gram file, a config) nor
+ * another output of the same run; an existing one is replaced only with force; written
+ * under a temporary name beside it, locked against a concurrent run to the same path,
+ * and renamed into place when complete. acem_merge applies them to its own outputs; a
+ * program writing files of its own (acem stats' tables, the lab's results) uses these. */
+typedef struct acem_outputs acem_outputs;
+int acem_outputs_new(acem_outputs **s, acem_error *err);
+/* A file, or a directory together with every file in it. */
+int acem_outputs_add_input(acem_outputs *s, const char *path, acem_error *err);
+/* Checks path against the rules now (before any heavy work) and creates its temporary. */
+int acem_outputs_claim(acem_outputs *s, const char *path, int force, acem_error *err);
+/* The whole content of a claimed path: written, synced, renamed into place. */
+int acem_outputs_write(acem_outputs *s, const char *path, const void *data, size_t n,
+                       acem_error *err);
+/* Removes the temporaries of claimed paths that were not written. */
+void acem_outputs_free(acem_outputs *s);
+
 /* ---- merging -------------------------------------------------------------------- */
 
 struct acem_param {
@@ -165,8 +211,8 @@ typedef struct acem_merge_options {
     int n_excludes;
     const char *preset;      /* gpt2|bert|roberta|llama|clip-vit or NULL */
     const char *out;         /* ends in .safetensors or .gguf: one file; else a directory */
-    acem_dtype out_dtype;    /* ACEM_DT_NONE: same as base */
-    acem_quant out_quant;    /* GGUF output: quantise 2-D+ float tensors (any of the above) */
+    acem_out_type out_type;  /* float tensors' stored type; block types need a .gguf output
+                                and apply to tensors of 2+ axes whose rows split into blocks */
     acem_dtype precision;    /* compute type, ACEM_DT_F32 (default) or ACEM_DT_F64 */
     int threads;             /* 0: all cores */
     uint64_t max_shard_size; /* 0: no sharding */
@@ -178,6 +224,7 @@ typedef struct acem_merge_options {
      * are transposed when preset is gpt2 or the base's config.json says model_type gpt2. */
     int covariance_axis_input;
     const char *report_path; /* JSON run report, or NULL */
+    const char *config_path; /* the YAML these options came from (an input), or NULL */
     /* regmean: Gram matrices per expert; grams[t] (or NULL) belongs to models[t]. */
     const char *const *grams;
     acem_progress_fn progress;

@@ -1,34 +1,35 @@
 /* lab_report.c — results.md (the paper's table: rows methods and references, columns tasks,
  * Avg, Norm), results.csv, covariance.csv and results.svg (a bar chart of Avg). Every file
- * is written to a temporary name and renamed when complete. Nothing time-dependent goes
+ * is written by acem's output rules (acem_outputs). Nothing time-dependent goes
  * into them, so the same seed gives the same bytes. */
 #include "lab.h"
 
-#include <errno.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
 typedef int (*writer_fn)(FILE *f, const lab_results *r, const lab_options *o);
 
-static int write_file(const char *dir, const char *name, writer_fn fn, const lab_results *r,
-                      const lab_options *o, acem_error *err) {
-    char path[LAB_PATH], tmp[LAB_PATH + 16];
-    if (lab_path(path, sizeof path, dir, name, err)) return -1;
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
+/* Rendered into memory, then written by acem's output rules (temporary, rename). The lab's
+ * --out directory is its own: every run regenerates these files, so they are replaced. */
+static int write_file(acem_outputs *outs, const char *dir, const char *name, writer_fn fn,
+                      const lab_results *r, const lab_options *o, acem_error *err) {
+    char path[LAB_PATH];
+    char *text = NULL;
+    size_t len = 0;
+    if (lab_path(path, sizeof path, dir, name, err) || acem_outputs_claim(outs, path, 1, err))
+        return -1;
+    FILE *f = open_memstream(&text, &len);
     if (!f) {
-        snprintf(err->msg, sizeof err->msg, "%.900s: cannot create: %s", tmp, strerror(errno));
+        snprintf(err->msg, sizeof err->msg, "out of memory rendering %.900s", path);
         return -1;
     }
     int rc = fn(f, r, o);
-    rc |= ferror(f);
-    rc |= fclose(f);
-    if (rc || rename(tmp, path)) {
-        snprintf(err->msg, sizeof err->msg, "%.900s: cannot write: %s", path, strerror(errno));
-        remove(tmp);
-        return -1;
-    }
-    return 0;
+    rc |= fclose(f); /* closed once, whatever fn did */
+    if (rc) snprintf(err->msg, sizeof err->msg, "out of memory rendering %.900s", path);
+    if (!rc) rc = acem_outputs_write(outs, path, text, len, err);
+    free(text);
+    return rc ? -1 : 0;
 }
 
 static void command_line(FILE *f, const lab_results *r, const lab_options *o) {
@@ -80,10 +81,11 @@ static int write_markdown(FILE *f, const lab_results *r, const lab_options *o) {
             fprintf(f, " %.1f |", 100.0 * row->acc[t]);
         fprintf(f, " %.1f | %.1f | %s |\n", 100.0 * row->avg, 100.0 * row->norm, row_about(r, i));
     }
-    fprintf(f,
-            "\nReferences in italics. Norm: mean over tasks of accuracy / individual accuracy. "
-            "task_arithmetic_val: lambda %.2f (best mean validation accuracy of 0.05, 0.10, .. 1.0).\n",
-            r->best_lambda);
+    fprintf(
+        f,
+        "\nReferences in italics. Norm: mean over tasks of accuracy / individual accuracy. "
+        "task_arithmetic_val: lambda %.2f (best mean validation accuracy of 0.05, 0.10, .. 1.0).\n",
+        r->best_lambda);
     fprintf(f, "\n## Covariance match: does Dt^T Dt look like Xt^T Xt?\n\n"
                "Cosine similarity of the matrices, per layer, mean [min, max] over tasks: the "
                "expert's delta Gram against its own task's input second moment (inputs of the "
@@ -170,10 +172,14 @@ static int write_svg(FILE *f, const lab_results *r, const lab_options *o) {
 
 int lab_write_reports(const char *dir, const lab_results *r, const lab_options *o,
                       acem_error *err) {
-    return write_file(dir, "results.md", write_markdown, r, o, err) ||
-                   write_file(dir, "results.csv", write_csv, r, o, err) ||
-                   write_file(dir, "covariance.csv", write_covariance_csv, r, o, err) ||
-                   write_file(dir, "results.svg", write_svg, r, o, err)
-               ? -1
-               : 0;
+    acem_outputs *outs = NULL;
+    int rc = acem_outputs_new(&outs, err) ||
+                     write_file(outs, dir, "results.md", write_markdown, r, o, err) ||
+                     write_file(outs, dir, "results.csv", write_csv, r, o, err) ||
+                     write_file(outs, dir, "covariance.csv", write_covariance_csv, r, o, err) ||
+                     write_file(outs, dir, "results.svg", write_svg, r, o, err)
+                 ? -1
+                 : 0;
+    acem_outputs_free(outs);
+    return rc;
 }

@@ -169,15 +169,18 @@ static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
         o->covariance_axis_input = !strcmp(s, "input");
         return 0;
     }
-    if (!strcmp(k, "dtype") || !strcmp(k, "out_dtype") || !strcmp(k, "precision")) {
+    if (!strcmp(k, "dtype") || !strcmp(k, "out_dtype")) {
+        if (!(s = scalar(x, v, k))) return -1;
+        if ((o->out_type = acem_out_type_parse(s)) == ACEM_OUT_INVALID)
+            return acem_fail(x->err, "%s: unknown %s \"%s\"", x->path, k, s);
+        return 0;
+    }
+    if (!strcmp(k, "precision")) {
         if (!(s = scalar(x, v, k))) return -1;
         acem_dtype dt = acem_dtype_parse(s);
-        if (dt == ACEM_DT_NONE && strcmp(k, "precision") && acem_quant_parse(s)) {
-            o->out_quant = acem_quant_parse(s); /* q8_0 / q4_0 for .gguf outputs */
-            return 0;
-        }
-        if (dt == ACEM_DT_NONE) return acem_fail(x->err, "%s: unknown %s \"%s\"", x->path, k, s);
-        *(strcmp(k, "precision") ? &o->out_dtype : &o->precision) = dt;
+        if (dt != ACEM_DT_F32 && dt != ACEM_DT_F64)
+            return acem_fail(x->err, "%s: precision must be f32 or f64, not \"%s\"", x->path, s);
+        o->precision = dt;
         return 0;
     }
     if (!strcmp(k, "seed") || !strcmp(k, "threads")) {
@@ -263,6 +266,7 @@ out:
         acem_config_free(c);
         return acem_fail_naming(err, path);
     }
+    o->config_path = path; /* an input: no output of the run may replace it */
     *out = c;
     return 0;
 }

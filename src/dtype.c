@@ -247,3 +247,43 @@ void acem_combine_to_raw(const void *w0, const void *delta, double lambda, acem_
         combine_range(w0, delta, lambda, f64, raw, dt, n * th / nt, n * (th + 1) / nt);
     }
 }
+
+/* Each output type is exactly one of a float type or a block type. */
+static const struct {
+    acem_dtype dtype;
+    acem_quant quant;
+} out_types[ACEM_OUT_COUNT] = {
+    [ACEM_OUT_KEEP] = {ACEM_DT_NONE, ACEM_QUANT_NONE},
+    [ACEM_OUT_F64] = {ACEM_DT_F64, ACEM_QUANT_NONE},
+    [ACEM_OUT_F32] = {ACEM_DT_F32, ACEM_QUANT_NONE},
+    [ACEM_OUT_F16] = {ACEM_DT_F16, ACEM_QUANT_NONE},
+    [ACEM_OUT_BF16] = {ACEM_DT_BF16, ACEM_QUANT_NONE},
+    [ACEM_OUT_Q8_0] = {ACEM_DT_NONE, ACEM_QUANT_Q8_0},
+    [ACEM_OUT_Q4_0] = {ACEM_DT_NONE, ACEM_QUANT_Q4_0},
+    [ACEM_OUT_Q4_K] = {ACEM_DT_NONE, ACEM_QUANT_Q4_K},
+    [ACEM_OUT_Q5_K] = {ACEM_DT_NONE, ACEM_QUANT_Q5_K},
+    [ACEM_OUT_Q6_K] = {ACEM_DT_NONE, ACEM_QUANT_Q6_K},
+};
+
+acem_dtype acem_out_type_dtype(acem_out_type t) {
+    return t > ACEM_OUT_KEEP && t < ACEM_OUT_COUNT ? out_types[t].dtype : ACEM_DT_NONE;
+}
+
+acem_quant acem_out_type_quant(acem_out_type t) {
+    return t > ACEM_OUT_KEEP && t < ACEM_OUT_COUNT ? out_types[t].quant : ACEM_QUANT_NONE;
+}
+
+const char *acem_out_type_name(acem_out_type t) {
+    if (t <= ACEM_OUT_KEEP || t >= ACEM_OUT_COUNT) return "as the base";
+    return out_types[t].quant ? acem_quant_name(out_types[t].quant)
+                              : acem_dtype_name(out_types[t].dtype);
+}
+
+acem_out_type acem_out_type_parse(const char *s) {
+    acem_dtype dt = acem_dtype_parse(s);
+    acem_quant q = dt == ACEM_DT_NONE ? acem_quant_parse(s) : ACEM_QUANT_NONE;
+    for (int t = ACEM_OUT_KEEP + 1; t < ACEM_OUT_COUNT; t++)
+        if ((dt != ACEM_DT_NONE && out_types[t].dtype == dt) || (q && out_types[t].quant == q))
+            return (acem_out_type)t;
+    return ACEM_OUT_INVALID;
+}

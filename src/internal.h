@@ -69,6 +69,10 @@ static inline double acem_rng_uniform(uint64_t key, uint64_t i) {
 
 /* True when path names an existing directory. */
 bool acem_is_dir(const char *path);
+/* True when path resolves inside model_dir, or inside the Hugging Face cache repository
+ * holding it (model_dir is <repo>/snapshots/<rev>[/sub], whose links point into
+ * <repo>/blobs): the only places a link in a model directory may lead. */
+bool acem_path_within_model(const char *model_dir, const char *path);
 /* Joins dir and name into a fresh string. */
 char *acem_path_join(const char *dir, const char *name, acem_error *err);
 

@@ -39,7 +39,7 @@ typedef struct fused_scratch {
 void acem_merge_options_init(acem_merge_options *o) {
     memset(o, 0, sizeof *o);
     o->lambda = NAN;
-    o->out_dtype = ACEM_DT_NONE;
+    o->out_type = ACEM_OUT_KEEP;
     o->precision = ACEM_DT_F32;
 }
 
@@ -95,7 +95,7 @@ static int output_nonfinite_error(const merge_run *r, const plan_entry *e, uint6
                      "(NaN, or beyond the type's range); write a wider --dtype or pass "
                      "--allow-nonfinite to keep it",
                      r->o->out, e->base->name, (unsigned long long)at,
-                     acem_dtype_name(e->out_dtype));
+                     acem_dtype_name(plan_fed_dtype(e)));
 }
 
 /* The first non-finite of n output values, in parallel blocks; -1 if none (or unchecked). */
@@ -147,13 +147,14 @@ static int emit(merge_run *r, const void *bytes, uint64_t n, acem_error *err) {
 static int store(merge_run *r, const plan_entry *e, const void *values, uint64_t from, uint64_t n,
                  acem_error *err) {
     const void *bytes = values;
-    if (e->out_dtype != r->o->precision) {
-        acem_convert_to_raw(values, r->o->precision, r->raw, e->out_dtype, n);
+    const acem_dtype fed = plan_fed_dtype(e);
+    if (fed != r->o->precision) {
+        acem_convert_to_raw(values, r->o->precision, r->raw, fed, n);
         bytes = r->raw;
     }
-    int64_t bad = first_nonfinite_output(r, bytes, e->out_dtype, n);
+    int64_t bad = first_nonfinite_output(r, bytes, fed, n);
     if (bad >= 0) return output_nonfinite_error(r, e, from + (uint64_t)bad, err);
-    return emit(r, bytes, n * acem_dtype_size(e->out_dtype), err);
+    return emit(r, bytes, n * acem_dtype_size(fed), err);
 }
 
 /* d -= w0, element by element. */
@@ -304,8 +305,9 @@ static void fused_block(const merge_run *r, const plan_entry *e, uint64_t from, 
             accumulate_delta(s->acc, s->d, s->w0, m, f64);
     }
     store_scaled(s->out, s->acc, scale, m, f64);
-    acem_combine_to_raw(s->w0, s->out, r->lambda, r->o->precision, out_raw, e->out_dtype, m, false);
-    int64_t bad = r->o->allow_nonfinite ? -1 : acem_first_nonfinite_raw(out_raw, e->out_dtype, m);
+    const acem_dtype fed = plan_fed_dtype(e);
+    acem_combine_to_raw(s->w0, s->out, r->lambda, r->o->precision, out_raw, fed, m, false);
+    int64_t bad = r->o->allow_nonfinite ? -1 : acem_first_nonfinite_raw(out_raw, fed, m);
     if (bad >= 0 && s->first_bad[r->T + 1] < 0) s->first_bad[r->T + 1] = (int64_t)from + bad;
 }
 
@@ -315,7 +317,7 @@ static void fused_block(const merge_run *r, const plan_entry *e, uint64_t from, 
 static int merge_linear(merge_run *r, const plan_entry *e, acem_error *err) {
     const acem_tensor *b = e->base;
     double scale = r->method->linear_scale(r->T);
-    size_t eo = acem_dtype_size(e->out_dtype);
+    size_t eo = acem_dtype_size(plan_fed_dtype(e));
     for (uint64_t from = 0; from < b->numel; from += CHUNK_ELEMS) {
         uint64_t n = b->numel - from < CHUNK_ELEMS ? b->numel - from : CHUNK_ELEMS;
         int64_t blocks = (int64_t)((n + FUSED_BLOCK - 1) / FUSED_BLOCK);
@@ -377,11 +379,11 @@ static int merge_tensor(merge_run *r, const plan_entry *e, method_info *info, ac
             return acem_fail(err, "tensor \"%s\": %s", b->name, inner);
         }
         /* the deltas are spent: the output bytes go to deltas[0] unless they are wider */
-        size_t eo = acem_dtype_size(e->out_dtype);
+        const acem_dtype fed = plan_fed_dtype(e);
+        size_t eo = acem_dtype_size(fed);
         void *bytes = eo <= r->csize ? r->deltas[0] : r->raw;
-        acem_combine_to_raw(r->w0, r->out, r->lambda, r->o->precision, bytes, e->out_dtype, n,
-                            true);
-        int64_t bad = first_nonfinite_output(r, bytes, e->out_dtype, n);
+        acem_combine_to_raw(r->w0, r->out, r->lambda, r->o->precision, bytes, fed, n, true);
+        int64_t bad = first_nonfinite_output(r, bytes, fed, n);
         if (bad >= 0) return output_nonfinite_error(r, e, from + (uint64_t)bad, err);
         if (emit(r, bytes, n * eo, err) || check_cancel(r, err)) return -1;
         report_progress(r);
@@ -410,16 +412,17 @@ static int copy_blocks(merge_run *r, const plan_entry *e, acem_error *err) {
     return 0;
 }
 
-/* Copied tensors pass through as bytes, or via the compute type when --dtype changes them. */
+/* Copied tensors pass through as stored bytes, or via the compute type when their type
+ * changes. */
 static int copy_tensor(merge_run *r, const plan_entry *e, acem_error *err) {
     const acem_tensor *b = e->base;
-    if (e->raw_copy) return copy_blocks(r, e, err);
+    if (e->out == ACEM_OUT_KEEP && b->quant != ACEM_QUANT_NONE) return copy_blocks(r, e, err);
     size_t es = acem_dtype_size(b->dtype);
     bool is_float = acem_dtype_is_mergeable(b->dtype);
     for (uint64_t from = 0; from < b->numel; from += CHUNK_ELEMS) {
         uint64_t n = b->numel - from < CHUNK_ELEMS ? b->numel - from : CHUNK_ELEMS;
         int rc;
-        if (is_float && e->out_dtype != b->dtype) {
+        if (e->out != ACEM_OUT_KEEP) {
             rc = load(r, r->base, b, from, n, r->w0, err) || store(r, e, r->w0, from, n, err);
         } else { /* bytes pass through unchanged (floats are still checked for NaN/Inf) */
             rc = acem_checkpoint_read(r->base, b, from * es, r->raw, n * es, err);
@@ -463,7 +466,7 @@ static int alloc_buffers(merge_run *r, acem_error *err) {
         const plan_entry *e = &r->plan.entries[i];
         uint64_t c = chunk_of(r, e), n = e->base->numel, need = c < n ? c : n;
         uint64_t chunk = n < CHUNK_ELEMS ? n : CHUNK_ELEMS;
-        size_t es = acem_dtype_size(e->base->dtype), eo = acem_dtype_size(e->out_dtype);
+        size_t es = acem_dtype_size(e->base->dtype), eo = acem_dtype_size(plan_fed_dtype(e));
         uint64_t bytes = chunk * (es > eo ? es : eo);
         if (e->action == PLAN_MERGE && es != r->csize && need * es > bytes) bytes = need * es;
         if (e->action == PLAN_MERGE && eo > r->csize && need * eo > bytes) bytes = need * eo;
@@ -536,18 +539,13 @@ static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
         return acem_fail(err, "unknown method \"%s\" (see acem merge --help)", o->method);
     if (o->precision != ACEM_DT_F32 && o->precision != ACEM_DT_F64)
         return acem_fail(err, "compute precision must be f32 or f64");
-    if (o->out_dtype != ACEM_DT_NONE && !acem_dtype_is_mergeable(o->out_dtype))
-        return acem_fail(err, "output dtype must be f64, f32, f16 or bf16");
+    if (o->out_type < ACEM_OUT_KEEP || o->out_type >= ACEM_OUT_COUNT)
+        return acem_fail(err, "unknown output type %d", (int)o->out_type);
     if (o->max_shard_size && output_is_file(o->out))
         return acem_fail(err, "%s: --max-shard-size needs a directory output, not a file", o->out);
-    if (o->out_quant != ACEM_QUANT_NONE &&
-        (!acem_quant_writable(o->out_quant) || !output_is_gguf(o->out)))
-        return acem_fail(err,
-                         "%s: quantised output (%s) needs a .gguf output path and Q8_0, "
-                         "Q4_0, Q4_K, Q5_K or Q6_K",
-                         o->out, acem_quant_name(o->out_quant));
-    if (o->out_quant != ACEM_QUANT_NONE && o->out_dtype != ACEM_DT_NONE)
-        return acem_fail(err, "give either an output dtype or a quantisation, not both");
+    if (acem_out_type_quant(o->out_type) != ACEM_QUANT_NONE && !output_is_gguf(o->out))
+        return acem_fail(err, "%s: %s blocks need a .gguf output path", o->out,
+                         acem_out_type_name(o->out_type));
     char desc[384];
     if (method_resolve_params(r->method, o->params, o->n_params, r->params, desc, sizeof desc, err))
         return -1;
@@ -578,22 +576,43 @@ static int open_inputs(merge_run *r, acem_error *err) {
             if (o->grams && o->grams[t] && acem_checkpoint_open(o->grams[t], &r->grams[t], err))
                 return -1;
     }
-    const acem_checkpoint *all[r->T + 1];
-    all[0] = r->base;
-    for (int t = 0; t < r->T; t++)
-        all[t + 1] = r->experts[t];
-    if (o->out && output_check_distinct(o->out, all, r->T + 1, err)) return -1;
+    if (acem_checkpoint_count(r->base) == 0)
+        return acem_fail(err, "%s: holds no tensors; nothing to merge", o->base);
     return plan_build(&r->plan, r->base, (const acem_checkpoint *const *)r->experts, r->T, o, err);
+}
+
+/* Every input, which no output may be: the checkpoints with all their files, the Gram
+ * files, the config. */
+static int register_inputs(const merge_run *r, output_set *outs, acem_error *err) {
+    if (output_set_add_checkpoint(outs, r->base, err)) return -1;
+    for (int t = 0; t < r->T; t++)
+        if (output_set_add_checkpoint(outs, r->experts[t], err) ||
+            (r->grams && r->grams[t] && output_set_add_checkpoint(outs, r->grams[t], err)))
+            return -1;
+    return r->o->config_path ? output_set_add_input(outs, r->o->config_path, err) : 0;
+}
+
+/* Pre-flight: the model's output and the report are checked and their temporaries made
+ * before any tensor is read, so that a bad path fails in a second, not after the merge. */
+static int begin_outputs(const merge_run *r, output_set *outs, output **model, output **report,
+                         acem_error *err) {
+    output_kind kind;
+    size_t aux, skipped;
+    *report = NULL;
+    return register_inputs(r, outs, err) || output_model_kind(r->o->out, &kind, err) ||
+                   output_begin(outs, r->o->out, kind, r->o->force, model, err) ||
+                   (r->o->report_path &&
+                    output_begin(outs, r->o->report_path, OUTPUT_FILE, r->o->force, report, err)) ||
+                   output_copy_aux_files(*model, r->o->base, true, &aux, &skipped, err)
+               ? -1
+               : 0;
 }
 
 static int open_writer(merge_run *r, const output *out, const acem_merge_summary *s,
                        st_out_tensor *tensors, acem_error *err) {
     for (size_t i = 0; i < r->plan.n; i++) {
         const plan_entry *e = &r->plan.entries[i];
-        uint64_t nbytes = e->base->numel * acem_dtype_size(e->out_dtype);
-        if (e->raw_copy) acem_quant_stored_bytes(e->out_quant, e->base->numel, &nbytes);
-        tensors[i] = (st_out_tensor){e->base->name, e->out_dtype, e->base->ndim, e->base->shape,
-                                     nbytes,        e->out_quant, e->raw_copy};
+        tensors[i] = (st_out_tensor){e->base->name, e->base->ndim, e->base->shape, e->out, e->base};
     }
     const acem_param meta[] = {
         {"format", "pt"},
@@ -606,8 +625,49 @@ static int open_writer(merge_run *r, const output *out, const acem_merge_summary
     if (output_is_gguf(out->final_path))
         return gguf_writer_open(out->tmp_path, tensors, r->plan.n, acem_checkpoint_gguf(r->base),
                                 gguf_meta, 3, &r->gguf, err);
-    return st_writer_open(out->is_file ? NULL : out->tmp_path, out->is_file ? out->tmp_path : NULL,
-                          tensors, r->plan.n, r->o->max_shard_size, meta, 4, &r->writer, err);
+    bool file = out->kind == OUTPUT_FILE;
+    return st_writer_open(file ? NULL : out->tmp_path, file ? out->tmp_path : NULL, tensors,
+                          r->plan.n, r->o->max_shard_size, meta, 4, &r->writer, err);
+}
+
+static int finish_writer(merge_run *r, acem_error *err) {
+    return r->gguf ? gguf_writer_finish(r->gguf, err) : st_writer_finish(r->writer, err);
+}
+
+/* Before the output is committed it is read back as any reader would (every header rule
+ * checked) and must hold exactly the tensors the plan declared, each with its name, shape
+ * and stored type. */
+static int verify_output(const merge_run *r, const output *out, const st_out_tensor *tensors,
+                         acem_error *err) {
+    acem_checkpoint *ck = NULL;
+    if (acem_checkpoint_open(out->tmp_path, &ck, err)) {
+        char inner[sizeof err->msg];
+        snprintf(inner, sizeof inner, "%s", err->msg);
+        return acem_fail(err,
+                         "internal error: the output does not read back (%s); nothing was "
+                         "committed",
+                         inner);
+    }
+    int rc = acem_checkpoint_count(ck) == r->plan.n ? 0 : -1;
+    for (size_t i = 0; i < r->plan.n && !rc; i++) {
+        const st_out_tensor *want = &tensors[i];
+        const acem_tensor *got = acem_checkpoint_find(ck, want->name);
+        rc = got && got->ndim == want->ndim &&
+                     !memcmp(got->shape, want->shape, sizeof *got->shape * (size_t)got->ndim) &&
+                     got->dtype == out_tensor_dtype(want) && got->quant == out_tensor_quant(want)
+                 ? 0
+                 : acem_fail(err,
+                             "%s: internal error: tensor \"%s\" does not read back as "
+                             "written; nothing was committed",
+                             r->o->out, want->name);
+    }
+    if (rc && !err->msg[0])
+        acem_fail(err,
+                  "%s: internal error: the output holds %zu tensors, not %zu; nothing was "
+                  "committed",
+                  r->o->out, acem_checkpoint_count(ck), r->plan.n);
+    acem_checkpoint_close(ck);
+    return rc;
 }
 
 static void report_add(merge_run *r, const plan_entry *e, const method_info *info) {
@@ -626,8 +686,10 @@ static void report_add(merge_run *r, const plan_entry *e, const method_info *inf
     cJSON_AddItemToArray(r->report_tensors, t);
 }
 
-/* The report is small: written whole to a temporary and renamed, like the model. */
-static int write_report(merge_run *r, const acem_merge_summary *s, acem_error *err) {
+/* The report is small: built whole, then written through its output (claimed at the
+ * start, so that its path was checked before the merge). */
+static int write_report(merge_run *r, const acem_merge_summary *s, output *report,
+                        acem_error *err) {
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "acem_version", ACEM_VERSION);
     cJSON_AddStringToObject(root, "method", s->method);
@@ -636,24 +698,14 @@ static int write_report(merge_run *r, const acem_merge_summary *s, acem_error *e
     r->report_tensors = NULL;
     char *json = cJSON_Print(root);
     cJSON_Delete(root);
-    size_t n = strlen(r->o->report_path) + 32;
-    char *tmp = json ? acem_alloc(n, 1, "a path", err) : NULL;
     int rc = -1;
-    if (tmp) {
-        snprintf(tmp, n, "%s.acem-tmp", r->o->report_path);
-        FILE *f = fopen(tmp, "w");
-        if (f && fputs(json, f) >= 0 && fputc('\n', f) != EOF && fclose(f) == 0)
-            rc = rename(tmp, r->o->report_path) == 0 ? 0 : -1;
-        else if (f)
-            fclose(f);
-        if (rc) {
-            unlink(tmp);
-            acem_fail(err, "%s: cannot write the report", r->o->report_path);
-        }
-    } else if (!json) {
+    if (!json) {
         acem_fail(err, "out of memory writing the report");
+    } else {
+        size_t n = strlen(json);
+        json[n] = '\n'; /* cJSON's terminator becomes the final newline */
+        rc = output_write_whole(report, json, n + 1, err);
     }
-    free(tmp);
     free(json);
     return rc;
 }
@@ -675,7 +727,6 @@ static int run_plan(merge_run *r, acem_merge_summary *s, acem_error *err) {
             s->tensors_merged++;
         else
             s->tensors_copied++;
-        s->bytes_written += e->base->numel * acem_dtype_size(e->out_dtype);
         report_add(r, e, &info);
         r->progress.tensors_done = i + 1;
         report_progress(r);
@@ -691,24 +742,34 @@ int acem_merge(const acem_merge_options *o, acem_merge_summary *s, acem_error *e
     acem_merge_summary local;
     if (!s) s = &local;
     memset(s, 0, sizeof *s);
-    output out = {0};
+    output_set outs = {0};
+    output *model = NULL, *report = NULL;
     st_out_tensor *tensors = NULL;
     int rc = -1;
-    if (check_options(&r, s, err) || open_inputs(&r, err) || alloc_buffers(&r, err)) goto done;
+    if (check_options(&r, s, err) || open_inputs(&r, err) ||
+        begin_outputs(&r, &outs, &model, &report, err) || alloc_buffers(&r, err))
+        goto done;
     if (o->report_path) r.report_tensors = cJSON_CreateArray();
     if (!(tensors = acem_alloc(r.plan.n, sizeof *tensors, "output descriptors", err))) goto done;
-    if (output_begin(&out, o->out, o->force, err)) goto done;
-    size_t aux = 0;
-    if (open_writer(&r, &out, s, tensors, err) || run_plan(&r, s, err) ||
-        (r.gguf ? gguf_writer_finish(r.gguf, err) : st_writer_finish(r.writer, err)) ||
-        output_copy_aux_files(&out, o->base, &aux, err) ||
-        (o->report_path && write_report(&r, s, err)) || output_commit(&out, err))
+    size_t aux = 0, skipped = 0;
+    if (open_writer(&r, model, s, tensors, err) || run_plan(&r, s, err) || finish_writer(&r, err) ||
+        verify_output(&r, model, tensors, err) ||
+        output_copy_aux_files(model, o->base, false, &aux, &skipped, err) ||
+        output_commit(model, err))
         goto done;
     s->shards = r.gguf ? 1 : st_writer_shards(r.writer);
     s->bytes_read = r.progress.bytes_done;
+    s->bytes_written = output_bytes(model);
+    /* The model is in place: a report that cannot be written now costs only the report. */
+    if (report && write_report(&r, s, report, err)) {
+        char inner[sizeof err->msg];
+        snprintf(inner, sizeof inner, "%s", err->msg);
+        acem_fail(err, "%s (the merged model was written to %s)", inner, o->out);
+        goto done;
+    }
     rc = 0;
 done:
-    if (rc) output_abort(&out);
+    output_set_clear(&outs); /* removes every temporary not committed, and the locks */
     free(tensors);
     free_run(&r);
     s->wall_seconds = acem_now() - t0;

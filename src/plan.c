@@ -125,18 +125,40 @@ static int match_experts(plan_entry *e, const acem_checkpoint *const *experts, i
     return 0;
 }
 
-/* GGUF outputs keep each float tensor's stored type (blocks included) unless --dtype asks
- * for a float type or a quantisation (of tensors of 2 or more axes whose rows split into
- * its blocks). Merged tensors are quantised again into their type; copied ones keep their
- * blocks byte for byte. */
-static void gguf_types(plan_entry *e, const acem_merge_options *o) {
-    const acem_tensor *b = e->base;
-    if (!acem_dtype_is_mergeable(b->dtype) || o->out_dtype != ACEM_DT_NONE) return;
-    bool fits = o->out_quant != ACEM_QUANT_NONE && b->ndim >= 2 &&
-                b->shape[b->ndim - 1] % acem_quant_block_elems(o->out_quant) == 0;
-    e->out_quant = fits ? o->out_quant : b->quant;
-    e->raw_copy =
-        e->action == PLAN_COPY && e->out_quant != ACEM_QUANT_NONE && e->out_quant == b->quant;
+acem_out_type plan_stored_type(const acem_tensor *t) {
+    static const acem_out_type of_quant[ACEM_QUANT_COUNT] = {[ACEM_QUANT_Q8_0] = ACEM_OUT_Q8_0,
+                                                             [ACEM_QUANT_Q4_0] = ACEM_OUT_Q4_0,
+                                                             [ACEM_QUANT_Q4_K] = ACEM_OUT_Q4_K,
+                                                             [ACEM_QUANT_Q6_K] = ACEM_OUT_Q6_K,
+                                                             [ACEM_QUANT_Q5_K] = ACEM_OUT_Q5_K};
+    if (t->quant != ACEM_QUANT_NONE) return of_quant[t->quant];
+    switch (t->dtype) {
+    case ACEM_DT_F64: return ACEM_OUT_F64;
+    case ACEM_DT_F32: return ACEM_OUT_F32;
+    case ACEM_DT_F16: return ACEM_OUT_F16;
+    case ACEM_DT_BF16: return ACEM_OUT_BF16;
+    default: return ACEM_OUT_KEEP;
+    }
+}
+
+acem_dtype plan_fed_dtype(const plan_entry *e) {
+    if (e->out == ACEM_OUT_KEEP) return e->base->dtype;
+    acem_dtype dt = acem_out_type_dtype(e->out);
+    return dt != ACEM_DT_NONE ? dt : ACEM_DT_F32;
+}
+
+/* The type a float tensor is written as. --dtype names it; block types apply to tensors of
+ * 2 or more axes whose rows split into their blocks (others keep their stored type). By
+ * default each tensor keeps its stored type, except that a file format without blocks
+ * (safetensors) receives their values as F32. */
+static acem_out_type target_type(const acem_tensor *b, const acem_merge_options *o, bool gguf) {
+    acem_out_type stored = plan_stored_type(b);
+    acem_quant q = acem_out_type_quant(o->out_type);
+    if (q != ACEM_QUANT_NONE)
+        return b->ndim >= 2 && b->shape[b->ndim - 1] % acem_quant_block_elems(q) == 0 ? o->out_type
+                                                                                      : stored;
+    if (o->out_type != ACEM_OUT_KEEP) return o->out_type;
+    return !gguf && acem_out_type_quant(stored) != ACEM_QUANT_NONE ? ACEM_OUT_F32 : stored;
 }
 
 int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *const *experts, int T,
@@ -159,7 +181,6 @@ int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *cons
         e->experts = p->expert_slots + i * (size_t)T;
         if (match_experts(e, experts, T, err)) goto out;
         bool is_float = acem_dtype_is_mergeable(e->base->dtype);
-        e->out_dtype = is_float && o->out_dtype != ACEM_DT_NONE ? o->out_dtype : e->base->dtype;
         e->action = is_float ? PLAN_MERGE : PLAN_COPY;
         if (!is_float) e->reason = "not a floating-point tensor";
         for (size_t k = 0; k < n_ex && e->action == PLAN_MERGE; k++)
@@ -167,7 +188,8 @@ int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *cons
                 e->action = PLAN_COPY;
                 e->reason = ex[k].pattern;
             }
-        if (gguf) gguf_types(e, o);
+        acem_out_type to = is_float ? target_type(e->base, o, gguf) : ACEM_OUT_KEEP;
+        e->out = e->action == PLAN_COPY && to == plan_stored_type(e->base) ? ACEM_OUT_KEEP : to;
         e->conv1d = gpt2 && e->base->ndim == 2 && is_conv1d_name(e->base->name);
         p->n_merge += e->action == PLAN_MERGE;
         p->bytes_to_read += e->base->nbytes * (e->action == PLAN_MERGE ? (uint64_t)T + 1 : 1);

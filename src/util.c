@@ -2,6 +2,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,6 +78,31 @@ double acem_now(void) {
 bool acem_is_dir(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* The Hugging Face cache repository (".../models--org--name", or datasets--, spaces--) of a
+ * path inside one of its snapshots, cut in place; false when real is not in a snapshot. */
+static bool cut_to_cache_repo(char *real) {
+    static const char *const kinds[] = {"models--", "datasets--", "spaces--"};
+    for (char *s = strstr(real, "/snapshots/"); s; s = strstr(s + 1, "/snapshots/")) {
+        const char *repo = s;
+        while (repo > real && repo[-1] != '/')
+            repo--;
+        for (size_t k = 0; k < sizeof kinds / sizeof *kinds; k++)
+            if (strncmp(repo, kinds[k], strlen(kinds[k])) == 0) {
+                *s = 0;
+                return true;
+            }
+    }
+    return false;
+}
+
+bool acem_path_within_model(const char *model_dir, const char *path) {
+    char root[PATH_MAX], real[PATH_MAX];
+    if (!realpath(model_dir, root) || !realpath(path, real)) return false;
+    cut_to_cache_repo(root);
+    size_t n = strlen(root);
+    return strncmp(real, root, n) == 0 && (real[n] == '/' || (n == 1 && root[0] == '/'));
 }
 
 char *acem_path_join(const char *dir, const char *name, acem_error *err) {

@@ -5,6 +5,7 @@ usage errors, reports, and stale temporaries (signals and other faults: test_fau
 usage: /usr/bin/python3 tests/test_cli.py PATH_TO_acem
 """
 
+import fcntl
 import json
 import os
 import subprocess
@@ -180,24 +181,32 @@ def test_stats(d):
 
 
 def test_stale_temporaries(d):
-    """What a SIGKILLed run leaves beside the output is cleaned by the next run."""
+    """What a SIGKILLed run leaves beside the output is cleaned by the next run: a temporary
+    is stale when nobody holds the output's lock (a pid means nothing across hosts or PID
+    namespaces). While a run holds the lock, a second one refuses and touches nothing."""
     paths = make_models(d, {"w": (4, 4)})
-    dead = subprocess.Popen(["true"])
-    dead.wait()
     out = os.path.join(d, "o.safetensors")
-    stale_file = f"{out}.acem-tmp-{dead.pid}"
-    stale_dir = os.path.join(d, f"odir.acem-tmp-{dead.pid}")
-    live = f"{out}.acem-tmp-{os.getpid()}"  # a live process's temporary stays
-    for p in (stale_file, live):
-        open(p, "w").write("partial")
+    stale_file = f"{out}.acem-tmp-{os.getpid()}"  # even a live pid's: its lock is free
+    stale_dir = os.path.join(d, "odir.acem-tmp-1")
+    open(stale_file, "w").write("partial")
     os.mkdir(stale_dir)
     open(os.path.join(stale_dir, "model.safetensors"), "w").write("partial")
     args = ["-b", paths[0], "-m", paths[1], "-m", paths[2], "-M", "average", "-q"]
     r1 = run("merge", *args, "-o", out)
     r2 = run("merge", *args, "-o", os.path.join(d, "odir"))
-    check("a dead run's temporaries are removed, a live one's kept",
+    check("temporaries whose lock is free are removed",
           r1.returncode == 0 and r2.returncode == 0 and not os.path.exists(stale_file)
-          and not os.path.exists(stale_dir) and os.path.exists(live), r1.stderr + r2.stderr)
+          and not os.path.exists(stale_dir) and not os.path.exists(out + ".acem-lock"),
+          r1.stderr + r2.stderr)
+    out2 = os.path.join(d, "held.safetensors")
+    held_tmp = f"{out2}.acem-tmp-123"
+    open(held_tmp, "w").write("partial")
+    with open(out2 + ".acem-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        r3 = run("merge", *args, "-o", out2)
+    check("a second run refuses while the output's lock is held, touching nothing",
+          r3.returncode == 1 and "another acem run" in r3.stderr and os.path.exists(held_tmp)
+          and not os.path.exists(out2), r3.stderr)
 
 
 def test_output_overflow(d):

@@ -179,7 +179,24 @@ int acem_checkpoint_read(const acem_checkpoint *ck, const acem_tensor *t, uint64
 
 /* Opens one safetensors file (or, when not a shard of a directory, a GGUF file) as shard
  * number ck->n_files and appends its tensors. */
-static int add_file(acem_checkpoint *ck, const char *path, bool may_be_gguf, acem_error *err) {
+/* A file of a model directory reached through a link must stay inside the directory or
+ * the Hugging Face cache repository holding it (snapshots link to ../../blobs/): a link
+ * elsewhere would make any file on the machine an input. */
+static int check_link(const char *dir, const char *path, acem_error *err) {
+    struct stat st;
+    if (lstat(path, &st) != 0 || !S_ISLNK(st.st_mode) || acem_path_within_model(dir, path))
+        return 0;
+    return acem_fail(err,
+                     "%s: a link that leads out of the model directory; refusing to read "
+                     "weights through it",
+                     path);
+}
+
+/* dir: the model directory holding path, or NULL for a file the user named (which may be
+ * GGUF; the files of a directory are safetensors or PyTorch). */
+static int add_file(acem_checkpoint *ck, const char *dir, const char *path, acem_error *err) {
+    const bool may_be_gguf = dir == NULL;
+    if (dir && check_link(dir, path, err)) return -1;
     ck_file *f = &ck->files[ck->n_files];
     f->fd = -1;
     if (!(f->path = acem_strdup(path, err))) return -1;
@@ -293,7 +310,9 @@ static char *read_small_file(const char *path, uint64_t limit, size_t *len, acem
 static int open_sharded(acem_checkpoint *ck, const char *dir, const char *index_path,
                         acem_error *err) {
     size_t len;
-    char *text = read_small_file(index_path, ACEM_INDEX_MAX_BYTES, &len, err);
+    char *text = check_link(dir, index_path, err)
+                     ? NULL
+                     : read_small_file(index_path, ACEM_INDEX_MAX_BYTES, &len, err);
     if (!text) return -1;
     cJSON *root =
         acem_utf8_valid((unsigned char *)text, len) ? cJSON_ParseWithLength(text, len) : NULL;
@@ -329,7 +348,7 @@ static int open_sharded(acem_checkpoint *ck, const char *dir, const char *index_
     if (!(ck->files = acem_alloc(n_shards, sizeof *ck->files, "shards", err))) goto out;
     for (size_t i = 0; i < n_shards; i++) {
         char *p = acem_path_join(dir, shards[i], err);
-        int r = p ? add_file(ck, p, false, err) : -1;
+        int r = p ? add_file(ck, dir, p, err) : -1;
         free(p);
         if (r) goto out;
     }
@@ -371,7 +390,7 @@ int acem_checkpoint_open(const char *path, acem_checkpoint **out, acem_error *er
     if (!(ck->path = acem_strdup(path, err))) goto out;
     if (!acem_is_dir(path)) {
         if (!(ck->files = acem_alloc(1, sizeof *ck->files, "a file", err))) goto out;
-        rc = add_file(ck, path, true, err) || index_names(ck, err) ? -1 : 0;
+        rc = add_file(ck, NULL, path, err) || index_names(ck, err) ? -1 : 0;
         goto out;
     }
     single = acem_path_join(path, "model.safetensors", err);
@@ -387,7 +406,7 @@ int acem_checkpoint_open(const char *path, acem_checkpoint **out, acem_error *er
                                                      : NULL;
     if (one) {
         if (!(ck->files = acem_alloc(1, sizeof *ck->files, "a file", err))) goto out;
-        rc = add_file(ck, one, false, err) || index_names(ck, err) ? -1 : 0;
+        rc = add_file(ck, path, one, err) || index_names(ck, err) ? -1 : 0;
     } else if (idx) {
         rc = open_sharded(ck, path, idx, err);
     } else {

@@ -141,17 +141,26 @@ int acem_pread_full(int fd, const char *path, void *dst, uint64_t n, uint64_t of
 
 /* ---- writing ---- */
 
+/* One output tensor. Its type is one value: `type`, or, for ACEM_OUT_KEEP, the stored type of
+ * `src` (whose stored bytes the caller then writes unchanged: values, or blocks). The
+ * caller writes a float type's values, or F32 values for a block type, which the writer
+ * quantises. Sizes follow from the type and shape alone, so the header and the data
+ * cannot disagree. */
 typedef struct st_out_tensor {
     const char *name;
-    acem_dtype dtype;
     int ndim;
     const uint64_t *shape;
-    uint64_t nbytes; /* bytes the caller writes */
-    /* GGUF outputs: stored as these blocks. The caller writes F32 values (dtype F32) that
-     * the writer quantises, or, when prequantised, the blocks themselves. */
-    acem_quant quant;
-    bool prequantised;
+    acem_out_type type;
+    const acem_tensor *src; /* for ACEM_OUT_KEEP */
 } st_out_tensor;
+
+/* Element type and block type the file declares for t (quant NONE for plain types). */
+acem_dtype out_tensor_dtype(const st_out_tensor *t);
+acem_quant out_tensor_quant(const st_out_tensor *t);
+/* Bytes of t in the file, and bytes the caller writes for it; false on overflow or rows
+ * that do not split into the blocks. */
+bool out_tensor_stored_bytes(const st_out_tensor *t, uint64_t *bytes);
+bool out_tensor_fed_bytes(const st_out_tensor *t, uint64_t *bytes);
 
 typedef struct st_writer st_writer;
 

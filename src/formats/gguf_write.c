@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define STAGE_ELEMS 65536u /* F32 values quantised per group: a multiple of every block */
@@ -24,10 +25,11 @@ struct gguf_writer {
     size_t n_tensors, cur;
     FILE *f;
     uint32_t alignment;
-    uint64_t left;   /* input bytes the current tensor still expects */
-    uint64_t stored; /* bytes of the current tensor written to the file */
-    float *stage;    /* F32 input on its way into blocks */
-    size_t staged;   /* bytes in stage */
+    uint64_t left;     /* input bytes the current tensor still expects */
+    uint64_t stored;   /* bytes of the current tensor written to the file */
+    uint64_t expected; /* the file's size as its header declares it */
+    float *stage;      /* F32 input on its way into blocks */
+    size_t staged;     /* bytes in stage */
     unsigned char *blocks;
 };
 
@@ -59,32 +61,42 @@ static int put_zeros(gguf_writer *w, uint64_t n, acem_error *err) {
 static uint64_t padding(uint64_t n, uint32_t a) { return (a - n % a) % a; }
 
 static uint64_t stored_size(const st_out_tensor *t) {
-    uint64_t numel = 1, bytes = t->nbytes;
-    for (int d = 0; d < t->ndim; d++)
-        numel *= t->shape[d];
-    if (t->quant != ACEM_QUANT_NONE) acem_quant_stored_bytes(t->quant, numel, &bytes);
+    uint64_t bytes = 0;
+    out_tensor_stored_bytes(t, &bytes); /* checked by ggml_type_of before any data */
     return bytes;
 }
 
 /* The ggml type of t, or an error for what GGUF cannot hold. */
 static int ggml_type_of(const char *path, const st_out_tensor *t, uint32_t *type, acem_error *err) {
+    acem_quant q = out_tensor_quant(t);
+    uint64_t bytes;
     if (t->ndim > 4)
         return acem_fail(err, "%s: tensor \"%s\" has %d dimensions; GGUF holds at most 4", path,
                          t->name, t->ndim);
-    if (t->quant != ACEM_QUANT_NONE) {
-        uint32_t be = acem_quant_block_elems(t->quant);
-        if (t->ndim == 0 || t->shape[t->ndim - 1] % be != 0)
-            return acem_fail(err, "%s: tensor \"%s\": rows do not split into %s blocks of %u", path,
-                             t->name, acem_quant_name(t->quant), be);
-        *type = acem_quant_ggml_type(t->quant);
+    if (!out_tensor_stored_bytes(t, &bytes))
+        return acem_fail(err, "%s: tensor \"%s\": rows do not split into %s blocks of %u", path,
+                         t->name, acem_quant_name(q), acem_quant_block_elems(q));
+    if (q != ACEM_QUANT_NONE) {
+        *type = acem_quant_ggml_type(q);
         return 0;
     }
-    int64_t g = gguf_plain_type(t->dtype);
+    int64_t g = gguf_plain_type(out_tensor_dtype(t));
     if (g < 0)
         return acem_fail(err, "%s: tensor \"%s\" is %s, which GGUF cannot hold", path, t->name,
-                         acem_dtype_name(t->dtype));
+                         acem_dtype_name(out_tensor_dtype(t)));
     *type = (uint32_t)g;
     return 0;
+}
+
+static uint64_t fed_size(const st_out_tensor *t) {
+    uint64_t bytes = 0;
+    out_tensor_fed_bytes(t, &bytes);
+    return bytes;
+}
+
+/* The caller writes a block type's F32 values, which are quantised here. */
+static bool quantised_here(const st_out_tensor *t) {
+    return t->type != ACEM_OUT_KEEP && out_tensor_quant(t) != ACEM_QUANT_NONE;
 }
 
 static int write_header(gguf_writer *w, const st_header *from, const acem_param *meta,
@@ -125,15 +137,25 @@ static int write_header(gguf_writer *w, const st_header *from, const acem_param 
         at += 8 + strlen(t->name) + 4 + 8 * (uint64_t)(t->ndim ? t->ndim : 1) + 4 + 8;
         offset += stored_size(t) + padding(stored_size(t), w->alignment);
     }
+    w->expected = at + padding(at, w->alignment) + offset;
     return put_zeros(w, padding(at, w->alignment), err);
 }
 
-/* Moves to the next tensor that expects input, padding each finished one. */
+/* Moves to the next tensor that expects input, padding each finished one. A finished
+ * tensor must hold exactly the bytes its info declares: a mismatch would shift every later
+ * tensor, and the file would be refused by every reader. */
 static int advance(gguf_writer *w, acem_error *err) {
     while (w->left == 0 && w->cur < w->n_tensors) {
+        const st_out_tensor *t = &w->tensors[w->cur];
+        if (w->stored != stored_size(t))
+            return acem_fail(err,
+                             "%s: internal error: tensor \"%s\" came to %llu bytes, but its "
+                             "header declares %llu; nothing was committed",
+                             w->path, t->name, (unsigned long long)w->stored,
+                             (unsigned long long)stored_size(t));
         if (put_zeros(w, padding(w->stored, w->alignment), err)) return -1;
         w->stored = 0;
-        if (++w->cur < w->n_tensors) w->left = w->tensors[w->cur].nbytes;
+        if (++w->cur < w->n_tensors) w->left = fed_size(&w->tensors[w->cur]);
     }
     return 0;
 }
@@ -162,7 +184,7 @@ int gguf_writer_open(const char *file_path, const st_out_tensor *tensors, size_t
         gguf_writer_free(w);
         return -1;
     }
-    w->left = n ? tensors[0].nbytes : 0;
+    w->left = n ? fed_size(&tensors[0]) : 0;
     if (n && advance(w, err)) {
         gguf_writer_free(w);
         return -1;
@@ -172,9 +194,10 @@ int gguf_writer_open(const char *file_path, const st_out_tensor *tensors, size_t
 }
 
 static int flush_stage(gguf_writer *w, const st_out_tensor *t, acem_error *err) {
-    size_t n_blocks = w->staged / (4 * acem_quant_block_elems(t->quant));
-    size_t bytes = n_blocks * acem_quant_block_bytes(t->quant);
-    acem_quantize(t->quant, w->stage, w->blocks, n_blocks);
+    acem_quant q = out_tensor_quant(t);
+    size_t n_blocks = w->staged / (4 * acem_quant_block_elems(q));
+    size_t bytes = n_blocks * acem_quant_block_bytes(q);
+    acem_quantize(q, w->stage, w->blocks, n_blocks);
     w->staged = 0;
     w->stored += bytes;
     return put_bytes(w, w->blocks, bytes, err);
@@ -187,7 +210,7 @@ int gguf_writer_write(gguf_writer *w, const void *data, uint64_t n, acem_error *
             return acem_fail(err, "internal error: more data written than the tensors hold");
         const st_out_tensor *t = &w->tensors[w->cur];
         uint64_t take = n < w->left ? n : w->left;
-        if (t->quant != ACEM_QUANT_NONE && !t->prequantised) {
+        if (quantised_here(t)) {
             const size_t cap = STAGE_ELEMS * sizeof(float);
             take = take < cap - w->staged ? take : cap - w->staged;
             memcpy((unsigned char *)w->stage + w->staged, p, (size_t)take);
@@ -212,6 +235,12 @@ int gguf_writer_finish(gguf_writer *w, acem_error *err) {
     FILE *f = w->f;
     w->f = NULL;
     int rc = fflush(f) != 0 ? acem_fail(err, "%s: write failed: %s", w->path, strerror(errno)) : 0;
+    struct stat st;
+    if (!rc && fstat(fileno(f), &st) == 0 && (uint64_t)st.st_size != w->expected)
+        rc = acem_fail(err,
+                       "%s: internal error: the file came to %llu bytes, but its header "
+                       "declares %llu; nothing was committed",
+                       w->path, (unsigned long long)st.st_size, (unsigned long long)w->expected);
     if (!rc && fsync(fileno(f)) != 0)
         rc = acem_fail(err, "%s: fsync failed: %s", w->path, strerror(errno));
     if (fclose(f) != 0 && !rc)

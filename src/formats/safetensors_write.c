@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define WRITE_BUFFER (4u << 20)
@@ -30,10 +31,12 @@
 typedef struct shard {
     char *path;
     size_t first, end; /* tensors [first, end) */
+    uint64_t expected; /* its size as its header declares it */
 } shard;
 
 struct st_writer {
     const st_out_tensor *tensors;
+    uint64_t *nbytes; /* per tensor, as declared */
     size_t n_tensors;
     shard *shards;
     size_t n_shards;
@@ -172,14 +175,14 @@ static char *shard_header(const st_writer *w, const shard *s, size_t *len, acem_
     for (size_t i = s->first; i < s->end; i++) {
         const st_out_tensor *t = &w->tensors[i];
         cJSON *e = cJSON_AddObjectToObject(root, t->name);
-        cJSON_AddStringToObject(e, "dtype", acem_dtype_name(t->dtype));
+        cJSON_AddStringToObject(e, "dtype", acem_dtype_name(out_tensor_dtype(t)));
         cJSON *shape = cJSON_AddArrayToObject(e, "shape");
         for (int d = 0; d < t->ndim; d++)
             cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->shape[d]));
         cJSON *offs = cJSON_AddArrayToObject(e, "data_offsets");
         cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)at));
-        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(at + t->nbytes)));
-        at += t->nbytes;
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(at + w->nbytes[i])));
+        at += w->nbytes[i];
     }
     char *json = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
@@ -201,7 +204,7 @@ static char *shard_header(const st_writer *w, const shard *s, size_t *len, acem_
 }
 
 static int open_shard(st_writer *w, size_t i, acem_error *err) {
-    const shard *s = &w->shards[i];
+    shard *s = &w->shards[i];
     /* Shards are new names in a fresh directory; a single file's temporary already exists. */
     int flags = O_WRONLY | O_CLOEXEC | (w->dir ? O_CREAT | O_EXCL : O_TRUNC);
     w->fd = open(s->path, flags | O_DIRECT, 0644);
@@ -216,13 +219,31 @@ static int open_shard(st_writer *w, size_t i, acem_error *err) {
         len8[b] = (unsigned char)((uint64_t)len >> (8 * b));
     int rc = stage(w, len8, 8, err) || stage(w, header, len, err);
     free(header);
+    s->expected = 8 + len;
+    for (size_t k = s->first; k < s->end; k++)
+        s->expected += w->nbytes[k];
     w->cur_shard = i;
     return rc ? -1 : 0;
 }
 
+/* A shard must be exactly as long as its header says: anything else is a bug that every
+ * reader would refuse, so it is an error before the output is committed. */
+static int check_size(const st_writer *w, const shard *s, acem_error *err) {
+    struct stat st;
+    if (fstat(w->fd, &st) != 0)
+        return acem_fail(err, "%s: cannot stat: %s", s->path, strerror(errno));
+    if ((uint64_t)st.st_size != s->expected)
+        return acem_fail(err,
+                         "%s: internal error: the file came to %llu bytes, but its header "
+                         "declares %llu; nothing was committed",
+                         s->path, (unsigned long long)st.st_size, (unsigned long long)s->expected);
+    return 0;
+}
+
 static int close_shard(st_writer *w, acem_error *err) {
-    const char *path = w->shards[w->cur_shard].path;
-    int rc = wait_idle(w, err) || write_out(w, w->buf, w->buf_len, err);
+    const shard *s = &w->shards[w->cur_shard];
+    const char *path = s->path;
+    int rc = wait_idle(w, err) || write_out(w, w->buf, w->buf_len, err) || check_size(w, s, err);
     w->buf_len = 0;
     if (!rc && fsync(w->fd) != 0)
         rc = acem_fail(err, "%s: fsync failed: %s", path, strerror(errno));
@@ -238,7 +259,7 @@ static int plan_shards(st_writer *w, uint64_t max_shard, const char *file_path, 
     uint64_t bytes = 0;
     w->n_shards = 1;
     for (size_t i = 0; i < w->n_tensors; i++) {
-        uint64_t nb = w->tensors[i].nbytes;
+        uint64_t nb = w->nbytes[i];
         if (max_shard && bytes > 0 && bytes + nb > max_shard) {
             w->shards[w->n_shards - 1].end = i;
             w->shards[w->n_shards++].first = i;
@@ -272,7 +293,21 @@ static int advance(st_writer *w, acem_error *err) {
             if (close_shard(w, err) || open_shard(w, w->cur_shard + 1, err)) return -1;
         }
         w->cur_tensor = next;
-        w->left_in_tensor = w->tensors[next].nbytes;
+        w->left_in_tensor = w->nbytes[next];
+    }
+    return 0;
+}
+
+/* Every tensor's size from its type; safetensors holds no GGUF blocks. */
+static int declare_sizes(st_writer *w, const char *path, acem_error *err) {
+    if (!(w->nbytes = acem_alloc(w->n_tensors + 1, sizeof *w->nbytes, "sizes", err))) return -1;
+    for (size_t i = 0; i < w->n_tensors; i++) {
+        const st_out_tensor *t = &w->tensors[i];
+        if (out_tensor_quant(t) != ACEM_QUANT_NONE)
+            return acem_fail(err, "%s: tensor \"%s\": safetensors cannot hold %s blocks", path,
+                             t->name, acem_quant_name(out_tensor_quant(t)));
+        if (!out_tensor_stored_bytes(t, &w->nbytes[i]))
+            return acem_fail(err, "%s: tensor \"%s\" has an impossible shape", path, t->name);
     }
     return 0;
 }
@@ -289,7 +324,8 @@ int st_writer_open(const char *dir, const char *file_path, const st_out_tensor *
     w->n_tensors = n;
     w->dir = dir;
     w->fd = -1;
-    if (!(w->meta = acem_alloc(n_meta + 1, sizeof *w->meta, "metadata", err))) {
+    if (!(w->meta = acem_alloc(n_meta + 1, sizeof *w->meta, "metadata", err)) ||
+        declare_sizes(w, dir ? dir : file_path, err)) {
         st_writer_free(w);
         return -1;
     }
@@ -320,7 +356,7 @@ int st_writer_open(const char *dir, const char *file_path, const st_out_tensor *
     }
     /* Position on tensor 0 (or past the end when there are none / all are empty). */
     w->cur_tensor = 0;
-    w->left_in_tensor = n ? tensors[0].nbytes : 0;
+    w->left_in_tensor = n ? w->nbytes[0] : 0;
     if (n && advance(w, err)) {
         st_writer_free(w);
         return -1;
@@ -352,7 +388,7 @@ static int write_index(st_writer *w, acem_error *err) {
     for (size_t s = 0; s < w->n_shards; s++)
         for (size_t i = w->shards[s].first; i < w->shards[s].end; i++) {
             cJSON_AddStringToObject(map, w->tensors[i].name, strrchr(w->shards[s].path, '/') + 1);
-            total += w->tensors[i].nbytes;
+            total += w->nbytes[i];
         }
     cJSON_AddNumberToObject(meta, "total_size", (double)total);
     char *json = cJSON_Print(root);
@@ -403,6 +439,7 @@ void st_writer_free(st_writer *w) {
         free((char *)w->meta[i].value);
     }
     free(w->meta);
+    free(w->nbytes);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);
     free(w->bufs[0]);

@@ -43,7 +43,7 @@ static void test_mergekit_schema(void **state) {
     assert_string_equal(o.params[0].key, "density");
     assert_string_equal(o.params[0].value, "0.3");
     assert_true(o.lambda == 0.7);
-    assert_int_equal(o.out_dtype, ACEM_DT_BF16);
+    assert_int_equal(o.out_type, ACEM_OUT_BF16);
     assert_int_equal(o.n_excludes, 2);
     assert_string_equal(o.preset, "llama");
     assert_int_equal(o.seed, 7);
