@@ -70,7 +70,9 @@ acem_quant acem_quant_parse(const char *s); /* "q8_0" / "Q8_0", ...; ACEM_QUANT_
 
 /* "f32", "F32", "float32", "bf16", ... as a user types them; ACEM_DT_NONE if unknown. */
 acem_dtype acem_dtype_parse(const char *s);
-/* "5000000000", "512K", "64M", "2G" (powers of 1024) into bytes; -1 if malformed. */
+/* A size into bytes; -1 if malformed. Units as Hugging Face (and coreutils) read them,
+ * in any letter case: "5GB" is 5*10^9 bytes, "5GiB" and "5G" are 5*2^30; likewise K, M
+ * and T. A bare number is bytes. */
 int acem_parse_size(const char *s, uint64_t *bytes);
 
 /* "1.5 GiB" style sizes into buf. */
