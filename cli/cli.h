@@ -26,7 +26,8 @@ typedef struct progress_bar {
 void progress_init(progress_bar *p, bool quiet);
 void progress_update(void *user, const acem_progress *p);
 
-/* Runs a merge with signal handling and prints the summary unless quiet. */
+/* Runs a merge with signal handling and prints the summary unless quiet. Options that
+ * acem_check_options refuses are a usage error (EXIT_USAGE). */
 int cli_run_merge(const acem_merge_options *o, bool quiet);
 
 /* Peak resident set size of this process, in bytes. */

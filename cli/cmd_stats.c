@@ -373,6 +373,10 @@ int cmd_stats(int argc, char **argv) {
     o.progress_user = &bar;
     table tb = {0};
     acem_error err = {{0}};
+    if (acem_check_options(&o, &err)) {
+        cli_error("%s", err.msg);
+        return EXIT_USAGE;
+    }
     int rc = acem_stats(&o, threshold, collect, &tb, &err) ? EXIT_FAIL : EXIT_OK;
     if (rc) cli_error("%s", err.msg[0] ? err.msg : "out of memory");
     if (!rc && !quiet) print_table(&tb, threshold);

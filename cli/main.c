@@ -59,6 +59,11 @@ static void on_signal(int sig) {
 }
 
 int cli_run_merge(const acem_merge_options *opts, bool quiet) {
+    acem_error err = {{0}};
+    if (acem_check_options(opts, &err)) {
+        cli_error("%s", err.msg);
+        return EXIT_USAGE;
+    }
     acem_merge_options o = *opts;
     progress_bar bar;
     progress_init(&bar, quiet);
@@ -72,7 +77,6 @@ int cli_run_merge(const acem_merge_options *opts, bool quiet) {
     sigaction(SIGTERM, &sa, NULL);
 
     acem_merge_summary s;
-    acem_error err = {{0}};
     int rc = acem_merge(&o, &s, &err);
     if (bar.enabled) fprintf(stderr, "\r\033[K");
     if (rc) {

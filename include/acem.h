@@ -189,6 +189,12 @@ typedef struct acem_merge_options {
 
 void acem_merge_options_init(acem_merge_options *o);
 
+/* Checks what can be checked of o without opening a file: the method (when set) and its
+ * parameters, lambda, the dtypes, the preset and the exclusion regexes. This is what tells
+ * a usage error from any other failure: the options are wrong exactly when this fails
+ * (the CLI then exits 2). acem_merge and acem_stats run it first. */
+int acem_check_options(const acem_merge_options *o, acem_error *err);
+
 typedef struct acem_merge_summary {
     char method[32];
     char params[512]; /* resolved parameters, "lambda=0.3 density=0.2" */

@@ -532,12 +532,8 @@ static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
         return acem_fail(err, "a base model, an output path and a method are required");
     if (o->n_models < 2)
         return acem_fail(err, "at least 2 expert models are needed (got %d)", o->n_models);
-    if (!(r->method = method_find(o->method)))
-        return acem_fail(err, "unknown method \"%s\" (see acem merge --help)", o->method);
-    if (o->precision != ACEM_DT_F32 && o->precision != ACEM_DT_F64)
-        return acem_fail(err, "compute precision must be f32 or f64");
-    if (o->out_dtype != ACEM_DT_NONE && !acem_dtype_is_mergeable(o->out_dtype))
-        return acem_fail(err, "output dtype must be f64, f32, f16 or bf16");
+    if (acem_check_options(o, err)) return -1;
+    r->method = method_find(o->method);
     if (o->max_shard_size && output_is_file(o->out))
         return acem_fail(err, "%s: --max-shard-size needs a directory output, not a file", o->out);
     if (o->out_quant != ACEM_QUANT_NONE &&
@@ -552,7 +548,6 @@ static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
     if (method_resolve_params(r->method, o->params, o->n_params, r->params, desc, sizeof desc, err))
         return -1;
     r->lambda = isnan(o->lambda) ? r->method->default_lambda : o->lambda;
-    if (!isfinite(r->lambda)) return acem_fail(err, "lambda must be a finite number");
     set_compute(r);
     snprintf(s->method, sizeof s->method, "%s", r->method->name);
     snprintf(s->params, sizeof s->params, "lambda=%g%s%s", r->lambda, desc[0] ? " " : "", desc);
@@ -723,8 +718,7 @@ int acem_stats(const acem_merge_options *o, double threshold, acem_stats_fn fn, 
     merge_run r = {.o = &so, .method = &method_ace};
     if (!o->base || o->n_models < 2)
         return acem_fail(err, "a base model and at least 2 expert models are needed");
-    if (o->precision != ACEM_DT_F32 && o->precision != ACEM_DT_F64)
-        return acem_fail(err, "compute precision must be f32 or f64");
+    if (acem_check_options(o, err)) return -1;
     set_compute(&r);
     double *norm = NULL, *erank = NULL;
     int rc = -1;
