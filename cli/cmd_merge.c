@@ -31,7 +31,8 @@ static void print_help(void) {
         "\n"
         "options:\n"
         "  -l, --lambda X             scale of the merged delta (default: the method's)\n"
-        "  -p, --param KEY=VALUE      method parameter (repeatable), e.g. density=0.3\n"
+        "  -p, --param KEY=VALUE      method parameter (repeatable), e.g. density=0.3;\n"
+        "                             lambda=X is --lambda X\n"
         "      --seed N               seed of random methods (DARE), default 0\n"
         "  -x, --exclude REGEX        keep tensors whose name matches from the base\n"
         "                             (POSIX extended regex, repeatable)\n"
@@ -124,6 +125,16 @@ static int parse_int(const char *s, const char *flag, long long lo, long long hi
     return 0;
 }
 
+static int parse_lambda(const char *s, const char *flag, double *out) {
+    char *end;
+    *out = strtod(s, &end);
+    if (!*s || *end || !isfinite(*out)) {
+        cli_error("%s expects a number, not \"%s\"", flag, s);
+        return -1;
+    }
+    return 0;
+}
+
 static int push(const char **list, int *n, const char *v, const char *flag) {
     if (*n >= MAX_LIST) {
         cli_error("too many %s options", flag);
@@ -169,7 +180,6 @@ static int parse_flags(int argc, char **argv, flags *f) {
         {0, 0, 0, 0},
     };
     int c;
-    char *end;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":b:m:M:o:l:p:x:t:fqh", longopts, NULL)) != -1) {
         switch (c) {
@@ -206,11 +216,7 @@ static int parse_flags(int argc, char **argv, flags *f) {
             f->axis = !strcmp(optarg, "input") ? 1 : 0;
             break;
         case 'l':
-            f->lambda = strtod(optarg, &end);
-            if (!*optarg || *end || !isfinite(f->lambda)) {
-                cli_error("--lambda expects a number, not \"%s\"", optarg);
-                return -1;
-            }
+            if (parse_lambda(optarg, "--lambda", &f->lambda)) return -1;
             break;
         case 'p': {
             char *eq = strchr(optarg, '=');
@@ -219,6 +225,11 @@ static int parse_flags(int argc, char **argv, flags *f) {
                 return -1;
             }
             *eq = 0;
+            /* lambda is no method's parameter, but YAML's parameters take it: so does -p */
+            if (!strcmp(optarg, "lambda")) {
+                if (parse_lambda(eq + 1, "--param lambda", &f->lambda)) return -1;
+                break;
+            }
             f->params[f->n_params++] = (acem_param){optarg, eq + 1};
             break;
         }
