@@ -7,9 +7,10 @@
 static void print_help(void) {
     printf("usage: acem inspect PATH\n"
            "\n"
-           "Validates a checkpoint (a .safetensors or GGUF file or a Hugging Face directory)\n"
-           "exactly as a merge would, then lists its metadata and tensors in storage order\n"
-           "(bytes: as the values are merged, F32 for GGUF's quantised blocks).\n"
+           "Validates a checkpoint (a .safetensors, GGUF or PyTorch .bin file, or a Hugging\n"
+           "Face directory of safetensors or pytorch_model.bin files) exactly as a merge\n"
+           "would, then lists its metadata and tensors in storage order (bytes: as stored,\n"
+           "GGUF's quantised blocks included).\n"
            "\n"
            "example:\n"
            "  acem inspect ./gpt2\n");

@@ -9,15 +9,17 @@
 
 #define MAX_LIST 1024
 
-static void print_help(void) {
-    printf(
+static void print_help(FILE *to) {
+    fprintf(
+        to,
         "usage: acem merge --base B --model M1 --model M2 [...] --method NAME -o OUT [options]\n"
         "       acem merge CONFIG.yaml [-o OUT] [options]\n"
         "\n"
         "Merges T >= 2 experts fine-tuned from one base: for every tensor, Dt = Wt - W0, the\n"
         "method combines the Dt into Delta, and OUT gets W0 + lambda * Delta. Models are\n"
-        ".safetensors or GGUF files or Hugging Face directories (model.safetensors, or shards\n"
-        "with model.safetensors.index.json). OUT ending in .safetensors or .gguf is one file\n"
+        ".safetensors, GGUF or PyTorch .bin files or Hugging Face directories (model.safetensors\n"
+        "or pytorch_model.bin, or shards with their .index.json). Relative paths in CONFIG.yaml\n"
+        "are taken from its directory. OUT ending in .safetensors or .gguf is one file\n"
         "(GGUF: the base's key-values and, by default, each tensor's type, quantised blocks\n"
         "included); anything else is a directory that also receives the base directory's\n"
         "config and tokenizer files.\n"
@@ -69,26 +71,27 @@ static void print_help(void) {
     for (size_t i = 0; i < acem_method_count(); i++) {
         /* word-wrapped to 90 columns, continuation lines under the description */
         const char *d = acem_method_describe(i);
-        printf("  %-16s ", acem_method_name(i));
+        fprintf(to, "  %-16s ", acem_method_name(i));
         int col = 19;
         for (bool first = true; *d; first = false) {
             int w = (int)strcspn(d, " ");
             if (!first && col + 1 + w > 90) {
-                printf("\n%19s", "");
+                fprintf(to, "\n%19s", "");
                 col = 19;
             } else if (!first) {
-                putchar(' ');
+                fputc(' ', to);
                 col++;
             }
-            printf("%.*s", w, d);
+            fprintf(to, "%.*s", w, d);
             col += w;
             d += w;
             while (*d == ' ')
                 d++;
         }
-        putchar('\n');
+        fputc('\n', to);
     }
-    printf(
+    fprintf(
+        to,
         "\n"
         "examples:\n"
         "  acem merge -b gpt2 -m gpt2-cola -m gpt2-sst2 -M ties -p density=0.2 -o merged\n"
@@ -195,7 +198,7 @@ static int parse_flags(int argc, char **argv, flags *f) {
             break;
         case 'f': f->force = 1; break;
         case 'q': f->quiet = 1; break;
-        case 'h': print_help(); return 1;
+        case 'h': print_help(stdout); return 1;
         case O_PRESET: f->preset = optarg; break;
         case O_REPORT: f->report = optarg; break;
         case O_NONFINITE: f->allow_nonfinite = 1; break;
@@ -314,6 +317,10 @@ static void apply_flags(const flags *f, acem_merge_options *o, acem_param *param
 }
 
 int cmd_merge(int argc, char **argv) {
+    if (argc < 2) { /* a bare `acem merge` asks how it is used */
+        print_help(stderr);
+        return EXIT_USAGE;
+    }
     static flags f;
     memset(&f, 0, sizeof f);
     f.lambda = NAN;

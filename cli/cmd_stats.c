@@ -223,9 +223,12 @@ static int write_svg(const char *path, const table *tb, double threshold) {
                 Y(pow(10, l)) + 4, l);
     }
     int step = (dmax - dmin) > 24 ? (dmax - dmin) / 12 : 1;
-    for (int d = dmin; d <= dmax; d += step)
-        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%s%d</text>\n", X(d),
-                top + ph + 20, d < 0 ? "no layer " : "", d);
+    for (int d = dmin; d <= dmax; d += step) { /* depth -1 holds the tensors of no layer */
+        char tick[16] = "no layer";
+        if (d >= 0) snprintf(tick, sizeof tick, "%d", d);
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%s</text>\n", X(d),
+                top + ph + 20, tick);
+    }
     fprintf(f,
             "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" "
             "stroke=\"#333\"/>\n",
@@ -285,7 +288,8 @@ static void print_help(void) {
            "For every 2-D tensor a merge would merge: each expert's ||Dt||_F, ACE's\n"
            "heterogeneity gamma and the branch it takes (gamma > threshold: heterogeneous,\n"
            "normalised covariances and spectral refinement), and each delta's effective rank\n"
-           "(exp of the entropy of its normalised singular values).\n"
+           "(exp of the entropy of its normalised singular values). Models are read as\n"
+           "acem merge reads them: .safetensors, GGUF or PyTorch .bin files, or directories.\n"
            "\n"
            "options:\n"
            "  -b, --base PATH        the base model\n"
@@ -295,7 +299,8 @@ static void print_help(void) {
            "      --csv FILE         write them as CSV\n"
            "      --svg FILE         plot gamma by layer depth with the threshold drawn\n"
            "  -x, --exclude REGEX    skip tensors whose name matches (repeatable)\n"
-           "      --preset P         the ACE reference's exclusions (gpt2, bert, roberta, llama)\n"
+           "      --preset P         the ACE reference's exclusions (gpt2, bert, roberta, llama,\n"
+           "                         clip-vit)\n"
            "  -t, --threads N        worker threads (default: all cores)\n"
            "  -q, --quiet            no table on the terminal\n"
            "\n"
