@@ -18,9 +18,10 @@ int cmd_lab(int argc, char **argv);
 /* Prints "acem: error: MSG" on one line to stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* Progress bar on stderr (only when it is a terminal); the callback for acem_merge. */
+/* Progress bar on stderr (only when it is a terminal), as wide as the terminal and drawn
+ * at the first update; the callback for acem_merge. */
 typedef struct progress_bar {
-    bool enabled;
+    bool enabled, drawn;
     double start, last_draw;
 } progress_bar;
 void progress_init(progress_bar *p, bool quiet);

@@ -657,6 +657,7 @@ static int run_plan(merge_run *r, acem_merge_summary *s, acem_error *err) {
     r->progress.tensors_total = r->plan.n;
     r->progress.bytes_total = r->plan.bytes_to_read;
     r->progress.phase = ACEM_PHASE_MERGE;
+    report_progress(r); /* before the first tensor, which may take long */
     for (size_t i = 0; i < r->plan.n; i++) {
         const plan_entry *e = &r->plan.entries[i];
         r->progress.tensor = e->base->name;
@@ -729,6 +730,7 @@ int acem_stats(const acem_merge_options *o, double threshold, acem_stats_fn fn, 
     r.progress.tensors_total = r.plan.n;
     r.progress.bytes_total = r.plan.bytes_to_read;
     r.progress.phase = ACEM_PHASE_MERGE;
+    report_progress(&r);
     for (size_t i = 0; i < r.plan.n; i++) {
         const plan_entry *e = &r.plan.entries[i];
         r.progress.tensor = e->base->name;
