@@ -47,15 +47,25 @@ static void omp_passive_by_default(char **argv) {
 }
 
 static volatile sig_atomic_t g_signal;
-/* The first SIGINT/SIGTERM cancels the merge cleanly at the next chunk; a second one ends
- * the process at once (a long decomposition does not look at the flag), leaving at most a
- * temporary that the next run removes, never anything at the output path. */
+/* The first SIGINT/SIGTERM/SIGHUP cancels the merge cleanly at the next chunk; a second one
+ * ends the process at once (a long decomposition does not look at the flag), leaving at
+ * most a temporary that the next run removes, never anything at the output path. SIGHUP is
+ * a dropped SSH session or a closed terminal: as much a request to stop as the others. */
 static void on_signal(int sig) {
     if (g_signal) {
         signal(sig, SIG_DFL);
         raise(sig);
     }
     g_signal = sig;
+}
+
+static void catch_signals(void) {
+    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
+        sigaction(sigs[i], &sa, NULL);
 }
 
 int cli_run_merge(const acem_merge_options *opts, bool quiet) {
@@ -70,11 +80,7 @@ int cli_run_merge(const acem_merge_options *opts, bool quiet) {
     o.progress = progress_update;
     o.progress_user = &bar;
     o.cancel = &g_signal;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    catch_signals();
 
     acem_merge_summary s;
     int rc = acem_merge(&o, &s, &err);
