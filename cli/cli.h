@@ -31,7 +31,7 @@ void progress_update(void *user, const acem_progress *p);
  * acem_check_options refuses are a usage error (EXIT_USAGE). */
 int cli_run_merge(const acem_merge_options *o, bool quiet);
 
-/* Peak resident set size of this process, in bytes. */
+/* Peak resident set size of this process image (VmHWM), in bytes; 0 without /proc. */
 unsigned long long cli_peak_rss(void);
 
 #endif

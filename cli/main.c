@@ -97,7 +97,11 @@ int cli_run_merge(const acem_merge_options *opts, bool quiet) {
         char rb[32], wb[32], peak[32];
         acem_format_bytes(s.bytes_read, rb, sizeof rb);
         acem_format_bytes(s.bytes_written, wb, sizeof wb);
-        acem_format_bytes(cli_peak_rss(), peak, sizeof peak);
+        unsigned long long rss = cli_peak_rss();
+        if (rss)
+            acem_format_bytes(rss, peak, sizeof peak);
+        else
+            snprintf(peak, sizeof peak, "unknown (no /proc)");
         printf("acem: merged %d experts with %s (%s)\n", o.n_models, s.method, s.params);
         printf("  tensors    %zu merged, %zu copied from the base\n", s.tensors_merged,
                s.tensors_copied);

@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -74,8 +73,16 @@ void progress_update(void *user, const acem_progress *pr) {
     draw(p, pr, t);
 }
 
+/* VmHWM, not getrusage's ru_maxrss: Linux carries a parent's high-water mark into
+ * ru_maxrss across fork and exec, so acem started from a large process (a Python script)
+ * would report that process's peak as its own. VmHWM belongs to this image alone. */
 unsigned long long cli_peak_rss(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (unsigned long long)ru.ru_maxrss * 1024ULL;
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return 0;
+    char line[256];
+    unsigned long long kib = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %llu kB", &kib) == 1) break;
+    fclose(f);
+    return kib * 1024ULL;
 }
