@@ -46,6 +46,15 @@ static int unknown_param(const method_def *m, const char *key, acem_error *err) 
     return acem_fail(err, "method %s has no parameter \"%s\" (%s)", m->name, key, valid);
 }
 
+static int unknown_choice(const method_param *mp, const char *value, acem_error *err) {
+    char valid[256] = "";
+    size_t k = 0;
+    for (int c = 0; mp->choices[c] && k < sizeof valid; c++)
+        k += (size_t)snprintf(valid + k, sizeof valid - k, "%s%s", c ? ", " : "", mp->choices[c]);
+    return acem_fail(err, "parameter %s: unknown choice \"%s\" (one of: %s)", mp->name, value,
+                     valid);
+}
+
 /* Parses "key=value" parameters against the method's table; unknown keys, values out of
  * range and unknown choices are errors. desc receives "density=0.2 p=0.9" for the summary. */
 int method_resolve_params(const method_def *m, const acem_param *given, int n_given, double *values,
@@ -62,9 +71,7 @@ int method_resolve_params(const method_def *m, const acem_param *given, int n_gi
             int c = 0;
             while (mp->choices[c] && strcmp(mp->choices[c], given[g].value) != 0)
                 c++;
-            if (!mp->choices[c])
-                return acem_fail(err, "parameter %s: unknown choice \"%s\"", mp->name,
-                                 given[g].value);
+            if (!mp->choices[c]) return unknown_choice(mp, given[g].value, err);
             values[i] = c;
             continue;
         }
