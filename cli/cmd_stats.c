@@ -282,30 +282,31 @@ static int write_svg(const char *path, const table *tb, double threshold) {
     return 0;
 }
 
-static void print_help(void) {
-    printf("usage: acem stats --base B --model M1 --model M2 [...] [options]\n"
-           "\n"
-           "For every 2-D tensor a merge would merge: each expert's ||Dt||_F, ACE's\n"
-           "heterogeneity gamma and the branch it takes (gamma > threshold: heterogeneous,\n"
-           "normalised covariances and spectral refinement), and each delta's effective rank\n"
-           "(exp of the entropy of its normalised singular values). Models are read as\n"
-           "acem merge reads them: .safetensors, GGUF or PyTorch .bin files, or directories.\n"
-           "\n"
-           "options:\n"
-           "  -b, --base PATH        the base model\n"
-           "  -m, --model PATH       an expert (repeat)\n"
-           "      --threshold X      ACE's gamma threshold (default 0.3)\n"
-           "      --json FILE        write the statistics as JSON\n"
-           "      --csv FILE         write them as CSV\n"
-           "      --svg FILE         plot gamma by layer depth with the threshold drawn\n"
-           "  -x, --exclude REGEX    skip tensors whose name matches (repeatable)\n"
-           "      --preset P         the ACE reference's exclusions (gpt2, bert, roberta, llama,\n"
-           "                         clip-vit)\n"
-           "  -t, --threads N        worker threads (default: all cores)\n"
-           "  -q, --quiet            no table on the terminal\n"
-           "\n"
-           "example:\n"
-           "  acem stats -b gpt2 -m gpt2-cola -m gpt2-sst2 -m gpt2-mrpc --svg gamma.svg\n");
+static void print_help(FILE *to) {
+    fprintf(to,
+            "usage: acem stats --base B --model M1 --model M2 [...] [options]\n"
+            "\n"
+            "For every 2-D tensor a merge would merge: each expert's ||Dt||_F, ACE's\n"
+            "heterogeneity gamma and the branch it takes (gamma > threshold: heterogeneous,\n"
+            "normalised covariances and spectral refinement), and each delta's effective rank\n"
+            "(exp of the entropy of its normalised singular values). Models are read as\n"
+            "acem merge reads them: .safetensors, GGUF or PyTorch .bin files, or directories.\n"
+            "\n"
+            "options:\n"
+            "  -b, --base PATH        the base model\n"
+            "  -m, --model PATH       an expert (repeat)\n"
+            "      --threshold X      ACE's gamma threshold (default 0.3)\n"
+            "      --json FILE        write the statistics as JSON\n"
+            "      --csv FILE         write them as CSV\n"
+            "      --svg FILE         plot gamma by layer depth with the threshold drawn\n"
+            "  -x, --exclude REGEX    skip tensors whose name matches (repeatable)\n"
+            "      --preset P         the ACE reference's exclusions (gpt2, bert, roberta, llama,\n"
+            "                         clip-vit)\n"
+            "  -t, --threads N        worker threads (default: all cores)\n"
+            "  -q, --quiet            no table on the terminal\n"
+            "\n"
+            "example:\n"
+            "  acem stats -b gpt2 -m gpt2-cola -m gpt2-sst2 -m gpt2-mrpc --svg gamma.svg\n");
 }
 
 int cmd_stats(int argc, char **argv) {
@@ -332,6 +333,10 @@ int cmd_stats(int argc, char **argv) {
     double threshold = 0.3;
     int quiet = 0, c;
     char *end;
+    if (argc < 2) { /* a bare `acem stats` asks how it is used */
+        print_help(stderr);
+        return EXIT_USAGE;
+    }
     opterr = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, ":b:m:x:t:qh", longopts, NULL)) != -1) {
@@ -359,9 +364,15 @@ int cmd_stats(int argc, char **argv) {
         case 'C': csv = optarg; break;
         case 'S': svg = optarg; break;
         case 'P': o.preset = optarg; break;
-        case 't': o.threads = atoi(optarg) > 0 ? atoi(optarg) : 0; break;
+        case 't':
+            o.threads = (int)strtol(optarg, &end, 10);
+            if (!*optarg || *end || o.threads < 1 || o.threads > 4096) {
+                cli_error("--threads expects an integer in [1, 4096], not \"%s\"", optarg);
+                return EXIT_USAGE;
+            }
+            break;
         case 'q': quiet = 1; break;
-        case 'h': print_help(); return EXIT_OK;
+        case 'h': print_help(stdout); return EXIT_OK;
         case ':': cli_error("option %s needs a value", argv[optind - 1]); return EXIT_USAGE;
         default:
             cli_error("unknown option %s (see acem stats --help)", argv[optind - 1]);
