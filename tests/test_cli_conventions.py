@@ -90,10 +90,14 @@ def test_usage_errors(d):
     r = run(*merge, "-M", "ties", "-p", "densty=0.1")
     check("item14 an unknown parameter lists the valid ones",
           "its parameters: density" in r.stderr, repr(r.stderr))
+    r = run(*merge, "-M", "dare_ties", "-p", "rescale=l2")
+    check("item14 an unknown choice lists the valid ones", one_line(r, 2, "l2", "inverse, l1"),
+          f"rc={r.returncode} err={r.stderr!r}")
     r = run(*merge, "-M", "average", "-p", "density=0.1")
     check("item14 a parameter of a method that takes none says so",
           "it takes none" in r.stderr, repr(r.stderr))
-    for name, extra in (("unknown preset", ["--preset", "gpt3"]), ("bad regex", ["-x", "a{1"])):
+    for name, extra in (("unknown preset", ["--preset", "gpt3"]), ("bad regex", ["-x", "a{1"]),
+                        ("--threads abc", ["-t", "abc"])):
         r = run("stats", "-q", *model_args(paths), *extra)
         check(f"item14 stats: {name} exits 2", one_line(r, 2), f"rc={r.returncode} err={r.stderr!r}")
     cfg = os.path.join(d, "bad-method.yaml")
@@ -199,9 +203,13 @@ def test_unreadable_dir(d):
 # ----------------------------------------------------------- item 14: usage and help texts
 
 def test_help_texts(d):
-    r = run("merge")
-    check("item14 acem merge with no arguments prints its usage to stderr, exit 2",
-          r.returncode == 2 and r.stderr.startswith("usage: acem merge") and r.stdout == "",
+    for cmd in ("merge", "stats", "inspect"):
+        r = run(cmd)
+        check(f"item14 acem {cmd} with no arguments prints its usage to stderr, exit 2",
+              r.returncode == 2 and r.stderr.startswith("usage: acem " + cmd) and r.stdout == "",
+              f"rc={r.returncode} err={r.stderr[:200]!r}")
+    r = run("lab", "--bogus")
+    check("item14 lab: an unknown option is one error line, exit 2", one_line(r, 2, "--bogus"),
           f"rc={r.returncode} err={r.stderr[:200]!r}")
     texts = {cmd: run(cmd, "--help").stdout for cmd in ("merge", "stats", "inspect")}
     check("item14 help texts of merge, stats and inspect mention .bin inputs",
