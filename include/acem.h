@@ -235,7 +235,9 @@ const char *acem_method_describe(size_t i); /* one line: formula and parameters 
 
 /* ---- YAML configuration --------------------------------------------------------- */
 
-/* Owns every string the options point to. */
+/* Owns every string the options point to. Relative paths in the file (base, models,
+ * grams, output, report) are taken from the file's directory; path must name a regular
+ * file (a FIFO is refused, not waited on). Schema: docs/config.md. */
 typedef struct acem_config acem_config;
 int acem_config_load(const char *path, acem_config **out, acem_merge_options *o, acem_error *err);
 void acem_config_free(acem_config *c);
