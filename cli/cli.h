@@ -18,18 +18,20 @@ int cmd_lab(int argc, char **argv);
 /* Prints "acem: error: MSG" on one line to stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* Progress bar on stderr (only when it is a terminal); the callback for acem_merge. */
+/* Progress bar on stderr (only when it is a terminal), as wide as the terminal and drawn
+ * at the first update; the callback for acem_merge. */
 typedef struct progress_bar {
-    bool enabled;
+    bool enabled, drawn;
     double start, last_draw;
 } progress_bar;
 void progress_init(progress_bar *p, bool quiet);
 void progress_update(void *user, const acem_progress *p);
 
-/* Runs a merge with signal handling and prints the summary unless quiet. */
+/* Runs a merge with signal handling and prints the summary unless quiet. Options that
+ * acem_check_options refuses are a usage error (EXIT_USAGE). */
 int cli_run_merge(const acem_merge_options *o, bool quiet);
 
-/* Peak resident set size of this process, in bytes. */
+/* Peak resident set size of this process image (VmHWM), in bytes; 0 without /proc. */
 unsigned long long cli_peak_rss(void);
 
 #endif

@@ -4,21 +4,26 @@
 #include <stdio.h>
 #include <string.h>
 
-static void print_help(void) {
-    printf("usage: acem inspect PATH\n"
-           "\n"
-           "Validates a checkpoint (a .safetensors or GGUF file or a Hugging Face directory)\n"
-           "exactly as a merge would, then lists its metadata and tensors in storage order\n"
-           "(bytes: as the values are merged, F32 for GGUF's quantised blocks).\n"
-           "\n"
-           "example:\n"
-           "  acem inspect ./gpt2\n");
+static void print_help(FILE *to) {
+    fprintf(to, "usage: acem inspect PATH\n"
+                "\n"
+                "Validates a checkpoint (a .safetensors, GGUF or PyTorch .bin file, or a Hugging\n"
+                "Face directory of safetensors or pytorch_model.bin files) exactly as a merge\n"
+                "would, then lists its metadata and tensors in storage order (bytes: as stored,\n"
+                "GGUF's quantised blocks included).\n"
+                "\n"
+                "example:\n"
+                "  acem inspect ./gpt2\n");
 }
 
 int cmd_inspect(int argc, char **argv) {
     if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-        print_help();
+        print_help(stdout);
         return EXIT_OK;
+    }
+    if (argc < 2) { /* a bare `acem inspect` asks how it is used */
+        print_help(stderr);
+        return EXIT_USAGE;
     }
     if (argc != 2) {
         cli_error("inspect takes exactly one path (see acem inspect --help)");

@@ -86,8 +86,9 @@ int cmd_lab(int argc, char **argv) {
     const char *suite = "synthetic";
     long v;
     int c;
+    opterr = 0;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         switch (c) {
         case 's': suite = optarg; break;
         case 'o': o.out = optarg; break;
@@ -115,7 +116,10 @@ int cmd_lab(int argc, char **argv) {
             o.threads = (int)v;
             break;
         case 'h': fputs(help, stdout); return EXIT_OK;
-        default: fputs(help, stderr); return EXIT_USAGE;
+        case ':': cli_error("option %s needs a value", argv[optind - 1]); return EXIT_USAGE;
+        default:
+            cli_error("unknown option %s (see acem lab --help)", argv[optind - 1]);
+            return EXIT_USAGE;
         }
     }
     if (optind != argc) {

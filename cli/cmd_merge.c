@@ -9,15 +9,17 @@
 
 #define MAX_LIST 1024
 
-static void print_help(void) {
-    printf(
+static void print_help(FILE *to) {
+    fprintf(
+        to,
         "usage: acem merge --base B --model M1 --model M2 [...] --method NAME -o OUT [options]\n"
         "       acem merge CONFIG.yaml [-o OUT] [options]\n"
         "\n"
         "Merges T >= 2 experts fine-tuned from one base: for every tensor, Dt = Wt - W0, the\n"
         "method combines the Dt into Delta, and OUT gets W0 + lambda * Delta. Models are\n"
-        ".safetensors or GGUF files or Hugging Face directories (model.safetensors, or shards\n"
-        "with model.safetensors.index.json). OUT ending in .safetensors or .gguf is one file\n"
+        ".safetensors, GGUF or PyTorch .bin files or Hugging Face directories (model.safetensors\n"
+        "or pytorch_model.bin, or shards with their .index.json). Relative paths in CONFIG.yaml\n"
+        "are taken from its directory. OUT ending in .safetensors or .gguf is one file\n"
         "(GGUF: the base's key-values and, by default, each tensor's type, quantised blocks\n"
         "included); anything else is a directory that also receives the base directory's\n"
         "config and tokenizer files.\n"
@@ -31,7 +33,8 @@ static void print_help(void) {
         "\n"
         "options:\n"
         "  -l, --lambda X             scale of the merged delta (default: the method's)\n"
-        "  -p, --param KEY=VALUE      method parameter (repeatable), e.g. density=0.3\n"
+        "  -p, --param KEY=VALUE      method parameter (repeatable), e.g. density=0.3;\n"
+        "                             lambda=X is --lambda X\n"
         "      --seed N               seed of random methods (DARE), default 0\n"
         "  -x, --exclude REGEX        keep tensors whose name matches from the base\n"
         "                             (POSIX extended regex, repeatable)\n"
@@ -49,7 +52,8 @@ static void print_help(void) {
         "                             (stored in x out) so covariances run over the input axis\n"
         "                             (with --preset gpt2 or a base config.json of gpt2)\n"
         "      --max-shard-size S     split a directory output into shards of at most S\n"
-        "                             bytes (e.g. 5G, 500M)\n"
+        "                             bytes: 5GB is 5*10^9, 5GiB and 5G are 5*2^30 (K, M, T\n"
+        "                             alike, as Hugging Face reads them)\n"
         "  -t, --threads N            worker threads (default: all cores)\n"
         "      --report FILE.json     write a per-tensor report (ace: gamma, branch, k, ...)\n"
         "      --gram MODEL=GRAMS     regmean: Gram matrices X^T X of MODEL's layer inputs, a\n"
@@ -67,26 +71,27 @@ static void print_help(void) {
     for (size_t i = 0; i < acem_method_count(); i++) {
         /* word-wrapped to 90 columns, continuation lines under the description */
         const char *d = acem_method_describe(i);
-        printf("  %-16s ", acem_method_name(i));
+        fprintf(to, "  %-16s ", acem_method_name(i));
         int col = 19;
         for (bool first = true; *d; first = false) {
             int w = (int)strcspn(d, " ");
             if (!first && col + 1 + w > 90) {
-                printf("\n%19s", "");
+                fprintf(to, "\n%19s", "");
                 col = 19;
             } else if (!first) {
-                putchar(' ');
+                fputc(' ', to);
                 col++;
             }
-            printf("%.*s", w, d);
+            fprintf(to, "%.*s", w, d);
             col += w;
             d += w;
             while (*d == ' ')
                 d++;
         }
-        putchar('\n');
+        fputc('\n', to);
     }
-    printf(
+    fprintf(
+        to,
         "\n"
         "examples:\n"
         "  acem merge -b gpt2 -m gpt2-cola -m gpt2-sst2 -M ties -p density=0.2 -o merged\n"
@@ -121,6 +126,16 @@ static int parse_int(const char *s, const char *flag, long long lo, long long hi
         return -1;
     }
     *out = v;
+    return 0;
+}
+
+static int parse_lambda(const char *s, const char *flag, double *out) {
+    char *end;
+    *out = strtod(s, &end);
+    if (!*s || *end || !isfinite(*out)) {
+        cli_error("%s expects a number, not \"%s\"", flag, s);
+        return -1;
+    }
     return 0;
 }
 
@@ -169,7 +184,6 @@ static int parse_flags(int argc, char **argv, flags *f) {
         {0, 0, 0, 0},
     };
     int c;
-    char *end;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":b:m:M:o:l:p:x:t:fqh", longopts, NULL)) != -1) {
         switch (c) {
@@ -184,7 +198,7 @@ static int parse_flags(int argc, char **argv, flags *f) {
             break;
         case 'f': f->force = 1; break;
         case 'q': f->quiet = 1; break;
-        case 'h': print_help(); return 1;
+        case 'h': print_help(stdout); return 1;
         case O_PRESET: f->preset = optarg; break;
         case O_REPORT: f->report = optarg; break;
         case O_NONFINITE: f->allow_nonfinite = 1; break;
@@ -206,11 +220,7 @@ static int parse_flags(int argc, char **argv, flags *f) {
             f->axis = !strcmp(optarg, "input") ? 1 : 0;
             break;
         case 'l':
-            f->lambda = strtod(optarg, &end);
-            if (!*optarg || *end || !isfinite(f->lambda)) {
-                cli_error("--lambda expects a number, not \"%s\"", optarg);
-                return -1;
-            }
+            if (parse_lambda(optarg, "--lambda", &f->lambda)) return -1;
             break;
         case 'p': {
             char *eq = strchr(optarg, '=');
@@ -219,6 +229,11 @@ static int parse_flags(int argc, char **argv, flags *f) {
                 return -1;
             }
             *eq = 0;
+            /* lambda is no method's parameter, but YAML's parameters take it: so does -p */
+            if (!strcmp(optarg, "lambda")) {
+                if (parse_lambda(eq + 1, "--param lambda", &f->lambda)) return -1;
+                break;
+            }
             f->params[f->n_params++] = (acem_param){optarg, eq + 1};
             break;
         }
@@ -296,6 +311,10 @@ static void apply_flags(const flags *f, acem_merge_options *o, acem_param *param
 }
 
 int cmd_merge(int argc, char **argv) {
+    if (argc < 2) { /* a bare `acem merge` asks how it is used */
+        print_help(stderr);
+        return EXIT_USAGE;
+    }
     static flags f;
     memset(&f, 0, sizeof f);
     f.lambda = NAN;

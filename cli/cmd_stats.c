@@ -198,9 +198,12 @@ static void render_svg(FILE *f, const table *tb, double threshold) {
                 Y(pow(10, l)) + 4, l);
     }
     int step = (dmax - dmin) > 24 ? (dmax - dmin) / 12 : 1;
-    for (int d = dmin; d <= dmax; d += step)
-        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%s%d</text>\n", X(d),
-                top + ph + 20, d < 0 ? "no layer " : "", d);
+    for (int d = dmin; d <= dmax; d += step) { /* depth -1 holds the tensors of no layer */
+        char tick[16] = "no layer";
+        if (d >= 0) snprintf(tick, sizeof tick, "%d", d);
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%s</text>\n", X(d),
+                top + ph + 20, tick);
+    }
     fprintf(f,
             "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" "
             "stroke=\"#333\"/>\n",
@@ -284,29 +287,32 @@ static int claim_outputs(acem_outputs *outs, const acem_merge_options *o, const 
     return rc;
 }
 
-static void print_help(void) {
-    printf("usage: acem stats --base B --model M1 --model M2 [...] [options]\n"
-           "\n"
-           "For every 2-D tensor a merge would merge: each expert's ||Dt||_F, ACE's\n"
-           "heterogeneity gamma and the branch it takes (gamma > threshold: heterogeneous,\n"
-           "normalised covariances and spectral refinement), and each delta's effective rank\n"
-           "(exp of the entropy of its normalised singular values).\n"
-           "\n"
-           "options:\n"
-           "  -b, --base PATH        the base model\n"
-           "  -m, --model PATH       an expert (repeat)\n"
-           "      --threshold X      ACE's gamma threshold (default 0.3)\n"
-           "      --json FILE        write the statistics as JSON\n"
-           "      --csv FILE         write them as CSV\n"
-           "      --svg FILE         plot gamma by layer depth with the threshold drawn\n"
-           "  -x, --exclude REGEX    skip tensors whose name matches (repeatable)\n"
-           "      --preset P         the ACE reference's exclusions (gpt2, bert, roberta, llama)\n"
-           "  -t, --threads N        worker threads (default: all cores)\n"
-           "  -q, --quiet            no table on the terminal\n"
-           "  -f, --force            replace existing --json/--csv/--svg files (never an input)\n"
-           "\n"
-           "example:\n"
-           "  acem stats -b gpt2 -m gpt2-cola -m gpt2-sst2 -m gpt2-mrpc --svg gamma.svg\n");
+static void print_help(FILE *to) {
+    fprintf(to,
+            "usage: acem stats --base B --model M1 --model M2 [...] [options]\n"
+            "\n"
+            "For every 2-D tensor a merge would merge: each expert's ||Dt||_F, ACE's\n"
+            "heterogeneity gamma and the branch it takes (gamma > threshold: heterogeneous,\n"
+            "normalised covariances and spectral refinement), and each delta's effective rank\n"
+            "(exp of the entropy of its normalised singular values). Models are read as\n"
+            "acem merge reads them: .safetensors, GGUF or PyTorch .bin files, or directories.\n"
+            "\n"
+            "options:\n"
+            "  -b, --base PATH        the base model\n"
+            "  -m, --model PATH       an expert (repeat)\n"
+            "      --threshold X      ACE's gamma threshold (default 0.3)\n"
+            "      --json FILE        write the statistics as JSON\n"
+            "      --csv FILE         write them as CSV\n"
+            "      --svg FILE         plot gamma by layer depth with the threshold drawn\n"
+            "  -x, --exclude REGEX    skip tensors whose name matches (repeatable)\n"
+            "      --preset P         the ACE reference's exclusions (gpt2, bert, roberta, llama,\n"
+            "                         clip-vit)\n"
+            "  -t, --threads N        worker threads (default: all cores)\n"
+            "  -q, --quiet            no table on the terminal\n"
+            "  -f, --force            replace existing --json/--csv/--svg files (never an input)\n"
+            "\n"
+            "example:\n"
+            "  acem stats -b gpt2 -m gpt2-cola -m gpt2-sst2 -m gpt2-mrpc --svg gamma.svg\n");
 }
 
 int cmd_stats(int argc, char **argv) {
@@ -334,6 +340,10 @@ int cmd_stats(int argc, char **argv) {
     double threshold = 0.3;
     int quiet = 0, force = 0, c;
     char *end;
+    if (argc < 2) { /* a bare `acem stats` asks how it is used */
+        print_help(stderr);
+        return EXIT_USAGE;
+    }
     opterr = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, ":b:m:x:t:qfh", longopts, NULL)) != -1) {
@@ -361,10 +371,16 @@ int cmd_stats(int argc, char **argv) {
         case 'C': csv = optarg; break;
         case 'S': svg = optarg; break;
         case 'P': o.preset = optarg; break;
-        case 't': o.threads = atoi(optarg) > 0 ? atoi(optarg) : 0; break;
+        case 't':
+            o.threads = (int)strtol(optarg, &end, 10);
+            if (!*optarg || *end || o.threads < 1 || o.threads > 4096) {
+                cli_error("--threads expects an integer in [1, 4096], not \"%s\"", optarg);
+                return EXIT_USAGE;
+            }
+            break;
         case 'q': quiet = 1; break;
         case 'f': force = 1; break;
-        case 'h': print_help(); return EXIT_OK;
+        case 'h': print_help(stdout); return EXIT_OK;
         case ':': cli_error("option %s needs a value", argv[optind - 1]); return EXIT_USAGE;
         default:
             cli_error("unknown option %s (see acem stats --help)", argv[optind - 1]);
@@ -375,8 +391,12 @@ int cmd_stats(int argc, char **argv) {
         cli_error("stats needs --base and at least 2 --model (see acem stats --help)");
         return EXIT_USAGE;
     }
-    acem_outputs *outs = NULL;
     acem_error err = {{0}};
+    if (acem_check_options(&o, &err)) {
+        cli_error("%s", err.msg);
+        return EXIT_USAGE;
+    }
+    acem_outputs *outs = NULL;
     const char *paths[] = {json, csv, svg};
     if (acem_outputs_new(&outs, &err) || claim_outputs(outs, &o, paths, 3, force)) {
         if (!outs) cli_error("%s", err.msg);

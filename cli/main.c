@@ -47,9 +47,10 @@ static void omp_passive_by_default(char **argv) {
 }
 
 static volatile sig_atomic_t g_signal;
-/* The first SIGINT/SIGTERM cancels the merge cleanly at the next chunk; a second one ends
- * the process at once (a long decomposition does not look at the flag), leaving at most a
- * temporary that the next run removes, never anything at the output path. */
+/* The first SIGINT/SIGTERM/SIGHUP cancels the merge cleanly at the next chunk; a second one
+ * ends the process at once (a long decomposition does not look at the flag), leaving at
+ * most a temporary that the next run removes, never anything at the output path. SIGHUP is
+ * a dropped SSH session or a closed terminal: as much a request to stop as the others. */
 static void on_signal(int sig) {
     if (g_signal) {
         signal(sig, SIG_DFL);
@@ -58,21 +59,30 @@ static void on_signal(int sig) {
     g_signal = sig;
 }
 
+static void catch_signals(void) {
+    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
+        sigaction(sigs[i], &sa, NULL);
+}
+
 int cli_run_merge(const acem_merge_options *opts, bool quiet) {
+    acem_error err = {{0}};
+    if (acem_check_options(opts, &err)) {
+        cli_error("%s", err.msg);
+        return EXIT_USAGE;
+    }
     acem_merge_options o = *opts;
     progress_bar bar;
     progress_init(&bar, quiet);
     o.progress = progress_update;
     o.progress_user = &bar;
     o.cancel = &g_signal;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    catch_signals();
 
     acem_merge_summary s;
-    acem_error err = {{0}};
     int rc = acem_merge(&o, &s, &err);
     if (bar.enabled) fprintf(stderr, "\r\033[K");
     if (rc) {
@@ -87,7 +97,11 @@ int cli_run_merge(const acem_merge_options *opts, bool quiet) {
         char rb[32], wb[32], peak[32];
         acem_format_bytes(s.bytes_read, rb, sizeof rb);
         acem_format_bytes(s.bytes_written, wb, sizeof wb);
-        acem_format_bytes(cli_peak_rss(), peak, sizeof peak);
+        unsigned long long rss = cli_peak_rss();
+        if (rss)
+            acem_format_bytes(rss, peak, sizeof peak);
+        else
+            snprintf(peak, sizeof peak, "unknown (no /proc)");
         printf("acem: merged %d experts with %s (%s)\n", o.n_models, s.method, s.params);
         printf("  tensors    %zu merged, %zu copied from the base\n", s.tensors_merged,
                s.tensors_copied);

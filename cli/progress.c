@@ -2,9 +2,13 @@
 #include "cli.h"
 
 #include <stdio.h>
-#include <sys/resource.h>
+#include <string.h>
+#include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
+
+#define BAR_MAX 30 /* columns of the bar itself on a wide terminal */
+#define BAR_MIN 8  /* below this the bar is left out and the numbers keep the line */
 
 static double now(void) {
     struct timespec ts;
@@ -14,38 +18,71 @@ static double now(void) {
 
 void progress_init(progress_bar *p, bool quiet) {
     p->enabled = !quiet && isatty(STDERR_FILENO);
+    p->drawn = false;
     p->start = now();
     p->last_draw = 0;
+}
+
+/* Asked at every draw, so that a resized terminal gets a fitting line. */
+static int terminal_columns(void) {
+    struct winsize ws;
+    return ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0 ? ws.ws_col : 80;
+}
+
+/* One line, shorter than the terminal (writing its last column wraps on some terminals). */
+static void draw(const progress_bar *p, const acem_progress *pr, double t) {
+    double frac = pr->bytes_total ? (double)pr->bytes_done / (double)pr->bytes_total : 0;
+    if (frac > 1) frac = 1;
+    double el = t - p->start, rate = el > 0 ? (double)pr->bytes_done / el : 0;
+    char eta[16] = "-:--";
+    if (rate > 0) {
+        int s = (int)((double)(pr->bytes_total - pr->bytes_done) / rate);
+        snprintf(eta, sizeof eta, "%d:%02d", s / 60, s % 60);
+    }
+    char text[160];
+    snprintf(text, sizeof text, "%3.0f%%  %zu/%zu tensors  %.1f MiB/s  ETA %s", 100 * frac,
+             pr->tensors_done, pr->tensors_total, rate / 1048576.0, eta);
+    int room = terminal_columns() - 1, len = (int)strlen(text);
+    int bar = room - len - 3; /* "[", "] " */
+    if (bar > BAR_MAX) bar = BAR_MAX;
+    char line[BAR_MAX + 4] = "";
+    if (bar >= BAR_MIN) {
+        int filled = (int)(frac * bar);
+        line[0] = '[';
+        for (int i = 0; i < bar; i++)
+            line[1 + i] = i < filled ? '#' : '.';
+        memcpy(line + 1 + bar, "] ", 3);
+    }
+    int keep = room - (int)strlen(line);
+    fprintf(stderr, "\r\033[K%s%.*s", line, keep > 0 ? keep : 0, text);
+    fflush(stderr);
 }
 
 void progress_update(void *user, const acem_progress *pr) {
     progress_bar *p = user;
     if (!p->enabled) return;
-    double t = now();
     if (pr->phase == ACEM_PHASE_DONE) {
         fprintf(stderr, "\r\033[K");
         fflush(stderr);
         return;
     }
-    if (t - p->last_draw < 0.1) return;
+    double t = now();
+    if (p->drawn && t - p->last_draw < 0.1) return;
+    p->drawn = true;
     p->last_draw = t;
-    double frac = pr->bytes_total ? (double)pr->bytes_done / (double)pr->bytes_total : 0;
-    if (frac > 1) frac = 1;
-    char bar[31];
-    int filled = (int)(frac * 30);
-    for (int i = 0; i < 30; i++)
-        bar[i] = i < filled ? '#' : '.';
-    bar[30] = 0;
-    double el = t - p->start, rate = el > 0 ? (double)pr->bytes_done / el : 0;
-    double eta = rate > 0 ? (double)(pr->bytes_total - pr->bytes_done) / rate : 0;
-    fprintf(stderr, "\r\033[K[%s] %3.0f%%  %zu/%zu tensors  %.1f MiB/s  ETA %d:%02d", bar,
-            100 * frac, pr->tensors_done, pr->tensors_total, rate / 1048576.0, (int)eta / 60,
-            (int)eta % 60);
-    fflush(stderr);
+    draw(p, pr, t);
 }
 
+/* VmHWM, not getrusage's ru_maxrss: Linux carries a parent's high-water mark into
+ * ru_maxrss across fork and exec, so acem started from a large process (a Python script)
+ * would report that process's peak as its own. VmHWM belongs to this image alone. */
 unsigned long long cli_peak_rss(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (unsigned long long)ru.ru_maxrss * 1024ULL;
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return 0;
+    char line[256];
+    unsigned long long kib = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %llu kB", &kib) == 1) break;
+    fclose(f);
+    return kib * 1024ULL;
 }

@@ -97,7 +97,9 @@ acem_quant acem_out_type_quant(acem_out_type t);
 
 /* "f32", "F32", "float32", "bf16", ... as a user types them; ACEM_DT_NONE if unknown. */
 acem_dtype acem_dtype_parse(const char *s);
-/* "5000000000", "512K", "64M", "2G" (powers of 1024) into bytes; -1 if malformed. */
+/* A size into bytes; -1 if malformed. Units as Hugging Face (and coreutils) read them,
+ * in any letter case: "5GB" is 5*10^9 bytes, "5GiB" and "5G" are 5*2^30; likewise K, M
+ * and T. A bare number is bytes. */
 int acem_parse_size(const char *s, uint64_t *bytes);
 
 /* "1.5 GiB" style sizes into buf. */
@@ -234,6 +236,12 @@ typedef struct acem_merge_options {
 
 void acem_merge_options_init(acem_merge_options *o);
 
+/* Checks what can be checked of o without opening a file: the method (when set) and its
+ * parameters, lambda, the dtypes, the preset and the exclusion regexes. This is what tells
+ * a usage error from any other failure: the options are wrong exactly when this fails
+ * (the CLI then exits 2). acem_merge and acem_stats run it first. */
+int acem_check_options(const acem_merge_options *o, acem_error *err);
+
 typedef struct acem_merge_summary {
     char method[32];
     char params[512]; /* resolved parameters, "lambda=0.3 density=0.2" */
@@ -274,7 +282,9 @@ const char *acem_method_describe(size_t i); /* one line: formula and parameters 
 
 /* ---- YAML configuration --------------------------------------------------------- */
 
-/* Owns every string the options point to. */
+/* Owns every string the options point to. Relative paths in the file (base, models,
+ * grams, output, report) are taken from the file's directory; path must name a regular
+ * file (a FIFO is refused, not waited on). Schema: docs/config.md. */
 typedef struct acem_config acem_config;
 int acem_config_load(const char *path, acem_config **out, acem_merge_options *o, acem_error *err);
 void acem_config_free(acem_config *c);

@@ -8,13 +8,18 @@
  *   parameters: {density: 0.2, lambda: 1.0}
  *   dtype: bf16                   # output dtype (q8_0 / q4_0 for .gguf outputs)
  *
- * Unknown keys are errors, so a typo never silently changes a merge. */
+ * Unknown keys are errors, so a typo never silently changes a merge. A relative path in
+ * the file (models, base, grams, output, report) is relative to the file's directory, so
+ * that a config means the same merge from wherever it is run. */
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <yaml.h>
 
 #define CONFIG_MAX_LIST 4096
@@ -26,6 +31,8 @@ struct acem_config {
     const char **grams; /* parallel to models */
     const char **excludes;
     acem_param *params;
+    char **paths; /* relative paths resolved against the file's directory */
+    size_t n_paths, cap_paths;
 };
 
 void acem_config_free(acem_config *c) {
@@ -35,11 +42,15 @@ void acem_config_free(acem_config *c) {
     free(c->grams);
     free(c->excludes);
     free(c->params);
+    for (size_t i = 0; i < c->n_paths; i++)
+        free(c->paths[i]);
+    free(c->paths);
     free(c);
 }
 
 typedef struct cfg_ctx {
     const char *path;
+    char *dir; /* the file's directory, or NULL when that is the working directory */
     acem_config *c;
     acem_merge_options *o;
     acem_error *err;
@@ -53,6 +64,26 @@ static const char *scalar(cfg_ctx *x, yaml_node_t *n, const char *key) {
         return NULL;
     }
     return (const char *)n->data.scalar.value;
+}
+
+/* A path value: relative ones are taken from the config file's directory. */
+static const char *path_scalar(cfg_ctx *x, yaml_node_t *n, const char *key) {
+    const char *s = scalar(x, n, key);
+    if (!s || !x->dir || !*s || *s == '/') return s;
+    acem_config *c = x->c;
+    if (c->n_paths == c->cap_paths) {
+        size_t cap = c->cap_paths ? 2 * c->cap_paths : 8;
+        char **grown = realloc(c->paths, cap * sizeof *grown);
+        if (!grown) {
+            acem_fail(x->err, "out of memory reading the config");
+            return NULL;
+        }
+        c->paths = grown;
+        c->cap_paths = cap;
+    }
+    char *joined = acem_path_join(x->dir, s, x->err);
+    if (joined) c->paths[c->n_paths++] = joined;
+    return joined;
 }
 
 static int number(cfg_ctx *x, yaml_node_t *n, const char *key, double *out) {
@@ -78,8 +109,8 @@ static int boolean(cfg_ctx *x, yaml_node_t *n, const char *key, int *out) {
     return 0;
 }
 
-/* A sequence of scalars, or of {model: path[, gram: path]} mappings when `field` is given
- * (gram paths land in x->c->grams). */
+/* A sequence of scalars, or, when `field` is given, of paths or {model: path[, gram: path]}
+ * mappings (gram paths land in x->c->grams). */
 static int string_list(cfg_ctx *x, yaml_node_t *n, const char *key, const char *field,
                        const char ***out, int *count) {
     if (!n || n->type != YAML_SEQUENCE_NODE)
@@ -100,7 +131,7 @@ static int string_list(cfg_ctx *x, yaml_node_t *n, const char *key, const char *
                 const char *k = scalar(x, node(x, p->key), key);
                 if (!k) return -1;
                 if (!strcmp(k, "gram")) {
-                    if (!(x->c->grams[*count] = scalar(x, node(x, p->value), k))) return -1;
+                    if (!(x->c->grams[*count] = path_scalar(x, node(x, p->value), k))) return -1;
                     x->o->grams = x->c->grams;
                     continue;
                 }
@@ -113,7 +144,7 @@ static int string_list(cfg_ctx *x, yaml_node_t *n, const char *key, const char *
             }
             item = value;
         }
-        const char *s = scalar(x, item, key);
+        const char *s = field ? path_scalar(x, item, key) : scalar(x, item, key);
         if (!s) return -1;
         (*out)[(*count)++] = s;
     }
@@ -145,10 +176,11 @@ static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
     double d;
     if (!strcmp(k, "merge_method") || !strcmp(k, "method"))
         return (o->method = scalar(x, v, k)) ? 0 : -1;
-    if (!strcmp(k, "base_model") || !strcmp(k, "base")) return (o->base = scalar(x, v, k)) ? 0 : -1;
-    if (!strcmp(k, "output") || !strcmp(k, "out")) return (o->out = scalar(x, v, k)) ? 0 : -1;
+    if (!strcmp(k, "base_model") || !strcmp(k, "base"))
+        return (o->base = path_scalar(x, v, k)) ? 0 : -1;
+    if (!strcmp(k, "output") || !strcmp(k, "out")) return (o->out = path_scalar(x, v, k)) ? 0 : -1;
     if (!strcmp(k, "preset")) return (o->preset = scalar(x, v, k)) ? 0 : -1;
-    if (!strcmp(k, "report")) return (o->report_path = scalar(x, v, k)) ? 0 : -1;
+    if (!strcmp(k, "report")) return (o->report_path = path_scalar(x, v, k)) ? 0 : -1;
     if (!strcmp(k, "models")) {
         int rc = string_list(x, v, k, "model", &x->c->models, &o->n_models);
         o->models = x->c->models;
@@ -225,27 +257,56 @@ static int check_repeated(cfg_ctx *x, yaml_node_pair_t *first, yaml_node_pair_t 
     return 0;
 }
 
+/* Opened without blocking and refused unless a regular file: a FIFO or a device given as
+ * the config must not hang the run waiting for a writer. */
+static FILE *open_config(const char *path, acem_error *err) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    struct stat st;
+    if (fd < 0) {
+        acem_fail(err, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    FILE *f = NULL;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+        acem_fail(err, "%s: not a regular file", path);
+    else if (!(f = fdopen(fd, "rb")))
+        acem_fail(err, "%s: cannot open: %s", path, strerror(errno));
+    if (!f) close(fd);
+    return f;
+}
+
+/* The directory relative paths in the file start from; NULL for the working directory. */
+static int config_dir(const char *path, char **dir, acem_error *err) {
+    const char *slash = strrchr(path, '/');
+    *dir = NULL;
+    if (!slash) return 0;
+    size_t n = slash == path ? 1 : (size_t)(slash - path);
+    if (!(*dir = acem_alloc(n + 1, 1, "a path", err))) return -1;
+    memcpy(*dir, path, n);
+    return 0;
+}
+
 int acem_config_load(const char *path, acem_config **out, acem_merge_options *o, acem_error *err) {
     *out = NULL;
     acem_config *c = acem_alloc(1, sizeof *c, "the config", err);
     if (!c) return acem_fail_naming(err, path);
-    FILE *f = fopen(path, "rb");
+    FILE *f = open_config(path, err);
     if (!f) {
         free(c);
-        return acem_fail(err, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
     }
     yaml_parser_t parser;
     yaml_parser_initialize(&parser);
     yaml_parser_set_input_file(&parser, f);
-    int ok = yaml_parser_load(&parser, &c->doc);
+    cfg_ctx x = {path, NULL, c, o, err};
     int rc = -1;
-    if (!ok) {
+    if (config_dir(path, &x.dir, err)) goto out;
+    if (!yaml_parser_load(&parser, &c->doc)) {
         acem_fail(err, "%s:%zu: %s", path, parser.problem_mark.line + 1,
                   parser.problem ? parser.problem : "invalid YAML");
         goto out;
     }
     c->loaded = true;
-    cfg_ctx x = {path, c, o, err};
     yaml_node_t *root = yaml_document_get_root_node(&c->doc);
     if (!root || root->type != YAML_MAPPING_NODE) {
         acem_fail(err, "%s: the top level must be a mapping of keys", path);
@@ -262,6 +323,7 @@ int acem_config_load(const char *path, acem_config **out, acem_merge_options *o,
 out:
     yaml_parser_delete(&parser);
     fclose(f);
+    free(x.dir);
     if (rc) {
         acem_config_free(c);
         return acem_fail_naming(err, path);

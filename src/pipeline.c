@@ -535,22 +535,12 @@ static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
         return acem_fail(err, "a base model, an output path and a method are required");
     if (o->n_models < 2)
         return acem_fail(err, "at least 2 expert models are needed (got %d)", o->n_models);
-    if (!(r->method = method_find(o->method)))
-        return acem_fail(err, "unknown method \"%s\" (see acem merge --help)", o->method);
-    if (o->precision != ACEM_DT_F32 && o->precision != ACEM_DT_F64)
-        return acem_fail(err, "compute precision must be f32 or f64");
-    if (o->out_type < ACEM_OUT_KEEP || o->out_type >= ACEM_OUT_COUNT)
-        return acem_fail(err, "unknown output type %d", (int)o->out_type);
-    if (o->max_shard_size && output_is_file(o->out))
-        return acem_fail(err, "%s: --max-shard-size needs a directory output, not a file", o->out);
-    if (acem_out_type_quant(o->out_type) != ACEM_QUANT_NONE && !output_is_gguf(o->out))
-        return acem_fail(err, "%s: %s blocks need a .gguf output path", o->out,
-                         acem_out_type_name(o->out_type));
+    if (acem_check_options(o, err)) return -1;
+    r->method = method_find(o->method);
     char desc[384];
     if (method_resolve_params(r->method, o->params, o->n_params, r->params, desc, sizeof desc, err))
         return -1;
     r->lambda = isnan(o->lambda) ? r->method->default_lambda : o->lambda;
-    if (!isfinite(r->lambda)) return acem_fail(err, "lambda must be a finite number");
     set_compute(r);
     snprintf(s->method, sizeof s->method, "%s", r->method->name);
     snprintf(s->params, sizeof s->params, "lambda=%g%s%s", r->lambda, desc[0] ? " " : "", desc);
@@ -714,6 +704,7 @@ static int run_plan(merge_run *r, acem_merge_summary *s, acem_error *err) {
     r->progress.tensors_total = r->plan.n;
     r->progress.bytes_total = r->plan.bytes_to_read;
     r->progress.phase = ACEM_PHASE_MERGE;
+    report_progress(r); /* before the first tensor, which may take long */
     for (size_t i = 0; i < r->plan.n; i++) {
         const plan_entry *e = &r->plan.entries[i];
         r->progress.tensor = e->base->name;
@@ -784,8 +775,7 @@ int acem_stats(const acem_merge_options *o, double threshold, acem_stats_fn fn, 
     merge_run r = {.o = &so, .method = &method_ace};
     if (!o->base || o->n_models < 2)
         return acem_fail(err, "a base model and at least 2 expert models are needed");
-    if (o->precision != ACEM_DT_F32 && o->precision != ACEM_DT_F64)
-        return acem_fail(err, "compute precision must be f32 or f64");
+    if (acem_check_options(o, err)) return -1;
     set_compute(&r);
     double *norm = NULL, *erank = NULL;
     int rc = -1;
@@ -796,6 +786,7 @@ int acem_stats(const acem_merge_options *o, double threshold, acem_stats_fn fn, 
     r.progress.tensors_total = r.plan.n;
     r.progress.bytes_total = r.plan.bytes_to_read;
     r.progress.phase = ACEM_PHASE_MERGE;
+    report_progress(&r);
     for (size_t i = 0; i < r.plan.n; i++) {
         const plan_entry *e = &r.plan.entries[i];
         r.progress.tensor = e->base->name;

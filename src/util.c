@@ -1,12 +1,14 @@
 /* util.c — errors, checked allocation, formatting, clocks, paths. */
 #include "internal.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -116,31 +118,30 @@ char *acem_path_join(const char *dir, const char *name, acem_error *err) {
     return p;
 }
 
+/* The unit's letter, then nothing (binary, as coreutils reads "5G"), "B" (decimal, as
+ * Hugging Face and coreutils read "5GB") or "iB" (binary): returns the multiplier or 0. */
+static uint64_t size_unit(const char *u) {
+    static const char letters[] = "KMGT";
+    const char *at = *u ? strchr(letters, toupper((unsigned char)*u)) : NULL;
+    if (!at) return 0;
+    int power = (int)(at - letters) + 1;
+    uint64_t binary = 1, decimal = 1;
+    for (int i = 0; i < power; i++) {
+        binary *= 1024;
+        decimal *= 1000;
+    }
+    if (!u[1] || !strcasecmp(u + 1, "iB")) return binary;
+    return !strcasecmp(u + 1, "B") ? decimal : 0;
+}
+
 int acem_parse_size(const char *s, uint64_t *bytes) {
     if (!s || *s < '0' || *s > '9') return -1;
     errno = 0;
     char *end;
     unsigned long long v = strtoull(s, &end, 10);
     if (errno) return -1;
-    int shift = 0;
-    if (*end) {
-        switch (*end) {
-        case 'K':
-        case 'k': shift = 10; break;
-        case 'M':
-        case 'm': shift = 20; break;
-        case 'G':
-        case 'g': shift = 30; break;
-        case 'T':
-        case 't': shift = 40; break;
-        default: return -1;
-        }
-        end++;
-        if (*end == 'B' || *end == 'b' || (*end == 'i' && (end[1] == 'B' || end[1] == 'b')))
-            end += *end == 'i' ? 2 : 1;
-        if (*end) return -1;
-    }
-    if (shift && v > (UINT64_MAX >> shift)) return -1;
-    *bytes = (uint64_t)v << shift;
+    uint64_t unit = *end ? size_unit(end) : 1;
+    if (!unit || v > UINT64_MAX / unit) return -1;
+    *bytes = (uint64_t)v * unit;
     return 0;
 }

@@ -131,7 +131,7 @@ def test_usage_errors(d):
         ("parameter out of range", ["-M", "ties", "--param", "density=2"], "density"),
     ]:
         r = run("merge", *common, *extra)
-        check(f"merge error: {name} (exit 1)", r.returncode == 1 and phrase in r.stderr, r.stderr)
+        check(f"usage error: {name} (exit 2)", r.returncode == 2 and phrase in r.stderr, r.stderr)
     check("no output left by failed merges", not os.path.exists(os.path.join(d, "o.safetensors")))
 
 

@@ -393,6 +393,11 @@ int acem_checkpoint_open(const char *path, acem_checkpoint **out, acem_error *er
         rc = add_file(ck, NULL, path, err) || index_names(ck, err) ? -1 : 0;
         goto out;
     }
+    /* Without search permission every probe below fails as if the files were missing. */
+    if (access(path, X_OK) != 0) {
+        acem_fail(err, "%s: cannot open: %s", path, strerror(errno));
+        goto out;
+    }
     single = acem_path_join(path, "model.safetensors", err);
     index = acem_path_join(path, "model.safetensors.index.json", err);
     if (!single || !index) goto out;

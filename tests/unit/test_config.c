@@ -2,6 +2,7 @@
 #include "testutil.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,9 +37,13 @@ static void test_mergekit_schema(void **state) {
                        "output: out\n";
     assert_int_equal(load(dir, yaml, &c, &o, &err), 0);
     assert_string_equal(o.method, "ties");
-    assert_string_equal(o.base, "./base");
+    /* relative paths are the config file's directory's */
+    char expect[4096];
+    snprintf(expect, sizeof expect, "%s/./base", dir);
+    assert_string_equal(o.base, expect);
     assert_int_equal(o.n_models, 2);
-    assert_string_equal(o.models[1], "./b");
+    snprintf(expect, sizeof expect, "%s/./b", dir);
+    assert_string_equal(o.models[1], expect);
     assert_int_equal(o.n_params, 1);
     assert_string_equal(o.params[0].key, "density");
     assert_string_equal(o.params[0].value, "0.3");
@@ -48,7 +53,8 @@ static void test_mergekit_schema(void **state) {
     assert_string_equal(o.preset, "llama");
     assert_int_equal(o.seed, 7);
     assert_int_equal(o.max_shard_size, 2ULL << 30);
-    assert_string_equal(o.out, "out");
+    snprintf(expect, sizeof expect, "%s/out", dir);
+    assert_string_equal(o.out, expect);
     acem_config_free(c);
     tu_rmtree(dir);
     free(dir);

@@ -148,6 +148,16 @@ static void test_parse_size(void **state) {
     assert_int_equal(v, 5ULL << 30);
     assert_int_equal(acem_parse_size("2MiB", &v), 0);
     assert_int_equal(v, 2ULL << 20);
+    /* as Hugging Face reads them: GB decimal, GiB binary, any case */
+    assert_int_equal(acem_parse_size("5GB", &v), 0);
+    assert_int_equal(v, 5000000000ULL);
+    assert_int_equal(acem_parse_size("5gib", &v), 0);
+    assert_int_equal(v, 5ULL << 30);
+    assert_int_equal(acem_parse_size("500kb", &v), 0);
+    assert_int_equal(v, 500000);
+    assert_int_equal(acem_parse_size("5GBB", &v), -1);
+    assert_int_equal(acem_parse_size("5Gi", &v), -1);
+    assert_int_equal(acem_parse_size("20000000000TB", &v), -1);
     assert_int_equal(acem_parse_size("5X", &v), -1);
     assert_int_equal(acem_parse_size("-1", &v), -1);
     assert_int_equal(acem_parse_size("99999999999999999999", &v), -1);

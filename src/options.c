@@ -1,0 +1,69 @@
+/* options.c — what can be checked of acem_merge_options before any file is opened: the
+ * caller's mistakes (usage errors), told apart from failures of the inputs or the system. */
+#include "methods/method.h"
+#include "output.h"
+#include "plan.h"
+
+#include <math.h>
+#include <regex.h>
+#include <stdio.h>
+#include <string.h>
+
+static int check_method(const acem_merge_options *o, acem_error *err) {
+    const method_def *m = method_find(o->method);
+    if (!m) {
+        char known[512];
+        size_t k = 0;
+        known[0] = 0;
+        for (size_t i = 0; i < acem_method_count() && k < sizeof known; i++)
+            k += (size_t)snprintf(known + k, sizeof known - k, "%s%s", i ? ", " : "",
+                                  acem_method_name(i));
+        return acem_fail(err, "unknown method \"%s\" (one of: %s)", o->method, known);
+    }
+    double values[METHOD_MAX_PARAMS];
+    char desc[384];
+    return method_resolve_params(m, o->params, o->n_params, values, desc, sizeof desc, err);
+}
+
+static int check_exclusions(const acem_merge_options *o, acem_error *err) {
+    const char *const *preset;
+    size_t n_preset;
+    if (o->preset && plan_preset_patterns(o->preset, &preset, &n_preset))
+        return acem_fail(err, "unknown preset \"%s\" (gpt2, bert, roberta, llama, clip-vit)",
+                         o->preset);
+    for (int i = 0; i < o->n_excludes; i++) {
+        regex_t re;
+        int rc = regcomp(&re, o->excludes[i], REG_EXTENDED | REG_NOSUB);
+        if (rc) {
+            char msg[128];
+            regerror(rc, &re, msg, sizeof msg);
+            return acem_fail(err, "--exclude \"%s\": %s", o->excludes[i], msg);
+        }
+        regfree(&re);
+    }
+    return 0;
+}
+
+/* What the output path's name allows: its kind, shards, block types. */
+static int check_output(const acem_merge_options *o, acem_error *err) {
+    output_kind kind;
+    if (!o->out) return 0;
+    if (output_model_kind(o->out, &kind, err)) return -1;
+    if (o->max_shard_size && kind == OUTPUT_FILE)
+        return acem_fail(err, "%s: --max-shard-size needs a directory output, not a file", o->out);
+    if (acem_out_type_quant(o->out_type) != ACEM_QUANT_NONE && !output_is_gguf(o->out))
+        return acem_fail(err, "%s: %s blocks need a .gguf output path", o->out,
+                         acem_out_type_name(o->out_type));
+    return 0;
+}
+
+int acem_check_options(const acem_merge_options *o, acem_error *err) {
+    if (o->method && check_method(o, err)) return -1;
+    if (!isnan(o->lambda) && !isfinite(o->lambda))
+        return acem_fail(err, "lambda must be a finite number");
+    if (o->precision != ACEM_DT_F32 && o->precision != ACEM_DT_F64)
+        return acem_fail(err, "compute precision must be f32 or f64");
+    if (o->out_type < ACEM_OUT_KEEP || o->out_type >= ACEM_OUT_COUNT)
+        return acem_fail(err, "unknown output type %d", (int)o->out_type);
+    return check_output(o, err) || check_exclusions(o, err) ? -1 : 0;
+}
