@@ -132,16 +132,19 @@ def test_mixed_dtypes(d):
     # bit for bit as the same values stored as F32 do
     p1_32 = write(os.path.join(d, "e1-as-f32.safetensors"), {n: ("F32", v) for n, v in e1.items()})
     for method, extra in (("dare_linear", ["-p", "rescale=inverse", "-p", "p=0.5"]),
-                          ("ties", ["-p", "density=0.3"]), ("ace", ["-x", "big"])):
-        o_mixed, o_f32 = os.path.join(d, method + "-mixed.safetensors"), os.path.join(d, method + "-f32.safetensors")
+                          ("ties", ["-p", "density=0.3"]), ("ace", ["-x", "big"]),
+                          ("ties", ["-p", "density=0.3", "--precision", "f64"]),
+                          ("task_arithmetic", ["--precision", "f64"])):
+        tag = method + "-".join(extra[-1:])
+        o_mixed, o_f32 = os.path.join(d, tag + "-mixed.safetensors"), os.path.join(d, tag + "-f32.safetensors")
         r1 = merge(base, [p1, p2], method, o_mixed, *extra)
         r2 = merge(base, [p1_32, p2], method, o_f32, *extra)
         ok = r1.returncode == 0 and r2.returncode == 0
         if ok:
             a, b = st.read_file(o_mixed)[0], st.read_file(o_f32)[0]
             ok = all(a[n].tobytes() == b[n].tobytes() for n in b)
-        check("item8 %s: an F16 expert merges bit for bit as its values stored as F32" % method,
-              ok, r1.stderr + r2.stderr)
+        check("item8 %s%s: an F16 expert merges bit for bit as its values stored as F32"
+              % (method, " (f64)" if "f64" in extra else ""), ok, r1.stderr + r2.stderr)
 
     # BF16 base, F32 experts: the output stays BF16 ("as the base"), per tensor
     b16 = as_stored(w0, "BF16")
