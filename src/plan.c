@@ -255,19 +255,18 @@ static void gguf_types(plan_entry *e, const acem_merge_options *o) {
 }
 
 /* What happens to one tensor of the base: merged when float and not excluded; copied when
- * excluded, not float, or the scale of F8 values; refused when F8 and not excluded. */
+ * excluded, not float, or the scale of F8 values (the experts are then not consulted);
+ * refused when F8 and not excluded. */
 static int plan_entry_for(plan_entry *e, const acem_checkpoint *base,
                           const acem_checkpoint *const *experts, int T, exclusion *ex, size_t n_ex,
                           acem_error *err) {
     const acem_tensor *b = e->base;
-    bool is_float = acem_dtype_is_mergeable(b->dtype);
     e->reason = excluded_by(ex, n_ex, b->name);
     if (is_f8(b->dtype) && !e->reason) return f8_error(base, b, err);
-    if (is_float && match_experts(e, experts, T, err)) return -1;
-    if (!e->reason && !is_float) e->reason = "not a floating-point tensor";
+    if (!e->reason && !acem_dtype_is_mergeable(b->dtype)) e->reason = "not a floating-point tensor";
     if (!e->reason && is_f8_scale(base, b->name)) e->reason = "the scale of F8 values";
     e->action = e->reason ? PLAN_COPY : PLAN_MERGE;
-    return 0;
+    return e->action == PLAN_MERGE ? match_experts(e, experts, T, err) : 0;
 }
 
 int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *const *experts, int T,

@@ -9,8 +9,8 @@ typedef enum plan_action { PLAN_MERGE, PLAN_COPY } plan_action;
 typedef struct plan_entry {
     const acem_tensor *base;
     /* T descriptors of the same name and shape, of any float or block type (they are all
-     * read in the compute precision); NULL where the base tensor is not float (it is
-     * copied from the base whatever the experts hold). */
+     * read in the compute precision); NULL for copied tensors (not float, or excluded:
+     * they are copied from the base whatever the experts hold). */
     const acem_tensor **experts;
     plan_action action;
     const char *reason; /* why a tensor is copied (static string or a regex) */

@@ -264,6 +264,9 @@ def test_base_only_and_prefix(d):
         ok = got["embeddings.position_ids"].tobytes() == pos.tobytes()
     check("item10 a non-float tensor the base has and an expert lacks is copied from the base",
           ok, r.stderr)
+    r = merge(base, [e1, write(os.path.join(d, "e3.safetensors"), {"h.0.w": ("F32", w0["h.0.w"])})],
+              "average", os.path.join(d, "x.safetensors"), "-x", "h.0.b")
+    check("item10 ... and so is a float tensor --exclude keeps from the base", r.returncode == 0, r.stderr)
     pre = write(os.path.join(d, "prefixed.safetensors"),
                 {"transformer." + n: ("F32", v) for n, v in values(24, w0).items()})
     r = merge(base, [e1, pre], "average", os.path.join(d, "x.safetensors"))
