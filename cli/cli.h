@@ -17,6 +17,8 @@ int cmd_lab(int argc, char **argv);
 
 /* Prints "acem: error: MSG" on one line to stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* acem_warning_fn: prints "acem: warning: MSG" on one line to stderr. */
+void cli_warning(void *user, const char *msg);
 
 /* Progress bar on stderr (only when it is a terminal), as wide as the terminal and drawn
  * at the first update; the callback for acem_merge. */

@@ -58,8 +58,7 @@ int cmd_inspect(int argc, char **argv) {
             k += (size_t)snprintf(shape + k, sizeof shape - k, "%s%llu", d ? ", " : "",
                                   (unsigned long long)t->shape[d]);
         if (k < sizeof shape) snprintf(shape + k, sizeof shape - k, "]");
-        printf("%-*s  %-7s  %-24s  %12llu\n", (int)width, t->name,
-               t->quant ? acem_quant_name(t->quant) : acem_dtype_name(t->dtype), shape,
+        printf("%-*s  %-7s  %-24s  %12llu\n", (int)width, t->name, acem_tensor_type_name(t), shape,
                (unsigned long long)acem_tensor_stored_bytes(t));
         total_bytes += acem_tensor_stored_bytes(t);
         total_numel += t->numel;

@@ -23,6 +23,9 @@ static void print_help(FILE *to) {
         "(GGUF: the base's key-values and, by default, each tensor's type, quantised blocks\n"
         "included); anything else is a directory that also receives the base directory's\n"
         "config and tokenizer files.\n"
+        "Inputs may mix float and block types (F32 base, F16 or BF16 experts, Q8_0 GGUF...):\n"
+        "each is read in its own type; names and shapes must agree. Tensors an expert has and\n"
+        "the base lacks are left out with a warning; F8 tensors are refused unless excluded.\n"
         "The output appears only when complete; an existing one is kept unless --force.\n"
         "\n"
         "required:\n"
@@ -61,6 +64,10 @@ static void print_help(FILE *to) {
         "                             weights (repeat for every expert)\n"
         "      --allow-nonfinite      merge tensors holding NaN or Inf, and write merged values\n"
         "                             that are not finite in the output type (refused by default)\n"
+        "      --strict               make every warning an error: tensors an expert has and\n"
+        "                             the base lacks (else named and left out), an --exclude\n"
+        "                             matching nothing, an expert given twice, an option that\n"
+        "                             changes nothing, regmean tensors without Gram matrices\n"
         "  -f, --force                replace an existing output (only once the new one is done)\n"
         "  -q, --quiet                no progress bar, no summary\n"
         "  -h, --help                 this help\n"
@@ -114,7 +121,7 @@ typedef struct flags {
     uint64_t max_shard;
     acem_out_type out_type; /* --dtype; ACEM_OUT_INVALID: not given */
     acem_dtype precision;
-    int force, quiet, allow_nonfinite;
+    int force, quiet, allow_nonfinite, strict;
     int axis; /* -1: not given, 0 stored, 1 input */
 } flags;
 
@@ -158,7 +165,8 @@ static int parse_flags(int argc, char **argv, flags *f) {
         O_REPORT,
         O_NONFINITE,
         O_AXIS,
-        O_GRAM
+        O_GRAM,
+        O_STRICT
     };
     static const struct option longopts[] = {
         {"base", required_argument, 0, 'b'},
@@ -181,6 +189,7 @@ static int parse_flags(int argc, char **argv, flags *f) {
         {"allow-nonfinite", no_argument, 0, O_NONFINITE},
         {"covariance-axis", required_argument, 0, O_AXIS},
         {"gram", required_argument, 0, O_GRAM},
+        {"strict", no_argument, 0, O_STRICT},
         {0, 0, 0, 0},
     };
     int c;
@@ -202,6 +211,7 @@ static int parse_flags(int argc, char **argv, flags *f) {
         case O_PRESET: f->preset = optarg; break;
         case O_REPORT: f->report = optarg; break;
         case O_NONFINITE: f->allow_nonfinite = 1; break;
+        case O_STRICT: f->strict = 1; break;
         case O_GRAM: {
             char *eq = strrchr(optarg, '=');
             if (!eq || eq == optarg || !eq[1] || f->n_grams >= MAX_LIST) {
@@ -307,6 +317,7 @@ static void apply_flags(const flags *f, acem_merge_options *o, acem_param *param
     if (f->precision != ACEM_DT_NONE) o->precision = f->precision;
     o->force |= f->force;
     o->allow_nonfinite |= f->allow_nonfinite;
+    o->strict |= f->strict;
     if (f->axis >= 0) o->covariance_axis_input = f->axis;
 }
 

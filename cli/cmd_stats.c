@@ -407,6 +407,7 @@ int cmd_stats(int argc, char **argv) {
     progress_init(&bar, quiet);
     o.progress = progress_update;
     o.progress_user = &bar;
+    o.warning = cli_warning;
     table tb = {0};
     int rc = acem_stats(&o, threshold, collect, &tb, &err) ? EXIT_FAIL : EXIT_OK;
     if (rc) cli_error("%s", err.msg[0] ? err.msg : "out of memory");

@@ -33,6 +33,11 @@ void cli_error(const char *fmt, ...) {
     fprintf(stderr, "acem: error: %s\n", msg);
 }
 
+void cli_warning(void *user, const char *msg) {
+    (void)user;
+    fprintf(stderr, "acem: warning: %s\n", msg);
+}
+
 /* acem's own OpenMP loops (deltas, conversions, combines) run between OpenBLAS calls on the
  * same cores. libgomp's default lets idle workers spin for milliseconds after every loop,
  * taking cores from the BLAS call that follows (5-10% of a GPT-2 ACE merge); passive
@@ -79,6 +84,7 @@ int cli_run_merge(const acem_merge_options *opts, bool quiet) {
     progress_init(&bar, quiet);
     o.progress = progress_update;
     o.progress_user = &bar;
+    o.warning = cli_warning;
     o.cancel = &g_signal;
     catch_signals();
 
@@ -109,6 +115,13 @@ int cli_run_merge(const acem_merge_options *opts, bool quiet) {
         printf("  read       %s in %.2f s (%.1f MiB/s)\n", rb, s.wall_seconds,
                s.wall_seconds > 0 ? (double)s.bytes_read / 1048576.0 / s.wall_seconds : 0.0);
         printf("  peak RSS   %s\n", peak);
+        if (strcmp(s.covariance_axis, "none") != 0)
+            printf("  covariance over the %s axis\n", s.covariance_axis);
+        if (s.gram_fallbacks)
+            printf("  regmean    %zu 2-D tensor%s merged as the average (no Gram matrices)\n",
+                   s.gram_fallbacks, s.gram_fallbacks == 1 ? "" : "s");
+        if (s.input_warnings)
+            printf("  warnings   %zu about the inputs (above)\n", s.input_warnings);
         if (s.warnings)
             printf("  warnings   %zu tensor%s, first: %s\n", s.warnings, s.warnings == 1 ? "" : "s",
                    s.first_warning);

@@ -128,6 +128,8 @@ typedef struct acem_tensor {
 /* Bytes a tensor takes in its file: nbytes, or the size of its blocks when it is stored
  * block-quantised (nbytes is then the size of its values as F32). */
 uint64_t acem_tensor_stored_bytes(const acem_tensor *t);
+/* The type as the file stores it: "Q8_0" for a block-quantised tensor, else its dtype. */
+const char *acem_tensor_type_name(const acem_tensor *t);
 
 typedef struct acem_checkpoint acem_checkpoint;
 
@@ -201,6 +203,11 @@ typedef struct acem_progress {
 
 typedef void (*acem_progress_fn)(void *user, const acem_progress *p);
 
+/* A warning: something acem accepts but that is probably not what was meant (tensors an
+ * expert has and the base lacks, an --exclude that matches nothing, the same expert given
+ * twice, ...). One sentence naming what it is about, without a prefix. */
+typedef void (*acem_warning_fn)(void *user, const char *message);
+
 typedef struct acem_merge_options {
     const char *base;
     const char *const *models;
@@ -225,6 +232,11 @@ typedef struct acem_merge_options {
      * reference) or, with 1, over the input axis: GPT-2 Conv1D tensors (stored in x out)
      * are transposed when preset is gpt2 or the base's config.json says model_type gpt2. */
     int covariance_axis_input;
+    /* Warnings are all found before anything is written. Each goes to warning (when set)
+     * and into the report; with strict, the first one fails the merge instead. */
+    acem_warning_fn warning;
+    void *warning_user;
+    int strict;
     const char *report_path; /* JSON run report, or NULL */
     const char *config_path; /* the YAML these options came from (an input), or NULL */
     /* regmean: Gram matrices per expert; grams[t] (or NULL) belongs to models[t]. */
@@ -251,6 +263,11 @@ typedef struct acem_merge_summary {
     double wall_seconds;
     size_t warnings; /* tensors for which the method reported a warning */
     char first_warning[256];
+    size_t input_warnings;   /* warnings passed to acem_merge_options.warning */
+    char covariance_axis[8]; /* axis the covariances ran over: "stored", "input", or "none"
+                                when the method builds none */
+    size_t gram_fallbacks;   /* regmean: 2-D tensors merged as the average of the deltas
+                                because some expert has no Gram matrix for them */
 } acem_merge_summary;
 
 /* Runs a whole merge. On failure nothing is left at o->out (an existing output is kept). */

@@ -194,6 +194,7 @@ static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
     if (!strcmp(k, "parameters")) return parameters(x, v);
     if (!strcmp(k, "lambda")) return number(x, v, k, &o->lambda);
     if (!strcmp(k, "allow_nonfinite")) return boolean(x, v, k, &o->allow_nonfinite);
+    if (!strcmp(k, "strict")) return boolean(x, v, k, &o->strict);
     if (!strcmp(k, "covariance_axis")) {
         if (!(s = scalar(x, v, k))) return -1;
         if (strcmp(s, "stored") && strcmp(s, "input"))

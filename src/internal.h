@@ -33,6 +33,17 @@ int acem_fail_naming(acem_error *err, const char *path);
 void *acem_alloc(size_t n, size_t size, const char *what, acem_error *err);
 char *acem_strdup(const char *s, acem_error *err);
 
+/* The warnings of one run, through one channel: each goes to the caller's callback and
+ * is kept (for the report); under o->strict it is an error instead. */
+typedef struct acem_warnings {
+    const acem_merge_options *o;
+    char **msgs;
+    size_t n;
+} acem_warnings;
+/* Returns 0 after passing the warning on, -1 (err set) under strict or out of memory. */
+int acem_warn(acem_warnings *w, acem_error *err, const char *fmt, ...) ACEM_PRINTF(3, 4);
+void acem_warnings_free(acem_warnings *w);
+
 /* Monotonic seconds. */
 double acem_now(void);
 

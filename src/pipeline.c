@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* Elements per chunk when a method is elementwise: 4 MiB of f32 per buffer. */
 #define CHUNK_ELEMS (1u << 20)
@@ -67,6 +68,9 @@ typedef struct merge_run {
     fused_scratch *scratch; /* per thread, for linear methods */
     acem_progress progress;
     cJSON *report_tensors;
+    acem_warnings warnings;
+    const char *axis;                    /* the covariance axis used, for the summary */
+    size_t gram_tensors, gram_fallbacks; /* regmean: 2-D merged tensors, those without Grams */
 } merge_run;
 
 static void report_progress(merge_run *r) {
@@ -133,7 +137,7 @@ static int load(merge_run *r, const acem_checkpoint *ck, const acem_tensor *t, u
                 uint64_t n, void *dst, acem_error *err) {
     int64_t bad = read_elements(r, ck, t, from, n, dst, r->raw, err);
     if (bad == -2) return -1;
-    r->progress.bytes_done += n * acem_dtype_size(t->dtype);
+    r->progress.bytes_done += acem_stored_bytes_of(t, n);
     return bad >= 0 ? nonfinite_error(ck, t, from + (uint64_t)bad, err) : 0;
 }
 
@@ -231,21 +235,17 @@ static int grow_raw(merge_run *r, uint64_t bytes, acem_error *err) {
     return 0;
 }
 
-/* regmean: every expert's Gram matrix of this tensor (n x n over the covariance axis), or
- * none at all when one is missing. */
+/* regmean: every expert's Gram matrix of this tensor (n x n over the covariance axis, as
+ * plan_grams checked), or none at all when one is missing. */
 static int load_grams(merge_run *r, const plan_entry *e, method_ctx *c, acem_error *err) {
     const acem_tensor *b = e->base;
     c->grams = NULL;
     if (!r->grams || b->ndim != 2) return 0;
     uint64_t n = e->conv1d ? b->shape[0] : b->shape[1];
+    for (int t = 0; t < r->T; t++)
+        if (!r->grams[t] || !acem_checkpoint_find(r->grams[t], b->name)) return 0;
     for (int t = 0; t < r->T; t++) {
-        const acem_tensor *g = r->grams[t] ? acem_checkpoint_find(r->grams[t], b->name) : NULL;
-        if (!g) return 0;
-        if (g->ndim != 2 || g->shape[0] != n || g->shape[1] != n ||
-            !acem_dtype_is_mergeable(g->dtype))
-            return acem_fail(err, "%s: Gram matrix \"%s\" must be a float %llu x %llu matrix",
-                             acem_checkpoint_path(r->grams[t]), b->name, (unsigned long long)n,
-                             (unsigned long long)n);
+        const acem_tensor *g = acem_checkpoint_find(r->grams[t], b->name);
         free(r->gram_bufs[t]);
         if (!(r->gram_bufs[t] = acem_alloc(n * n, r->csize, "a Gram matrix", err)) ||
             grow_raw(r, g->nbytes, err) || load(r, r->grams[t], g, 0, n * n, r->gram_bufs[t], err))
@@ -349,7 +349,8 @@ static int merge_linear(merge_run *r, const plan_entry *e, acem_error *err) {
                 return nonfinite_error(k ? r->experts[k - 1] : r->base, k ? e->experts[k - 1] : b,
                                        (uint64_t)first, err);
         }
-        r->progress.bytes_done += n * acem_dtype_size(b->dtype) * (uint64_t)(r->T + 1);
+        for (int k = 0; k <= r->T; k++)
+            r->progress.bytes_done += acem_stored_bytes_of(k ? e->experts[k - 1] : b, n);
         if (emit(r, r->raw, n * eo, err) || check_cancel(r, err)) return -1;
         report_progress(r);
     }
@@ -401,7 +402,7 @@ static int copy_blocks(merge_run *r, const plan_entry *e, acem_error *err) {
         uint64_t n = b->numel - from < CHUNK_ELEMS ? b->numel - from : CHUNK_ELEMS;
         if (acem_checkpoint_read_stored(r->base, b, from / be * bb, r->raw, n / be * bb, err))
             return -1;
-        r->progress.bytes_done += n * sizeof(float);
+        r->progress.bytes_done += acem_stored_bytes_of(b, n);
         int64_t bad = r->o->allow_nonfinite
                           ? -1
                           : acem_quant_first_nonfinite(b->quant, r->raw, (size_t)(n / be));
@@ -456,10 +457,21 @@ static int alloc_scratch(merge_run *r, acem_error *err) {
     return 0;
 }
 
+/* The widest element of the inputs of a merged tensor that are not read straight into a
+ * compute buffer (each input is read in its own stored type); 0 when all are. */
+static size_t widest_converted_input(const merge_run *r, const plan_entry *e) {
+    size_t widest = 0;
+    for (int k = 0; k <= r->T; k++) {
+        size_t es = acem_dtype_size(k ? e->experts[k - 1]->dtype : e->base->dtype);
+        if (es != r->csize && es > widest) widest = es;
+    }
+    return widest;
+}
+
 /* Compute buffers hold one tensor (one chunk when elementwise). The raw buffer holds stored
  * bytes on their way in or out: a chunk of any tensor, and a whole merged tensor only where
- * its stored type is not the compute type (inputs) or is wider (outputs); narrower outputs
- * are converted into the spent deltas[0]. */
+ * an input's stored type is not the compute type or the output's is wider; narrower
+ * outputs are converted into the spent deltas[0]. */
 static int alloc_buffers(merge_run *r, acem_error *err) {
     uint64_t cap = 1, raw = 8;
     for (size_t i = 0; i < r->plan.n; i++) {
@@ -468,7 +480,8 @@ static int alloc_buffers(merge_run *r, acem_error *err) {
         uint64_t chunk = n < CHUNK_ELEMS ? n : CHUNK_ELEMS;
         size_t es = acem_dtype_size(e->base->dtype), eo = acem_dtype_size(plan_fed_dtype(e));
         uint64_t bytes = chunk * (es > eo ? es : eo);
-        if (e->action == PLAN_MERGE && es != r->csize && need * es > bytes) bytes = need * es;
+        size_t ei = e->action == PLAN_MERGE ? widest_converted_input(r, e) : 0;
+        if (need * ei > bytes) bytes = need * ei;
         if (e->action == PLAN_MERGE && eo > r->csize && need * eo > bytes) bytes = need * eo;
         if (need > cap) cap = need;
         if (bytes > raw) raw = bytes;
@@ -519,6 +532,7 @@ static void free_run(merge_run *r) {
     free(r->gram_bufs);
     acem_checkpoint_close(r->base);
     cJSON_Delete(r->report_tensors);
+    acem_warnings_free(&r->warnings);
 }
 
 static void set_compute(merge_run *r) {
@@ -552,6 +566,109 @@ static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
     return 0;
 }
 
+/* The same expert given twice counts twice in every mean: possible as a weighting, far more
+ * often a slip. Checkpoints are compared by their first weights file's device and inode,
+ * so that another spelling of a path (or a directory and its model.safetensors) is seen. */
+static int warn_repeated_experts(merge_run *r, acem_error *err) {
+    struct stat *st = acem_alloc((size_t)r->T, sizeof *st, "file identities", err);
+    if (!st) return -1;
+    int rc = 0;
+    for (int t = 0; t < r->T && !rc; t++) {
+        if (stat(acem_checkpoint_file_path(r->experts[t], 0), &st[t]) != 0) st[t].st_ino = 0;
+        for (int u = 0; u < t && st[t].st_ino; u++)
+            if (st[u].st_dev == st[t].st_dev && st[u].st_ino == st[t].st_ino) {
+                rc = acem_warn(&r->warnings, err,
+                               "%s is given twice (experts %d and %d, as %s): its delta counts "
+                               "twice in the merge",
+                               r->o->models[t], u + 1, t + 1, r->o->models[u]);
+                break;
+            }
+    }
+    free(st);
+    return rc;
+}
+
+/* Records the axis the covariances run over; --covariance-axis input acts only on the
+ * GPT-2 Conv1D weights of a covariance method, and saying nothing would pass a no-op off
+ * as a choice. */
+static int axis_used(merge_run *r, acem_error *err) {
+    r->axis = !r->method->covariance ? "none" : r->plan.n_conv1d ? "input" : "stored";
+    if (!r->o->covariance_axis_input || strcmp(r->axis, "input") == 0) return 0;
+    if (!r->method->covariance)
+        return acem_warn(&r->warnings, err,
+                         "--covariance-axis input changes nothing: %s builds no covariances",
+                         r->method->name);
+    return acem_warn(&r->warnings, err,
+                     "--covariance-axis input changes nothing: it transposes GPT-2 Conv1D "
+                     "weights (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj; recognised with "
+                     "--preset gpt2 or a base config.json of model_type gpt2), and no merged "
+                     "tensor is one");
+}
+
+/* A Gram matrix must be n x n over the axis the covariances run over. One of the other
+ * axis' size is the usual slip of a Conv1D layer (stored in x out): say which flag fixes it. */
+static int check_gram(const merge_run *r, const plan_entry *e, int t, const acem_tensor *g,
+                      acem_error *err) {
+    const acem_tensor *b = e->base;
+    uint64_t n = e->conv1d ? b->shape[0] : b->shape[1],
+             other = e->conv1d ? b->shape[1] : b->shape[0];
+    bool square = g->ndim == 2 && g->shape[0] == g->shape[1];
+    if (square && g->shape[0] == n && acem_dtype_is_mergeable(g->dtype)) return 0;
+    const char *path = acem_checkpoint_path(r->grams[t]);
+    if (square && g->shape[0] == other)
+        return acem_fail(
+            err,
+            "%s: Gram matrix \"%s\" is %llu x %llu, the size of the weight's other "
+            "axis: with --covariance-axis %s it must be %llu x %llu (try "
+            "--covariance-axis %s)",
+            path, b->name, (unsigned long long)other, (unsigned long long)other,
+            e->conv1d ? "input" : "stored", (unsigned long long)n, (unsigned long long)n,
+            e->conv1d ? "stored" : "input, with --preset gpt2 for GPT-2 Conv1D weights");
+    return acem_fail(err, "%s: Gram matrix \"%s\" must be a float %llu x %llu matrix", path,
+                     b->name, (unsigned long long)n, (unsigned long long)n);
+}
+
+/* regmean, before anything is read: every Gram matrix given has the shape of the covariance
+ * axis, and the 2-D tensors that lack one in some expert (merged as the average of their
+ * deltas) are counted and named. A square Conv1D weight passes the shape check on either
+ * axis: when it is not transposed, its Gram matrices are read over its outputs, said too. */
+static int plan_grams(merge_run *r, acem_error *err) {
+    const char *lacking = NULL, *square = NULL;
+    size_t n_square = 0;
+    int lacking_in = 0;
+    for (size_t i = 0; r->method->uses_grams && i < r->plan.n; i++) {
+        const plan_entry *e = &r->plan.entries[i];
+        if (e->action != PLAN_MERGE || e->base->ndim != 2) continue;
+        bool all = true;
+        for (int t = 0; t < r->T; t++) {
+            const acem_tensor *g =
+                r->grams[t] ? acem_checkpoint_find(r->grams[t], e->base->name) : NULL;
+            if (g && check_gram(r, e, t, g, err)) return -1;
+            if (!g && all && !lacking) lacking_in = t;
+            all &= g != NULL;
+        }
+        r->gram_tensors++;
+        if (!all && !r->gram_fallbacks++) lacking = e->base->name;
+        bool sq = e->base->shape[0] == e->base->shape[1];
+        if (all && sq && !e->conv1d && plan_is_conv1d_name(e->base->name) && !n_square++)
+            square = e->base->name;
+    }
+    if (lacking && acem_warn(&r->warnings, err,
+                             "regmean: %zu of %zu 2-D tensors lack a Gram matrix in some expert "
+                             "(first: \"%s\", none for %s) and are merged as the average of "
+                             "their deltas",
+                             r->gram_fallbacks, r->gram_tensors, lacking, r->o->models[lacking_in]))
+        return -1;
+    if (square)
+        return acem_warn(&r->warnings, err,
+                         "regmean: %zu square GPT-2 Conv1D weight%s (first: \"%s\") pass the Gram "
+                         "shape check on either axis and %s read over the stored columns, the "
+                         "layer's outputs; if the Gram matrices are over its inputs, pass "
+                         "--covariance-axis input with --preset gpt2",
+                         n_square, n_square == 1 ? "" : "s", square, n_square == 1 ? "is" : "are");
+    return 0;
+}
+
 static int open_inputs(merge_run *r, acem_error *err) {
     const acem_merge_options *o = r->o;
     if (acem_checkpoint_open(o->base, &r->base, err)) return -1;
@@ -568,7 +685,13 @@ static int open_inputs(merge_run *r, acem_error *err) {
     }
     if (acem_checkpoint_count(r->base) == 0)
         return acem_fail(err, "%s: holds no tensors; nothing to merge", o->base);
-    return plan_build(&r->plan, r->base, (const acem_checkpoint *const *)r->experts, r->T, o, err);
+    r->warnings.o = o;
+    return warn_repeated_experts(r, err) ||
+                   plan_build(&r->plan, r->base, (const acem_checkpoint *const *)r->experts, r->T,
+                              o, &r->warnings, err) ||
+                   axis_used(r, err) || plan_grams(r, err)
+               ? -1
+               : 0;
 }
 
 /* Every input, which no output may be: the checkpoints with all their files, the Gram
@@ -604,20 +727,30 @@ static int open_writer(merge_run *r, const output *out, const acem_merge_summary
         const plan_entry *e = &r->plan.entries[i];
         tensors[i] = (st_out_tensor){e->base->name, e->base->ndim, e->base->shape, e->out, e->base};
     }
+    /* regmean's fallbacks last: present only for it */
+    char fallbacks[96];
+    snprintf(fallbacks, sizeof fallbacks, "%zu of %zu 2-D tensors merged as the average",
+             r->gram_fallbacks, r->gram_tensors);
     const acem_param meta[] = {
         {"format", "pt"},
         {"acem_version", ACEM_VERSION},
         {"acem_method", s->method},
         {"acem_params", s->params},
+        {"acem_covariance_axis", s->covariance_axis},
+        {"acem_gram_fallbacks", fallbacks},
     };
-    const acem_param gguf_meta[] = {
-        {"version", ACEM_VERSION}, {"method", s->method}, {"params", s->params}};
+    const acem_param gguf_meta[] = {{"version", ACEM_VERSION},
+                                    {"method", s->method},
+                                    {"params", s->params},
+                                    {"covariance_axis", s->covariance_axis},
+                                    {"gram_fallbacks", fallbacks}};
+    size_t grams = r->method->uses_grams ? 1 : 0;
     if (output_is_gguf(out->final_path))
         return gguf_writer_open(out->tmp_path, tensors, r->plan.n, acem_checkpoint_gguf(r->base),
-                                gguf_meta, 3, &r->gguf, err);
+                                gguf_meta, 4 + grams, &r->gguf, err);
     bool file = out->kind == OUTPUT_FILE;
     return st_writer_open(file ? NULL : out->tmp_path, file ? out->tmp_path : NULL, tensors,
-                          r->plan.n, r->o->max_shard_size, meta, 4, &r->writer, err);
+                          r->plan.n, r->o->max_shard_size, meta, 5 + grams, &r->writer, err);
 }
 
 static int finish_writer(merge_run *r, acem_error *err) {
@@ -638,7 +771,12 @@ static int verify_output(const merge_run *r, const output *out, const st_out_ten
                          "committed",
                          inner);
     }
-    int rc = acem_checkpoint_count(ck) == r->plan.n ? 0 : -1;
+    int rc = acem_checkpoint_count(ck) == r->plan.n
+                 ? 0
+                 : acem_fail(err,
+                             "%s: internal error: the output holds %zu tensors, not %zu; "
+                             "nothing was committed",
+                             r->o->out, acem_checkpoint_count(ck), r->plan.n);
     for (size_t i = 0; i < r->plan.n && !rc; i++) {
         const st_out_tensor *want = &tensors[i];
         const acem_tensor *got = acem_checkpoint_find(ck, want->name);
@@ -651,11 +789,6 @@ static int verify_output(const merge_run *r, const output *out, const st_out_ten
                              "written; nothing was committed",
                              r->o->out, want->name);
     }
-    if (rc && !err->msg[0])
-        acem_fail(err,
-                  "%s: internal error: the output holds %zu tensors, not %zu; nothing was "
-                  "committed",
-                  r->o->out, acem_checkpoint_count(ck), r->plan.n);
     acem_checkpoint_close(ck);
     return rc;
 }
@@ -684,6 +817,19 @@ static int write_report(merge_run *r, const acem_merge_summary *s, output *repor
     cJSON_AddStringToObject(root, "acem_version", ACEM_VERSION);
     cJSON_AddStringToObject(root, "method", s->method);
     cJSON_AddStringToObject(root, "params", s->params);
+    cJSON_AddStringToObject(root, "covariance_axis", s->covariance_axis);
+    if (r->method->uses_grams)
+        cJSON_AddNumberToObject(root, "gram_fallbacks", (double)s->gram_fallbacks);
+    cJSON *warnings = cJSON_AddArrayToObject(root, "warnings");
+    for (size_t i = 0; i < r->warnings.n; i++)
+        cJSON_AddItemToArray(warnings, cJSON_CreateString(r->warnings.msgs[i]));
+    cJSON *extras = cJSON_AddArrayToObject(root, "not_in_base"); /* never merged */
+    for (size_t i = 0; i < r->plan.n_extras; i++) {
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddStringToObject(x, "model", r->o->models[r->plan.extras[i].model]);
+        cJSON_AddStringToObject(x, "tensor", r->plan.extras[i].tensor->name);
+        cJSON_AddItemToArray(extras, x);
+    }
     cJSON_AddItemToObject(root, "tensors", r->report_tensors);
     r->report_tensors = NULL;
     char *json = cJSON_Print(root);
@@ -740,6 +886,9 @@ int acem_merge(const acem_merge_options *o, acem_merge_summary *s, acem_error *e
     if (check_options(&r, s, err) || open_inputs(&r, err) ||
         begin_outputs(&r, &outs, &model, &report, err) || alloc_buffers(&r, err))
         goto done;
+    snprintf(s->covariance_axis, sizeof s->covariance_axis, "%s", r.axis);
+    s->gram_fallbacks = r.gram_fallbacks;
+    s->input_warnings = r.warnings.n;
     if (o->report_path) r.report_tensors = cJSON_CreateArray();
     if (!(tensors = acem_alloc(r.plan.n, sizeof *tensors, "output descriptors", err))) goto done;
     size_t aux = 0, skipped = 0;

@@ -36,6 +36,7 @@ int plan_preset_patterns(const char *preset, const char *const **patterns, size_
 typedef struct exclusion {
     regex_t re;
     const char *pattern;
+    bool hit; /* matched a tensor of the base */
 } exclusion;
 
 static int compile_exclusions(const acem_merge_options *o, exclusion **out, size_t *n,
@@ -66,6 +67,32 @@ static int compile_exclusions(const acem_merge_options *o, exclusion **out, size
     return 0;
 }
 
+/* The first exclusion whose pattern is found in name, or NULL; every one found is marked,
+ * so that one matching nothing can be named. */
+static const char *excluded_by(exclusion *ex, size_t n_ex, const char *name) {
+    const char *by = NULL;
+    for (size_t k = 0; k < n_ex; k++)
+        if (regexec(&ex[k].re, name, 0, NULL, 0) == 0) {
+            ex[k].hit = true;
+            if (!by) by = ex[k].pattern;
+        }
+    return by;
+}
+
+/* An --exclude that matches nothing is most often a typo or another model's naming: the
+ * merge would run as if it had not been given. (A preset's patterns are a family's, not
+ * all of which every model of it has.) */
+static int warn_unmatched(const exclusion *ex, const acem_merge_options *o, acem_warnings *w,
+                          acem_error *err) {
+    for (int k = 0; k < o->n_excludes; k++)
+        if (!ex[k].hit && acem_warn(w, err,
+                                    "--exclude \"%s\" matches no tensor of the base: it keeps "
+                                    "nothing from the base",
+                                    ex[k].pattern))
+            return -1;
+    return 0;
+}
+
 /* True when the base directory's config.json says model_type "gpt2". */
 static bool base_is_gpt2(const char *base) {
     if (!acem_is_dir(base)) return false;
@@ -83,12 +110,42 @@ static bool base_is_gpt2(const char *base) {
     return gpt2;
 }
 
-/* GPT-2's Conv1D layers store their weight as (in, out). */
-static bool is_conv1d_name(const char *name) {
+bool plan_is_conv1d_name(const char *name) {
     static const char *const parts[] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
     for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
         if (strstr(name, parts[i])) return true;
     return false;
+}
+
+static bool is_f8(acem_dtype dt) { return dt == ACEM_DT_F8_E4M3 || dt == ACEM_DT_F8_E5M2; }
+
+static bool ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+/* FP8 checkpoints keep float scales beside each F8 weight ("m.weight_scale_inv",
+ * "m.weight_scale", "m.input_scale" beside "m.weight"): the values are q * scale, so a
+ * scale belongs to the base's F8 values and stays with them when they are kept. */
+static bool is_f8_scale(const acem_checkpoint *base, const char *name) {
+    if (!ends_with(name, "scale") && !ends_with(name, "scale_inv")) return false;
+    const char *dot = strrchr(name, '.');
+    size_t k = dot ? (size_t)(dot - name) + 1 : 0;
+    char *weight = malloc(k + sizeof "weight");
+    if (!weight) return false;
+    memcpy(weight, name, k);
+    memcpy(weight + k, "weight", sizeof "weight");
+    const acem_tensor *w = acem_checkpoint_find(base, weight);
+    free(weight);
+    return w && is_f8(w->dtype);
+}
+
+static int f8_error(const acem_checkpoint *ck, const acem_tensor *t, acem_error *err) {
+    return acem_fail(err,
+                     "%s: tensor \"%s\" is %s, which acem does not merge (FP8 values depend on "
+                     "block scales such as weight_scale_inv); dequantise the checkpoint first, or "
+                     "keep the tensor from the base with --exclude",
+                     acem_checkpoint_file_path(ck, t->file), t->name, acem_dtype_name(t->dtype));
 }
 
 static bool same_shape(const acem_tensor *a, const acem_tensor *b) {
@@ -103,16 +160,43 @@ static void shape_str(const acem_tensor *t, char *buf, size_t len) {
     if (k < len) snprintf(buf + k, len - k, "]");
 }
 
+/* A tensor of ck whose name differs from `name` only by leading dotted components
+ * ("transformer.wte.weight" and "wte.weight"), or NULL. Only on the error path. */
+static const char *prefixed_twin(const acem_checkpoint *ck, const char *name) {
+    for (const char *p = strchr(name, '.'); p; p = strchr(p + 1, '.'))
+        if (acem_checkpoint_find(ck, p + 1)) return p + 1;
+    size_t n = strlen(name);
+    for (size_t i = 0; i < acem_checkpoint_count(ck); i++) {
+        const char *x = acem_checkpoint_at(ck, i)->name;
+        size_t k = strlen(x);
+        if (k > n && x[k - n - 1] == '.' && strcmp(x + k - n, name) == 0) return x;
+    }
+    return NULL;
+}
+
+static int missing_error(const acem_checkpoint *ck, const char *name, acem_error *err) {
+    const char *path = acem_checkpoint_path(ck), *twin = prefixed_twin(ck, name);
+    if (!twin) return acem_fail(err, "%s: tensor \"%s\" of the base is missing", path, name);
+    return acem_fail(err,
+                     "%s: tensor \"%s\" of the base is missing, but it holds \"%s\": the names "
+                     "differ by a prefix (save base and experts with the same model class)",
+                     path, name, twin);
+}
+
+/* A float tensor of the base needs its twin in every expert: same name and shape, of a
+ * float or block type (converted to the compute precision when read). */
 static int match_experts(plan_entry *e, const acem_checkpoint *const *experts, int T,
                          acem_error *err) {
     const acem_tensor *b = e->base;
     for (int t = 0; t < T; t++) {
         const char *path = acem_checkpoint_path(experts[t]);
         const acem_tensor *x = acem_checkpoint_find(experts[t], b->name);
-        if (!x) return acem_fail(err, "%s: tensor \"%s\" of the base is missing", path, b->name);
-        if (x->dtype != b->dtype)
-            return acem_fail(err, "%s: tensor \"%s\" is %s but %s in the base", path, b->name,
-                             acem_dtype_name(x->dtype), acem_dtype_name(b->dtype));
+        if (!x) return missing_error(experts[t], b->name, err);
+        if (!acem_dtype_is_mergeable(x->dtype))
+            return acem_fail(err, "%s: tensor \"%s\" is %s but %s in the base: %s", path, b->name,
+                             acem_tensor_type_name(x), acem_tensor_type_name(b),
+                             is_f8(x->dtype) ? "acem does not merge F8 tensors"
+                                             : "it is not a float type to merge");
         if (!same_shape(x, b)) {
             char sx[160], sb[160];
             shape_str(x, sx, sizeof sx);
@@ -161,8 +245,55 @@ static acem_out_type target_type(const acem_tensor *b, const acem_merge_options 
     return !gguf && acem_out_type_quant(stored) != ACEM_QUANT_NONE ? ACEM_OUT_F32 : stored;
 }
 
+/* Tensors the experts hold and the base lacks (a classification head, an adapter) have
+ * nothing to be merged with: they are listed in the plan and named in one warning per
+ * expert. */
+static int find_extras(plan *p, const acem_checkpoint *base, const acem_checkpoint *const *experts,
+                       int T, acem_warnings *w, acem_error *err) {
+    size_t total = 0;
+    for (int t = 0; t < T; t++)
+        total += acem_checkpoint_count(experts[t]);
+    if (!(p->extras = acem_alloc(total, sizeof *p->extras, "the plan", err))) return -1;
+    for (int t = 0; t < T; t++) {
+        size_t first = p->n_extras;
+        for (size_t i = 0; i < acem_checkpoint_count(experts[t]); i++) {
+            const acem_tensor *x = acem_checkpoint_at(experts[t], i);
+            if (!acem_checkpoint_find(base, x->name)) p->extras[p->n_extras++] = (plan_extra){t, x};
+        }
+        size_t n = p->n_extras - first;
+        if (n == 0) continue;
+        char names[512] = "";
+        for (size_t k = 0, len = 0; k < n && k < 3 && len < sizeof names; k++)
+            len += (size_t)snprintf(names + len, sizeof names - len, "%s\"%s\"", k ? ", " : "",
+                                    p->extras[first + k].tensor->name);
+        char more[64] = "";
+        if (n > 3) snprintf(more, sizeof more, " and %zu more (the report lists them)", n - 3);
+        if (acem_warn(w, err, "%s: %zu tensor%s that the base lacks %s not merged: %s%s",
+                      acem_checkpoint_path(experts[t]), n, n == 1 ? "" : "s", n == 1 ? "is" : "are",
+                      names, more))
+            return -1;
+    }
+    return 0;
+}
+
+
+/* What happens to one tensor of the base: merged when float and not excluded; copied when
+ * excluded, not float, or the scale of F8 values (the experts are then not consulted);
+ * refused when F8 and not excluded. */
+static int plan_entry_for(plan_entry *e, const acem_checkpoint *base,
+                          const acem_checkpoint *const *experts, int T, exclusion *ex, size_t n_ex,
+                          acem_error *err) {
+    const acem_tensor *b = e->base;
+    e->reason = excluded_by(ex, n_ex, b->name);
+    if (is_f8(b->dtype) && !e->reason) return f8_error(base, b, err);
+    if (!e->reason && !acem_dtype_is_mergeable(b->dtype)) e->reason = "not a floating-point tensor";
+    if (!e->reason && is_f8_scale(base, b->name)) e->reason = "the scale of F8 values";
+    e->action = e->reason ? PLAN_COPY : PLAN_MERGE;
+    return e->action == PLAN_MERGE ? match_experts(e, experts, T, err) : 0;
+}
+
 int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *const *experts, int T,
-               const acem_merge_options *o, acem_error *err) {
+               const acem_merge_options *o, acem_warnings *w, acem_error *err) {
     memset(p, 0, sizeof *p);
     exclusion *ex = NULL;
     size_t n_ex = 0;
@@ -179,22 +310,19 @@ int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *cons
         plan_entry *e = &p->entries[i];
         e->base = acem_checkpoint_at(base, i);
         e->experts = p->expert_slots + i * (size_t)T;
-        if (match_experts(e, experts, T, err)) goto out;
+        if (plan_entry_for(e, base, experts, T, ex, n_ex, err)) goto out;
         bool is_float = acem_dtype_is_mergeable(e->base->dtype);
-        e->action = is_float ? PLAN_MERGE : PLAN_COPY;
-        if (!is_float) e->reason = "not a floating-point tensor";
-        for (size_t k = 0; k < n_ex && e->action == PLAN_MERGE; k++)
-            if (regexec(&ex[k].re, e->base->name, 0, NULL, 0) == 0) {
-                e->action = PLAN_COPY;
-                e->reason = ex[k].pattern;
-            }
         acem_out_type to = is_float ? target_type(e->base, o, gguf) : ACEM_OUT_KEEP;
         e->out = e->action == PLAN_COPY && to == plan_stored_type(e->base) ? ACEM_OUT_KEEP : to;
-        e->conv1d = gpt2 && e->base->ndim == 2 && is_conv1d_name(e->base->name);
-        p->n_merge += e->action == PLAN_MERGE;
-        p->bytes_to_read += e->base->nbytes * (e->action == PLAN_MERGE ? (uint64_t)T + 1 : 1);
+        bool merged = e->action == PLAN_MERGE;
+        e->conv1d = gpt2 && e->base->ndim == 2 && plan_is_conv1d_name(e->base->name);
+        p->n_conv1d += merged && e->conv1d;
+        p->n_merge += merged;
+        p->bytes_to_read += acem_tensor_stored_bytes(e->base);
+        for (int t = 0; merged && t < T; t++)
+            p->bytes_to_read += acem_tensor_stored_bytes(e->experts[t]);
     }
-    rc = 0;
+    rc = find_extras(p, base, experts, T, w, err) || warn_unmatched(ex, o, w, err) ? -1 : 0;
 out:
     for (size_t k = 0; k < n_ex; k++)
         regfree(&ex[k].re);
@@ -206,5 +334,6 @@ out:
 void plan_free(plan *p) {
     free(p->entries);
     free(p->expert_slots);
+    free(p->extras);
     memset(p, 0, sizeof *p);
 }

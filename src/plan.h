@@ -8,7 +8,10 @@ typedef enum plan_action { PLAN_MERGE, PLAN_COPY } plan_action;
 
 typedef struct plan_entry {
     const acem_tensor *base;
-    const acem_tensor **experts; /* T descriptors, same name, dtype and shape as base */
+    /* T descriptors of the same name and shape, of any float or block type (they are all
+     * read in the compute precision); NULL for copied tensors (not float, or excluded:
+     * they are copied from the base whatever the experts hold). */
+    const acem_tensor **experts;
     plan_action action;
     const char *reason; /* why a tensor is copied (static string or a regex) */
     /* The output's type, or ACEM_OUT_KEEP when the base's stored bytes pass through as they
@@ -17,18 +20,29 @@ typedef struct plan_entry {
     bool conv1d; /* a GPT-2 Conv1D weight stored (in, out), for --covariance-axis input */
 } plan_entry;
 
+/* A tensor an expert holds and the base does not: never merged, always reported. */
+typedef struct plan_extra {
+    int model; /* index into the experts */
+    const acem_tensor *tensor;
+} plan_extra;
+
 typedef struct plan {
     plan_entry *entries; /* in the base's storage order */
     size_t n;
     size_t n_merge;
+    size_t n_conv1d; /* entries transposed for --covariance-axis input */
     const acem_tensor **expert_slots;
-    uint64_t bytes_to_read; /* all inputs, for progress */
+    plan_extra *extras;
+    size_t n_extras;
+    uint64_t bytes_to_read; /* stored bytes of all inputs, for progress */
 } plan;
 
-/* Checks names, dtypes and shapes across base and experts and assigns each tensor an
- * action: merged when floating point and not excluded (by --exclude or the preset). */
+/* Checks names and shapes across base and experts and assigns each tensor an action:
+ * merged when floating point and not excluded (by --exclude or the preset). F8 tensors
+ * are refused unless excluded. What is accepted but probably not meant (extra tensors in
+ * an expert, an exclusion that matches nothing) goes to w. */
 int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *const *experts, int T,
-               const acem_merge_options *o, acem_error *err);
+               const acem_merge_options *o, acem_warnings *w, acem_error *err);
 void plan_free(plan *p);
 
 /* The element type of the values the pipeline hands the writer for e: the float type it
@@ -36,6 +50,8 @@ void plan_free(plan *p);
 acem_dtype plan_fed_dtype(const plan_entry *e);
 /* A tensor's stored type as an output type: its blocks or float type (KEEP otherwise). */
 acem_out_type plan_stored_type(const acem_tensor *t);
+/* GPT-2's Conv1D layers store their weight as (in, out): true for their names. */
+bool plan_is_conv1d_name(const char *name);
 
 /* The reference's exclusions per model family (ace-merging.md), as POSIX EREs. */
 int plan_preset_patterns(const char *preset, const char *const **patterns, size_t *n);

@@ -34,6 +34,32 @@ int acem_fail_naming(acem_error *err, const char *path) {
     return -1;
 }
 
+int acem_warn(acem_warnings *w, acem_error *err, const char *fmt, ...) {
+    acem_error msg;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg.msg, sizeof msg.msg, fmt, ap);
+    va_end(ap);
+    if (w->o->strict) return acem_fail(err, "%s (an error with --strict)", msg.msg);
+    for (char *p = msg.msg; *p; p++) /* one line, as errors are */
+        if (*p == '\n' || *p == '\r') *p = ' ';
+    char **grown = realloc(w->msgs, (w->n + 1) * sizeof *grown);
+    if (!grown) return acem_fail(err, "out of memory for a warning");
+    w->msgs = grown;
+    if (!(w->msgs[w->n] = acem_strdup(msg.msg, err))) return -1;
+    w->n++;
+    if (w->o->warning) w->o->warning(w->o->warning_user, msg.msg);
+    return 0;
+}
+
+void acem_warnings_free(acem_warnings *w) {
+    for (size_t i = 0; i < w->n; i++)
+        free(w->msgs[i]);
+    free(w->msgs);
+    w->msgs = NULL;
+    w->n = 0;
+}
+
 void *acem_alloc(size_t n, size_t size, const char *what, acem_error *err) {
     size_t total;
     if (__builtin_mul_overflow(n, size, &total)) {

@@ -61,10 +61,6 @@ def f32(vals):
     return struct.pack("<%df" % len(vals), *vals)
 
 
-def f16(vals):
-    return struct.pack("<%de" % len(vals), *vals)
-
-
 def tensor_values(seed):
     t1 = [round(0.25 * (i + 1) + seed, 4) for i in range(12)]
     t2 = [1.0 + 0.5 * seed + 0.125 * i for i in range(3)]
@@ -758,12 +754,14 @@ def _cross_and_special_cases():
         return {"bad": "in/evil-dir.safetensors", "names": ["evil-dir.safetensors"]}
 
     shape_mm = lambda: st(*with_entry(T1=entry("F32", [3, 4], 0, 48)))
+    # float types mix freely (each is read as stored); an integer one does not convert
     dtype_mm = lambda: st({"__metadata__": {"format": "pt"}, T1: entry("F32", [4, 3], 0, 48),
-                           T2: entry("F16", [3], 48, 54)}, d1() + f16([1.0, 2.0, 3.0]))
+                           T2: entry("I32", [3], 48, 60)}, d1() + struct.pack("<3i", 1, 2, 3))
     missing_t = lambda: st({"__metadata__": {"format": "pt"}, T1: entry("F32", [4, 3], 0, 48)}, d1())
     return [
         Case("shape-mismatch", "valid file whose %s is [3,4] instead of [4,3]" % T1, mismatch(shape_mm, [T1])),
-        Case("dtype-mismatch", "valid file whose %s is F16 instead of F32" % T2, mismatch(dtype_mm, [T2])),
+        Case("dtype-mismatch", "valid expert file whose %s is I32 instead of F32" % T2, mismatch(dtype_mm, [T2]),
+             roles=("expert",)),
         Case("tensor-missing", "valid expert file lacking %s" % T2, mismatch(missing_t, [T2]), roles=("expert",)),
         Case("input-nonexistent", "input path does not exist", nonexistent),
         Case("input-fifo", "input is a named pipe (nobody writes to it)", fifo),

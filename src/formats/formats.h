@@ -115,6 +115,8 @@ uint32_t acem_quant_block_bytes(acem_quant q);
 bool acem_quant_writable(acem_quant q); /* a known quantisation: all have quantisers */
 /* Stored bytes of numel values; false when numel is not whole blocks or on overflow. */
 bool acem_quant_stored_bytes(acem_quant q, uint64_t numel, uint64_t *bytes);
+/* Bytes that elements [i, i + n) of t take in its file (n whole blocks when quantised). */
+uint64_t acem_stored_bytes_of(const acem_tensor *t, uint64_t n);
 void acem_dequantize(acem_quant q, const void *blocks, float *dst, size_t n_blocks);
 void acem_quantize(acem_quant q, const float *src, void *blocks, size_t n_blocks);
 /* Index of the first value of the first block whose scale is NaN/Inf, or -1. */

@@ -50,10 +50,18 @@ acem_quant acem_quant_from_ggml(uint32_t type) {
     return ACEM_QUANT_NONE;
 }
 
-uint64_t acem_tensor_stored_bytes(const acem_tensor *t) {
-    uint64_t bytes = t->nbytes; /* the reader checked the block size when it opened the file */
-    if (t->quant != ACEM_QUANT_NONE) acem_quant_stored_bytes(t->quant, t->numel, &bytes);
+uint64_t acem_stored_bytes_of(const acem_tensor *t, uint64_t n) {
+    uint64_t bytes = n * acem_dtype_size(t->dtype); /* n <= numel: the reader checked */
+    if (t->quant != ACEM_QUANT_NONE) acem_quant_stored_bytes(t->quant, n, &bytes);
     return bytes;
+}
+
+uint64_t acem_tensor_stored_bytes(const acem_tensor *t) {
+    return acem_stored_bytes_of(t, t->numel);
+}
+
+const char *acem_tensor_type_name(const acem_tensor *t) {
+    return t->quant != ACEM_QUANT_NONE ? acem_quant_name(t->quant) : acem_dtype_name(t->dtype);
 }
 
 bool acem_quant_stored_bytes(acem_quant q, uint64_t numel, uint64_t *bytes) {

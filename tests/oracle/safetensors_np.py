@@ -33,6 +33,8 @@ _NP = {
     "I32": np.dtype("<i4"),
     "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
+    "F8_E4M3": np.dtype("u1"),  # raw bits
+    "F8_E5M2": np.dtype("u1"),  # raw bits
 }
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 DTYPES = tuple(_NP)
