@@ -44,6 +44,10 @@ typedef struct acem_warnings {
 int acem_warn(acem_warnings *w, acem_error *err, const char *fmt, ...) ACEM_PRINTF(3, 4);
 void acem_warnings_free(acem_warnings *w);
 
+/* v in the fewest significant digits that read back as v ("0.2", not "0.20000000000000001"),
+ * so that a resolved parameter written into a config rebuilds the same merge. */
+const char *acem_format_double(double v, char *buf, size_t len);
+
 /* Monotonic seconds. */
 double acem_now(void);
 

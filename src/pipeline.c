@@ -5,6 +5,7 @@
  * precision, Dt = Wt - W0 is formed in place, the method writes Delta, and the output is
  * W0 + lambda * Delta converted to the output dtype. Memory: (T + 2) compute buffers of
  * the largest tensor (of one chunk for elementwise methods) plus two raw buffers. */
+#include "card.h"
 #include "formats/formats.h"
 #include "linalg/linalg.h"
 #include "methods/method.h"
@@ -68,6 +69,7 @@ typedef struct merge_run {
     fused_scratch *scratch; /* per thread, for linear methods */
     acem_progress progress;
     cJSON *report_tensors;
+    char *config_yaml; /* the resolved configuration (card.c), in the output's metadata */
     acem_warnings warnings;
     const char *axis;                    /* the covariance axis used, for the summary */
     size_t gram_tensors, gram_fallbacks; /* regmean: 2-D merged tensors, those without Grams */
@@ -533,6 +535,7 @@ static void free_run(merge_run *r) {
     acem_checkpoint_close(r->base);
     cJSON_Delete(r->report_tensors);
     acem_warnings_free(&r->warnings);
+    free(r->config_yaml);
 }
 
 static void set_compute(merge_run *r) {
@@ -557,7 +560,9 @@ static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
     r->lambda = isnan(o->lambda) ? r->method->default_lambda : o->lambda;
     set_compute(r);
     snprintf(s->method, sizeof s->method, "%s", r->method->name);
-    snprintf(s->params, sizeof s->params, "lambda=%g%s%s", r->lambda, desc[0] ? " " : "", desc);
+    char lambda[32];
+    snprintf(s->params, sizeof s->params, "lambda=%s%s%s",
+             acem_format_double(r->lambda, lambda, sizeof lambda), desc[0] ? " " : "", desc);
     if (r->method->merge == method_dare_linear.merge ||
         r->method->merge == method_dare_ties.merge) {
         size_t k = strlen(s->params);
@@ -721,6 +726,21 @@ static int begin_outputs(const merge_run *r, output_set *outs, output **model, o
                : 0;
 }
 
+/* --max-shard-size, or by default the base's own sharding: a sharded base gives shards of
+ * at most its largest shard (the same count when the stored types do not change). */
+static uint64_t shard_size(const merge_run *r) {
+    uint64_t largest = 0;
+    if (r->o->max_shard_size || acem_checkpoint_file_count(r->base) < 2)
+        return r->o->max_shard_size;
+    for (size_t f = 0; f < acem_checkpoint_file_count(r->base); f++) {
+        struct stat st;
+        if (stat(acem_checkpoint_file_path(r->base, (int)f), &st) == 0 &&
+            (uint64_t)st.st_size > largest)
+            largest = (uint64_t)st.st_size;
+    }
+    return largest;
+}
+
 static int open_writer(merge_run *r, const output *out, const acem_merge_summary *s,
                        st_out_tensor *tensors, acem_error *err) {
     for (size_t i = 0; i < r->plan.n; i++) {
@@ -737,20 +757,20 @@ static int open_writer(merge_run *r, const output *out, const acem_merge_summary
         {"acem_method", s->method},
         {"acem_params", s->params},
         {"acem_covariance_axis", s->covariance_axis},
+        {"acem_config", r->config_yaml},
         {"acem_gram_fallbacks", fallbacks},
     };
-    const acem_param gguf_meta[] = {{"version", ACEM_VERSION},
-                                    {"method", s->method},
-                                    {"params", s->params},
-                                    {"covariance_axis", s->covariance_axis},
-                                    {"gram_fallbacks", fallbacks}};
+    const acem_param gguf_meta[] = {
+        {"version", ACEM_VERSION},  {"method", s->method},
+        {"params", s->params},      {"covariance_axis", s->covariance_axis},
+        {"config", r->config_yaml}, {"gram_fallbacks", fallbacks}};
     size_t grams = r->method->uses_grams ? 1 : 0;
     if (output_is_gguf(out->final_path))
         return gguf_writer_open(out->tmp_path, tensors, r->plan.n, acem_checkpoint_gguf(r->base),
-                                gguf_meta, 4 + grams, &r->gguf, err);
+                                gguf_meta, 5 + grams, &r->gguf, err);
     bool file = out->kind == OUTPUT_FILE;
     return st_writer_open(file ? NULL : out->tmp_path, file ? out->tmp_path : NULL, tensors,
-                          r->plan.n, r->o->max_shard_size, meta, 5 + grams, &r->writer, err);
+                          r->plan.n, file ? 0 : shard_size(r), meta, 6 + grams, &r->writer, err);
 }
 
 static int finish_writer(merge_run *r, acem_error *err) {
@@ -892,9 +912,10 @@ int acem_merge(const acem_merge_options *o, acem_merge_summary *s, acem_error *e
     if (o->report_path) r.report_tensors = cJSON_CreateArray();
     if (!(tensors = acem_alloc(r.plan.n, sizeof *tensors, "output descriptors", err))) goto done;
     size_t aux = 0, skipped = 0;
-    if (open_writer(&r, model, s, tensors, err) || run_plan(&r, s, err) || finish_writer(&r, err) ||
-        verify_output(&r, model, tensors, err) ||
+    if (!(r.config_yaml = card_config_yaml(o, s, err)) || open_writer(&r, model, s, tensors, err) ||
+        run_plan(&r, s, err) || finish_writer(&r, err) || verify_output(&r, model, tensors, err) ||
         output_copy_aux_files(model, o->base, false, &aux, &skipped, err) ||
+        (model->kind == OUTPUT_DIR && card_write(model->tmp_path, o, s, r.config_yaml, err)) ||
         output_commit(model, err))
         goto done;
     s->shards = r.gguf ? 1 : st_writer_shards(r.writer);

@@ -13,6 +13,8 @@ commit the issue was reproduced on) and must pass now. Each check names its item
   item 6   links and permissions of copied auxiliary files; weights through links
   item 12  pre-flight: output paths, side outputs and auxiliary files checked before the
            merge; missing parents created; an empty base refused
+  item 13  the output describes itself: config.json's dtype, a model card of the merge, the
+           resolved configuration (rebuilds it), the base's sharding kept, bytes on disk
   item 14  output suffixes in any case; suffixes acem cannot write are refused
 
 usage: /usr/bin/python3 tests/test_nothing_lost.py PATH_TO_acem
@@ -486,6 +488,63 @@ def test_item12_preflight(d):
           r.stderr)
 
 
+def format_bytes(n):
+    """acem's summary spelling of a size (acem_format_bytes)."""
+    v, u = float(n), 0
+    while v >= 1024 and u < 4:
+        v, u = v / 1024, u + 1
+    return f"{n} B" if u == 0 else f"{v:.1f} {['B', 'KiB', 'MiB', 'GiB', 'TiB'][u]}"
+
+
+def test_item13_self_description(d):
+    paths = small(d, "c")
+    with open(os.path.join(paths[0], "config.json"), "w") as f:
+        json.dump({"model_type": "test", "torch_dtype": "bfloat16"}, f)
+    open(os.path.join(paths[0], "README.md"), "w").write("# The base model's own card\n")
+    out = os.path.join(d, "c-out")
+    r = run(*margs(paths, out, "--dtype", "f16"))
+    cfg = json.load(open(os.path.join(out, "config.json"))) if r.returncode == 0 else {}
+    check("item13 config.json's torch_dtype says what --dtype wrote (float16, not bfloat16)",
+          cfg.get("torch_dtype") == "float16" and cfg.get("model_type") == "test", (r.stderr, cfg))
+    card = open(os.path.join(out, "README.md")).read() if os.path.exists(os.path.join(out, "README.md")) else ""
+    check("item13 the model card is the merge's (method, base, experts, acem version), not the "
+          "base's", "base model's own card" not in card and "average" in card
+          and paths[1] in card and "acem " in card, card[:300])
+    rebuilt = os.path.join(d, "c-rebuilt")
+    cfg_path = os.path.join(out, "acem_config.yaml")
+    r2 = run("merge", "-q", cfg_path, "-o", rebuilt) if os.path.exists(cfg_path) else None
+    check("item13 acem_config.yaml in the output rebuilds the same merge byte for byte",
+          r2 is not None and r2.returncode == 0
+          and open(os.path.join(out, "model.safetensors"), "rb").read()
+          == open(os.path.join(rebuilt, "model.safetensors"), "rb").read(), r2 and r2.stderr)
+    one = os.path.join(d, "c.safetensors")
+    r = run(*margs(paths, one, "-p", "lambda=0.123456789"))
+    _, meta = st.read_file(one) if r.returncode == 0 else (None, {})
+    check("item13 a single-file output carries the resolved configuration in its metadata, "
+          "with exact parameters", "acem_config" in (meta or {})
+          and "lambda: 0.123456789" in meta["acem_config"], (r.stderr, meta))
+    # a sharded base keeps its sharding by default
+    sharded = os.path.join(d, "c-sharded")
+    base_v, exp_v = model_values()
+    st.write_sharded(sharded, {k: st.from_f64(v, "F32") for k, v in base_v.items()}, 9000)
+    n_base = len([f for f in os.listdir(sharded) if f.endswith(".safetensors")])
+    out = os.path.join(d, "c-sharded-out")
+    r = run(*margs([sharded] + paths[1:], out))
+    got = [f for f in os.listdir(out) if f.endswith(".safetensors")] if r.returncode == 0 else []
+    check(f"item13 a sharded base ({n_base} shards) gives a sharded output by default",
+          n_base > 1 and len(got) == n_base and os.path.exists(os.path.join(out, "model.safetensors.index.json")),
+          (r.stderr, got))
+    # sizes in the summary are bytes on disk (a block GGUF is not its dequantised size)
+    g = [os.path.join(d, f"c{i}.gguf") for i in range(3)]
+    for p, v in zip(g, [base_v] + exp_v):
+        write_model(p, v, "F32", "gguf")
+    out = os.path.join(d, "c-q8.gguf")
+    r = run("merge", "-b", g[0], "-m", g[1], "-m", g[2], "-M", "average", "--dtype", "q8_0", "-o", out)
+    want = format_bytes(os.path.getsize(out)) if r.returncode == 0 else "?"
+    check("item13 the summary reports the output's bytes on disk", f"1 file, {want})" in r.stdout,
+          (want, r.stdout))
+
+
 def test_item14_suffixes(d):
     paths = small(d, "x")
     out = os.path.join(d, "OUT.SafeTensors")
@@ -502,7 +561,7 @@ def test_item14_suffixes(d):
 def main():
     tests = [test_item1_grid, test_item2_force_dir, test_item3_side_outputs,
              test_item4_full_side_output, test_item5_concurrency, test_item6_links,
-             test_item12_preflight, test_item14_suffixes]
+             test_item12_preflight, test_item13_self_description, test_item14_suffixes]
     only = sys.argv[2:]
     for t in tests:
         if only and not any(o in t.__name__ for o in only):

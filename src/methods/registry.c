@@ -90,9 +90,11 @@ int method_resolve_params(const method_def *m, const acem_param *given, int n_gi
         if (mp->choices)
             k += (size_t)snprintf(desc + k, desc_len - k, "%s%s=%s", k ? " " : "", mp->name,
                                   mp->choices[(int)values[i]]);
-        else
-            k += (size_t)snprintf(desc + k, desc_len - k, "%s%s=%g", k ? " " : "", mp->name,
-                                  values[i]);
+        else {
+            char num[32];
+            k += (size_t)snprintf(desc + k, desc_len - k, "%s%s=%s", k ? " " : "", mp->name,
+                                  acem_format_double(values[i], num, sizeof num));
+        }
     }
     return 0;
 }

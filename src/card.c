@@ -1,0 +1,257 @@
+/* card.c — a merged output describes itself: the resolved configuration as YAML that
+ * `acem merge` accepts (every path absolute, so that it rebuilds the merge from anywhere;
+ * docs/config.md), stored in the output's metadata and, in a directory output, as
+ * acem_config.yaml beside a model card (README.md) written for the merge, not copied
+ * from the base; and config.json's dtype brought up to date when --dtype changed it. */
+#include "card.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define CONFIG_NAME "acem_config.yaml"
+
+/* A growing text; `failed` once an allocation failed. */
+typedef struct text {
+    char *buf;
+    size_t len, cap;
+    bool failed;
+} text;
+
+static void put(text *t, const char *fmt, ...) ACEM_PRINTF(2, 3);
+static void put(text *t, const char *fmt, ...) {
+    for (int attempt = 0; attempt < 2 && !t->failed; attempt++) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(t->buf ? t->buf + t->len : NULL, t->buf ? t->cap - t->len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            t->failed = true;
+        } else if (t->buf && (size_t)n < t->cap - t->len) {
+            t->len += (size_t)n;
+            return;
+        } else {
+            size_t cap = (t->cap + (size_t)n + 1) * 2;
+            char *b = realloc(t->buf, cap);
+            if (!b) t->failed = true;
+            t->buf = b ? b : t->buf;
+            t->cap = b ? cap : t->cap;
+        }
+    }
+}
+
+/* A YAML double-quoted scalar: backslash, quote and control characters escaped. */
+static void put_quoted(text *t, const char *s) {
+    put(t, "\"");
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            put(t, "\\%c", *p);
+        else if (*p < 0x20 || *p == 0x7f)
+            put(t, "\\x%02x", *p);
+        else
+            put(t, "%c", *p);
+    }
+    put(t, "\"");
+}
+
+/* The absolute form of a path that names an input (it exists). */
+static void put_path(text *t, const char *path) {
+    char real[PATH_MAX];
+    put_quoted(t, realpath(path, real) ? real : path);
+}
+
+/* "lambda=0.3 density=0.2 seed=7" (the summary's resolved parameters) as YAML: the seed is
+ * a top-level key, the rest are method parameters. */
+static void put_params(text *t, const char *params) {
+    char *copy = strdup(params), *save = NULL;
+    if (!copy) {
+        t->failed = true;
+        return;
+    }
+    put(t, "parameters:\n");
+    const char *seed = NULL;
+    for (char *kv = strtok_r(copy, " ", &save); kv; kv = strtok_r(NULL, " ", &save)) {
+        char *eq = strchr(kv, '=');
+        if (!eq) continue;
+        *eq = 0;
+        if (!strcmp(kv, "seed"))
+            seed = eq + 1;
+        else
+            put(t, "  %s: %s\n", kv, eq + 1);
+    }
+    if (seed) put(t, "seed: %s\n", seed);
+    free(copy);
+}
+
+char *card_config_yaml(const acem_merge_options *o, const acem_merge_summary *s, acem_error *err) {
+    text t = {0};
+    put(&t, "# The configuration acem %s resolved for this merge:\n", ACEM_VERSION);
+    put(&t, "#   acem merge acem_config.yaml -o OUT\n# rebuilds it (docs/config.md).\n");
+    put(&t, "merge_method: %s\nbase_model: ", s->method);
+    put_path(&t, o->base);
+    put(&t, "\nmodels:\n");
+    for (int i = 0; i < o->n_models; i++) {
+        put(&t, "  - model: ");
+        put_path(&t, o->models[i]);
+        if (o->grams && o->grams[i]) {
+            put(&t, "\n    gram: ");
+            put_path(&t, o->grams[i]);
+        }
+        put(&t, "\n");
+    }
+    put_params(&t, s->params);
+    if (o->out_type != ACEM_OUT_KEEP) put(&t, "dtype: %s\n", acem_out_type_name(o->out_type));
+    if (o->precision == ACEM_DT_F64) put(&t, "precision: f64\n");
+    if (o->preset) put(&t, "preset: %s\n", o->preset);
+    if (o->n_excludes) put(&t, "exclude:\n");
+    for (int i = 0; i < o->n_excludes; i++) {
+        put(&t, "  - ");
+        put_quoted(&t, o->excludes[i]);
+        put(&t, "\n");
+    }
+    if (o->covariance_axis_input) put(&t, "covariance_axis: input\n");
+    if (o->allow_nonfinite) put(&t, "allow_nonfinite: true\n");
+    if (o->max_shard_size) put(&t, "max_shard_size: %llu\n", (unsigned long long)o->max_shard_size);
+    if (t.failed || !t.buf) {
+        free(t.buf);
+        acem_fail(err, "out of memory writing the configuration");
+        return NULL;
+    }
+    return t.buf;
+}
+
+static int write_new(const char *dir, const char *name, const char *data, acem_error *err) {
+    char *path = acem_path_join(dir, name, err);
+    if (!path) return -1;
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+    size_t n = strlen(data);
+    int rc = fd >= 0 && write(fd, data, n) == (ssize_t)n && fsync(fd) == 0 ? 0 : -1;
+    int e = errno;
+    if (fd >= 0 && close(fd) != 0 && !rc) {
+        rc = -1;
+        e = errno;
+    }
+    if (rc) acem_fail(err, "%s: cannot write: %s", path, strerror(e));
+    free(path);
+    return rc;
+}
+
+/* "org/name" of a base in the Hugging Face cache (.../models--org--name/snapshots/REV), for
+ * the card's base_model, which the Hub reads as a repository id. */
+static bool hub_id(const char *base, char *id, size_t len) {
+    char real[PATH_MAX];
+    if (!realpath(base, real)) return false;
+    char *snap = strstr(real, "/snapshots/");
+    if (!snap) return false;
+    *snap = 0;
+    const char *repo = strrchr(real, '/');
+    repo = repo ? repo + 1 : real;
+    if (strncmp(repo, "models--", 8) != 0) return false;
+    snprintf(id, len, "%s", repo + 8);
+    char *sep = strstr(id, "--");
+    if (!sep) return false;
+    memmove(sep + 1, sep + 2, strlen(sep + 2) + 1);
+    *sep = '/';
+    return true;
+}
+
+static char *model_card(const acem_merge_options *o, const acem_merge_summary *s,
+                        const char *yaml) {
+    text t = {0};
+    char id[PATH_MAX];
+    put(&t, "---\n");
+    if (hub_id(o->base, id, sizeof id)) put(&t, "base_model: %s\n", id);
+    put(&t, "tags:\n- merge\n- acem\n- %s\n---\n\n", s->method);
+    put(&t,
+        "# Merged model\n\nA data-free merge (no data, no training) of %d experts fine-tuned "
+        "from one base model, made with acem %s.\n\n",
+        o->n_models, ACEM_VERSION);
+    put(&t, "- **Method**: `%s` (%s)\n- **Base**: `%s`\n- **Experts**:", s->method, s->params,
+        o->base);
+    for (int i = 0; i < o->n_models; i++)
+        put(&t, "%s `%s`", i ? "," : "", o->models[i]);
+    put(&t, "\n- **Stored as**: %s\n- **Covariance axis**: %s\n\n", acem_out_type_name(o->out_type),
+        s->covariance_axis[0] ? s->covariance_axis : "none");
+    put(&t, "For every tensor, each expert's delta from the base is combined by the method and "
+            "added back to the base (acem's docs/methods.md states each formula).\n\n");
+    put(&t,
+        "## Configuration\n\n`%s` beside this file; `acem merge %s -o OUT` rebuilds this "
+        "merge:\n\n```yaml\n%s```\n",
+        CONFIG_NAME, CONFIG_NAME, yaml);
+    if (t.failed) {
+        free(t.buf);
+        return NULL;
+    }
+    return t.buf;
+}
+
+/* torch_dtype (and transformers' newer "dtype") name the stored type. */
+static const char *torch_name(acem_dtype dt) {
+    switch (dt) {
+    case ACEM_DT_F16: return "float16";
+    case ACEM_DT_BF16: return "bfloat16";
+    case ACEM_DT_F64: return "float64";
+    default: return "float32";
+    }
+}
+
+/* config.json copied from the base says the base's dtype; a --dtype float type replaces it.
+ * A config.json that is not a JSON object is left as it is: it was copied, not written. */
+static int update_config_json(const char *dir, acem_out_type type, acem_error *err) {
+    acem_dtype dt = acem_out_type_dtype(type);
+    char *path = acem_path_join(dir, "config.json", err);
+    if (!path) return -1;
+    FILE *f = dt == ACEM_DT_NONE ? NULL : fopen(path, "rb");
+    char *buf = NULL;
+    long n = -1;
+    if (f && fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && n < (16L << 20) &&
+        fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1)) &&
+        fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        buf = NULL;
+    }
+    if (f) fclose(f);
+    free(path);
+    cJSON *root = buf ? cJSON_ParseWithLength(buf, (size_t)n) : NULL;
+    free(buf);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return 0;
+    }
+    bool newer = cJSON_HasObjectItem(root, "dtype") && !cJSON_HasObjectItem(root, "torch_dtype");
+    const char *key = newer ? "dtype" : "torch_dtype";
+    cJSON_DeleteItemFromObjectCaseSensitive(root, key);
+    cJSON_AddStringToObject(root, key, torch_name(dt));
+    char *json = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!json) return acem_fail(err, "out of memory updating config.json");
+    size_t len = strlen(json);
+    char *with_newline = realloc(json, len + 2);
+    if (!with_newline) {
+        free(json);
+        return acem_fail(err, "out of memory updating config.json");
+    }
+    memcpy(with_newline + len, "\n", 2);
+    int rc = write_new(dir, "config.json", with_newline, err);
+    free(with_newline);
+    return rc;
+}
+
+int card_write(const char *dir, const acem_merge_options *o, const acem_merge_summary *s,
+               const char *yaml, acem_error *err) {
+    char *card = model_card(o, s, yaml);
+    if (!card) return acem_fail(err, "out of memory writing the model card");
+    int rc = write_new(dir, CONFIG_NAME, yaml, err) || write_new(dir, "README.md", card, err) ||
+                     update_config_json(dir, o->out_type, err)
+                 ? -1
+                 : 0;
+    free(card);
+    return rc;
+}

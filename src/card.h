@@ -1,0 +1,14 @@
+/* card.h — what a merged output says about itself (card.c). */
+#ifndef ACEM_CARD_H
+#define ACEM_CARD_H
+
+#include "internal.h"
+
+/* The resolved configuration as YAML that `acem merge` accepts; the caller frees it. */
+char *card_config_yaml(const acem_merge_options *o, const acem_merge_summary *s, acem_error *err);
+/* Into a directory output being written: acem_config.yaml, a model card (README.md), and
+ * config.json's dtype updated to --dtype's. */
+int card_write(const char *dir, const acem_merge_options *o, const acem_merge_summary *s,
+               const char *yaml, acem_error *err);
+
+#endif
