@@ -29,6 +29,10 @@ typedef struct progress_bar {
 void progress_init(progress_bar *p, bool quiet);
 void progress_update(void *user, const acem_progress *p);
 
+/* --dry-run: prints each line of the plan (user: an int, 0 at the start), then the summary. */
+void cli_print_plan_line(void *user, const acem_plan_line *l);
+void cli_print_dry_summary(const acem_merge_options *o, const acem_merge_summary *s);
+
 /* Runs a merge with signal handling and prints the summary unless quiet. Options that
  * acem_check_options refuses are a usage error (EXIT_USAGE). */
 int cli_run_merge(const acem_merge_options *o, bool quiet);

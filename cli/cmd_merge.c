@@ -68,7 +68,12 @@ static void print_help(FILE *to) {
         "                             the base lacks (else named and left out), an --exclude\n"
         "                             matching nothing, an expert given twice, an option that\n"
         "                             changes nothing, regmean tensors without Gram matrices\n"
-        "  -f, --force                replace an existing output (only once the new one is done)\n"
+        "      --dry-run              print the plan (every tensor: merged by which rule or\n"
+        "                             copied and why, its stored type and file; every file;\n"
+        "                             the memory bound) and exit without reading tensor data\n"
+        "  -f, --force                replace an existing output acem wrote (only once the new\n"
+        "                             one is done; a directory only when empty or holding\n"
+        "                             nothing but the files acem listed in it)\n"
         "  -q, --quiet                no progress bar, no summary\n"
         "  -h, --help                 this help\n"
         "\n"
@@ -121,7 +126,7 @@ typedef struct flags {
     uint64_t max_shard;
     acem_out_type out_type; /* --dtype; ACEM_OUT_INVALID: not given */
     acem_dtype precision;
-    int force, quiet, allow_nonfinite, strict;
+    int force, quiet, allow_nonfinite, strict, dry_run;
     int axis; /* -1: not given, 0 stored, 1 input */
 } flags;
 
@@ -166,7 +171,8 @@ static int parse_flags(int argc, char **argv, flags *f) {
         O_NONFINITE,
         O_AXIS,
         O_GRAM,
-        O_STRICT
+        O_STRICT,
+        O_DRY_RUN
     };
     static const struct option longopts[] = {
         {"base", required_argument, 0, 'b'},
@@ -190,6 +196,7 @@ static int parse_flags(int argc, char **argv, flags *f) {
         {"covariance-axis", required_argument, 0, O_AXIS},
         {"gram", required_argument, 0, O_GRAM},
         {"strict", no_argument, 0, O_STRICT},
+        {"dry-run", no_argument, 0, O_DRY_RUN},
         {0, 0, 0, 0},
     };
     int c;
@@ -212,6 +219,7 @@ static int parse_flags(int argc, char **argv, flags *f) {
         case O_REPORT: f->report = optarg; break;
         case O_NONFINITE: f->allow_nonfinite = 1; break;
         case O_STRICT: f->strict = 1; break;
+        case O_DRY_RUN: f->dry_run = 1; break;
         case O_GRAM: {
             char *eq = strrchr(optarg, '=');
             if (!eq || eq == optarg || !eq[1] || f->n_grams >= MAX_LIST) {
@@ -318,6 +326,7 @@ static void apply_flags(const flags *f, acem_merge_options *o, acem_param *param
     o->force |= f->force;
     o->allow_nonfinite |= f->allow_nonfinite;
     o->strict |= f->strict;
+    o->dry_run |= f->dry_run;
     if (f->axis >= 0) o->covariance_axis_input = f->axis;
 }
 

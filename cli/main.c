@@ -86,6 +86,11 @@ int cli_run_merge(const acem_merge_options *opts, bool quiet) {
     o.progress_user = &bar;
     o.warning = cli_warning;
     o.cancel = &g_signal;
+    int plan_lines = 0;
+    if (o.dry_run) {
+        o.plan = cli_print_plan_line;
+        o.plan_user = &plan_lines;
+    }
     catch_signals();
 
     acem_merge_summary s;
@@ -98,6 +103,10 @@ int cli_run_merge(const acem_merge_options *opts, bool quiet) {
         }
         cli_error("%s", err.msg);
         return EXIT_FAIL;
+    }
+    if (o.dry_run) {
+        cli_print_dry_summary(&o, &s);
+        return EXIT_OK;
     }
     if (!quiet) {
         char rb[32], wb[32], peak[32];

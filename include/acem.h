@@ -203,6 +203,21 @@ typedef struct acem_progress {
 
 typedef void (*acem_progress_fn)(void *user, const acem_progress *p);
 
+/* One line of a dry run's plan: a tensor of the output (tensor set) or a file the merge
+ * would write (tensor NULL). */
+typedef struct acem_plan_line {
+    const char *tensor;
+    const char *path;   /* the file: for a tensor, the one that would hold it */
+    const char *action; /* "merged by ties", "copied: not a floating-point tensor", ...;
+                           for a file: what it is ("weights", "shard index", "model card") */
+    const char *type;   /* the stored type it would have: "F16", "Q4_K", "I64"; "" for files */
+    int ndim;
+    const uint64_t *shape;
+    uint64_t bytes; /* in the output (0 where not known before writing: copied files) */
+} acem_plan_line;
+
+typedef void (*acem_plan_fn)(void *user, const acem_plan_line *line);
+
 /* A warning: something acem accepts but that is probably not what was meant (tensors an
  * expert has and the base lacks, an --exclude that matches nothing, the same expert given
  * twice, ...). One sentence naming what it is about, without a prefix. */
@@ -243,6 +258,12 @@ typedef struct acem_merge_options {
     const char *const *grams;
     acem_progress_fn progress;
     void *progress_user;
+    /* Dry run: every input's header is read and validated, every rule of the outputs checked,
+     * and plan is called for every tensor and every file the merge would write; no tensor
+     * data is read and nothing is written. */
+    int dry_run;
+    acem_plan_fn plan;
+    void *plan_user;
     volatile sig_atomic_t *cancel; /* checked between chunks; non-zero aborts cleanly */
 } acem_merge_options;
 
@@ -268,6 +289,9 @@ typedef struct acem_merge_summary {
                                 when the method builds none */
     size_t gram_fallbacks;   /* regmean: 2-D tensors merged as the average of the deltas
                                 because some expert has no Gram matrix for them */
+    uint64_t buffer_bytes;   /* the merge's tensor buffers (a dry run computes them too) */
+    uint64_t workspace_n;    /* covariance and spectral methods: the largest n of their n x n
+                                double workspaces (a few of them per tensor), else 0 */
 } acem_merge_summary;
 
 /* Runs a whole merge. On failure nothing is left at o->out (an existing output is kept). */

@@ -376,19 +376,20 @@ static int check_existing(output_set *s, output *o, bool force, acem_error *err)
     return 0;
 }
 
-static int check_path(output_set *s, output *o, acem_error *err) {
+static int check_path(output_set *s, output *o, bool dry, acem_error *err) {
     const char *base = base_of(o->final_path);
     if (!*base || !strcmp(base, ".") || !strcmp(base, ".."))
         return acem_fail(err, "%s: not a usable output name", o->final_path);
     if (strlen(base) + strlen(TMP_SUFFIX) + 10 > NAME_MAX)
         return acem_fail(err, "%s: the name is too long for its temporary (at most %d bytes)",
                          o->final_path, NAME_MAX - (int)strlen(TMP_SUFFIX) - 10);
-    if (make_parents(o, err)) return -1;
+    if (!dry && make_parents(o, err)) return -1;
     struct stat st;
     if (stat(o->final_path, &st) == 0 && is_input(s, &st))
         return acem_fail(err, "%s: the output path is also an input; choose another",
                          o->final_path);
     char *me = canonical(o->final_path);
+    if (!me && dry) me = strdup(o->final_path); /* its parents are yet to be made */
     if (!me)
         return acem_fail(err, "%s: cannot resolve its directory: %s", o->final_path,
                          strerror(errno));
@@ -423,8 +424,8 @@ static int create_tmp(output *o, acem_error *err) {
     return 0;
 }
 
-int output_begin(output_set *s, const char *path, output_kind kind, bool force, output **out,
-                 acem_error *err) {
+int output_begin(output_set *s, const char *path, output_kind kind, bool force, bool dry,
+                 output **out, acem_error *err) {
     *out = NULL;
     output **outs = realloc(s->outs, (s->n_outs + 1) * sizeof *outs);
     output *o = outs ? calloc(1, sizeof *o) : NULL;
@@ -438,7 +439,12 @@ int output_begin(output_set *s, const char *path, output_kind kind, bool force, 
         n--;
     if (!(o->final_path = strndup(path, n))) return acem_fail(err, "out of memory");
     if (!*path) return acem_fail(err, "the output path is empty");
-    if (check_path(s, o, err) || take_lock(o, err)) return -1;
+    if (dry) { /* the rules only: nothing is made, locked or removed */
+        if (check_path(s, o, true, err) || check_existing(s, o, force, err)) return -1;
+        *out = o;
+        return 0;
+    }
+    if (check_path(s, o, false, err) || take_lock(o, err)) return -1;
     remove_stale_temporaries(o);
     if (check_existing(s, o, force, err) || create_tmp(o, err)) return -1;
     *out = o;
@@ -668,9 +674,8 @@ static int check_readable(const char *src, acem_error *err) {
     return 0;
 }
 
-int output_copy_aux_files(const output *o, const char *base_dir, bool dry, size_t *copied,
-                          size_t *skipped, acem_error *err) {
-    *copied = *skipped = 0;
+int output_copy_aux_files(const output *o, const char *base_dir, bool dry, output_aux_fn note,
+                          void *user, acem_error *err) {
     if (o->kind == OUTPUT_FILE || !acem_is_dir(base_dir)) return 0;
     DIR *d = opendir(base_dir);
     if (!d) return acem_fail(err, "%s: cannot list: %s", base_dir, strerror(errno));
@@ -680,15 +685,15 @@ int output_copy_aux_files(const output *o, const char *base_dir, bool dry, size_
         if (e->d_name[0] == '.' || is_weight_file(e->d_name) || !strcmp(e->d_name, "README.md"))
             continue;
         char *src = acem_path_join(base_dir, e->d_name, err);
-        char *dst = src ? acem_path_join(o->tmp_path, e->d_name, err) : NULL;
+        char *dst = src && !dry ? acem_path_join(o->tmp_path, e->d_name, err) : NULL;
         struct stat lst, st;
-        if (!dst)
+        if (!src || (!dry && !dst)) {
             rc = -1;
-        else if (lstat(src, &lst) == 0 && stat(src, &st) == 0 && S_ISREG(st.st_mode)) {
-            if (S_ISLNK(lst.st_mode) && !acem_path_within_model(base_dir, src))
-                (*skipped)++; /* a link out of the model: never copied where it points */
-            else if (!(rc = dry ? check_readable(src, err) : copy_file(src, dst, err)))
-                (*copied)++;
+        } else if (lstat(src, &lst) == 0 && stat(src, &st) == 0 && S_ISREG(st.st_mode)) {
+            /* a link out of the model is never copied where it points */
+            bool outside = S_ISLNK(lst.st_mode) && !acem_path_within_model(base_dir, src);
+            rc = !outside && (dry ? check_readable(src, err) : copy_file(src, dst, err));
+            if (!rc && note) rc = note(user, src, outside, err);
         }
         free(src);
         free(dst);
@@ -709,7 +714,7 @@ int acem_outputs_add_input(acem_outputs *s, const char *path, acem_error *err) {
 
 int acem_outputs_claim(acem_outputs *s, const char *path, int force, acem_error *err) {
     output *o;
-    return output_begin(s, path, OUTPUT_FILE, force, &o, err);
+    return output_begin(s, path, OUTPUT_FILE, force, false, &o, err);
 }
 
 int acem_outputs_write(acem_outputs *s, const char *path, const void *data, size_t n,

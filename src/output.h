@@ -47,9 +47,10 @@ int output_set_add_input(output_set *s, const char *path, acem_error *err);
 /* Adds a checkpoint's path and each of its files (shards may live elsewhere, as blobs). */
 int output_set_add_checkpoint(output_set *s, const acem_checkpoint *ck, acem_error *err);
 /* Checks every rule for path, takes its lock, removes temporaries of runs that ended,
- * creates missing parent directories and the temporary. The output belongs to the set. */
-int output_begin(output_set *s, const char *path, output_kind kind, bool force, output **o,
-                 acem_error *err);
+ * creates missing parent directories and the temporary. The output belongs to the set.
+ * dry (--dry-run): the rules are checked and nothing is made, locked or removed. */
+int output_begin(output_set *s, const char *path, output_kind kind, bool force, bool dry,
+                 output **o, acem_error *err);
 /* Moves the finished temporary into place (a directory gets its manifest first). */
 int output_commit(output *o, acem_error *err);
 /* Removes the temporary and what was created for it. */
@@ -61,12 +62,14 @@ uint64_t output_bytes(const output *o);
 /* Aborts every output not committed and frees the set's contents. */
 void output_set_clear(output_set *s);
 
+/* Called for each auxiliary file of the base directory: copied (or checked), or, when
+ * outside, a link out of the model that is not followed. Non-zero stops the copy. */
+typedef int (*output_aux_fn)(void *user, const char *path, bool outside, acem_error *err);
 /* Copies the base directory's non-weight files (config.json, tokenizer, ...) into a
  * directory output: plain files, and links only where they resolve inside the base
  * directory or the Hugging Face cache repository holding it; never with wider
- * permissions than the source. *skipped counts links that were not followed. dry: only
- * check that each can be read (the pre-flight). */
-int output_copy_aux_files(const output *o, const char *base_dir, bool dry, size_t *copied,
-                          size_t *skipped, acem_error *err);
+ * permissions than the source. dry: only check that each can be read (the pre-flight). */
+int output_copy_aux_files(const output *o, const char *base_dir, bool dry, output_aux_fn note,
+                          void *user, acem_error *err);
 
 #endif

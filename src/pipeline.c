@@ -6,6 +6,7 @@
  * W0 + lambda * Delta converted to the output dtype. Memory: (T + 2) compute buffers of
  * the largest tensor (of one chunk for elementwise methods) plus two raw buffers. */
 #include "card.h"
+#include "dryrun.h"
 #include "formats/formats.h"
 #include "linalg/linalg.h"
 #include "methods/method.h"
@@ -69,6 +70,8 @@ typedef struct merge_run {
     fused_scratch *scratch; /* per thread, for linear methods */
     acem_progress progress;
     cJSON *report_tensors;
+    char **aux; /* names of the base directory's auxiliary files to copy */
+    size_t n_aux;
     char *config_yaml; /* the resolved configuration (card.c), in the output's metadata */
     acem_warnings warnings;
     const char *axis;                    /* the covariance axis used, for the summary */
@@ -474,7 +477,8 @@ static size_t widest_converted_input(const merge_run *r, const plan_entry *e) {
  * bytes on their way in or out: a chunk of any tensor, and a whole merged tensor only where
  * an input's stored type is not the compute type or the output's is wider; narrower
  * outputs are converted into the spent deltas[0]. */
-static int alloc_buffers(merge_run *r, acem_error *err) {
+/* Elements of the largest compute buffer (cap) and bytes of the conversion buffer (raw). */
+static void buffer_sizes(const merge_run *r, uint64_t *cap_out, uint64_t *raw_out) {
     uint64_t cap = 1, raw = 8;
     for (size_t i = 0; i < r->plan.n; i++) {
         const plan_entry *e = &r->plan.entries[i];
@@ -488,6 +492,32 @@ static int alloc_buffers(merge_run *r, acem_error *err) {
         if (need > cap) cap = need;
         if (bytes > raw) raw = bytes;
     }
+    *cap_out = cap;
+    *raw_out = raw;
+}
+
+/* What the buffers take ((T + 2) compute buffers, the conversion buffer, the fused kernel's
+ * scratch), and the largest n of the n x n workspaces of covariance and spectral methods:
+ * the memory bound, known before anything is allocated. */
+static void size_buffers(const merge_run *r, acem_merge_summary *s) {
+    uint64_t cap, raw, n = 0;
+    buffer_sizes(r, &cap, &raw);
+    s->buffer_bytes = ((uint64_t)r->T + 2) * cap * r->csize + raw;
+    if (r->method->linear_scale)
+        s->buffer_bytes += (uint64_t)r->threads * FUSED_BLOCK * (8 + 3 * r->csize + 8);
+    for (size_t i = 0; r->method->matrix && i < r->plan.n; i++) {
+        const plan_entry *e = &r->plan.entries[i];
+        if (e->action == PLAN_MERGE && e->base->ndim == 2) {
+            uint64_t cols = e->conv1d ? e->base->shape[0] : e->base->shape[1];
+            n = cols > n ? cols : n;
+        }
+    }
+    s->workspace_n = n;
+}
+
+static int alloc_buffers(merge_run *r, acem_error *err) {
+    uint64_t cap, raw;
+    buffer_sizes(r, &cap, &raw);
     if (!(r->deltas = acem_alloc((size_t)r->T, sizeof(void *), "delta buffers", err))) return -1;
     for (int t = 0; t < r->T; t++)
         if (!(r->deltas[t] = acem_alloc(cap, r->csize, "a delta buffer", err))) return -1;
@@ -536,6 +566,9 @@ static void free_run(merge_run *r) {
     cJSON_Delete(r->report_tensors);
     acem_warnings_free(&r->warnings);
     free(r->config_yaml);
+    for (size_t i = 0; i < r->n_aux; i++)
+        free(r->aux[i]);
+    free(r->aux);
 }
 
 static void set_compute(merge_run *r) {
@@ -710,18 +743,33 @@ static int register_inputs(const merge_run *r, output_set *outs, acem_error *err
     return r->o->config_path ? output_set_add_input(outs, r->o->config_path, err) : 0;
 }
 
+/* An auxiliary file of the base directory: counted, and a link out of the model named. */
+static int note_aux(void *user, const char *path, bool outside, acem_error *err) {
+    merge_run *r = user;
+    if (outside)
+        return acem_warn(&r->warnings, err,
+                         "%s: a link that leads out of the model directory; not copied", path);
+    const char *name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    char **aux = realloc(r->aux, (r->n_aux + 1) * sizeof *aux);
+    if (aux) r->aux = aux;
+    if (!aux || !(aux[r->n_aux] = strdup(name))) return acem_fail(err, "out of memory");
+    r->n_aux++;
+    return 0;
+}
+
 /* Pre-flight: the model's output and the report are checked and their temporaries made
- * before any tensor is read, so that a bad path fails in a second, not after the merge. */
-static int begin_outputs(const merge_run *r, output_set *outs, output **model, output **report,
+ * before any tensor is read, so that a bad path fails in a second, not after the merge
+ * (a dry run checks the same rules and makes nothing). */
+static int begin_outputs(merge_run *r, output_set *outs, output **model, output **report,
                          acem_error *err) {
     output_kind kind;
-    size_t aux, skipped;
     *report = NULL;
+    const bool dry = r->o->dry_run;
     return register_inputs(r, outs, err) || output_model_kind(r->o->out, &kind, err) ||
-                   output_begin(outs, r->o->out, kind, r->o->force, model, err) ||
-                   (r->o->report_path &&
-                    output_begin(outs, r->o->report_path, OUTPUT_FILE, r->o->force, report, err)) ||
-                   output_copy_aux_files(*model, r->o->base, true, &aux, &skipped, err)
+                   output_begin(outs, r->o->out, kind, r->o->force, dry, model, err) ||
+                   (r->o->report_path && output_begin(outs, r->o->report_path, OUTPUT_FILE,
+                                                      r->o->force, dry, report, err)) ||
+                   output_copy_aux_files(*model, r->o->base, true, note_aux, r, err)
                ? -1
                : 0;
 }
@@ -741,12 +789,16 @@ static uint64_t shard_size(const merge_run *r) {
     return largest;
 }
 
-static int open_writer(merge_run *r, const output *out, const acem_merge_summary *s,
-                       st_out_tensor *tensors, acem_error *err) {
+/* The output's tensors as the writer takes them: names, shapes and each one's type. */
+static void out_tensors(const merge_run *r, st_out_tensor *tensors) {
     for (size_t i = 0; i < r->plan.n; i++) {
         const plan_entry *e = &r->plan.entries[i];
         tensors[i] = (st_out_tensor){e->base->name, e->base->ndim, e->base->shape, e->out, e->base};
     }
+}
+
+static int open_writer(merge_run *r, const output *out, const acem_merge_summary *s,
+                       st_out_tensor *tensors, acem_error *err) {
     /* regmean's fallbacks last: present only for it */
     char fallbacks[96];
     snprintf(fallbacks, sizeof fallbacks, "%zu of %zu 2-D tensors merged as the average",
@@ -904,17 +956,31 @@ int acem_merge(const acem_merge_options *o, acem_merge_summary *s, acem_error *e
     st_out_tensor *tensors = NULL;
     int rc = -1;
     if (check_options(&r, s, err) || open_inputs(&r, err) ||
-        begin_outputs(&r, &outs, &model, &report, err) || alloc_buffers(&r, err))
+        begin_outputs(&r, &outs, &model, &report, err))
         goto done;
     snprintf(s->covariance_axis, sizeof s->covariance_axis, "%s", r.axis);
     s->gram_fallbacks = r.gram_fallbacks;
     s->input_warnings = r.warnings.n;
-    if (o->report_path) r.report_tensors = cJSON_CreateArray();
+    size_buffers(&r, s);
     if (!(tensors = acem_alloc(r.plan.n, sizeof *tensors, "output descriptors", err))) goto done;
-    size_t aux = 0, skipped = 0;
+    out_tensors(&r, tensors);
+    if (o->dry_run) {
+        const dryrun_facts f = {o,
+                                &r.plan,
+                                tensors,
+                                model->kind,
+                                shard_size(&r),
+                                r.method->matrix,
+                                (const char *const *)r.aux,
+                                r.n_aux};
+        rc = dryrun_report(&f, s, err);
+        goto done;
+    }
+    if (alloc_buffers(&r, err)) goto done;
+    if (o->report_path) r.report_tensors = cJSON_CreateArray();
     if (!(r.config_yaml = card_config_yaml(o, s, err)) || open_writer(&r, model, s, tensors, err) ||
         run_plan(&r, s, err) || finish_writer(&r, err) || verify_output(&r, model, tensors, err) ||
-        output_copy_aux_files(model, o->base, false, &aux, &skipped, err) ||
+        output_copy_aux_files(model, o->base, false, NULL, NULL, err) ||
         (model->kind == OUTPUT_DIR && card_write(model->tmp_path, o, s, r.config_yaml, err)) ||
         output_commit(model, err))
         goto done;

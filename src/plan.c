@@ -276,6 +276,20 @@ static int find_extras(plan *p, const acem_checkpoint *base, const acem_checkpoi
     return 0;
 }
 
+static const char not_float[] = "not a floating-point tensor";
+static const char f8_scale[] = "the scale of F8 values";
+
+void plan_describe(const plan_entry *e, const char *method, bool matrix_only, char *buf,
+                   size_t len) {
+    if (e->action == PLAN_MERGE && matrix_only && e->base->ndim != 2)
+        snprintf(buf, len, "merged: mean of the deltas (%s merges 2-D tensors)", method);
+    else if (e->action == PLAN_MERGE)
+        snprintf(buf, len, "merged by %s", method);
+    else if (e->reason == not_float || e->reason == f8_scale)
+        snprintf(buf, len, "copied from the base: %s", e->reason);
+    else
+        snprintf(buf, len, "copied from the base: matches the exclusion \"%s\"", e->reason);
+}
 
 /* What happens to one tensor of the base: merged when float and not excluded; copied when
  * excluded, not float, or the scale of F8 values (the experts are then not consulted);
@@ -286,8 +300,8 @@ static int plan_entry_for(plan_entry *e, const acem_checkpoint *base,
     const acem_tensor *b = e->base;
     e->reason = excluded_by(ex, n_ex, b->name);
     if (is_f8(b->dtype) && !e->reason) return f8_error(base, b, err);
-    if (!e->reason && !acem_dtype_is_mergeable(b->dtype)) e->reason = "not a floating-point tensor";
-    if (!e->reason && is_f8_scale(base, b->name)) e->reason = "the scale of F8 values";
+    if (!e->reason && !acem_dtype_is_mergeable(b->dtype)) e->reason = not_float;
+    if (!e->reason && is_f8_scale(base, b->name)) e->reason = f8_scale;
     e->action = e->reason ? PLAN_COPY : PLAN_MERGE;
     return e->action == PLAN_MERGE ? match_experts(e, experts, T, err) : 0;
 }

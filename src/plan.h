@@ -50,6 +50,10 @@ void plan_free(plan *p);
 acem_dtype plan_fed_dtype(const plan_entry *e);
 /* A tensor's stored type as an output type: its blocks or float type (KEEP otherwise). */
 acem_out_type plan_stored_type(const acem_tensor *t);
+/* What happens to e, in words: "merged by ties", "copied from the base: not a
+ * floating-point tensor", ...; matrix_only: the method merges 2-D tensors only. */
+void plan_describe(const plan_entry *e, const char *method, bool matrix_only, char *buf,
+                   size_t len);
 /* GPT-2's Conv1D layers store their weight as (in, out): true for their names. */
 bool plan_is_conv1d_name(const char *name);
 

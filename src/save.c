@@ -31,7 +31,7 @@ int acem_save_safetensors(const char *path, const acem_tensor_data *tensors, siz
     output_set outs = {0};
     output *out = NULL;
     st_writer *w = NULL;
-    if (!rc) rc = output_begin(&outs, path, OUTPUT_FILE, true, &out, err);
+    if (!rc) rc = output_begin(&outs, path, OUTPUT_FILE, true, false, &out, err);
     if (!rc) rc = st_writer_open(NULL, out->tmp_path, desc, n, 0, metadata, n_meta, &w, err);
     for (size_t i = 0; i < n && !rc; i++) {
         uint64_t nbytes = 0;

@@ -16,6 +16,8 @@ commit the issue was reproduced on) and must pass now. Each check names its item
   item 13  the output describes itself: config.json's dtype, a model card of the merge, the
            resolved configuration (rebuilds it), the base's sharding kept, bytes on disk
   item 14  output suffixes in any case; suffixes acem cannot write are refused
+  item 16  --dry-run: the plan (every tensor, every file, the memory bound), reading no
+           tensor data and writing nothing
 
 usage: /usr/bin/python3 tests/test_nothing_lost.py PATH_TO_acem
 """
@@ -545,6 +547,51 @@ def test_item13_self_description(d):
           (want, r.stdout))
 
 
+def test_item16_dry_run(d):
+    paths = small(d, "dr")
+    out = os.path.join(d, "not", "yet", "merged")
+    rep = os.path.join(d, "not-yet-report.json")
+    before = sorted(os.listdir(d))
+    r = run("merge", "--dry-run", "-b", paths[0], "-m", paths[1], "-m", paths[2], "-M", "ties",
+            "-x", "blk.0.v", "-o", out, "--report", rep)
+    lines = r.stdout.splitlines()
+    tensor_lines = {ln.split()[0]: ln for ln in lines if ln.startswith("  blk.") or ln.startswith("  pos_ids")}
+    check("item16 --dry-run lists every tensor with its stored type and what happens to it, and why",
+          r.returncode == 0 and set(tensor_lines) == {"blk.0.w", "blk.0.v", "blk.0.norm", "pos_ids"}
+          and "merged by ties" in tensor_lines.get("blk.0.w", "")
+          and 'exclusion "blk.0.v"' in tensor_lines.get("blk.0.v", "")
+          and "not a floating-point tensor" in tensor_lines.get("pos_ids", "")
+          and " I64 " in tensor_lines.get("pos_ids", ""), r.stdout + r.stderr)
+    check("item16 --dry-run lists the files it would write and the memory bound",
+          all(os.path.join(out, f) in r.stdout for f in ("model.safetensors", "config.json", "README.md"))
+          and rep in r.stdout and "memory" in r.stdout and "of buffers" in r.stdout, r.stdout)
+    check("item16 --dry-run writes nothing: no output, no report, no temporary, no lock, no parent "
+          "directory", r.returncode == 0 and sorted(os.listdir(d)) == before, sorted(set(os.listdir(d)) ^ set(before)))
+    # the tensor data is not read: a NaN in an expert fails the merge, not the dry run
+    nan = os.path.join(d, "dr-nan.safetensors")
+    base_v, _ = model_values()
+    base_v["blk.0.w"] = np.full(SHAPES["blk.0.w"], np.nan)
+    write_model(nan, base_v, "F32", "safetensors")
+    real = run(*margs([paths[0], nan, paths[2]], os.path.join(d, "dr-real")))
+    dry = run(*margs([paths[0], nan, paths[2]], os.path.join(d, "dr-real"), "--dry-run"))
+    check("item16 --dry-run reads no tensor data (a NaN that fails the merge does not fail it)",
+          real.returncode == 1 and "NaN" in real.stderr and dry.returncode == 0, dry.stderr)
+    # the shards it announces are the ones the merge writes
+    sharded = os.path.join(d, "dr-sharded")
+    st.write_sharded(sharded, {k: st.from_f64(v, "F32") for k, v in model_values()[0].items()}, 9000)
+    out2 = os.path.join(d, "dr-out")
+    dry = run(*margs([sharded] + paths[1:], out2, "--dry-run"))
+    real = run(*margs([sharded] + paths[1:], out2))
+    said = sorted(os.path.basename(ln.split()[0]) for ln in dry.stdout.splitlines()
+                  if ln.strip().endswith(")") and " weights (" in ln)
+    wrote = sorted(f for f in os.listdir(out2) if f.endswith(".safetensors")) if real.returncode == 0 else []
+    check("item16 the shards --dry-run announces are the ones the merge writes",
+          dry.returncode == 0 and said == wrote and len(wrote) > 1, (said, wrote, dry.stderr))
+    dry = run(*margs([sharded] + paths[1:], out2, "--dry-run"))
+    check("item16 --dry-run refuses what the merge would refuse (an existing output without "
+          "--force)", one_error_line(dry, "already exists"), dry.stderr)
+
+
 def test_item14_suffixes(d):
     paths = small(d, "x")
     out = os.path.join(d, "OUT.SafeTensors")
@@ -561,7 +608,8 @@ def test_item14_suffixes(d):
 def main():
     tests = [test_item1_grid, test_item2_force_dir, test_item3_side_outputs,
              test_item4_full_side_output, test_item5_concurrency, test_item6_links,
-             test_item12_preflight, test_item13_self_description, test_item14_suffixes]
+             test_item12_preflight, test_item13_self_description, test_item14_suffixes,
+             test_item16_dry_run]
     only = sys.argv[2:]
     for t in tests:
         if only and not any(o in t.__name__ for o in only):

@@ -164,6 +164,12 @@ acem_quant out_tensor_quant(const st_out_tensor *t);
 bool out_tensor_stored_bytes(const st_out_tensor *t, uint64_t *bytes);
 bool out_tensor_fed_bytes(const st_out_tensor *t, uint64_t *bytes);
 
+/* The writer's split of tensors (their sizes in order) into shards: a shard closes when the
+ * next tensor would pass max_shard (0: one file). Returns the count; shard_of[i] for each. */
+size_t st_shard_split(const uint64_t *nbytes, size_t n, uint64_t max_shard, size_t *shard_of);
+/* "model.safetensors", or "model-0000i-of-0000N.safetensors" for shard i of N > 1. */
+void st_shard_name(size_t i, size_t n_shards, char *buf, size_t len);
+
 typedef struct st_writer st_writer;
 
 /* Plans shards over `tensors` (in order; a new shard starts when the next tensor would

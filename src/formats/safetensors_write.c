@@ -253,27 +253,42 @@ static int close_shard(st_writer *w, acem_error *err) {
     return rc;
 }
 
-/* Greedy split in order: a shard closes when the next tensor would pass the limit. */
-static int plan_shards(st_writer *w, uint64_t max_shard, const char *file_path, acem_error *err) {
-    if (!(w->shards = acem_alloc(w->n_tensors + 1, sizeof *w->shards, "shards", err))) return -1;
+size_t st_shard_split(const uint64_t *nbytes, size_t n, uint64_t max_shard, size_t *shard_of) {
     uint64_t bytes = 0;
-    w->n_shards = 1;
-    for (size_t i = 0; i < w->n_tensors; i++) {
-        uint64_t nb = w->nbytes[i];
-        if (max_shard && bytes > 0 && bytes + nb > max_shard) {
-            w->shards[w->n_shards - 1].end = i;
-            w->shards[w->n_shards++].first = i;
+    size_t shards = 1;
+    for (size_t i = 0; i < n; i++) {
+        if (max_shard && bytes > 0 && bytes + nbytes[i] > max_shard) {
+            shards++;
             bytes = 0;
         }
-        bytes += nb;
+        bytes += nbytes[i];
+        shard_of[i] = shards - 1;
     }
-    w->shards[w->n_shards - 1].end = w->n_tensors;
+    return shards;
+}
+
+void st_shard_name(size_t i, size_t n_shards, char *buf, size_t len) {
+    if (n_shards > 1)
+        snprintf(buf, len, "model-%05zu-of-%05zu.safetensors", i + 1, n_shards);
+    else
+        snprintf(buf, len, "model.safetensors");
+}
+
+static int plan_shards(st_writer *w, uint64_t max_shard, const char *file_path, acem_error *err) {
+    size_t *shard_of = acem_alloc(w->n_tensors + 1, sizeof *shard_of, "shards", err);
+    if (!shard_of || !(w->shards = acem_alloc(w->n_tensors + 1, sizeof *w->shards, "shards", err))) {
+        free(shard_of);
+        return -1;
+    }
+    w->n_shards = st_shard_split(w->nbytes, w->n_tensors, max_shard, shard_of);
+    for (size_t i = 0; i < w->n_tensors; i++) { /* shard k holds tensors [first, end) */
+        if (i == 0 || shard_of[i] != shard_of[i - 1]) w->shards[shard_of[i]].first = i;
+        w->shards[shard_of[i]].end = i + 1;
+    }
+    free(shard_of);
     for (size_t i = 0; i < w->n_shards; i++) {
         char name[64];
-        if (w->n_shards > 1)
-            snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, w->n_shards);
-        else
-            snprintf(name, sizeof name, "model.safetensors");
+        st_shard_name(i, w->n_shards, name, sizeof name);
         w->shards[i].path =
             w->dir ? acem_path_join(w->dir, name, err) : acem_strdup(file_path, err);
         if (!w->shards[i].path) return -1;
