@@ -37,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "oracle"))
 import gguf_np as gg  # noqa: E402
+import kquant_np as kq  # noqa: E402
 import safetensors_np as st  # noqa: E402
 
 ACEM = os.path.abspath(sys.argv[1])
@@ -71,7 +72,18 @@ def listing(d):
 SHAPES = {"blk.0.w": (8, 256),   # rows split into 32 and 256
           "blk.0.v": (4, 96),    # rows split into 32 only: K-quants keep the stored type
           "blk.0.norm": (256,)}  # 1-D: never block-quantised
-GGML_OF = {"F32": gg.GGML_F32, "F16": gg.GGML_F16, "BF16": gg.GGML_BF16}
+GGML_OF = {"F32": gg.GGML_F32, "F16": gg.GGML_F16, "BF16": gg.GGML_BF16, "F64": gg.GGML_F64,
+           "Q8_0": gg.GGML_Q8_0, "Q4_K": gg.GGML_Q4_K}
+BLOCK_ELEMS = {"Q8_0": 32, "Q4_0": 32, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256}
+
+
+def stored_type(name, dtype):
+    """How write_model stores tensor `name` in dtype: a block type only where rows split into
+    its blocks (and never for 1-D tensors, as llama.cpp stores them), else F32."""
+    if dtype not in BLOCK_ELEMS:
+        return dtype
+    shape = SHAPES[name]
+    return dtype if len(shape) >= 2 and shape[-1] % BLOCK_ELEMS[dtype] == 0 else "F32"
 
 
 def model_values(n_experts=2, seed=0):
@@ -84,16 +96,22 @@ def model_values(n_experts=2, seed=0):
 
 def write_model(path, values, dtype, fmt):
     """values -> a model in dtype; returns the values as stored (float64)."""
-    stored = {k: st.from_f64(v, dtype).to_f64() for k, v in values.items()}
     if fmt == "safetensors":
         tensors = {k: st.from_f64(v, dtype) for k, v in values.items()}
         tensors["pos_ids"] = st.from_f64(np.arange(4), "I64")
         st.write_file(path, tensors)
-    else:
-        tensors = [(k, GGML_OF[dtype], v) for k, v in values.items()]
-        tensors.append(("pos_ids", gg.GGML_I32, np.arange(4, dtype=np.int32)))
-        gg.write(path, [("general.architecture", gg.STRING, "test")], tensors)
-    return stored
+        return {k: t.to_f64() for k, t in tensors.items() if k != "pos_ids"}
+    tensors = []
+    for k, v in values.items():
+        typ = stored_type(k, dtype)
+        if typ == "Q4_K":
+            tensors.append((k, gg.GGML_Q4_K, (v.shape, kq.quantize_q4_k(v.astype(np.float32).ravel()))))
+        else:
+            tensors.append((k, GGML_OF[typ], v))
+    tensors.append(("pos_ids", gg.GGML_I32, np.arange(4, dtype=np.int32)))
+    gg.write(path, [("general.architecture", gg.STRING, "test")], tensors)
+    _, _, back, _ = gg.read(path)
+    return {k: gg.values(t).reshape(SHAPES[k]) for k, t in back.items() if k != "pos_ids"}
 
 
 def read_any(path):
@@ -118,28 +136,27 @@ def read_any(path):
 # magnitude (ggml's formats: 8-bit codes, 4-bit codes with f16 scales, K-quants).
 BLOCK_TOL = {"Q8_0": 0.01, "Q4_0": 0.15, "Q4_K": 0.08, "Q5_K": 0.04, "Q6_K": 0.03}
 FLOAT_TOL = {"F32": 1e-5, "F64": 1e-5, "F16": 2 ** -10, "BF16": 2 ** -7}
-BLOCK_ELEMS = {"Q8_0": 32, "Q4_0": 32, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256}
 
 
 def expected_type(name, base_dtype, dtype, out_fmt):
-    """The type each tensor must be stored as (docs/formats.md)."""
-    if name == "pos_ids":
-        return None  # an integer tensor, copied as stored
-    if dtype == "default":
-        return base_dtype
-    if dtype.upper() in BLOCK_ELEMS:
-        q = dtype.upper()
-        fits = len(SHAPES[name]) >= 2 and SHAPES[name][-1] % BLOCK_ELEMS[q] == 0
-        return q if fits else base_dtype
-    return dtype.upper()
+    """The type each tensor must be stored as (docs/formats.md): --dtype's, where a block type
+    fits the tensor's rows; else the base's stored type, as F32 where safetensors cannot hold
+    blocks."""
+    stored = stored_type(name, base_dtype)
+    if dtype.upper() in BLOCK_ELEMS and stored_type(name, dtype.upper()) == dtype.upper():
+        return dtype.upper()
+    if dtype != "default" and dtype.upper() not in BLOCK_ELEMS:
+        return dtype.upper()
+    return "F32" if stored in BLOCK_ELEMS and out_fmt != ".gguf" else stored
 
 
 def test_item1_grid(d):
     base_v, exp_v = model_values()
     dtypes_out = ["default", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q5_k", "q6_k"]
     failures, ran, refused = [], 0, 0
+    table = {}  # (input, base dtype) -> {--dtype: [cell per output format]}
     for in_fmt in ("safetensors", "gguf"):
-        for base_dtype in ("F32", "F16", "BF16"):
+        for base_dtype in ("F32", "F16", "BF16", "F64") + (("Q8_0", "Q4_K") if in_fmt == "gguf" else ()):
             sub = os.path.join(d, f"grid-{in_fmt}-{base_dtype}")
             os.mkdir(sub)
             ext = ".safetensors" if in_fmt == "safetensors" else ".gguf"
@@ -155,19 +172,24 @@ def test_item1_grid(d):
                             "-M", "average", "-o", out] + ([] if dtype == "default" else ["--dtype", dtype])
                     r = run(*args)
                     case = f"{in_fmt} {base_dtype} --dtype {dtype} -> {out_fmt}"
+                    n_fail = len(failures)
+                    cells = table.setdefault((in_fmt, base_dtype), {}).setdefault(dtype, [])
                     if dtype.upper() in BLOCK_ELEMS and out_fmt != ".gguf":
                         refused += 1
                         if not (one_error_line(r, ".gguf") and not os.path.exists(out)):
                             failures.append(f"{case}: not refused cleanly: {r.stderr!r}")
+                        cells.append("refused" if len(failures) == n_fail else "FAIL")
                         continue
                     ran += 1
                     if r.returncode != 0:
                         failures.append(f"{case}: rc {r.returncode}: {r.stderr.strip()}")
+                        cells.append("FAIL")
                         continue
                     try:
                         got = read_any(out)
                     except Exception as e:  # noqa: BLE001 - any reader failure is the finding
                         failures.append(f"{case}: the numpy reader refuses the output: {e}")
+                        cells.append("FAIL")
                         continue
                     for k in SHAPES:
                         kind, vals = got[k]
@@ -182,6 +204,13 @@ def test_item1_grid(d):
                             failures.append(f"{case}: {k} ({kind}) off by {err:.3g} > {tol}")
                     if "pos_ids" not in got or not np.array_equal(got["pos_ids"][1], np.arange(4)):
                         failures.append(f"{case}: the integer tensor is not copied")
+                    cells.append("ok" if len(failures) == n_fail else "FAIL")
+    if os.environ.get("ACEM_GRID_TABLE"):  # the table of docs/safety.md
+        with open(os.environ["ACEM_GRID_TABLE"], "w") as f:
+            f.write("| base | " + " | ".join(f"`{t}`" for t in dtypes_out) + " |\n")
+            f.write("|---" * (len(dtypes_out) + 1) + "|\n")
+            for (in_fmt, bd), row in table.items():
+                f.write(f"| {in_fmt} {bd} | " + " | ".join(" / ".join(row[t]) for t in dtypes_out) + " |\n")
     check(f"item1 every (base format x dtype x --dtype x output format) pair: {ran} outputs "
           f"read back by the numpy readers with the declared types and the merged values, "
           f"{refused} block types without .gguf refused", not failures, "; ".join(failures[:6]))
