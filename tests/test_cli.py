@@ -10,24 +10,20 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "oracle"))
 import safetensors_np as st  # noqa: E402
+from harness import check, run_groups  # noqa: E402
 
 ACEM = os.path.abspath(sys.argv[1])
-results = []
 
 
 def run(*args, **kw):
     return subprocess.run([ACEM, *args], capture_output=True, text=True, timeout=120, **kw)
 
 
-def check(name, cond, detail=""):
-    results.append(bool(cond))
-    print(("PASS " if cond else "FAIL ") + name + ("" if cond else "  " + detail))
 
 
 def make_models(d, shapes, n_experts=3, dtype="F32", seed=0):
@@ -262,16 +258,10 @@ def test_header_length_like_pickle(d):
 
 
 def main():
-    with tempfile.TemporaryDirectory(prefix="acem-cli-") as d:
-        test_help()
-        for fn in (test_example, test_yaml_equivalence, test_usage_errors, test_report, test_stats,
-                   test_stale_temporaries, test_output_overflow, test_header_length_like_pickle):
-            sub = os.path.join(d, fn.__name__)
-            os.mkdir(sub)
-            fn(sub)
-    passed = sum(results)
-    print(f"{passed} passed, {len(results) - passed} failed")
-    return 0 if passed == len(results) else 1
+    test_help()
+    return run_groups([test_example, test_yaml_equivalence, test_usage_errors, test_report,
+                       test_stats, test_stale_temporaries, test_output_overflow,
+                       test_header_length_like_pickle], "acem-cli-")
 
 
 if __name__ == "__main__":

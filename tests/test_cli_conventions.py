@@ -15,7 +15,6 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import termios
 import time
 
@@ -23,18 +22,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "oracle"))
 import safetensors_np as st  # noqa: E402
+from harness import check, run_groups  # noqa: E402
 
 ACEM = os.path.abspath(sys.argv[1])
 ASAN = b"__asan_init" in open(ACEM, "rb").read()
 SLOW = 4 if ASAN else 1
 PRESETS = ("gpt2", "bert", "roberta", "llama", "clip-vit")
-results = []
 
 
-def check(name, cond, detail=""):
-    results.append(bool(cond))
-    print(("PASS " if cond else "FAIL ") + name + ("" if cond else "  " + detail))
-    sys.stdout.flush()
 
 
 def run(*args, timeout=120, **kw):
@@ -297,16 +292,10 @@ def test_peak_rss(d):
 
 
 def main():
-    with tempfile.TemporaryDirectory(prefix="acem-conv-") as d:
-        for fn in (test_usage_errors, test_param_lambda, test_size_units, test_yaml_relative_paths,
-                   test_fifo_config, test_unreadable_dir, test_help_texts, test_svg_axis,
-                   test_progress_bar, test_sighup, test_peak_rss):
-            sub = os.path.join(d, fn.__name__)
-            os.mkdir(sub)
-            fn(sub)
-    passed = sum(results)
-    print(f"{passed} passed, {len(results) - passed} failed")
-    return 0 if passed == len(results) else 1
+    return run_groups([test_usage_errors, test_param_lambda, test_size_units,
+                       test_yaml_relative_paths, test_fifo_config, test_unreadable_dir,
+                       test_help_texts, test_svg_axis, test_progress_bar, test_sighup,
+                       test_peak_rss], "acem-conv-")
 
 
 if __name__ == "__main__":

@@ -20,27 +20,20 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "oracle"))
 import safetensors_np as st  # noqa: E402
+from harness import CAN_MOUNT, check, run_groups, tmpfs  # noqa: E402
 
 ACEM = os.path.abspath(sys.argv[1])
 # The sanitizer build reserves terabytes of address space and runs slower.
 ASAN = b"__asan_init" in open(ACEM, "rb").read()
 SLOW = 4 if ASAN else 1
-# root may mount a tmpfs (disk full) and a read-only bind mount (root writes through 0555)
-CAN_MOUNT = os.geteuid() == 0 and shutil.which("mount") is not None
-results = []
 
 
-def check(name, cond, detail=""):
-    results.append(bool(cond))
-    print(("PASS " if cond else "FAIL ") + name + ("" if cond else "  " + detail))
-    sys.stdout.flush()
 
 
 def skip(name, why):
@@ -123,23 +116,9 @@ def test_file_size_limit(d):
               f"rc={r.returncode} err={r.stderr!r} left={leftovers(d, out)}")
 
 
-@contextlib.contextmanager
-def small_tmpfs(path, size):
-    """A tmpfs of `size` at path, or None where mounting is not allowed."""
-    os.mkdir(path)
-    ok = CAN_MOUNT and subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
-                                              capture_output=True).returncode == 0
-    try:
-        yield path if ok else None
-    finally:
-        if ok:
-            subprocess.run(["umount", path], check=True)
-        os.rmdir(path)
-
-
 def test_disk_full(d):
     paths = small_models(d)
-    with small_tmpfs(os.path.join(d, "full"), "48k") as mnt:
+    with tmpfs(os.path.join(d, "full"), "48k") as mnt:
         if mnt is None:
             skip("disk full on a tmpfs", "mounting a tmpfs needs root (RLIMIT_FSIZE above covers the write path)")
             return
@@ -347,16 +326,10 @@ def test_out_of_memory(d):
 
 
 def main():
-    with tempfile.TemporaryDirectory(prefix="acem-faults-") as d:
-        for fn in (test_file_size_limit, test_disk_full, test_truncated_while_read, test_sigint_sigterm,
-                   test_second_signal, test_sigkill, test_unwritable_directory, test_too_many_tensors,
-                   test_header_near_limit, test_numel_overflow, test_out_of_memory):
-            sub = os.path.join(d, fn.__name__)
-            os.mkdir(sub)
-            fn(sub)
-    passed = sum(results)
-    print(f"{passed} passed, {len(results) - passed} failed")
-    return 0 if passed == len(results) else 1
+    return run_groups([test_file_size_limit, test_disk_full, test_truncated_while_read,
+                       test_sigint_sigterm, test_second_signal, test_sigkill,
+                       test_unwritable_directory, test_too_many_tensors, test_header_near_limit,
+                       test_numel_overflow, test_out_of_memory], "acem-faults-")
 
 
 if __name__ == "__main__":

@@ -27,22 +27,17 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "oracle"))
 import gguf_np as G  # noqa: E402
 import safetensors_np as st  # noqa: E402
+from harness import check, run_groups  # noqa: E402
 
 ACEM = os.path.abspath(sys.argv[1])
-results = []
 
 
-def check(name, cond, detail=""):
-    results.append(bool(cond))
-    print(("PASS " if cond else "FAIL ") + name + ("" if cond else "  " + str(detail)[:600]))
-    sys.stdout.flush()
 
 
 def run(args, cwd=None):
@@ -418,15 +413,9 @@ def test_same_expert_twice(d):
 
 
 def main():
-    with tempfile.TemporaryDirectory(prefix="acem-inputs-") as d:
-        for fn in (test_mixed_dtypes, test_gguf_mixed, test_extra_tensors, test_base_only_and_prefix,
-                   test_f8, test_no_silent_noops, test_regmean, test_same_expert_twice):
-            sub = os.path.join(d, fn.__name__)
-            os.mkdir(sub)
-            fn(sub)
-    passed = sum(results)
-    print(f"{passed} passed, {len(results) - passed} failed")
-    return 0 if passed == len(results) else 1
+    return run_groups([test_mixed_dtypes, test_gguf_mixed, test_extra_tensors,
+                       test_base_only_and_prefix, test_f8, test_no_silent_noops, test_regmean,
+                       test_same_expert_twice], "acem-inputs-")
 
 
 if __name__ == "__main__":

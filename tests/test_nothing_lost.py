@@ -22,7 +22,6 @@ commit the issue was reproduced on) and must pass now. Each check names its item
 usage: /usr/bin/python3 tests/test_nothing_lost.py PATH_TO_acem
 """
 
-import contextlib
 import fcntl
 import json
 import os
@@ -30,7 +29,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -39,17 +37,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ora
 import gguf_np as gg  # noqa: E402
 import kquant_np as kq  # noqa: E402
 import safetensors_np as st  # noqa: E402
+from harness import check, run_groups, tmpfs  # noqa: E402
 
 ACEM = os.path.abspath(sys.argv[1])
 ASAN = b"__asan_init" in open(ACEM, "rb").read()
-CAN_MOUNT = os.geteuid() == 0 and shutil.which("mount") is not None
-results = []
 
 
-def check(name, cond, detail=""):
-    results.append(bool(cond))
-    print(("PASS " if cond else "FAIL ") + name + ("" if cond else "  " + str(detail)[:600]))
-    sys.stdout.flush()
 
 
 def run(*args, timeout=300, **kw):
@@ -353,30 +346,10 @@ def test_item3_side_outputs(d):
 
 # ------------------------------------------------------------------ item 4
 
-@contextlib.contextmanager
-def full_tmpfs(path):
-    """A tmpfs at path with no space left, or None where mounting is not allowed."""
-    os.mkdir(path)
-    ok = CAN_MOUNT and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", path],
-                                      capture_output=True).returncode == 0
-    try:
-        if ok:
-            fd = os.open(os.path.join(path, "fill"), os.O_WRONLY | os.O_CREAT)
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(fd, b"\0" * 4096)
-            os.close(fd)
-        yield path if ok else None
-    finally:
-        if ok:
-            subprocess.run(["umount", path], check=True)
-        os.rmdir(path)
-
-
 def test_item4_full_side_output(d):
     paths = small(d, "f")
     out = os.path.join(d, "kept.safetensors")
-    with full_tmpfs(os.path.join(d, "full")) as mnt:
+    with tmpfs(os.path.join(d, "full"), "64k", fill=True) as mnt:
         if mnt is None:
             print("SKIP item4: mounting a tmpfs needs root")
             return
@@ -635,23 +608,11 @@ def test_item14_suffixes(d):
 
 
 def main():
-    tests = [test_item1_grid, test_item2_force_dir, test_item3_side_outputs,
-             test_item4_full_side_output, test_item5_concurrency, test_item6_links,
-             test_item12_preflight, test_item13_self_description, test_item14_suffixes,
-             test_item16_dry_run]
-    only = sys.argv[2:]
-    for t in tests:
-        if only and not any(o in t.__name__ for o in only):
-            continue
-        with tempfile.TemporaryDirectory() as d:
-            try:
-                t(d)
-            except Exception as e:  # noqa: BLE001 - a crash of one group fails it, not the run
-                check(f"{t.__name__} ran to the end", False, repr(e))
-    passed = sum(results)
-    print(f"{passed} passed, {len(results) - passed} failed")
-    sys.exit(0 if passed == len(results) else 1)
+    return run_groups([test_item1_grid, test_item2_force_dir, test_item3_side_outputs,
+                       test_item4_full_side_output, test_item5_concurrency, test_item6_links,
+                       test_item12_preflight, test_item13_self_description, test_item14_suffixes,
+                       test_item16_dry_run], "acem-lost-", sys.argv[2:])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
