@@ -106,6 +106,18 @@ def as_stored(vals, dtype):
 
 # --------------------------------------------------------------------------- item 8
 
+def merged_as(out, r, dtype, want, tol):
+    """(ok, detail): out is stored as dtype throughout and within tol of want[name]."""
+    ok, detail = r.returncode == 0, r.stderr
+    if ok:
+        got = st.read_file(out)[0]
+        ok = all(got[n].dtype == dtype for n in got)
+        for n in SHAPES:
+            good, err = close(got[n].to_f64(), want[n], tol)
+            ok, detail = ok and good, "%s max |err| %g, dtypes %s" % (n, err, [t.dtype for t in got.values()])
+    return ok, detail
+
+
 def test_mixed_dtypes(d):
     w0 = as_stored(values(1), "F32")
     e1, e2 = as_stored(values(2, w0), "F16"), as_stored(values(3, w0), "F32")
@@ -114,13 +126,8 @@ def test_mixed_dtypes(d):
     p2 = write(os.path.join(d, "e2.safetensors"), {n: ("F32", v) for n, v in e2.items()})
     out = os.path.join(d, "ta.safetensors")
     r = merge(base, [p1, p2], "task_arithmetic", out, "-l", "0.5")
-    ok, detail = r.returncode == 0, r.stderr
-    if ok:
-        got = st.read_file(out)[0]
-        ok = all(got[n].dtype == "F32" for n in got)
-        for n in SHAPES:
-            good, err = close(got[n].to_f64(), task_arithmetic(w0[n], [e1[n], e2[n]], 0.5), 1e-6)
-            ok, detail = ok and good, "%s max |err| %g" % (n, err)
+    want = {n: task_arithmetic(w0[n], [e1[n], e2[n]], 0.5) for n in SHAPES}
+    ok, detail = merged_as(out, r, "F32", want, 1e-6)
     check("item8 f16 expert with f32 base (task_arithmetic, fused kernel, 2 chunks)", ok, detail)
 
     # the streamed chunks, the whole-tensor path and the matrix methods: mixed inputs merge
@@ -146,13 +153,8 @@ def test_mixed_dtypes(d):
     base16 = write(os.path.join(d, "base-bf16.safetensors"), {n: ("BF16", v) for n, v in b16.items()})
     out = os.path.join(d, "bf16.safetensors")
     r = merge(base16, [p2, p1_32], "task_arithmetic", out, "-l", "0.5")
-    ok, detail = r.returncode == 0, r.stderr
-    if ok:
-        got = st.read_file(out)[0]
-        ok = all(got[n].dtype == "BF16" for n in got)
-        for n in SHAPES:
-            good, err = close(got[n].to_f64(), task_arithmetic(b16[n], [e2[n], e1[n]], 0.5), 2.0 ** -8)
-            ok, detail = ok and good, "%s max |err| %g, dtypes %s" % (n, err, [t.dtype for t in got.values()])
+    want = {n: task_arithmetic(b16[n], [e2[n], e1[n]], 0.5) for n in SHAPES}
+    ok, detail = merged_as(out, r, "BF16", want, 2.0 ** -8)
     check("item8 bf16 base with f32 experts: merged, written as BF16 like the base", ok, detail)
 
     # bytes read are each input's stored bytes: 4 + 2 + 4 bytes per element here
