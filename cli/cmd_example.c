@@ -67,7 +67,7 @@ static int save_model(const char *dir, const char *name, float *const *data,
     }
     snprintf(path, sizeof path, "%s/%s/config.json", dir, name);
     static const char config[] = "{\"model_type\": \"acem-example\", \"hidden_size\": 64}\n";
-    acem_outputs *outs = NULL; /* the example's own directory: its files are regenerated */
+    acem_outputs *outs = NULL; /* in the example's own directory: its files are regenerated */
     int rc = acem_outputs_new(&outs, &err) || acem_outputs_claim(outs, path, 1, &err) ||
              acem_outputs_write(outs, path, config, sizeof config - 1, &err);
     acem_outputs_free(outs);
@@ -134,7 +134,8 @@ int cmd_example(int argc, char **argv) {
                    "\n"
                    "Writes a tiny base model and three experts to DIR (default ./acem-example)\n"
                    "as Hugging Face directories, merges them into DIR/merged with the method\n"
-                   "(default ties) and prints the summary. Then try:\n"
+                   "(default ties) and prints the summary. DIR is new, empty or one an\n"
+                   "earlier acem example made: its files are rewritten. Then try:\n"
                    "  acem inspect acem-example/merged\n"
                    "  acem merge -b acem-example/base -m acem-example/expert-1 \\\n"
                    "             -m acem-example/expert-2 -M average -o merged.safetensors\n");
@@ -149,7 +150,12 @@ int cmd_example(int argc, char **argv) {
             return EXIT_USAGE;
         }
     }
-    if (make_dir(dir) || write_models(dir)) return EXIT_FAIL;
+    acem_error err = {{0}};
+    if (acem_workdir_claim(dir, "acem example", &err)) { /* its files are rewritten below */
+        cli_error("%s", err.msg);
+        return EXIT_FAIL;
+    }
+    if (write_models(dir)) return EXIT_FAIL;
     char paths[N_EXPERTS + 2][4096];
     const char *models[N_EXPERTS];
     snprintf(paths[0], sizeof paths[0], "%s/base", dir);

@@ -184,6 +184,12 @@ int acem_outputs_write(acem_outputs *s, const char *path, const void *data, size
                        acem_error *err);
 /* Removes the temporaries of claimed paths that were not written. */
 void acem_outputs_free(acem_outputs *s);
+/* A working directory that a command of acem fills with files of its own and that later
+ * runs regenerate in place (acem example's models, the lab's checkpoints and tables),
+ * owner naming the command ("acem lab"). Created with a marker file when missing; an
+ * existing directory is used only when it is empty or holds owner's marker, otherwise it
+ * is the user's and refused untouched. */
+int acem_workdir_claim(const char *dir, const char *owner, acem_error *err);
 
 /* ---- merging -------------------------------------------------------------------- */
 

@@ -126,7 +126,8 @@ int lab_run(const lab_options *o, acem_error *err) {
     }
     if (!rc) {
         r->suite = s;
-        rc = make_dir(o->out, "", err) || make_dir(o->out, "experts", err) ||
+        /* Its files are regenerated in place by every run: the directory must be the lab's. */
+        rc = acem_workdir_claim(o->out, "acem lab", err) || make_dir(o->out, "experts", err) ||
              make_dir(o->out, "grams", err) || make_dir(o->out, "merged", err) ||
              lab_paths_init(&m->paths, o->out, s, err) || train_models(o, s, m, err) ||
              reference_rows(s, m, r, err);
