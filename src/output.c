@@ -395,9 +395,24 @@ static int check_path(output_set *s, output *o, bool dry, acem_error *err) {
                          strerror(errno));
     for (size_t i = 0; i < s->n_outs; i++) {
         if (s->outs[i] == o) continue;
-        char *other = canonical(s->outs[i]->final_path);
+        const output *p = s->outs[i];
+        char *other = canonical(p->final_path);
         bool same = other && strcmp(other, me) == 0;
+        /* A file inside a directory output: that directory is moved into place whole at
+         * its commit, and would find the file's parent already there (or replace it). */
+        bool in_other = other && p->kind == OUTPUT_DIR && strncmp(me, other, strlen(other)) == 0 &&
+                        me[strlen(other)] == '/';
+        bool in_me = other && o->kind == OUTPUT_DIR && strncmp(other, me, strlen(me)) == 0 &&
+                     other[strlen(me)] == '/';
         free(other);
+        if (in_other || in_me) {
+            free(me);
+            return acem_fail(err,
+                             "%s: lies inside %s, a directory output of this run; write it "
+                             "beside that directory",
+                             in_other ? o->final_path : p->final_path,
+                             in_other ? p->final_path : o->final_path);
+        }
         if (same) {
             free(me);
             return acem_fail(err, "%s: the same path is given for two outputs of this run",
