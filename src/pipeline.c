@@ -849,11 +849,17 @@ static int verify_output(const merge_run *r, const output *out, const st_out_ten
                              "%s: internal error: the output holds %zu tensors, not %zu; "
                              "nothing was committed",
                              r->o->out, acem_checkpoint_count(ck), r->plan.n);
+    const bool gguf = output_is_gguf(out->final_path);
     for (size_t i = 0; i < r->plan.n && !rc; i++) {
         const st_out_tensor *want = &tensors[i];
         const acem_tensor *got = acem_checkpoint_find(ck, want->name);
-        rc = got && got->ndim == want->ndim &&
-                     !memcmp(got->shape, want->shape, sizeof *got->shape * (size_t)got->ndim) &&
+        /* GGUF has no 0-D tensors: a scalar is stored as [1], as llama.cpp's converter does */
+        static const uint64_t one[1] = {1};
+        const bool scalar = gguf && want->ndim == 0;
+        const int ndim = scalar ? 1 : want->ndim;
+        const uint64_t *shape = scalar ? one : want->shape;
+        rc = got && got->ndim == ndim &&
+                     !memcmp(got->shape, shape, sizeof *got->shape * (size_t)got->ndim) &&
                      got->dtype == out_tensor_dtype(want) && got->quant == out_tensor_quant(want)
                  ? 0
                  : acem_fail(err,
