@@ -708,7 +708,11 @@ int output_copy_aux_files(const output *o, const char *base_dir, bool dry, outpu
             /* a link out of the model is never copied where it points */
             bool outside = S_ISLNK(lst.st_mode) && !acem_path_within_model(base_dir, src);
             rc = !outside && (dry ? check_readable(src, err) : copy_file(src, dst, err));
-            if (!rc && note) rc = note(user, src, outside, err);
+            if (!rc && note)
+                rc = note(user, src, outside ? OUTPUT_AUX_OUTSIDE : OUTPUT_AUX_COPIED, err);
+        } else if (lstat(src, &lst) == 0 && S_ISDIR(lst.st_mode) && note) {
+            rc =
+                note(user, src, OUTPUT_AUX_SUBDIR, err); /* never copied: acem's outputs are flat */
         }
         free(src);
         free(dst);

@@ -62,9 +62,14 @@ uint64_t output_bytes(const output *o);
 /* Aborts every output not committed and frees the set's contents. */
 void output_set_clear(output_set *s);
 
-/* Called for each auxiliary file of the base directory: copied (or checked), or, when
- * outside, a link out of the model that is not followed. Non-zero stops the copy. */
-typedef int (*output_aux_fn)(void *user, const char *path, bool outside, acem_error *err);
+/* What became of an entry of the base directory. */
+typedef enum output_aux_kind {
+    OUTPUT_AUX_COPIED,  /* copied (or, dry, checked) */
+    OUTPUT_AUX_OUTSIDE, /* a link out of the model: not followed */
+    OUTPUT_AUX_SUBDIR,  /* a subdirectory (1_Pooling/, onnx/): not copied */
+} output_aux_kind;
+/* Called for each auxiliary entry of the base directory. Non-zero stops the copy. */
+typedef int (*output_aux_fn)(void *user, const char *path, output_aux_kind kind, acem_error *err);
 /* Copies the base directory's non-weight files (config.json, tokenizer, ...) into a
  * directory output: plain files, and links only where they resolve inside the base
  * directory or the Hugging Face cache repository holding it; never with wider

@@ -743,12 +743,18 @@ static int register_inputs(const merge_run *r, output_set *outs, acem_error *err
     return r->o->config_path ? output_set_add_input(outs, r->o->config_path, err) : 0;
 }
 
-/* An auxiliary file of the base directory: counted, and a link out of the model named. */
-static int note_aux(void *user, const char *path, bool outside, acem_error *err) {
+/* An auxiliary file of the base directory: counted; a link out of the model and a
+ * subdirectory, which are not copied, named. */
+static int note_aux(void *user, const char *path, output_aux_kind kind, acem_error *err) {
     merge_run *r = user;
-    if (outside)
+    if (kind == OUTPUT_AUX_OUTSIDE)
         return acem_warn(&r->warnings, err,
                          "%s: a link that leads out of the model directory; not copied", path);
+    if (kind == OUTPUT_AUX_SUBDIR)
+        return acem_warn(&r->warnings, err,
+                         "%s: a subdirectory of the base; not copied (acem copies the base "
+                         "directory's files, not its subdirectories)",
+                         path);
     const char *name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
     char **aux = realloc(r->aux, (r->n_aux + 1) * sizeof *aux);
     if (aux) r->aux = aux;
