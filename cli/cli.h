@@ -19,6 +19,9 @@ int cmd_lab(int argc, char **argv);
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* acem_warning_fn: prints "acem: warning: MSG" on one line to stderr. */
 void cli_warning(void *user, const char *msg);
+/* Makes s safe to print in place (text from the inputs): control characters become '?'
+ * (newlines and tabs a space), so that no input drives the terminal or forges a line. */
+char *cli_printable(char *s);
 
 /* Progress bar on stderr (only when it is a terminal), as wide as the terminal and drawn
  * at the first update; the callback for acem_merge. */

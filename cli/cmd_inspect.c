@@ -16,6 +16,16 @@ static void print_help(FILE *to) {
                 "  acem inspect ./gpt2\n");
 }
 
+/* Text of the file (keys, values, names), padded to width: control characters are shown
+ * as '?' so that a name holding "\n" or an escape sequence cannot forge a line. */
+static void put_text(const char *s, size_t width) {
+    size_t n = 0;
+    for (; *s; s++, n++)
+        putchar((unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s);
+    for (; n < width; n++)
+        putchar(' ');
+}
+
 int cmd_inspect(int argc, char **argv) {
     if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         print_help(stdout);
@@ -40,7 +50,11 @@ int cmd_inspect(int argc, char **argv) {
     for (size_t i = 0; i < n_meta; i++) {
         const char *k, *v;
         acem_checkpoint_metadata_at(ck, i, &k, &v);
-        printf("  %s: %s\n", k, v);
+        printf("  ");
+        put_text(k, 0);
+        printf(": ");
+        put_text(v, 0);
+        printf("\n");
     }
     size_t width = 4;
     for (size_t i = 0; i < acem_checkpoint_count(ck); i++) {
@@ -58,7 +72,8 @@ int cmd_inspect(int argc, char **argv) {
             k += (size_t)snprintf(shape + k, sizeof shape - k, "%s%llu", d ? ", " : "",
                                   (unsigned long long)t->shape[d]);
         if (k < sizeof shape) snprintf(shape + k, sizeof shape - k, "]");
-        printf("%-*s  %-7s  %-24s  %12llu\n", (int)width, t->name, acem_tensor_type_name(t), shape,
+        put_text(t->name, width);
+        printf("  %-7s  %-24s  %12llu\n", acem_tensor_type_name(t), shape,
                (unsigned long long)acem_tensor_stored_bytes(t));
         total_bytes += acem_tensor_stored_bytes(t);
         total_numel += t->numel;

@@ -73,7 +73,9 @@ static void print_table(const table *tb, double threshold) {
         char shape[32];
         snprintf(shape, sizeof shape, "%llux%llu", (unsigned long long)r->rows,
                  (unsigned long long)r->cols);
-        printf("%-*s  %-12s  %9.4g  %-6s", (int)w, r->name, shape, r->gamma,
+        for (const char *c = r->name; *c; c++) /* the file's text: no control characters */
+            putchar((unsigned char)*c < 0x20 || *c == 0x7f ? '?' : *c);
+        printf("%*s  %-12s  %9.4g  %-6s", (int)(w - strlen(r->name)), "", shape, r->gamma,
                r->hetero ? "hetero" : "homo");
         for (int t = 0; t < tb->T; t++)
             printf("  %9.4g", r->norm[t]);
@@ -119,8 +121,13 @@ static void render_csv(FILE *f, const table *tb, double threshold) {
     fprintf(f, "\n");
     for (size_t i = 0; i < tb->n; i++) {
         const row *r = &tb->rows[i];
-        fprintf(f, "\"%s\",%llu,%llu,%.9g,%s", r->name, (unsigned long long)r->rows,
-                (unsigned long long)r->cols, r->gamma, r->hetero ? "hetero" : "homo");
+        fputc('"', f); /* RFC 4180: a quote inside a quoted field is doubled */
+        for (const char *c = r->name; *c; c++) {
+            if (*c == '"') fputc('"', f);
+            fputc(*c, f);
+        }
+        fprintf(f, "\",%llu,%llu,%.9g,%s", (unsigned long long)r->rows, (unsigned long long)r->cols,
+                r->gamma, r->hetero ? "hetero" : "homo");
         for (int t = 0; t < tb->T; t++)
             fprintf(f, ",%.9g", r->norm[t]);
         for (int t = 0; t < tb->T; t++)
@@ -155,6 +162,8 @@ static void xml_escaped(FILE *f, const char *s) {
             fputs("&amp;", f);
         else if (*s == '"')
             fputs("&quot;", f);
+        else if ((unsigned char)*s < 0x20 || *s == 0x7f) /* not allowed in XML 1.0 */
+            fputc('?', f);
         else
             fputc(*s, f);
     }

@@ -22,20 +22,28 @@ static const char *usage =
     "\n"
     "Run `acem COMMAND --help` for the options of a command.\n";
 
+/* Names in messages come from the inputs: a tensor named "\e[2J..." must not drive the
+ * terminal, nor a newline in one forge a line of output. */
+char *cli_printable(char *s) {
+    for (unsigned char *p = (unsigned char *)s; *p; p++)
+        if (*p < 0x20 || *p == 0x7f) *p = *p == '\n' || *p == '\r' || *p == '\t' ? ' ' : '?';
+    return s;
+}
+
 void cli_error(const char *fmt, ...) {
     char msg[2048];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    for (char *p = msg; *p; p++)
-        if (*p == '\n' || *p == '\r') *p = ' ';
-    fprintf(stderr, "acem: error: %s\n", msg);
+    fprintf(stderr, "acem: error: %s\n", cli_printable(msg));
 }
 
 void cli_warning(void *user, const char *msg) {
     (void)user;
-    fprintf(stderr, "acem: warning: %s\n", msg);
+    char line[2048];
+    snprintf(line, sizeof line, "%s", msg);
+    fprintf(stderr, "acem: warning: %s\n", cli_printable(line));
 }
 
 /* acem's own OpenMP loops (deltas, conversions, combines) run between OpenBLAS calls on the
