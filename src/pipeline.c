@@ -608,11 +608,19 @@ static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
  * often a slip. Checkpoints are compared by their first weights file's device and inode,
  * so that another spelling of a path (or a directory and its model.safetensors) is seen. */
 static int warn_repeated_experts(merge_run *r, acem_error *err) {
-    struct stat *st = acem_alloc((size_t)r->T, sizeof *st, "file identities", err);
+    struct stat *st = acem_alloc((size_t)r->T, sizeof *st, "file identities", err), base;
     if (!st) return -1;
+    if (stat(acem_checkpoint_file_path(r->base, 0), &base) != 0) base.st_ino = 0;
     int rc = 0;
     for (int t = 0; t < r->T && !rc; t++) {
         if (stat(acem_checkpoint_file_path(r->experts[t], 0), &st[t]) != 0) st[t].st_ino = 0;
+        if (st[t].st_ino && st[t].st_dev == base.st_dev && st[t].st_ino == base.st_ino &&
+            (rc = acem_warn(&r->warnings, err,
+                            "%s (expert %d) is the base model: its delta is zero, yet it "
+                            "counts as an expert (a mergekit config lists the base under "
+                            "models; acem takes every entry there as an expert)",
+                            r->o->models[t], t + 1)))
+            break;
         for (int u = 0; u < t && st[t].st_ino; u++)
             if (st[u].st_dev == st[t].st_dev && st[u].st_ino == st[t].st_ino) {
                 rc = acem_warn(&r->warnings, err,
