@@ -74,7 +74,8 @@ def check_suite(tmp, suite, tasks):
                  "heads.safetensors", "multitask.safetensors"]:
         check(f"{suite}: wrote {name}", os.path.isfile(os.path.join(a, name)))
     check(f"{suite}: no temporary files left",
-          not [f for f in os.listdir(a) if f.endswith(".tmp") or f.startswith(".acem")])
+          not [f for f in os.listdir(a) if f.endswith(".tmp") or ".acem-tmp" in f
+               or ".acem-lock" in f or (f.startswith(".acem") and f != ".acem-workdir")])
     with open(os.path.join(a, "covariance.csv")) as f:
         cov = list(csv.DictReader(f))
     check(f"{suite}: covariance match for 3 layers x {tasks} tasks", len(cov) == 3 * tasks and
