@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 
+ACEM = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else None  # the binary under test
 results = []
 # root may mount a tmpfs (disk full) and a read-only bind mount (root writes through 0555)
 CAN_MOUNT = os.geteuid() == 0 and shutil.which("mount") is not None
@@ -18,6 +19,18 @@ def check(name, cond, detail=""):
     results.append(bool(cond))
     print(("PASS " if cond else "FAIL ") + name + ("" if cond else "  " + str(detail)[:600]))
     sys.stdout.flush()
+
+
+def run(*args, timeout=300, **kw):
+    """acem with args, its output captured as text."""
+    return subprocess.run([ACEM, *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def one_error_line(r, *phrases):
+    """Exit 1 or 2 and one error line holding every phrase (warnings before it are fine)."""
+    lines = [ln for ln in r.stderr.rstrip("\n").split("\n") if not ln.startswith("acem: warning: ")]
+    return (r.returncode in (1, 2) and len(lines) == 1 and lines[0].startswith("acem: error: ")
+            and all(p in lines[0] for p in phrases))
 
 
 def run_groups(groups, prefix, only=()):

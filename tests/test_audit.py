@@ -24,9 +24,7 @@ usage: /usr/bin/python3 tests/test_audit.py PATH_TO_acem
 import csv
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import xml.dom.minidom
 
 import numpy as np
@@ -34,26 +32,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "oracle"))
 import gguf_np as gg  # noqa: E402
 import safetensors_np as st  # noqa: E402
+from harness import check, one_error_line, run, run_groups  # noqa: E402
 
-ACEM = os.path.abspath(sys.argv[1])
-results = []
-
-
-def check(name, cond, detail=""):
-    results.append(bool(cond))
-    print(("PASS " if cond else "FAIL ") + name + ("" if cond else "  " + str(detail)[:600]))
-    sys.stdout.flush()
-
-
-def run(*args, timeout=300, **kw):
-    return subprocess.run([ACEM, *args], capture_output=True, text=True, timeout=timeout, **kw)
-
-
-def one_error_line(r, *phrases):
-    """Exit 1 or 2 and one error line (warnings before it are fine)."""
-    lines = [ln for ln in r.stderr.rstrip("\n").split("\n") if not ln.startswith("acem: warning: ")]
-    return (r.returncode in (1, 2) and len(lines) == 1 and lines[0].startswith("acem: error: ")
-            and all(p in lines[0] for p in phrases))
 
 
 def warnings(r):
@@ -263,21 +243,9 @@ def test_control_characters(d):
 
 
 def main():
-    tests = [test_example, test_lab, test_report_inside_output, test_scalar_gguf,
-             test_aux_not_copied, test_base_as_expert, test_control_characters]
-    only = sys.argv[2:]
-    for t in tests:
-        if only and not any(o in t.__name__ for o in only):
-            continue
-        with tempfile.TemporaryDirectory() as d:
-            try:
-                t(d)
-            except Exception as e:  # noqa: BLE001 - a crash of one group fails it, not the run
-                check(f"{t.__name__} ran to the end", False, repr(e))
-    passed = sum(results)
-    print(f"{passed} passed, {len(results) - passed} failed")
-    sys.exit(0 if passed == len(results) else 1)
+    return run_groups([test_example, test_lab, test_report_inside_output, test_scalar_gguf,
+             test_aux_not_copied, test_base_as_expert, test_control_characters], "acem-audit-", sys.argv[2:])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

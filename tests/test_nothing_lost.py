@@ -37,23 +37,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ora
 import gguf_np as gg  # noqa: E402
 import kquant_np as kq  # noqa: E402
 import safetensors_np as st  # noqa: E402
-from harness import check, run_groups, tmpfs  # noqa: E402
+from harness import ACEM, check, one_error_line, run, run_groups, tmpfs  # noqa: E402
 
-ACEM = os.path.abspath(sys.argv[1])
-ASAN = b"__asan_init" in open(ACEM, "rb").read()
-
-
-
-
-def run(*args, timeout=300, **kw):
-    return subprocess.run([ACEM, *args], capture_output=True, text=True, timeout=timeout, **kw)
-
-
-def one_error_line(r, *phrases):
-    """Exit 1 or 2 and one error line (warnings before it are fine)."""
-    lines = [ln for ln in r.stderr.rstrip("\n").split("\n") if not ln.startswith("acem: warning: ")]
-    return (r.returncode in (1, 2) and len(lines) == 1 and lines[0].startswith("acem: error: ")
-            and all(p in lines[0] for p in phrases))
 
 
 def listing(d):
