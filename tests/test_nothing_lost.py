@@ -458,16 +458,22 @@ def test_item12_preflight(d):
     r = run(*margs(paths, slash))
     check("item12 a trailing slash names a directory output",
           r.returncode == 0 and os.path.isfile(os.path.join(slash, "model.safetensors")), r.stderr)
+    # an unreadable auxiliary file fails the run before the merge (the NaN of `late` would
+    # fail it after the first tensors); root reads through modes, so run as nobody
+    for up in (os.path.dirname(d), d, paths[0]):
+        os.chmod(up, 0o755)
     unreadable = os.path.join(paths[0], "tokenizer_config.json")
     open(unreadable, "w").write("{}")
     os.chmod(unreadable, 0)
-    if os.geteuid() == 0:
-        os.chmod(unreadable, 0o644)
-        print("SKIP item12 unreadable auxiliary file: root reads every file")
-    else:
-        r = run(*margs(paths, os.path.join(d, "aux-out")))
-        check("item12 an unreadable auxiliary file fails before the merge",
-              one_error_line(r, "tokenizer_config.json"), r.stderr)
+    writable = os.path.join(d, "nobody-out")
+    os.mkdir(writable)
+    os.chmod(writable, 0o777)
+    drop = (lambda: (os.setgid(65534), os.setuid(65534))) if os.geteuid() == 0 else None
+    r = run(*margs([paths[0], late, paths[2]], os.path.join(writable, "aux-out")), preexec_fn=drop)
+    check("item12 an unreadable auxiliary file fails before the merge, naming it",
+          one_error_line(r, "tokenizer_config.json", "Permission denied") and "NaN" not in r.stderr
+          and os.listdir(writable) == [], r.stderr)
+    os.chmod(unreadable, 0o644)
     empties = [os.path.join(d, f"empty{i}.safetensors") for i in range(3)]
     for p in empties:
         st.write_file(p, {})
