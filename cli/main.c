@@ -128,7 +128,8 @@ int cli_run_merge(const acem_merge_options *opts, bool quiet) {
         printf("acem: merged %d experts with %s (%s)\n", o.n_models, s.method, s.params);
         printf("  tensors    %zu merged, %zu copied from the base\n", s.tensors_merged,
                s.tensors_copied);
-        printf("  output     %s (%zu file%s, %s)\n", o.out, s.shards, s.shards == 1 ? "" : "s", wb);
+        printf("  output     %s (%zu weight file%s, %s on disk)\n", o.out, s.shards,
+               s.shards == 1 ? "" : "s", wb);
         printf("  read       %s in %.2f s (%.1f MiB/s)\n", rb, s.wall_seconds,
                s.wall_seconds > 0 ? (double)s.bytes_read / 1048576.0 / s.wall_seconds : 0.0);
         printf("  peak RSS   %s\n", peak);

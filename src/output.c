@@ -33,6 +33,7 @@
 #define MANIFEST_MAX_BYTES (16u << 20)
 #define TMP_SUFFIX         ".acem-tmp-"
 #define LOCK_SUFFIX        ".acem-lock"
+#define OLD_SUFFIX         ".acem-old-"
 
 static bool ends_with_nocase(const char *s, const char *suffix) {
     size_t n = strlen(s), k = strlen(suffix);
@@ -240,20 +241,36 @@ static void remove_tmp(const char *path) {
     rmdir(path);
 }
 
-/* Called with the lock held: "<out>.acem-tmp-<digits>" belongs to a run that has ended. */
+/* name is "<base><suffix><digits>", a name acem gives to files of the output `base`. */
+static bool named_for(const char *name, const char *base, const char *suffix) {
+    size_t len = strlen(base), k = strlen(suffix);
+    const char *tail = name + len;
+    return strncmp(name, base, len) == 0 && strncmp(tail, suffix, k) == 0 && tail[k] &&
+           strspn(tail + k, "0123456789") == strlen(tail + k);
+}
+
+static void remove_old_output(const char *dir);
+
+/* Called with the lock held: "<out>.acem-tmp-<digits>" belongs to a run that has ended, and
+ * is removed. "<out>.acem-old-<digits>" is an output that a run replacing it (on a
+ * filesystem without an atomic exchange) had moved aside when it died: it is put back if
+ * nothing took its place, else it was superseded and its listed files are removed. */
 static void remove_stale_temporaries(const output *o) {
     char *dir = dir_of(o->final_path);
     const char *base = base_of(o->final_path);
-    size_t len = strlen(base), k = strlen(TMP_SUFFIX);
     DIR *d = dir ? opendir(dir) : NULL;
     struct dirent *e;
     while (d && (e = readdir(d))) {
-        const char *tail = e->d_name + len;
-        if (strncmp(e->d_name, base, len) != 0 || strncmp(tail, TMP_SUFFIX, k) != 0 || !tail[k] ||
-            strspn(tail + k, "0123456789") != strlen(tail + k))
-            continue;
-        char *path = acem_path_join(dir, e->d_name, NULL);
-        if (path) remove_tmp(path);
+        bool tmp = named_for(e->d_name, base, TMP_SUFFIX),
+             old = named_for(e->d_name, base, OLD_SUFFIX);
+        char *path = tmp || old ? acem_path_join(dir, e->d_name, NULL) : NULL;
+        struct stat st;
+        if (path && tmp)
+            remove_tmp(path);
+        else if (path && lstat(o->final_path, &st) != 0)
+            rename(path, o->final_path);
+        else if (path)
+            remove_old_output(path);
         free(path);
     }
     if (d) closedir(d);
@@ -526,10 +543,10 @@ static int replace_dir(output *o) {
     }
     if (errno != EINVAL && errno != ENOSYS) return -1;
 #endif
-    /* No exchange here: move the old one to a second temporary (removed by the next run
-     * should this one die in between), then the new one into place. */
+    /* No exchange here: move the old one aside as "<out>.acem-old-<pid>" (should this run
+     * die before the next rename, the next run puts it back), then the new one in place. */
     acem_error ignore;
-    char *old = with_suffix(o->tmp_path, "0", -1, &ignore); /* "<out>.acem-tmp-<pid>0" */
+    char *old = with_suffix(o->final_path, OLD_SUFFIX, (long)getpid(), &ignore);
     if (!old) return -1;
     int rc = rename(o->final_path, old);
     if (!rc && (rc = rename(o->tmp_path, o->final_path)) != 0) {
@@ -642,7 +659,8 @@ static bool is_weight_file(const char *name) {
 }
 
 /* Copies src to dst with src's permissions at most (a 0600 file stays private). */
-static int copy_file(const char *src, const char *dst, acem_error *err) {
+/* shown: the file as the user will find it (dst is inside the temporary). */
+static int copy_file(const char *src, const char *dst, const char *shown, acem_error *err) {
     int in = open(src, O_RDONLY | O_CLOEXEC);
     struct stat st;
     if (in < 0 || fstat(in, &st) != 0) {
@@ -652,7 +670,7 @@ static int copy_file(const char *src, const char *dst, acem_error *err) {
     int outfd = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, st.st_mode & 0666);
     if (outfd < 0) {
         close(in);
-        return acem_fail(err, "%s: cannot create: %s", dst, strerror(errno));
+        return acem_fail(err, "%s: cannot create: %s", shown, strerror(errno));
     }
     char buf[1 << 16];
     int rc = 0;
@@ -668,16 +686,18 @@ static int copy_file(const char *src, const char *dst, acem_error *err) {
             ssize_t w = write(outfd, buf + off, (size_t)(k - off));
             if (w < 0 && errno == EINTR) continue;
             if (w < 0) {
-                rc = acem_fail(err, "%s: write failed: %s", dst, strerror(errno));
+                rc = acem_fail(err, "%s: write failed: %s", shown, strerror(errno));
                 break;
             }
             off += w;
         }
         if (rc) break;
     }
-    if (!rc && fsync(outfd) != 0) rc = acem_fail(err, "%s: fsync failed: %s", dst, strerror(errno));
+    if (!rc && fsync(outfd) != 0)
+        rc = acem_fail(err, "%s: fsync failed: %s", shown, strerror(errno));
     close(in);
-    if (close(outfd) != 0 && !rc) rc = acem_fail(err, "%s: close failed: %s", dst, strerror(errno));
+    if (close(outfd) != 0 && !rc)
+        rc = acem_fail(err, "%s: close failed: %s", shown, strerror(errno));
     return rc;
 }
 
@@ -701,13 +721,14 @@ int output_copy_aux_files(const output *o, const char *base_dir, bool dry, outpu
             continue;
         char *src = acem_path_join(base_dir, e->d_name, err);
         char *dst = src && !dry ? acem_path_join(o->tmp_path, e->d_name, err) : NULL;
+        char *shown = dst ? acem_path_join(o->final_path, e->d_name, err) : NULL;
         struct stat lst, st;
-        if (!src || (!dry && !dst)) {
+        if (!src || (!dry && !shown)) {
             rc = -1;
         } else if (lstat(src, &lst) == 0 && stat(src, &st) == 0 && S_ISREG(st.st_mode)) {
             /* a link out of the model is never copied where it points */
             bool outside = S_ISLNK(lst.st_mode) && !acem_path_within_model(base_dir, src);
-            rc = !outside && (dry ? check_readable(src, err) : copy_file(src, dst, err));
+            rc = !outside && (dry ? check_readable(src, err) : copy_file(src, dst, shown, err));
             if (!rc && note)
                 rc = note(user, src, outside ? OUTPUT_AUX_OUTSIDE : OUTPUT_AUX_COPIED, err);
         } else if (lstat(src, &lst) == 0 && S_ISDIR(lst.st_mode) && note) {
@@ -716,6 +737,7 @@ int output_copy_aux_files(const output *o, const char *base_dir, bool dry, outpu
         }
         free(src);
         free(dst);
+        free(shown);
     }
     closedir(d);
     return rc;

@@ -771,6 +771,17 @@ static int note_aux(void *user, const char *path, output_aux_kind kind, acem_err
     return 0;
 }
 
+/* A GGUF base's key-values (architecture, hyperparameters, tokenizer) have no place in
+ * safetensors: the output loses them, which is said rather than done silently. */
+static int warn_lost_key_values(merge_run *r, acem_error *err) {
+    const st_header *kv = acem_checkpoint_gguf(r->base);
+    if (!kv || !kv->n_meta || output_is_gguf(r->o->out)) return 0;
+    return acem_warn(&r->warnings, err,
+                     "%s: its %zu GGUF key-values (architecture, tokenizer, ...) are not kept in "
+                     "a safetensors output",
+                     r->o->base, kv->n_meta);
+}
+
 /* Pre-flight: the model's output and the report are checked and their temporaries made
  * before any tensor is read, so that a bad path fails in a second, not after the merge
  * (a dry run checks the same rules and makes nothing). */
@@ -780,6 +791,7 @@ static int begin_outputs(merge_run *r, output_set *outs, output **model, output 
     *report = NULL;
     const bool dry = r->o->dry_run;
     return register_inputs(r, outs, err) || output_model_kind(r->o->out, &kind, err) ||
+                   warn_lost_key_values(r, err) ||
                    output_begin(outs, r->o->out, kind, r->o->force, dry, model, err) ||
                    (r->o->report_path && output_begin(outs, r->o->report_path, OUTPUT_FILE,
                                                       r->o->force, dry, report, err)) ||

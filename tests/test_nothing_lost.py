@@ -252,6 +252,23 @@ def test_item2_force_dir(d):
           one_error_line(r, "eval-results.txt") and os.path.exists(os.path.join(out, "eval-results.txt")),
           r.stderr)
 
+    os.remove(os.path.join(out, "eval-results.txt"))
+    # A run that replaced `out` where the filesystem cannot exchange two directories had moved
+    # the old one aside as out.acem-old-PID, and died before the new one was in place.
+    before = open(os.path.join(out, "model.safetensors"), "rb").read()
+    aside = out + ".acem-old-4242"
+    os.rename(out, aside)
+    r = run(*margs(paths, out))
+    check("item2 an output left aside by a run that died mid-replacement is put back by the next "
+          "run (which then refuses to replace it without --force)",
+          one_error_line(r, "already exists") and not os.path.exists(aside)
+          and open(os.path.join(out, "model.safetensors"), "rb").read() == before, r.stderr)
+    shutil.copytree(out, aside)
+    open(os.path.join(aside, "notes.txt"), "w").write("mine")
+    r = run(*margs(paths, out, "--force"))
+    check("item2 a superseded output left aside loses only the files acem listed in it",
+          r.returncode == 0 and listing(aside) == ["notes.txt"], (r.stderr, listing(aside)))
+
     empty = os.path.join(d, "empty")
     os.mkdir(empty)
     r = run(*margs(paths, empty, "--force"))
@@ -536,7 +553,7 @@ def test_item13_self_description(d):
     out = os.path.join(d, "c-q8.gguf")
     r = run("merge", "-b", g[0], "-m", g[1], "-m", g[2], "-M", "average", "--dtype", "q8_0", "-o", out)
     want = format_bytes(os.path.getsize(out)) if r.returncode == 0 else "?"
-    check("item13 the summary reports the output's bytes on disk", f"1 file, {want})" in r.stdout,
+    check("item13 the summary reports the output's bytes on disk", f"1 weight file, {want} on disk)" in r.stdout,
           (want, r.stdout))
 
 

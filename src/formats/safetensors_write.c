@@ -276,7 +276,8 @@ void st_shard_name(size_t i, size_t n_shards, char *buf, size_t len) {
 
 static int plan_shards(st_writer *w, uint64_t max_shard, const char *file_path, acem_error *err) {
     size_t *shard_of = acem_alloc(w->n_tensors + 1, sizeof *shard_of, "shards", err);
-    if (!shard_of || !(w->shards = acem_alloc(w->n_tensors + 1, sizeof *w->shards, "shards", err))) {
+    if (!shard_of ||
+        !(w->shards = acem_alloc(w->n_tensors + 1, sizeof *w->shards, "shards", err))) {
         free(shard_of);
         return -1;
     }
@@ -420,7 +421,8 @@ static int write_index(st_writer *w, acem_error *err) {
             rc = write_all(fd, path, json, strlen(json), err) || write_all(fd, path, "\n", 1, err);
             if (!rc && fsync(fd) != 0)
                 rc = acem_fail(err, "%s: fsync failed: %s", path, strerror(errno));
-            close(fd);
+            if (close(fd) != 0 && !rc)
+                rc = acem_fail(err, "%s: close failed: %s", path, strerror(errno));
         }
     }
     free(json);
