@@ -229,15 +229,21 @@ typedef void (*acem_plan_fn)(void *user, const acem_plan_line *line);
  * twice, ...). One sentence naming what it is about, without a prefix. */
 typedef void (*acem_warning_fn)(void *user, const char *message);
 
+/* Method parameters as a YAML config gives them (per model and top-level, values that are
+ * numbers, gradients over the layers or filtered by tensor name): built by acem_config_load,
+ * read per tensor by acem_merge (docs/config.md). */
+typedef struct acem_settings acem_settings;
+
 typedef struct acem_merge_options {
     const char *base;
     const char *const *models;
     int n_models;
     const char *method;
-    double lambda; /* NaN: the method's default */
-    const acem_param *params;
+    double lambda;            /* NaN: the method's default */
+    const acem_param *params; /* every expert's value; a YAML config's per-model value wins */
     int n_params;
-    const char *const *excludes; /* POSIX extended regexes, searched in the tensor name */
+    const acem_settings *settings; /* a YAML config's parameters, or NULL */
+    const char *const *excludes;   /* POSIX extended regexes, searched in the tensor name */
     int n_excludes;
     const char *preset;      /* gpt2|bert|roberta|llama|clip-vit or NULL */
     const char *out;         /* ends in .safetensors or .gguf: one file; else a directory */

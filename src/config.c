@@ -5,16 +5,22 @@
  *   base_model: ./base            # or base
  *   models:
  *     - model: ./expert-a         # or a plain path
+ *       parameters: {weight: 0.6, density: [0.2, 0.5]}
  *   parameters: {density: 0.2, lambda: 1.0}
  *   dtype: bf16                   # output dtype (q8_0 / q4_0 for .gguf outputs)
  *
- * Unknown keys are errors, so a typo never silently changes a merge. A relative path in
+ * Parameter values are read as mergekit's config.py reads them (params.h): numbers,
+ * gradients, {filter, value} conditions. Unknown top-level keys are errors, so a typo never
+ * silently changes a merge; a parameter the method does not read is warned about when the
+ * merge starts (mergekit ignores both). A relative path in
  * the file (models, base, grams, output, report) is relative to the file's directory, so
  * that a config means the same merge from wherever it is run. */
 #include "internal.h"
+#include "params.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +36,7 @@ struct acem_config {
     const char **models;
     const char **grams; /* parallel to models */
     const char **excludes;
-    acem_param *params;
+    acem_settings *settings;
     char **paths; /* relative paths resolved against the file's directory */
     size_t n_paths, cap_paths;
 };
@@ -41,7 +47,7 @@ void acem_config_free(acem_config *c) {
     free(c->models);
     free(c->grams);
     free(c->excludes);
-    free(c->params);
+    settings_free(c->settings);
     for (size_t i = 0; i < c->n_paths; i++)
         free(c->paths[i]);
     free(c->paths);
@@ -109,64 +115,161 @@ static int boolean(cfg_ctx *x, yaml_node_t *n, const char *key, int *out) {
     return 0;
 }
 
-/* A sequence of scalars, or, when `field` is given, of paths or {model: path[, gram: path]}
- * mappings (gram paths land in x->c->grams). */
-static int string_list(cfg_ctx *x, yaml_node_t *n, const char *key, const char *field,
-                       const char ***out, int *count) {
-    if (!n || n->type != YAML_SEQUENCE_NODE)
-        return acem_fail(x->err, "%s: \"%s\" must be a list", x->path, key);
-    size_t len = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
-    if (len > CONFIG_MAX_LIST) return acem_fail(x->err, "%s: \"%s\" is too long", x->path, key);
-    if (!(*out = acem_alloc(len + 1, sizeof(char *), "a config list", x->err))) return -1;
-    if (field && !(x->c->grams = acem_alloc(len + 1, sizeof(char *), "a config list", x->err)))
-        return -1;
-    *count = 0;
-    for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
-         it++) {
-        yaml_node_t *item = node(x, *it);
-        if (field && item && item->type == YAML_MAPPING_NODE) {
-            yaml_node_t *value = NULL;
-            for (yaml_node_pair_t *p = item->data.mapping.pairs.start;
-                 p < item->data.mapping.pairs.top; p++) {
-                const char *k = scalar(x, node(x, p->key), key);
-                if (!k) return -1;
-                if (!strcmp(k, "gram")) {
-                    if (!(x->c->grams[*count] = path_scalar(x, node(x, p->value), k))) return -1;
-                    x->o->grams = x->c->grams;
-                    continue;
-                }
-                if (strcmp(k, field) != 0)
-                    return acem_fail(x->err,
-                                     "%s: \"%s\" entries take \"%s\" and \"gram\" (per-model "
-                                     "\"%s\" is not supported)",
-                                     x->path, key, field, k);
-                value = node(x, p->value);
-            }
-            item = value;
+/* A number as mergekit's YAML gives one: true / false are 1 / 0. */
+static int setting_number(cfg_ctx *x, yaml_node_t *n, const char *key, double *v) {
+    const char *s = scalar(x, n, key);
+    if (!s) return -1;
+    if (!strcmp(s, "true") || !strcmp(s, "false")) {
+        *v = !strcmp(s, "true");
+        return 0;
+    }
+    return number(x, n, key, v);
+}
+
+static size_t items(yaml_node_t *n) {
+    return n->type == YAML_SEQUENCE_NODE
+               ? (size_t)(n->data.sequence.items.top - n->data.sequence.items.start)
+               : (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+}
+
+/* A number or a gradient (a list of numbers). */
+static int setting_value(cfg_ctx *x, yaml_node_t *n, const char *key, setting_cond *c) {
+    bool list = n && n->type == YAML_SEQUENCE_NODE;
+    size_t len = list ? items(n) : 1;
+    if (list && (len == 0 || len > CONFIG_MAX_LIST))
+        return acem_fail(x->err, "%s: parameter \"%s\": a gradient needs 1 to %d numbers", x->path,
+                         key, CONFIG_MAX_LIST);
+    if (!(c->v = acem_alloc(len, sizeof *c->v, "a parameter", x->err))) return -1;
+    c->n = (int)len;
+    if (!list) return setting_number(x, n, key, c->v);
+    for (size_t i = 0; i < len; i++)
+        if (setting_number(x, node(x, n->data.sequence.items.start[i]), key, &c->v[i])) return -1;
+    return 0;
+}
+
+/* One {filter, value} condition (mergekit's ConditionalParameter). */
+static int condition(cfg_ctx *x, yaml_node_t *n, const char *key, setting_cond *c) {
+    yaml_node_t *value = NULL;
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+        const char *k = scalar(x, node(x, p->key), key);
+        if (!k) return -1;
+        if (!strcmp(k, "filter")) {
+            if (!(c->filter = scalar(x, node(x, p->value), k))) return -1;
+        } else if (!strcmp(k, "value")) {
+            value = node(x, p->value);
+        } else {
+            return acem_fail(x->err,
+                             "%s: parameter \"%s\": a condition takes filter and value, "
+                             "not \"%s\"",
+                             x->path, key, k);
         }
-        const char *s = field ? path_scalar(x, item, key) : scalar(x, item, key);
-        if (!s) return -1;
-        (*out)[(*count)++] = s;
+    }
+    if (!value)
+        return acem_fail(x->err, "%s: parameter \"%s\": a condition needs a value", x->path, key);
+    return setting_value(x, value, key, c);
+}
+
+/* A parameter's setting: a value, one condition, or a list of conditions. */
+static int setting_of(cfg_ctx *x, const char *key, yaml_node_t *n, setting_list *l) {
+    bool one = n && n->type == YAML_MAPPING_NODE;
+    bool conds = n && n->type == YAML_SEQUENCE_NODE && items(n) &&
+                 node(x, n->data.sequence.items.start[0])->type == YAML_MAPPING_NODE;
+    setting *st = settings_add(l, key, conds ? (int)items(n) : 1, x->err);
+    if (!st) return -1;
+    if (!one && !conds) return setting_value(x, n, key, &st->cond[0]);
+    for (int i = 0; i < st->n_cond; i++) {
+        yaml_node_t *c = one ? n : node(x, n->data.sequence.items.start[i]);
+        if (c->type != YAML_MAPPING_NODE)
+            return acem_fail(x->err,
+                             "%s: parameter \"%s\": a list of conditions holds only "
+                             "{filter, value} entries",
+                             x->path, key);
+        if (condition(x, c, key, &st->cond[i])) return -1;
     }
     return 0;
 }
 
-static int parameters(cfg_ctx *x, yaml_node_t *n) {
+static bool is_null(yaml_node_t *n) {
+    const char *v = n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
+    return v && (!*v || !strcmp(v, "~") || !strcmp(v, "null"));
+}
+
+/* A `parameters:` mapping (empty or null allowed, as in mergekit) into l; at the top level
+ * (model NULL) `lambda` is a plain number that sets lambda. */
+static int parameters(cfg_ctx *x, yaml_node_t *n, setting_list *l, const char *model) {
+    if (is_null(n)) return 0;
     if (!n || n->type != YAML_MAPPING_NODE)
         return acem_fail(x->err, "%s: \"parameters\" must be a mapping", x->path);
-    size_t len = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
-    if (!(x->c->params = acem_alloc(len + 1, sizeof(acem_param), "parameters", x->err))) return -1;
     for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
         const char *k = scalar(x, node(x, p->key), "parameters");
-        const char *v = k ? scalar(x, node(x, p->value), k) : NULL;
-        if (!v) return -1;
-        if (strcmp(k, "lambda") == 0) {
+        if (!k) return -1;
+        for (yaml_node_pair_t *q = n->data.mapping.pairs.start; q < p; q++)
+            if (!strcmp((const char *)node(x, q->key)->data.scalar.value, k))
+                return acem_fail(x->err, "%s: parameter \"%s\" is given twice", x->path, k);
+        if (!model && !strcmp(k, "lambda")) {
             if (number(x, node(x, p->value), k, &x->o->lambda)) return -1;
             continue;
         }
-        x->c->params[x->o->n_params++] = (acem_param){k, v};
+        if (setting_of(x, k, node(x, p->value), l)) return -1;
     }
-    x->o->params = x->c->params;
+    return 0;
+}
+
+/* One entry of `models`: a path, or {model: path[, parameters: {...}][, gram: path]}. */
+static int model_entry(cfg_ctx *x, yaml_node_t *item, int i) {
+    acem_settings *st = x->c->settings;
+    yaml_node_t *value = item;
+    if (item && item->type == YAML_MAPPING_NODE) {
+        value = NULL;
+        for (yaml_node_pair_t *p = item->data.mapping.pairs.start; p < item->data.mapping.pairs.top;
+             p++) {
+            const char *k = scalar(x, node(x, p->key), "models");
+            if (!k) return -1;
+            if (!strcmp(k, "gram")) {
+                if (!(x->c->grams[i] = path_scalar(x, node(x, p->value), k))) return -1;
+                x->o->grams = x->c->grams;
+            } else if (!strcmp(k, "parameters")) {
+                if (parameters(x, node(x, p->value), &st->models[i], "model")) return -1;
+                st->mergekit = true;
+            } else if (!strcmp(k, "model")) {
+                value = node(x, p->value);
+            } else {
+                return acem_fail(x->err,
+                                 "%s: \"models\" entries take \"model\", \"parameters\" and "
+                                 "\"gram\", not \"%s\"",
+                                 x->path, k);
+            }
+        }
+    }
+    return (x->c->models[i] = st->model_path[i] = path_scalar(x, value, "models")) ? 0 : -1;
+}
+
+static int model_list(cfg_ctx *x, yaml_node_t *n) {
+    if (!n || n->type != YAML_SEQUENCE_NODE)
+        return acem_fail(x->err, "%s: \"models\" must be a list", x->path);
+    size_t len = items(n);
+    if (len > CONFIG_MAX_LIST) return acem_fail(x->err, "%s: \"models\" is too long", x->path);
+    if (!(x->c->models = acem_alloc(len + 1, sizeof(char *), "a config list", x->err)) ||
+        !(x->c->grams = acem_alloc(len + 1, sizeof(char *), "a config list", x->err)) ||
+        settings_set_models(x->c->settings, (int)len, x->err))
+        return -1;
+    for (size_t i = 0; i < len; i++)
+        if (model_entry(x, node(x, n->data.sequence.items.start[i]), (int)i)) return -1;
+    x->o->models = x->c->models;
+    x->o->n_models = (int)len;
+    return 0;
+}
+
+/* A sequence of scalars. */
+static int string_list(cfg_ctx *x, yaml_node_t *n, const char *key, const char ***out, int *count) {
+    if (!n || n->type != YAML_SEQUENCE_NODE)
+        return acem_fail(x->err, "%s: \"%s\" must be a list", x->path, key);
+    size_t len = items(n);
+    if (len > CONFIG_MAX_LIST) return acem_fail(x->err, "%s: \"%s\" is too long", x->path, key);
+    if (!(*out = acem_alloc(len + 1, sizeof(char *), "a config list", x->err))) return -1;
+    for (*count = 0; *count < (int)len; (*count)++)
+        if (!((*out)[*count] = scalar(x, node(x, n->data.sequence.items.start[*count]), key)))
+            return -1;
     return 0;
 }
 
@@ -181,17 +284,13 @@ static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
     if (!strcmp(k, "output") || !strcmp(k, "out")) return (o->out = path_scalar(x, v, k)) ? 0 : -1;
     if (!strcmp(k, "preset")) return (o->preset = scalar(x, v, k)) ? 0 : -1;
     if (!strcmp(k, "report")) return (o->report_path = path_scalar(x, v, k)) ? 0 : -1;
-    if (!strcmp(k, "models")) {
-        int rc = string_list(x, v, k, "model", &x->c->models, &o->n_models);
-        o->models = x->c->models;
-        return rc;
-    }
+    if (!strcmp(k, "models")) return model_list(x, v);
     if (!strcmp(k, "exclude")) {
-        int rc = string_list(x, v, k, NULL, &x->c->excludes, &o->n_excludes);
+        int rc = string_list(x, v, k, &x->c->excludes, &o->n_excludes);
         o->excludes = x->c->excludes;
         return rc;
     }
-    if (!strcmp(k, "parameters")) return parameters(x, v);
+    if (!strcmp(k, "parameters")) return parameters(x, v, &x->c->settings->top, NULL);
     if (!strcmp(k, "lambda")) return number(x, v, k, &o->lambda);
     if (!strcmp(k, "allow_nonfinite")) return boolean(x, v, k, &o->allow_nonfinite);
     if (!strcmp(k, "strict")) return boolean(x, v, k, &o->strict);
@@ -258,6 +357,27 @@ static int check_repeated(cfg_ctx *x, yaml_node_pair_t *first, yaml_node_pair_t 
     return 0;
 }
 
+/* Whether two paths name the same model: the same text, or the same existing file. */
+static bool same_model(const char *a, const char *b) {
+    char ra[PATH_MAX], rb[PATH_MAX];
+    return !strcmp(a, b) || (realpath(a, ra) && realpath(b, rb) && !strcmp(ra, rb));
+}
+
+/* The base listed again under `models` is, as in mergekit (plan.py's normalize_config,
+ * generalized_task_arithmetic.py's get_task_vectors), the base and no expert: its delta
+ * would be zero, and counting it would change every mean. Its entry is dropped. */
+static void drop_listed_base(acem_config *c, acem_merge_options *o) {
+    for (int i = 0; o->base && i < o->n_models; i++) {
+        if (!same_model(o->models[i], o->base)) continue;
+        size_t tail = (size_t)(o->n_models - i - 1);
+        memmove(&c->models[i], &c->models[i + 1], tail * sizeof *c->models);
+        memmove(&c->grams[i], &c->grams[i + 1], tail * sizeof *c->grams);
+        settings_drop_model(c->settings, i);
+        o->n_models--;
+        i--;
+    }
+}
+
 /* Opened without blocking and refused unless a regular file: a FIFO or a device given as
  * the config must not hang the run waiting for a writer. */
 static FILE *open_config(const char *path, acem_error *err) {
@@ -301,7 +421,7 @@ int acem_config_load(const char *path, acem_config **out, acem_merge_options *o,
     yaml_parser_set_input_file(&parser, f);
     cfg_ctx x = {path, NULL, c, o, err};
     int rc = -1;
-    if (config_dir(path, &x.dir, err)) goto out;
+    if (config_dir(path, &x.dir, err) || !(c->settings = settings_new(0, err))) goto out;
     if (!yaml_parser_load(&parser, &c->doc)) {
         acem_fail(err, "%s:%zu: %s", path, parser.problem_mark.line + 1,
                   parser.problem ? parser.problem : "invalid YAML");
@@ -320,6 +440,8 @@ int acem_config_load(const char *path, acem_config **out, acem_merge_options *o,
             top_level_key(&x, k, node(&x, p->value)))
             goto out;
     }
+    drop_listed_base(c, o);
+    o->settings = c->settings;
     rc = 0;
 out:
     yaml_parser_delete(&parser);

@@ -2,12 +2,45 @@
  * caller's mistakes (usage errors), told apart from failures of the inputs or the system. */
 #include "methods/method.h"
 #include "output.h"
+#include "params.h"
 #include "plan.h"
 
 #include <math.h>
 #include <regex.h>
 #include <stdio.h>
 #include <string.h>
+
+/* Every number a config's setting of a known parameter can give (a gradient interpolates
+ * between its entries, so they bound it). */
+static int check_list(const method_def *m, const setting_list *l, acem_error *err) {
+    for (int k = 0; k < l->n; k++)
+        for (int i = 0; i < m->n_params; i++) {
+            if (strcmp(m->params[i].name, l->s[k].name) != 0) continue;
+            for (int c = 0; c < l->s[k].n_cond; c++)
+                for (int j = 0; j < l->s[k].cond[c].n; j++)
+                    if (method_check_value(&m->params[i], l->s[k].cond[c].v[j], err)) return -1;
+        }
+    return 0;
+}
+
+/* The config's values, and its per-model lists still belonging to the models merged
+ * (--model replaces the config's models, and with them the models its lists are for). */
+static int check_settings(const method_def *m, const acem_merge_options *o, acem_error *err) {
+    const acem_settings *s = o->settings;
+    if (!s) return 0;
+    if (settings_has_model_params(s)) {
+        bool same = s->n_models == o->n_models;
+        for (int t = 0; same && t < o->n_models; t++)
+            same = !strcmp(s->model_path[t], o->models[t]);
+        if (!same)
+            return acem_fail(err, "the config's per-model parameters belong to its own models; "
+                                  "--model replaced them");
+    }
+    if (check_list(m, &s->top, err)) return -1;
+    for (int t = 0; t < s->n_models; t++)
+        if (check_list(m, &s->models[t], err)) return -1;
+    return 0;
+}
 
 static int check_method(const acem_merge_options *o, acem_error *err) {
     const method_def *m = method_find(o->method);
@@ -21,8 +54,10 @@ static int check_method(const acem_merge_options *o, acem_error *err) {
         return acem_fail(err, "unknown method \"%s\" (one of: %s)", o->method, known);
     }
     double values[METHOD_MAX_PARAMS];
-    char desc[384];
-    return method_resolve_params(m, o->params, o->n_params, values, desc, sizeof desc, err);
+    return method_resolve_params(m, o->params, o->n_params, false, values, err) ||
+                   check_settings(m, o, err)
+               ? -1
+               : 0;
 }
 
 static int check_exclusions(const acem_merge_options *o, acem_error *err) {

@@ -11,6 +11,7 @@
 #include "linalg/linalg.h"
 #include "methods/method.h"
 #include "output.h"
+#include "params.h"
 #include "plan.h"
 #include "stats.h"
 
@@ -49,7 +50,13 @@ void acem_merge_options_init(acem_merge_options *o) {
 typedef struct merge_run {
     const acem_merge_options *o;
     const method_def *method;
-    double params[METHOD_MAX_PARAMS];
+    double params[METHOD_MAX_PARAMS];   /* run-wide: defaults, the config's top level, the flags */
+    bool flagged[METHOD_MAX_PARAMS];    /* given with --param: above the config's top level */
+    double tensor_p[METHOD_MAX_PARAMS]; /* resolved for the current tensor */
+    double *expert_p;                   /* T x n_params, for the current tensor */
+    double *weights;                    /* T: the fused kernel's w_t */
+    long n_layers;                      /* of the base: where a gradient is read */
+    bool mergekit;
     double lambda;
     bool f64;
     size_t csize; /* bytes per compute element */
@@ -190,7 +197,50 @@ static void method_ctx_for(const merge_run *r, const acem_tensor *t, method_ctx 
     c->f64 = r->f64;
     c->threads = r->threads;
     c->seed = r->o->seed;
-    c->p = r->params;
+    c->p = r->tensor_p;
+    c->ep = r->expert_p;
+    c->n_params = r->method->n_params;
+    c->mergekit = r->mergekit;
+}
+
+/* Parameter i for expert t (-1: the tensor's global value), in mergekit's lookup order
+ * (config.py, ConfigReader.parameter): the model's own setting, then the top level, then
+ * the default; acem's --param flags sit between the two levels (they override the
+ * config's top level, not a model's own value). A setting whose filters all miss the
+ * tensor passes the lookup on. Returns whether a level gave the value. */
+static bool lookup(const merge_run *r, int t, int i, const char *tensor, double pos, double *v) {
+    const acem_settings *s = r->o->settings;
+    const char *name = r->method->params[i].name;
+    const setting *st;
+    if (s && t >= 0 && (st = settings_find(&s->models[t], name)) &&
+        setting_eval(st, tensor, pos, v))
+        return true;
+    *v = r->params[i];
+    if (r->flagged[i]) return true;
+    if (s && (st = settings_find(&s->top, name)) && setting_eval(st, tensor, pos, v)) return true;
+    return false;
+}
+
+/* Every parameter for one tensor: global ones once, per-model ones per expert. mergekit
+ * requires each model's weight (merge_methods/generalized_task_arithmetic.py declares it
+ * required; the base is not an input there); so does a mergekit config here. */
+static int resolve_params(merge_run *r, const char *tensor, acem_error *err) {
+    const method_def *m = r->method;
+    const double pos = tensor_gradient_t(tensor, r->n_layers);
+    for (int i = 0; i < m->n_params; i++) {
+        const bool per_model = m->params[i].flags & PARAM_PER_MODEL;
+        lookup(r, -1, i, tensor, pos, &r->tensor_p[i]);
+        for (int t = 0; t < r->T; t++) {
+            double *v = &r->expert_p[(size_t)t * (size_t)m->n_params + (size_t)i];
+            bool found = per_model ? lookup(r, t, i, tensor, pos, v) : (*v = r->tensor_p[i], true);
+            if (!found && r->mergekit && !strcmp(m->params[i].name, "weight"))
+                return acem_fail(err,
+                                 "tensor \"%s\": no weight for %s (mergekit requires a weight "
+                                 "for every model but the base)",
+                                 tensor, r->o->models[t]);
+        }
+    }
+    return 0;
 }
 
 static uint64_t chunk_of(const merge_run *r, const plan_entry *e) {
@@ -206,7 +256,7 @@ static uint64_t chunk_of(const merge_run *r, const plan_entry *e) {
 static int run_method(merge_run *r, const plan_entry *e, method_ctx *c, acem_error *err) {
     if (c->numel == 0) return 0;
     if (r->method->matrix && e->base->ndim != 2) {
-        deltas_scaled_sum(c, r->deltas, r->out, 1.0 / r->T);
+        deltas_weighted_sum(c, r->deltas, NULL, r->out, 1.0 / r->T);
         return 0;
     }
     const la L = {r->f64, r->threads};
@@ -271,15 +321,16 @@ static int load_deltas(merge_run *r, const plan_entry *e, uint64_t from, uint64_
     return 0;
 }
 
-/* acc += Wt - W0, the difference in the compute precision, the sum in double. */
-ACEM_SIMD_CLONES static void accumulate_delta(double *acc, const void *wt, const void *w0, size_t m,
-                                              bool f64) {
+/* acc += w (Wt - W0), the difference in the compute precision, the sum in double (w = 1
+ * multiplies exactly). */
+ACEM_SIMD_CLONES static void accumulate_delta(double *acc, const void *wt, const void *w0, double w,
+                                              size_t m, bool f64) {
     if (f64)
         for (size_t i = 0; i < m; i++)
-            acc[i] += ((const double *)wt)[i] - ((const double *)w0)[i];
+            acc[i] += w * (((const double *)wt)[i] - ((const double *)w0)[i]);
     else
         for (size_t i = 0; i < m; i++)
-            acc[i] += (double)(((const float *)wt)[i] - ((const float *)w0)[i]);
+            acc[i] += w * (double)(((const float *)wt)[i] - ((const float *)w0)[i]);
 }
 
 /* out = scale * acc, rounded to the compute precision. */
@@ -290,8 +341,8 @@ ACEM_SIMD_CLONES static void store_scaled(void *out, const double *acc, double s
 }
 
 /* One block of a linear method, in one thread: Dt = Wt - W0 in the compute precision,
- * Delta = scale * sum_t Dt (summed in double), out = W0 + lambda * Delta as the output
- * dtype: the same arithmetic as load_deltas + deltas_scaled_sum + acem_combine_to_raw. */
+ * Delta = scale * sum_t w_t Dt (summed in double), out = W0 + lambda * Delta as the output
+ * dtype: the same arithmetic as load_deltas + deltas_weighted_sum + acem_combine_to_raw. */
 static void fused_block(const merge_run *r, const plan_entry *e, uint64_t from, size_t m,
                         double scale, fused_scratch *s, void *out_raw) {
     const bool f64 = r->f64;
@@ -307,7 +358,7 @@ static void fused_block(const merge_run *r, const plan_entry *e, uint64_t from, 
         if (k == 0)
             memset(s->acc, 0, m * sizeof *s->acc);
         else
-            accumulate_delta(s->acc, s->d, s->w0, m, f64);
+            accumulate_delta(s->acc, s->d, s->w0, r->weights[k - 1], m, f64);
     }
     store_scaled(s->out, s->acc, scale, m, f64);
     const acem_dtype fed = plan_fed_dtype(e);
@@ -321,7 +372,9 @@ static void fused_block(const merge_run *r, const plan_entry *e, uint64_t from, 
  * into the output chunk; the only serial step is handing it to the writer. */
 static int merge_linear(merge_run *r, const plan_entry *e, acem_error *err) {
     const acem_tensor *b = e->base;
-    double scale = r->method->linear_scale(r->T);
+    method_ctx c;
+    method_ctx_for(r, b, &c);
+    double scale = r->method->linear_scale(&c, r->weights);
     size_t eo = acem_dtype_size(plan_fed_dtype(e));
     for (uint64_t from = 0; from < b->numel; from += CHUNK_ELEMS) {
         uint64_t n = b->numel - from < CHUNK_ELEMS ? b->numel - from : CHUNK_ELEMS;
@@ -363,6 +416,7 @@ static int merge_linear(merge_run *r, const plan_entry *e, acem_error *err) {
 }
 
 static int merge_tensor(merge_run *r, const plan_entry *e, method_info *info, acem_error *err) {
+    if (resolve_params(r, e->base->name, err)) return -1;
     if (r->method->linear_scale) return merge_linear(r, e, err);
     const acem_tensor *b = e->base;
     method_ctx c;
@@ -560,6 +614,8 @@ static void free_run(merge_run *r) {
         if (r->gram_bufs) free(r->gram_bufs[t]);
     }
     free(r->experts);
+    free(r->expert_p);
+    free(r->weights);
     free(r->grams);
     free(r->gram_bufs);
     acem_checkpoint_close(r->base);
@@ -579,6 +635,22 @@ static void set_compute(merge_run *r) {
     r->T = r->o->n_models;
 }
 
+/* The run's values, for the summary and as every tensor's fallback: the --param flags
+ * (marked, as they outrank the config's top level) over the config's plain top-level
+ * numbers over the defaults. */
+static void run_wide_params(merge_run *r) {
+    const method_def *m = r->method;
+    for (int g = 0; g < r->o->n_params; g++)
+        for (int i = 0; i < m->n_params; i++)
+            r->flagged[i] |= !strcmp(m->params[i].name, r->o->params[g].key);
+    const setting_list *top = r->o->settings ? &r->o->settings->top : NULL;
+    for (int i = 0; top && i < m->n_params; i++) {
+        const setting *st = settings_find(top, m->params[i].name);
+        if (!r->flagged[i] && st && st->n_cond == 1 && !st->cond[0].filter && st->cond[0].n == 1)
+            r->params[i] = st->cond[0].v[0];
+    }
+}
+
 static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
     const acem_merge_options *o = r->o;
     if (!o->base || !o->out || !o->method)
@@ -587,11 +659,18 @@ static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
         return acem_fail(err, "at least 2 expert models are needed (got %d)", o->n_models);
     if (acem_check_options(o, err)) return -1;
     r->method = method_find(o->method);
-    char desc[384];
-    if (method_resolve_params(r->method, o->params, o->n_params, r->params, desc, sizeof desc, err))
+    r->mergekit = o->settings && o->settings->mergekit;
+    if (method_resolve_params(r->method, o->params, o->n_params, r->mergekit, r->params, err))
         return -1;
-    r->lambda = isnan(o->lambda) ? r->method->default_lambda : o->lambda;
+    run_wide_params(r);
+    char desc[384];
+    method_describe_params(r->method, r->params, desc, sizeof desc);
+    r->lambda = isnan(o->lambda) ? method_default_lambda(r->method, r->mergekit) : o->lambda;
     set_compute(r);
+    size_t n = (size_t)r->T * (size_t)r->method->n_params + 1;
+    if (!(r->expert_p = acem_alloc(n, sizeof *r->expert_p, "parameters", err)) ||
+        !(r->weights = acem_alloc((size_t)r->T, sizeof *r->weights, "weights", err)))
+        return -1;
     snprintf(s->method, sizeof s->method, "%s", r->method->name);
     char lambda[32];
     snprintf(s->params, sizeof s->params, "lambda=%s%s%s",
@@ -715,6 +794,44 @@ static int plan_grams(merge_run *r, acem_error *err) {
     return 0;
 }
 
+/* A config's parameter that the method never reads: mergekit ignores it silently (its
+ * methods read only the parameters they declare), acem says so. */
+static int warn_unread(merge_run *r, const setting_list *l, const char *model, acem_error *err) {
+    for (int k = 0; k < l->n; k++) {
+        const char *name = l->s[k].name;
+        int i = 0;
+        while (i < r->method->n_params && strcmp(r->method->params[i].name, name) != 0)
+            i++;
+        bool global = i < r->method->n_params && !(r->method->params[i].flags & PARAM_PER_MODEL);
+        if (i < r->method->n_params && !(model && global)) continue;
+        if (acem_warn(&r->warnings, err, "parameter \"%s\"%s%s is not read by %s%s; ignored", name,
+                      model ? " of " : "", model ? model : "", r->method->name,
+                      global ? " per model (only at the top level)" : ""))
+            return -1;
+    }
+    return 0;
+}
+
+/* Before anything is read: unread parameters named, where gradients are read (the base's
+ * layer count, from its tensor names), and every merged tensor's parameters resolved once,
+ * so that a missing weight stops the merge before it starts. */
+static int check_settings(merge_run *r, acem_error *err) {
+    const acem_settings *s = r->o->settings;
+    if (!r->expert_p) return 0; /* acem_stats: no method runs */
+    for (size_t i = 0; i < acem_checkpoint_count(r->base); i++) {
+        long layer = tensor_layer(acem_checkpoint_at(r->base, i)->name);
+        if (layer >= r->n_layers) r->n_layers = layer + 1;
+    }
+    if (s && warn_unread(r, &s->top, NULL, err)) return -1;
+    for (int t = 0; s && t < s->n_models; t++)
+        if (warn_unread(r, &s->models[t], r->o->models[t], err)) return -1;
+    for (size_t i = 0; i < r->plan.n; i++)
+        if (r->plan.entries[i].action == PLAN_MERGE &&
+            resolve_params(r, r->plan.entries[i].base->name, err))
+            return -1;
+    return 0;
+}
+
 static int open_inputs(merge_run *r, acem_error *err) {
     const acem_merge_options *o = r->o;
     if (acem_checkpoint_open(o->base, &r->base, err)) return -1;
@@ -735,7 +852,7 @@ static int open_inputs(merge_run *r, acem_error *err) {
     return warn_repeated_experts(r, err) ||
                    plan_build(&r->plan, r->base, (const acem_checkpoint *const *)r->experts, r->T,
                               o, &r->warnings, err) ||
-                   axis_used(r, err) || plan_grams(r, err)
+                   axis_used(r, err) || plan_grams(r, err) || check_settings(r, err)
                ? -1
                : 0;
 }

@@ -21,9 +21,9 @@
 
 enum { P_EPS, P_KFRAC, P_THRESHOLD };
 static const method_param ace_params[] = {
-    {"eps", 1e-2, 0.0, 1e12, NULL, "ridge added to every task covariance (e_t)"},
-    {"k_frac", 0.3, 0.0, 1.0, NULL, "refined directions: k = floor(k_frac * min(m, n))"},
-    {"threshold", 0.3, 0.0, 1e300, NULL, "gamma above which the heterogeneous branch runs"},
+    {"eps", 1e-2, 0.0, 1e12, NULL, "ridge added to every task covariance (e_t)", 0, 0},
+    {"k_frac", 0.3, 0.0, 1.0, NULL, "refined directions: k = floor(k_frac * min(m, n))", 0, 0},
+    {"threshold", 0.3, 0.0, 1e300, NULL, "gamma above which the heterogeneous branch runs", 0, 0},
 };
 
 typedef struct ace_state {
@@ -260,7 +260,7 @@ static int merge_ace(const method_ctx *c, void *const *D, void *out, acem_error 
     const la L = {c->f64, c->threads};
     const size_t m = c->rows, n = c->cols;
     if (strstr(c->tensor, "text_projection")) { /* the reference averages these */
-        deltas_scaled_sum(c, D, out, 1.0 / c->T);
+        deltas_weighted_sum(c, D, NULL, out, 1.0 / c->T);
         return 0;
     }
     double sq[c->T];

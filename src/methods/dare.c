@@ -10,9 +10,9 @@
 enum { P_DROP, P_RESCALE };
 static const char *const rescale_choices[] = {"inverse", "l1", NULL};
 static const method_param dare_params[] = {
-    {"p", 0.9, 0.0, 0.999999, NULL, "drop probability of each delta entry"},
+    {"p", 0.9, 0.0, 0.999999, NULL, "drop probability of each delta entry", 0, 0},
     {"rescale", 0, 0, 0, rescale_choices,
-     "inverse: survivors x 1/(1-p); l1: match each delta's L1 norm (as mergekit)"},
+     "inverse: survivors x 1/(1-p); l1: match each delta's L1 norm (as mergekit)", 0, 0},
 };
 
 /* Chunks are independent unless the L1 rescale needs whole-tensor norms. */
@@ -44,14 +44,14 @@ static void drop_and_rescale(const method_ctx *c, void *const *d) {
 static int merge_dare_linear(const method_ctx *c, void *const *d, void *out, acem_error *err) {
     (void)err;
     drop_and_rescale(c, d);
-    deltas_scaled_sum(c, d, out, 1.0);
+    deltas_weighted_sum(c, d, NULL, out, 1.0);
     return 0;
 }
 
 static int merge_dare_ties(const method_ctx *c, void *const *d, void *out, acem_error *err) {
     (void)err;
     drop_and_rescale(c, d);
-    ties_disjoint_mean(c, d, out);
+    ties_disjoint_merge(c, d, (ties_rule){NULL, true, false}, out);
     return 0;
 }
 

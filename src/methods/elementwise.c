@@ -1,40 +1,68 @@
-/* elementwise.c — average and task arithmetic: Delta = scale * sum_t Dt. */
+/* elementwise.c — average and task arithmetic: Delta = scale * sum_t w_t Dt. */
 #include "method.h"
+
+#include <math.h>
+#include <stdlib.h>
 
 static bool always(const double *p) {
     (void)p;
     return true;
 }
 
-void deltas_scaled_sum(const method_ctx *c, void *const *d, void *out, double scale) {
+void deltas_weighted_sum(const method_ctx *c, void *const *d, const double *w, void *out,
+                         double scale) {
     const bool f64 = c->f64;
 #pragma omp parallel for num_threads(c->threads) schedule(static)
     for (uint64_t i = 0; i < c->numel; i++) {
         double acc = 0;
         for (int t = 0; t < c->T; t++)
-            acc += rd(d[t], i, f64);
+            acc += w ? w[t] * rd(d[t], i, f64) : rd(d[t], i, f64);
         wr(out, i, acc * scale, f64);
     }
 }
 
 /* The uniform soup: Delta = (1/T) sum_t Dt. */
+static double mean_scale(const method_ctx *c, double *w) {
+    for (int t = 0; t < c->T; t++)
+        w[t] = 1.0;
+    return 1.0 / c->T;
+}
+
+/* Task arithmetic (Ilharco et al. 2023) as mergekit's generalized_task_arithmetic.py with
+ * neither sparsification nor consensus: Delta = sum_t w_t Dt, divided by sum_t w_t with
+ * normalize (by 1 when |sum_t w_t| < 1e-8), applied with lambda. */
+enum { P_TA_WEIGHT, P_TA_NORMALIZE, P_TA_INT8_MASK };
+static const method_param task_arithmetic_params[] = {
+    {"weight", 1.0, -1e9, 1e9, NULL, "each expert's weight w_t", PARAM_PER_MODEL, 0},
+    {"normalize", 0, 0, 1, NULL, "divide by the sum of the weights", PARAM_BOOL, 0},
+    {"int8_mask", 0, 0, 1, NULL, "mergekit's storage of masks: no numeric effect", PARAM_BOOL, 0},
+};
+
+static double task_arithmetic_scale(const method_ctx *c, double *w) {
+    double sum = 0;
+    for (int t = 0; t < c->T; t++)
+        sum += w[t] = expert_param(c, t, P_TA_WEIGHT);
+    if (!c->p[P_TA_NORMALIZE]) return 1.0;
+    return fabs(sum) < 1e-8 ? 1.0 : 1.0 / sum;
+}
+
+/* The same sum outside the fused kernel (the lab, the unit tests). */
+static int weighted_merge(const method_def *m, const method_ctx *c, void *const *d, void *out,
+                          acem_error *err) {
+    double *w = acem_alloc((size_t)c->T, sizeof *w, "weights", err);
+    if (!w) return -1;
+    double scale = m->linear_scale(c, w);
+    deltas_weighted_sum(c, d, w, out, scale);
+    free(w);
+    return 0;
+}
+
 static int merge_average(const method_ctx *c, void *const *d, void *out, acem_error *err) {
-    (void)err;
-    deltas_scaled_sum(c, d, out, 1.0 / c->T);
-    return 0;
+    return weighted_merge(&method_average, c, d, out, err);
 }
 
-/* Ilharco et al. 2023: Delta = sum_t Dt, applied with lambda (default 0.3). */
 static int merge_task_arithmetic(const method_ctx *c, void *const *d, void *out, acem_error *err) {
-    (void)err;
-    deltas_scaled_sum(c, d, out, 1.0);
-    return 0;
-}
-
-static double mean_scale(int T) { return 1.0 / T; }
-static double sum_scale(int T) {
-    (void)T;
-    return 1.0;
+    return weighted_merge(&method_task_arithmetic, c, d, out, err);
 }
 
 const method_def method_average = {
@@ -48,9 +76,13 @@ const method_def method_average = {
 
 const method_def method_task_arithmetic = {
     .name = "task_arithmetic",
-    .describe = "sum of the deltas (Ilharco et al. 2023); lambda 0.3",
+    .describe = "sum_t weight_t * Dt (Ilharco et al. 2023), / sum of weights with normalize; "
+                "lambda 0.3 (1 in a mergekit config)",
     .default_lambda = 0.3,
+    .mergekit_lambda = 1.0,
+    .params = task_arithmetic_params,
+    .n_params = 3,
     .elementwise = always,
     .merge = merge_task_arithmetic,
-    .linear_scale = sum_scale,
+    .linear_scale = task_arithmetic_scale,
 };

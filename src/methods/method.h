@@ -9,12 +9,21 @@
 
 #define METHOD_MAX_PARAMS 8
 
+/* method_param.flags */
+enum {
+    PARAM_PER_MODEL = 1, /* each expert has its own value (mergekit's tensor_parameters) */
+    PARAM_BOOL = 2,      /* true / false, read as 1 / 0 */
+    PARAM_MK_DEFAULT = 4 /* a mergekit config's default is mk_def, not def */
+};
+
 typedef struct method_param {
     const char *name;
     double def;
     double lo, hi;              /* numeric range, inclusive */
     const char *const *choices; /* NULL-terminated names for an enumerated parameter */
     const char *help;
+    unsigned flags;
+    double mk_def;
 } method_param;
 
 /* What a method reports about one tensor, for --report and the summary. */
@@ -45,7 +54,13 @@ typedef struct method_ctx {
     bool f64; /* compute precision: double when true, float otherwise */
     int threads;
     uint64_t seed;
-    const double *p;    /* resolved parameters, in the method's table order */
+    /* Parameters resolved for this tensor (docs/config.md: per model, then the flags, then
+     * the config's top level, then the default), in the method's table order: p for the
+     * whole tensor, ep for each expert (T rows of n_params; the PARAM_PER_MODEL ones). */
+    const double *p;
+    const double *ep;
+    int n_params;
+    bool mergekit;      /* the config is mergekit's: its rules where acem's differ */
     method_info *info;  /* per-tensor report, may be NULL */
     void *const *grams; /* regmean: T Gram matrices (cols x cols), or NULL if any is missing */
 } method_ctx;
@@ -54,6 +69,7 @@ typedef struct method_def {
     const char *name;
     const char *describe;
     double default_lambda;
+    double mergekit_lambda; /* a mergekit config's default lambda; 0: default_lambda */
     const method_param *params;
     int n_params;
     /* True when each element depends only on the same element of the deltas, so the
@@ -65,16 +81,30 @@ typedef struct method_def {
     bool covariance;
     /* True when the method reads Gram matrices given with --gram (regmean). */
     bool uses_grams;
-    /* Non-NULL when Delta = linear_scale(T) * sum_t Dt: the pipeline then streams the
-     * method through one fused, parallel read-and-combine kernel. */
-    double (*linear_scale)(int T);
+    /* Non-NULL when Delta = scale * sum_t w_t Dt, scale returned and the T w_t written
+     * into w: the pipeline then streams the method through one fused, parallel
+     * read-and-combine kernel. */
+    double (*linear_scale)(const method_ctx *c, double *w);
     /* deltas may be overwritten (used as scratch); out receives numel values. */
     int (*merge)(const method_ctx *c, void *const *deltas, void *out, acem_error *err);
 } method_def;
 
+static inline double expert_param(const method_ctx *c, int t, int i) {
+    return c->ep[(size_t)t * (size_t)c->n_params + (size_t)i];
+}
+
 const method_def *method_find(const char *name);
-int method_resolve_params(const method_def *m, const acem_param *given, int n_given, double *values,
-                          char *desc, size_t desc_len, acem_error *err);
+/* The default of parameter i, or of lambda, as the config's dialect has it. */
+double method_param_default(const method_def *m, int i, bool mergekit);
+double method_default_lambda(const method_def *m, bool mergekit);
+/* Parses "key=value" parameters against the method's table (defaults as the dialect has
+ * them); unknown keys, values out of range and unknown choices are errors. */
+int method_resolve_params(const method_def *m, const acem_param *given, int n_given, bool mergekit,
+                          double *values, acem_error *err);
+/* A value for parameter i (range, or 0 / 1 for a boolean); err names the parameter. */
+int method_check_value(const method_param *mp, double v, acem_error *err);
+/* "density=0.2 normalize=true" into desc, for the summary. */
+void method_describe_params(const method_def *m, const double *values, char *desc, size_t desc_len);
 
 /* Element access in the compute precision. */
 static inline double rd(const void *p, size_t i, bool f64) {
@@ -87,13 +117,23 @@ static inline void wr(void *p, size_t i, double v, bool f64) {
         ((float *)p)[i] = (float)v;
 }
 
-/* out_i = scale * sum_t d_ti. */
-void deltas_scaled_sum(const method_ctx *c, void *const *deltas, void *out, double scale);
 
-/* TIES' sign election and disjoint mean over already sparsified deltas (Yadav et al.
- * 2023, eq. 2-3): sign_i = sgn(sum_t d_ti); out_i = mean of the d_ti that are non-zero
- * and agree with sign_i, 0 if none. Shared by ties and dare_ties. */
-void ties_disjoint_mean(const method_ctx *c, void *const *deltas, void *out);
+/* out_i = scale * sum_t w_t d_ti (w NULL: every w_t is 1). */
+void deltas_weighted_sum(const method_ctx *c, void *const *deltas, const double *w, void *out,
+                         double scale);
+
+/* TIES' sign election and disjoint merge over already sparsified deltas (Yadav et al.
+ * 2023, eq. 2-3), weighted as mergekit's generalized_task_arithmetic.py does it: the
+ * elected sign of entry i is that of S_i = sum_t w_t d_ti; the w_t d_ti of that sign (never
+ * zeros) are summed, and with normalize divided by the sum of their w_t (when it is 0, by
+ * 1). S_i = 0 elects + when zero_plus (mergekit's get_mask), else nothing (acem's rule for
+ * its own configs and the command line). w NULL: every w_t is 1. Shared by ties and
+ * dare_ties. */
+typedef struct ties_rule {
+    const double *w;
+    bool normalize, zero_plus;
+} ties_rule;
+void ties_disjoint_merge(const method_ctx *c, void *const *deltas, ties_rule rule, void *out);
 
 /* ACE's step 1: squared norms ||Dt||_F^2 into sq (T) and the heterogeneity gamma. */
 double ace_heterogeneity(const method_ctx *c, void *const *deltas, double *sq);

@@ -55,46 +55,74 @@ static int unknown_choice(const method_param *mp, const char *value, acem_error 
                      valid);
 }
 
-/* Parses "key=value" parameters against the method's table; unknown keys, values out of
- * range and unknown choices are errors. desc receives "density=0.2 p=0.9" for the summary. */
-int method_resolve_params(const method_def *m, const acem_param *given, int n_given, double *values,
-                          char *desc, size_t desc_len, acem_error *err) {
+double method_param_default(const method_def *m, int i, bool mergekit) {
+    const method_param *mp = &m->params[i];
+    return mergekit && (mp->flags & PARAM_MK_DEFAULT) ? mp->mk_def : mp->def;
+}
+
+double method_default_lambda(const method_def *m, bool mergekit) {
+    return mergekit && m->mergekit_lambda ? m->mergekit_lambda : m->default_lambda;
+}
+
+int method_check_value(const method_param *mp, double v, acem_error *err) {
+    if (mp->flags & PARAM_BOOL) {
+        if (v == 0 || (v == 1 && mp->hi == 1)) return 0;
+        return acem_fail(err, "parameter %s: %s", mp->name,
+                         mp->hi == 1 ? "expected true or false" : mp->help);
+    }
+    if (!(v >= mp->lo && v <= mp->hi))
+        return acem_fail(err, "parameter %s=%g: expected a number in [%g, %g]", mp->name, v, mp->lo,
+                         mp->hi);
+    return 0;
+}
+
+/* A given value as a number: a choice's index, true / false for a boolean, else strtod. */
+static int parse_value(const method_param *mp, const char *s, double *v, acem_error *err) {
+    if (mp->choices) {
+        int c = 0;
+        while (mp->choices[c] && strcmp(mp->choices[c], s) != 0)
+            c++;
+        if (!mp->choices[c]) return unknown_choice(mp, s, err);
+        *v = c;
+        return 0;
+    }
+    if ((mp->flags & PARAM_BOOL) && (!strcmp(s, "true") || !strcmp(s, "false"))) {
+        *v = !strcmp(s, "true");
+        return method_check_value(mp, *v, err);
+    }
+    char *end;
+    errno = 0;
+    *v = strtod(s, &end);
+    if (errno || end == s || *end)
+        return acem_fail(err, "parameter %s=%s: expected a number in [%g, %g]", mp->name, s, mp->lo,
+                         mp->hi);
+    return method_check_value(mp, *v, err);
+}
+
+int method_resolve_params(const method_def *m, const acem_param *given, int n_given, bool mergekit,
+                          double *values, acem_error *err) {
     for (int i = 0; i < m->n_params; i++)
-        values[i] = m->params[i].def;
+        values[i] = method_param_default(m, i, mergekit);
     for (int g = 0; g < n_given; g++) {
         int i = 0;
         while (i < m->n_params && strcmp(m->params[i].name, given[g].key) != 0)
             i++;
         if (i == m->n_params) return unknown_param(m, given[g].key, err);
-        const method_param *mp = &m->params[i];
-        if (mp->choices) {
-            int c = 0;
-            while (mp->choices[c] && strcmp(mp->choices[c], given[g].value) != 0)
-                c++;
-            if (!mp->choices[c]) return unknown_choice(mp, given[g].value, err);
-            values[i] = c;
-            continue;
-        }
-        char *end;
-        errno = 0;
-        double v = strtod(given[g].value, &end);
-        if (errno || end == given[g].value || *end || !(v >= mp->lo && v <= mp->hi))
-            return acem_fail(err, "parameter %s=%s: expected a number in [%g, %g]", mp->name,
-                             given[g].value, mp->lo, mp->hi);
-        values[i] = v;
+        if (parse_value(&m->params[i], given[g].value, &values[i], err)) return -1;
     }
+    return 0;
+}
+
+void method_describe_params(const method_def *m, const double *values, char *desc,
+                            size_t desc_len) {
     size_t k = 0;
     desc[0] = 0;
     for (int i = 0; i < m->n_params && k < desc_len; i++) {
         const method_param *mp = &m->params[i];
-        if (mp->choices)
-            k += (size_t)snprintf(desc + k, desc_len - k, "%s%s=%s", k ? " " : "", mp->name,
-                                  mp->choices[(int)values[i]]);
-        else {
-            char num[32];
-            k += (size_t)snprintf(desc + k, desc_len - k, "%s%s=%s", k ? " " : "", mp->name,
-                                  acem_format_double(values[i], num, sizeof num));
-        }
+        char num[32];
+        const char *v = mp->choices              ? mp->choices[(int)values[i]]
+                        : mp->flags & PARAM_BOOL ? (values[i] ? "true" : "false")
+                                                 : acem_format_double(values[i], num, sizeof num);
+        k += (size_t)snprintf(desc + k, desc_len - k, "%s%s=%s", k ? " " : "", mp->name, v);
     }
-    return 0;
 }

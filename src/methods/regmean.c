@@ -9,7 +9,7 @@
 
 enum { P_ALPHA };
 static const method_param regmean_params[] = {
-    {"alpha", 0.95, 0.0, 1.0, NULL, "weight of the off-diagonal Gram entries"},
+    {"alpha", 0.95, 0.0, 1.0, NULL, "weight of the off-diagonal Gram entries", 0, 0},
 };
 
 static int gram_given(const method_ctx *c, void *const *D, int t, void *S, cov_task *task,
@@ -32,7 +32,7 @@ static int merge_regmean(const method_ctx *c, void *const *D, void *out, acem_er
     const size_t m = c->rows, n = c->cols;
     if (!c->grams) {
         if (c->info) c->info->warning = "no Gram matrix for some expert: mean of the deltas";
-        deltas_scaled_sum(c, D, out, 1.0 / c->T);
+        deltas_weighted_sum(c, D, NULL, out, 1.0 / c->T);
         return 0;
     }
     void *S = cov_alloc(&L, n * n, "a Gram matrix", err),

@@ -76,7 +76,7 @@ static int merge_tsv(const method_ctx *c, void *const *D, void *out, acem_error 
     const size_t w = k * (size_t)c->T;
     if (k == 0) {
         if (c->info) c->info->warning = "floor(min(m, n) / T) = 0: tsv falls back to the mean";
-        deltas_scaled_sum(c, D, out, 1.0 / c->T);
+        deltas_weighted_sum(c, D, NULL, out, 1.0 / c->T);
         return 0;
     }
     void *U = cov_alloc(&L, m * w, "tsv", err), *V = cov_alloc(&L, n * w, "tsv", err);
@@ -144,7 +144,7 @@ static double round_half_even(double x) {
 
 enum { P_COMMON_FRAC };
 static const method_param iso_cts_params[] = {
-    {"common_frac", 0.8, 0.0, 1.0, NULL, "share of the rank given to the common subspace"},
+    {"common_frac", 0.8, 0.0, 1.0, NULL, "share of the rank given to the common subspace", 0, 0},
 };
 
 /* Iso-CTS: the top-c subspace of S = sum_t Dt is shared; each task adds the top-p triplets
@@ -201,7 +201,8 @@ out:
 
 enum { P_RANK_RATIO };
 static const method_param cart_params[] = {
-    {"rank_ratio", 0.08, 0.0, 1.0, NULL, "rank kept per task: k = ceil(rank_ratio * min(m, n))"},
+    {"rank_ratio", 0.08, 0.0, 1.0, NULL, "rank kept per task: k = ceil(rank_ratio * min(m, n))", 0,
+     0},
 };
 
 /* CART: Delta = Dbar + sum_t LowRank_k(Dt - Dbar), Dbar = mean_t Dt. */
@@ -211,7 +212,7 @@ static int merge_cart(const method_ctx *c, void *const *D, void *out, acem_error
     size_t k = (size_t)ceil(c->p[P_RANK_RATIO] * (double)r);
     if (k > r) k = r;
     info_add(c->info, "k", (double)k);
-    deltas_scaled_sum(c, D, out, 1.0 / c->T); /* out = Dbar */
+    deltas_weighted_sum(c, D, NULL, out, 1.0 / c->T); /* out = Dbar */
     void *resid = cov_alloc(&L, m * n, "cart", err);
     void *mean = cov_alloc(&L, m * n, "cart", err);
     int rc = -1;

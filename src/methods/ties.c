@@ -144,57 +144,81 @@ static int trim(const method_ctx *c, void *d, uint64_t k, acem_error *err) {
     return 0;
 }
 
-/* Elect sign and disjoint mean: per element, the mean of the Dt that agree in sign with
- * sum_t Dt (0 when none does). In blocks, so that each loop runs over contiguous elements
- * of one delta and vectorises; the sums run over t in order, as element by element. */
-void ties_disjoint_mean(const method_ctx *c, void *const *d, void *out) {
+/* Elect sign and disjoint merge (method.h). In blocks, so that each loop runs over
+ * contiguous elements of one delta and vectorises; the sums run over t in order, as
+ * element by element. With every w_t = 1 the products are exact, so the unweighted merge
+ * is the same arithmetic as a plain one. */
+void ties_disjoint_merge(const method_ctx *c, void *const *d, ties_rule rule, void *out) {
     enum { B = 256 };
     const bool f64 = c->f64;
     const uint64_t blocks = (c->numel + B - 1) / B;
 #pragma omp parallel for num_threads(c->threads) schedule(static)
     for (uint64_t b = 0; b < blocks; b++) {
         const uint64_t i0 = b * B, len = c->numel - i0 < B ? c->numel - i0 : B;
-        double sum[B], acc[B];
-        int count[B];
-        for (uint64_t j = 0; j < len; j++) {
-            sum[j] = acc[j] = 0;
-            count[j] = 0;
-        }
-        for (int t = 0; t < c->T; t++)
-            for (uint64_t j = 0; j < len; j++)
-                sum[j] += rd(d[t], i0 + j, f64);
-        for (int t = 0; t < c->T; t++)
-            for (uint64_t j = 0; j < len; j++) {
-                double v = rd(d[t], i0 + j, f64);
-                bool agree = (v > 0 && sum[j] > 0) || (v < 0 && sum[j] < 0);
-                acc[j] += agree ? v : 0.0;
-                count[j] += agree;
-            }
+        double sum[B], acc[B], div[B];
         for (uint64_t j = 0; j < len; j++)
-            wr(out, i0 + j, count[j] ? acc[j] / count[j] : 0.0, f64);
+            sum[j] = acc[j] = div[j] = 0;
+        for (int t = 0; t < c->T; t++) {
+            const double w = rule.w ? rule.w[t] : 1.0;
+            for (uint64_t j = 0; j < len; j++)
+                sum[j] += w * rd(d[t], i0 + j, f64);
+        }
+        for (int t = 0; t < c->T; t++) {
+            const double w = rule.w ? rule.w[t] : 1.0;
+            for (uint64_t j = 0; j < len; j++) {
+                double v = w * rd(d[t], i0 + j, f64);
+                bool plus = sum[j] > 0 || (rule.zero_plus && sum[j] == 0);
+                bool agree = (v > 0 && plus) || (v < 0 && sum[j] < 0);
+                acc[j] += agree ? v : 0.0;
+                div[j] += agree ? w : 0.0;
+            }
+        }
+        for (uint64_t j = 0; j < len; j++)
+            wr(out, i0 + j, rule.normalize && div[j] != 0 ? acc[j] / div[j] : acc[j], f64);
     }
 }
 
-enum { P_DENSITY };
+/* mergekit's ties (merge_methods/registry.py: magnitude sparsification, sum consensus,
+ * normalize by default, no rescale): per-expert weight and density. */
+enum { P_DENSITY, P_WEIGHT, P_NORMALIZE, P_INT8_MASK, P_RESCALE };
 static const method_param ties_params[] = {
-    {"density", 0.2, 0.0, 1.0, NULL, "fraction of each delta's entries kept by magnitude"},
+    {"density", 0.2, 0.0, 1.0, NULL, "fraction of each delta's entries kept by magnitude",
+     PARAM_PER_MODEL | PARAM_MK_DEFAULT, 1.0},
+    {"weight", 1.0, -1e9, 1e9, NULL, "each expert's weight in the election and the merge",
+     PARAM_PER_MODEL, 0},
+    {"normalize", 1, 0, 1, NULL, "divide by the sum of the agreeing weights", PARAM_BOOL, 0},
+    {"int8_mask", 0, 0, 1, NULL, "mergekit's storage of masks: no numeric effect", PARAM_BOOL, 0},
+    {"rescale", 0, 0, 0, NULL, "only rescale: false is supported (no L1 rescale after the trim)",
+     PARAM_BOOL, 0},
 };
 
+/* Trim: k = floor(density * numel) as mergekit's sparsify.magnitude (acem keeps at least
+ * one entry where mergekit stops, and keeps every entry tied with the k-th largest where
+ * mergekit's argsort keeps an arbitrary k of them); density >= 1 keeps the delta whole. */
 static int merge_ties(const method_ctx *c, void *const *d, void *out, acem_error *err) {
-    uint64_t k = (uint64_t)(c->p[P_DENSITY] * (double)c->numel);
-    if (k < 1) k = 1;
-    for (int t = 0; t < c->T && c->numel; t++)
-        if (trim(c, d[t], k, err)) return -1;
-    ties_disjoint_mean(c, d, out);
+    double *w = acem_alloc((size_t)c->T + 1, sizeof *w, "weights", err);
+    if (!w) return -1;
+    for (int t = 0; t < c->T; t++) {
+        double density = expert_param(c, t, P_DENSITY);
+        uint64_t k = (uint64_t)(density * (double)c->numel);
+        w[t] = expert_param(c, t, P_WEIGHT);
+        if (density < 1 && c->numel && trim(c, d[t], k < 1 ? 1 : k, err)) {
+            free(w);
+            return -1;
+        }
+    }
+    ties_disjoint_merge(c, d, (ties_rule){w, c->p[P_NORMALIZE] != 0, c->mergekit}, out);
+    free(w);
     return 0;
 }
 
 const method_def method_ties = {
     .name = "ties",
     .describe = "trim to top density by magnitude, elect sign, disjoint mean (Yadav et al. "
-                "2023); density 0.2, lambda 1",
+                "2023), per-expert weight and density; density 0.2 (1 in a mergekit config), "
+                "lambda 1",
     .default_lambda = 1.0,
     .params = ties_params,
-    .n_params = 1,
+    .n_params = 5,
     .merge = merge_ties,
 };

@@ -53,8 +53,8 @@ static int gram_estimate(const method_ctx *c, void *const *D, int t, void *S, co
 enum { P_RIDGE, P_SOLVER };
 static const char *const solver_choices[] = {"closed", "adam", NULL};
 static const method_param wudi_params[] = {
-    {"ridge", 1e-4, 0.0, 1.0, NULL, "ridge delta = ridge * trace(sum_t S_t) / n"},
-    {"solver", 0, 0, 0, solver_choices, "closed: the closed form; adam: the authors' solver"},
+    {"ridge", 1e-4, 0.0, 1.0, NULL, "ridge delta = ridge * trace(sum_t S_t) / n", 0, 0},
+    {"solver", 0, 0, 0, solver_choices, "closed: the closed form; adam: the authors' solver", 0, 0},
 };
 
 /* Adam (Kingma & Ba 2015) on the WUDI loss; gradient 2 (M P - Y), P = sum S_t, Y = sum D_t S_t. */

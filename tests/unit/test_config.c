@@ -1,6 +1,8 @@
 /* test_config.c — the YAML schema: mergekit keys, acem keys, and refusals. */
 #include "testutil.h"
 
+#include "params.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,9 +46,10 @@ static void test_mergekit_schema(void **state) {
     assert_int_equal(o.n_models, 2);
     snprintf(expect, sizeof expect, "%s/./b", dir);
     assert_string_equal(o.models[1], expect);
-    assert_int_equal(o.n_params, 1);
-    assert_string_equal(o.params[0].key, "density");
-    assert_string_equal(o.params[0].value, "0.3");
+    assert_int_equal(o.n_params, 0); /* the config's parameters are settings, read per tensor */
+    const setting *density = settings_find(&o.settings->top, "density");
+    assert_true(density && density->n_cond == 1 && density->cond[0].v[0] == 0.3);
+    assert_false(o.settings->mergekit);
     assert_true(o.lambda == 0.7);
     assert_int_equal(o.out_type, ACEM_OUT_BF16);
     assert_int_equal(o.n_excludes, 2);
@@ -67,7 +70,11 @@ static void test_refusals(void **state) {
         const char *yaml, *expect;
     } cases[] = {
         {"merge_methd: ties\n", "unknown key \"merge_methd\""},
-        {"models:\n  - model: a\n    weight: 0.5\n", "per-model \"weight\""},
+        {"models:\n  - model: a\n    weight: 0.5\n", "not \"weight\""},
+        {"parameters:\n  weight: [1, x]\n", "must be a number"},
+        {"parameters:\n  weight: {filter: mlp}\n", "needs a value"},
+        {"parameters:\n  weight: [{filter: mlp, value: 1}, 2]\n", "only {filter, value}"},
+        {"parameters:\n  weight: 1\n  weight: 2\n", "given twice"},
         {"lambda: abc\n", "must be a number"},
         {"dtype: f8\n", "unknown dtype"},
         {"models: a\n", "must be a list"},
@@ -93,10 +100,62 @@ static void test_refusals(void **state) {
     free(dir);
 }
 
+/* mergekit's per-model parameters, gradients and conditions; the base listed again under
+ * models is no expert. */
+static void test_mergekit_parameters(void **state) {
+    (void)state;
+    char *dir = tu_mkdtemp();
+    acem_config *c;
+    acem_merge_options o;
+    acem_error err = {{0}};
+    const char *yaml = "models:\n"
+                       "  - model: base\n"
+                       "  - model: a\n"
+                       "    parameters:\n"
+                       "      weight: [0, 1, 0.5]\n"
+                       "      density:\n"
+                       "        - filter: mlp\n"
+                       "          value: 0.25\n"
+                       "        - value: [1, 0]\n"
+                       "  - model: b\n"
+                       "    parameters: {weight: 0.5, normalize: true}\n"
+                       "merge_method: ties\n"
+                       "base_model: base\n"
+                       "parameters: ~\n";
+    assert_int_equal(load(dir, yaml, &c, &o, &err), 0);
+    assert_int_equal(o.n_models, 2);
+    const acem_settings *s = o.settings;
+    assert_true(s->mergekit && s->n_models == 2 && s->top.n == 0);
+    double v;
+    const setting *w = settings_find(&s->models[0], "weight");
+    assert_true(setting_eval(w, "x", 0.75, &v) && v == 0.75); /* between 1 and 0.5 */
+    const setting *d = settings_find(&s->models[0], "density");
+    assert_true(setting_eval(d, "model.layers.0.mlp.up_proj.weight", 0.5, &v) && v == 0.25);
+    assert_true(setting_eval(d, "model.layers.0.self_attn.q_proj.weight", 0.25, &v) && v == 0.75);
+    assert_true(setting_eval(settings_find(&s->models[1], "normalize"), "x", 0, &v) && v == 1);
+    acem_config_free(c);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* Where a gradient is read: layer i of n at i / (n - 1); embeddings at 0, the rest at 1. */
+static void test_gradient_position(void **state) {
+    (void)state;
+    assert_int_equal(tensor_layer("model.layers.12.mlp.up_proj.weight"), 12);
+    assert_int_equal(tensor_layer("transformer.h.3.attn.c_attn.weight"), 3);
+    assert_int_equal(tensor_layer("lm_head.weight"), -1);
+    assert_true(tensor_gradient_t("model.layers.2.mlp.weight", 5) == 0.5);
+    assert_true(tensor_gradient_t("model.embed_tokens.weight", 5) == 0);
+    assert_true(tensor_gradient_t("model.norm.weight", 5) == 1);
+    assert_true(tensor_gradient_t("model.layers.0.mlp.weight", 1) == 1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mergekit_schema),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_mergekit_parameters),
+        cmocka_unit_test(test_gradient_position),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

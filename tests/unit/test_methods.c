@@ -9,7 +9,11 @@
 #include "linalg/linalg.h"
 #include "methods/method.h"
 
-static method_ctx ctx(uint64_t n, int T, bool f64, const double *p) {
+/* p holds the method's n_params values; every expert gets the same ones. */
+static method_ctx ctx(uint64_t n, int T, bool f64, const double *p, int n_params) {
+    static double ep[16 * METHOD_MAX_PARAMS];
+    for (int t = 0; t < T; t++)
+        memcpy(ep + t * n_params, p, (size_t)n_params * sizeof *p);
     method_ctx c;
     memset(&c, 0, sizeof c);
     c.tensor = "w";
@@ -21,6 +25,8 @@ static method_ctx ctx(uint64_t n, int T, bool f64, const double *p) {
     c.f64 = f64;
     c.threads = 1;
     c.p = p;
+    c.ep = ep;
+    c.n_params = n_params;
     return c;
 }
 
@@ -30,8 +36,8 @@ static void test_ties_hand_case(void **state) {
     float d0[4] = {3, -1, 0.5f, -4}, d1[4] = {-2, 5, 0.1f, -1}, d2[4] = {1, 1, 1, 1};
     void *d[3] = {d0, d1, d2};
     float out[4];
-    double p[1] = {0.5};
-    method_ctx c = ctx(4, 3, false, p);
+    double p[5] = {0.5, 1, 1, 0, 0}; /* density, weight, normalize, int8_mask, rescale */
+    method_ctx c = ctx(4, 3, false, p, 5);
     assert_int_equal(method_ties.merge(&c, d, out, NULL), 0);
     /* trimmed: t0 {3,0,0,-4}; t1 {-2,5,0,0}; t2 all ones (ties at the threshold are kept)
      * entry 0: sum 3-2+1=2 > 0 -> mean(3,1)=2; entry 1: 5+1 -> 3; entry 2: 1 -> 1;
@@ -64,8 +70,8 @@ static void check_trim(bool f64, uint64_t n, double density, int distinct, int t
     uint64_t k = (uint64_t)(density * (double)n);
     if (k < 1) k = 1;
     double thr = sorted[n - k];
-    double p[1] = {density};
-    method_ctx c = ctx(n, 2, f64, p);
+    double p[5] = {density, 1, 1, 0, 0};
+    method_ctx c = ctx(n, 2, f64, p, 5);
     c.threads = threads;
     void *d[2] = {buf, other};
     method_ties.merge(&c, d, out, NULL);
@@ -112,7 +118,7 @@ static void test_dare_chunk_and_thread_invariance(void **state) {
         const method_def *m = variant ? &method_dare_ties : &method_dare_linear;
         memcpy(work, src, N * T * sizeof(float));
         void *d[T] = {work, work + N, work + 2 * N};
-        method_ctx c = ctx(N, T, false, p);
+        method_ctx c = ctx(N, T, false, p, 2);
         c.seed = 42;
         m->merge(&c, d, whole, NULL);
         memcpy(work, src, N * T * sizeof(float));
@@ -128,7 +134,7 @@ static void test_dare_chunk_and_thread_invariance(void **state) {
     /* about 10% of the entries survive, scaled by 10 */
     memcpy(work, src, N * T * sizeof(float));
     void *d[T] = {work, work + N, work + 2 * N};
-    method_ctx c = ctx(N, T, false, p);
+    method_ctx c = ctx(N, T, false, p, 2);
     float out[N];
     method_dare_linear.merge(&c, d, out, NULL);
     int kept = 0;
@@ -148,24 +154,20 @@ static void test_param_resolution(void **state) {
     char desc[128];
     acem_error err = {{0}};
     acem_param ok[] = {{"p", "0.5"}, {"rescale", "l1"}};
-    assert_int_equal(method_resolve_params(&method_dare_ties, ok, 2, v, desc, sizeof desc, &err),
-                     0);
+    assert_int_equal(method_resolve_params(&method_dare_ties, ok, 2, false, v, &err), 0);
     assert_true(v[0] == 0.5 && v[1] == 1);
+    method_describe_params(&method_dare_ties, v, desc, sizeof desc);
     assert_string_equal(desc, "p=0.5 rescale=l1");
     assert_false(method_dare_ties.elementwise(v));
     acem_param unknown[] = {{"densty", "0.5"}};
-    assert_int_not_equal(
-        method_resolve_params(&method_ties, unknown, 1, v, desc, sizeof desc, &err), 0);
+    assert_int_not_equal(method_resolve_params(&method_ties, unknown, 1, false, v, &err), 0);
     assert_non_null(strstr(err.msg, "no parameter \"densty\""));
     acem_param range[] = {{"density", "1.5"}};
-    assert_int_not_equal(method_resolve_params(&method_ties, range, 1, v, desc, sizeof desc, &err),
-                         0);
+    assert_int_not_equal(method_resolve_params(&method_ties, range, 1, false, v, &err), 0);
     acem_param junk[] = {{"density", "0.2x"}};
-    assert_int_not_equal(method_resolve_params(&method_ties, junk, 1, v, desc, sizeof desc, &err),
-                         0);
+    assert_int_not_equal(method_resolve_params(&method_ties, junk, 1, false, v, &err), 0);
     acem_param choice[] = {{"rescale", "l2"}};
-    assert_int_not_equal(
-        method_resolve_params(&method_dare_linear, choice, 1, v, desc, sizeof desc, &err), 0);
+    assert_int_not_equal(method_resolve_params(&method_dare_linear, choice, 1, false, v, &err), 0);
     assert_non_null(method_find("average"));
     assert_null(method_find("nope"));
 }

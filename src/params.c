@@ -1,0 +1,138 @@
+/* params.c — parameter settings (params.h): storage, mergekit's evaluation rule, and the
+ * layer position of a tensor. */
+#include "params.h"
+
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+acem_settings *settings_new(int n_models, acem_error *err) {
+    acem_settings *s = acem_alloc(1, sizeof *s, "parameter settings", err);
+    if (!s) return NULL;
+    s->n_models = n_models;
+    s->models = acem_alloc((size_t)n_models + 1, sizeof *s->models, "parameter settings", err);
+    s->model_path = acem_alloc((size_t)n_models + 1, sizeof *s->model_path, "settings", err);
+    if (!s->models || !s->model_path) {
+        settings_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+static void list_free(setting_list *l) {
+    for (int i = 0; i < l->n; i++) {
+        for (int c = 0; c < l->s[i].n_cond; c++)
+            free(l->s[i].cond[c].v);
+        free(l->s[i].cond);
+    }
+    free(l->s);
+}
+
+void settings_free(acem_settings *s) {
+    if (!s) return;
+    list_free(&s->top);
+    for (int i = 0; s->models && i < s->n_models; i++)
+        list_free(&s->models[i]);
+    free(s->models);
+    free(s->model_path);
+    free(s);
+}
+
+setting *settings_add(setting_list *l, const char *name, int n_cond, acem_error *err) {
+    if (l->n == l->cap) {
+        int cap = l->cap ? 2 * l->cap : 8;
+        setting *grown = realloc(l->s, (size_t)cap * sizeof *grown);
+        if (!grown) {
+            acem_fail(err, "out of memory reading parameters");
+            return NULL;
+        }
+        l->s = grown;
+        l->cap = cap;
+    }
+    setting *s = &l->s[l->n];
+    *s = (setting){name, n_cond, acem_alloc((size_t)n_cond + 1, sizeof *s->cond, "a setting", err)};
+    if (!s->cond) return NULL;
+    l->n++;
+    return s;
+}
+
+const setting *settings_find(const setting_list *l, const char *name) {
+    for (int i = 0; i < l->n; i++)
+        if (!strcmp(l->s[i].name, name)) return &l->s[i];
+    return NULL;
+}
+
+void settings_drop_model(acem_settings *s, int i) {
+    list_free(&s->models[i]);
+    size_t tail = (size_t)(s->n_models - i - 1);
+    memmove(&s->models[i], &s->models[i + 1], tail * sizeof *s->models);
+    memmove(&s->model_path[i], &s->model_path[i + 1], tail * sizeof *s->model_path);
+    s->n_models--;
+}
+
+bool settings_has_model_params(const acem_settings *s) {
+    for (int i = 0; s && i < s->n_models; i++)
+        if (s->models[i].n) return true;
+    return false;
+}
+
+/* A gradient at t: linear interpolation between the neighbours of t * (n - 1). */
+static double gradient_at(const setting_cond *c, double t) {
+    double scaled = t * (c->n - 1);
+    int i0 = (int)scaled, i1 = i0 + 1 < c->n ? i0 + 1 : c->n - 1;
+    double frac = scaled - i0;
+    return (1 - frac) * c->v[i0] + frac * c->v[i1];
+}
+
+bool setting_eval(const setting *s, const char *tensor, double t, double *out) {
+    for (int i = 0; i < s->n_cond; i++) {
+        const setting_cond *c = &s->cond[i];
+        if (c->filter && strcmp(c->filter, "*") != 0 && !strstr(tensor, c->filter)) continue;
+        *out = gradient_at(c, t);
+        return true;
+    }
+    return false;
+}
+
+long tensor_layer(const char *name) {
+    for (const char *p = strchr(name, '.'); p; p = strchr(p + 1, '.')) {
+        const char *q = p + 1;
+        while (isdigit((unsigned char)*q))
+            q++;
+        if (q > p + 1 && (*q == '.' || !*q) && q - p < 10) return strtol(p + 1, NULL, 10);
+    }
+    return -1;
+}
+
+/* Embedding tensors come before the layers in every architecture mergekit knows. */
+static bool is_embedding(const char *name) {
+    static const char *const marks[] = {"embed", "wte", "wpe", "word_embeddings"};
+    for (size_t i = 0; i < sizeof marks / sizeof *marks; i++)
+        if (strstr(name, marks[i])) return true;
+    return false;
+}
+
+double tensor_gradient_t(const char *name, long n_layers) {
+    long layer = tensor_layer(name);
+    if (layer < 0) return is_embedding(name) ? 0.0 : 1.0;
+    if (n_layers <= 1) return 1.0;
+    return layer >= n_layers ? 1.0 : (double)layer / (double)(n_layers - 1);
+}
+
+int settings_set_models(acem_settings *s, int n, acem_error *err) {
+    setting_list *models = acem_alloc((size_t)n + 1, sizeof *models, "parameter settings", err);
+    const char **paths = acem_alloc((size_t)n + 1, sizeof *paths, "parameter settings", err);
+    if (!models || !paths) {
+        free(models);
+        free(paths);
+        return -1;
+    }
+    for (int i = 0; i < s->n_models; i++)
+        list_free(&s->models[i]);
+    free(s->models);
+    free(s->model_path);
+    s->models = models;
+    s->model_path = paths;
+    s->n_models = n;
+    return 0;
+}

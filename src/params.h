@@ -1,0 +1,62 @@
+/* params.h — parameter settings as mergekit's YAML gives them (mergekit/config.py), and
+ * the position of a tensor in the layer stack that gradients are read at (mergekit/plan.py).
+ *
+ * A setting is a list of conditions {filter, value}; a plain value is one condition
+ * without a filter. A value is one number or a gradient (a list of numbers). */
+#ifndef ACEM_PARAMS_H
+#define ACEM_PARAMS_H
+
+#include "internal.h"
+
+typedef struct setting_cond {
+    const char *filter; /* NULL: every tensor */
+    int n;              /* 1: a number; more: a gradient */
+    double *v;
+} setting_cond;
+
+typedef struct setting {
+    const char *name;
+    int n_cond;
+    setting_cond *cond;
+} setting;
+
+typedef struct setting_list {
+    int n, cap;
+    setting *s;
+} setting_list;
+
+/* The parameters of one YAML config: the top-level mapping and one per model. Names and
+ * filters point into the config's YAML document, which outlives this. */
+struct acem_settings {
+    bool mergekit; /* some model has `parameters:`: the config is mergekit's (docs/config.md) */
+    int n_models;
+    const char **model_path; /* the model each list belongs to (as o->models has it) */
+    setting_list top;
+    setting_list *models;
+};
+
+acem_settings *settings_new(int n_models, acem_error *err);
+void settings_free(acem_settings *s);
+/* n empty per-model lists (a later `models:` replaces an earlier one's). */
+int settings_set_models(acem_settings *s, int n, acem_error *err);
+/* Appends a setting of n_cond empty conditions; NULL (err set) when out of memory. */
+setting *settings_add(setting_list *l, const char *name, int n_cond, acem_error *err);
+const setting *settings_find(const setting_list *l, const char *name);
+/* Drops model i (the base listed again under models). */
+void settings_drop_model(acem_settings *s, int i);
+bool settings_has_model_params(const acem_settings *s);
+
+/* mergekit's evaluate_setting: the first condition whose filter is absent, "*" or a
+ * substring of the tensor name gives the value, a gradient read at t in [0, 1]. Returns
+ * false when no condition matches (the lookup then goes on to the next level). */
+bool setting_eval(const setting *s, const char *tensor, double t, double *out);
+
+/* The first path component of a tensor name that is a number ("model.layers.7.mlp" -> 7),
+ * or -1: the layer a tensor belongs to. */
+long tensor_layer(const char *name);
+/* Where gradients are read for a tensor of a stack of n_layers: layer i at i / (n - 1)
+ * (1 when n is 1); embeddings before the layers at 0 and the other tensors outside them
+ * (final norm, head) at 1, as mergekit's plan reads its pre- and post-weights. */
+double tensor_gradient_t(const char *name, long n_layers);
+
+#endif
