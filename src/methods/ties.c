@@ -88,8 +88,8 @@ static bool zero_below(void *d, uint64_t b, uint64_t e, uint64_t digit, int top,
  *     at its offset from pass 1's counts, so the list is in index order);
  * then the k-th largest is selected among the listed entries alone. When the digit holds
  * so many entries that its list would outweigh the memory bound, pass 2 only zeroes and
- * the remaining bits are selected over the whole delta. */
-static int trim(const method_ctx *c, void *d, uint64_t k, acem_error *err) {
+ * the remaining bits are selected over the whole delta. The k-th largest key goes to *kth. */
+static int trim(const method_ctx *c, void *d, uint64_t k, uint64_t *kth, acem_error *err) {
     const bool f64 = c->f64;
     const uint64_t n = c->numel;
     const int top = f64 ? 48 : 16, threads = c->threads < MAX_THREADS ? c->threads : MAX_THREADS;
@@ -132,16 +132,27 @@ static int trim(const method_ctx *c, void *d, uint64_t k, acem_error *err) {
     }
     const uint64_t prefix = (uint64_t)digit << top;
     if (idx) {
-        uint64_t threshold = kth_among(d, idx, total[digit], k, prefix, top, f64);
+        uint64_t threshold = *kth = kth_among(d, idx, total[digit], k, prefix, top, f64);
         for (uint64_t i = 0; i < total[digit]; i++)
             if (magnitude_key(d, idx[i], f64) < threshold) wr(d, idx[i], 0.0, f64);
         free(idx);
     } else { /* the entries below the digit are 0 now and outside the prefix */
-        uint64_t threshold = kth_among(d, NULL, n, k, prefix, top, f64);
+        uint64_t threshold = *kth = kth_among(d, NULL, n, k, prefix, top, f64);
         for (uint64_t i = 0; i < n; i++)
             if (magnitude_key(d, i, f64) < threshold) wr(d, i, 0.0, f64);
     }
     return 0;
+}
+
+/* mergekit's trim keeps exactly k entries (sparsify.py's magnitude: the first k of an
+ * argsort); of the entries tied with the k-th largest, acem keeps the first in index
+ * order, as many as make k (which of them torch's argsort keeps is unspecified). */
+static void keep_exactly(const method_ctx *c, void *d, uint64_t k, uint64_t kth) {
+    uint64_t above = 0;
+    for (uint64_t i = 0; i < c->numel; i++)
+        above += magnitude_key(d, i, c->f64) > kth;
+    for (uint64_t i = 0, tied = 0; i < c->numel; i++)
+        if (magnitude_key(d, i, c->f64) == kth && tied++ >= k - above) wr(d, i, 0.0, c->f64);
 }
 
 /* Elect sign and disjoint merge (method.h). In blocks, so that each loop runs over
@@ -193,19 +204,24 @@ static const method_param ties_params[] = {
 };
 
 /* Trim: k = floor(density * numel) as mergekit's sparsify.magnitude (acem keeps at least
- * one entry where mergekit stops, and keeps every entry tied with the k-th largest where
- * mergekit's argsort keeps an arbitrary k of them); density >= 1 keeps the delta whole. */
+ * one entry where mergekit stops); density >= 1 keeps the delta whole. Entries tied with
+ * the k-th largest are all kept (acem's rule), or in a mergekit config only as many as
+ * make k (keep_exactly). */
 static int merge_ties(const method_ctx *c, void *const *d, void *out, acem_error *err) {
     double *w = acem_alloc((size_t)c->T + 1, sizeof *w, "weights", err);
     if (!w) return -1;
     for (int t = 0; t < c->T; t++) {
         double density = expert_param(c, t, P_DENSITY);
         uint64_t k = (uint64_t)(density * (double)c->numel);
+        uint64_t kth;
         w[t] = expert_param(c, t, P_WEIGHT);
-        if (density < 1 && c->numel && trim(c, d[t], k < 1 ? 1 : k, err)) {
+        k = k < 1 ? 1 : k;
+        if (density >= 1 || !c->numel) continue;
+        if (trim(c, d[t], k, &kth, err)) {
             free(w);
             return -1;
         }
+        if (c->mergekit) keep_exactly(c, d[t], k, kth);
     }
     ties_disjoint_merge(c, d, (ties_rule){w, c->p[P_NORMALIZE] != 0, c->mergekit}, out);
     free(w);
