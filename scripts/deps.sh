@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what acem needs to build and test, from Debian 12 packages only; arguments
-# name extra packages (fuzz/run.sh: clang).
+# Installs what acem needs to build and test, from Debian 12 packages (arguments name extra
+# packages: fuzz/run.sh's clang), and where it can, llama.cpp from npm for one optional test.
 set -euo pipefail
 packages=(build-essential cmake pkg-config libopenblas-dev liblapacke-dev libcjson-dev
           libyaml-dev libcmocka-dev zlib1g-dev python3 python3-numpy python3-sklearn
