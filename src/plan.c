@@ -231,13 +231,29 @@ acem_dtype plan_fed_dtype(const plan_entry *e) {
     return dt != ACEM_DT_NONE ? dt : ACEM_DT_F32;
 }
 
+/* llama.cpp computes with these tensors in F32 only (its CPU backend aborts on an F16 norm
+ * weight), so none of its tools writes them in another type: convert_hf_to_gguf.py stores
+ * "n_dims <= 1 or new_name.endswith('_norm.weight')" as F32 (ModelBase.prepare_tensors), and
+ * llama-quantize converts only tensors of ggml_n_dims >= 2 whose names do not end in
+ * "_norm.weight" (src/llama-quant.cpp, tensor_allows_quantization). */
+static bool llama_keeps_f32(const acem_tensor *t) {
+    return gguf_n_dims(t->ndim, t->shape) < 2 || ends_with(t->name, "_norm.weight");
+}
+
+/* --dtype types that llama.cpp's F32 tensors are not written in (F32 and F64 apply to all). */
+static bool half_or_block(acem_out_type t) {
+    return t == ACEM_OUT_F16 || t == ACEM_OUT_BF16 || acem_out_type_quant(t) != ACEM_QUANT_NONE;
+}
+
 /* The type a float tensor is written as. --dtype names it; block types apply to tensors of
- * 2 or more axes whose rows split into their blocks (others keep their stored type). By
- * default each tensor keeps its stored type, except that a file format without blocks
- * (safetensors) receives their values as F32. */
+ * 2 or more axes whose rows split into their blocks (others keep their stored type). A GGUF
+ * output follows llama.cpp: a half or block --dtype leaves the tensors llama.cpp keeps in
+ * F32 as F32. By default each tensor keeps its stored type, except that a file format
+ * without blocks (safetensors) receives their values as F32. */
 static acem_out_type target_type(const acem_tensor *b, const acem_merge_options *o, bool gguf) {
     acem_out_type stored = plan_stored_type(b);
     acem_quant q = acem_out_type_quant(o->out_type);
+    if (gguf && half_or_block(o->out_type) && llama_keeps_f32(b)) return ACEM_OUT_F32;
     if (q != ACEM_QUANT_NONE)
         return b->ndim >= 2 && b->shape[b->ndim - 1] % acem_quant_block_elems(q) == 0 ? o->out_type
                                                                                       : stored;

@@ -8,6 +8,8 @@ usage: /usr/bin/python3 tests/test_gguf.py PATH_TO_acem [-v]
     safetensors; F16 and BF16 too (one method each);
   * a GGUF base's key-values (every value type, nested arrays, general.alignment 64) are
     carried into a GGUF output unchanged, acem.* keys added;
+  * llama.cpp's conventions (issue 14 item 1): 1-D tensors and norms stay F32 under a half or
+    block --dtype, general.file_type names what the file holds, general.quantization_version;
   * acem's GGUF output read back by acem and by the numpy reader;
   * Q8_0 / Q4_0 / Q4_K / Q5_K / Q6_K inputs dequantise exactly as the numpy oracle does;
     tensors copied from the base keep their blocks byte for byte;
@@ -187,7 +189,7 @@ def test_metadata_and_roundtrip(d):
         return
     version, kv, ts, align = G.read(out)
     kept = [(k, t, v) for k, t, v in kvs if not k.startswith("acem.")]
-    got = [(k, t, v) for k, (t, v) in kv.items() if not k.startswith("acem.")]
+    got = [(k, t, v) for k, (t, v) in kv.items() if not k.startswith("acem.") and k not in FILE_KEYS]
 
     def norm(items):  # float32 values compare after the same rounding
         return [(k, t, np.float32(v).item() if t == G.F32 else v) for k, t, v in items]
@@ -212,6 +214,68 @@ def test_metadata_and_roundtrip(d):
     r = acem("stats", "-b", pb, "-m", pe[0], "-m", pe[1])
     check("acem stats runs on GGUF inputs", r.returncode == 0 and "blk.0.attn_q.weight" in r.stdout,
           r.stdout[-300:] + r.stderr)
+
+
+FILE_KEYS = ("general.file_type", "general.quantization_version")
+# llama.h's llama_ftype of each --dtype's output, as llama.cpp's loader names a file by its
+# most common type (K-quants as their _M mixes); none for F64
+FTYPE = {"default": 0, "f32": 0, "f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2, "q4_k": 15,
+         "q5_k": 17, "q6_k": 18, "f64": None}
+GTYPE = {"f32": G.GGML_F32, "f16": G.GGML_F16, "bf16": G.GGML_BF16, "f64": G.GGML_F64,
+         "q8_0": G.GGML_Q8_0, "q4_0": G.GGML_Q4_0, "q4_k": G.GGML_Q4_K, "q5_k": G.GGML_Q5_K,
+         "q6_k": G.GGML_Q6_K}
+# a weight, and the tensors llama.cpp keeps in F32: 1-D, a 2-D norm, one row (1-D to ggml)
+LLAMA_SHAPES = [("blk.0.attn_q.weight", (64, 256)), ("blk.0.attn_norm.weight", (256,)),
+                ("blk.0.attn_q_norm.weight", (4, 64)), ("blk.0.row.weight", (1, 256))]
+
+
+def gtype_of(t):
+    return t.gtype if isinstance(t, G.Quant) else {
+        "<f4": G.GGML_F32, "<f2": G.GGML_F16, "<u2": G.GGML_BF16, "<f8": G.GGML_F64}[t.dtype.str]
+
+
+def test_llamacpp_conventions(d):
+    """Issue 14 item 1. On main before it, 1-D tensors and norms were converted by a half or
+    block --dtype (those checks failed) and general.file_type was the base's (all failed)."""
+    rng = np.random.default_rng(14)
+    paths = []
+    for tag, gt in (("b", G.GGML_F32), ("e1", G.GGML_F32), ("e2", G.GGML_F32), ("h", G.GGML_F16)):
+        paths.append(os.path.join(d, "llama-%s.gguf" % tag))
+        G.write(paths[-1], [("general.file_type", G.U32, 0), ("general.architecture", G.STRING, "llama")],
+                [(n, gt, rng.standard_normal(s)) for n, s in LLAMA_SHAPES])
+    for dtype, ftype in FTYPE.items():
+        out = os.path.join(d, "llama-out-%s.gguf" % dtype)
+        r = merge(paths[0], paths[1:3], "average", out, *([] if dtype == "default" else ["--dtype", dtype]))
+        if r.returncode:
+            check("--dtype %s to GGUF" % dtype, False, r.stderr)
+            continue
+        _, kv, ts, _ = G.read(out)
+        weight = GTYPE.get(dtype, G.GGML_F32)
+        others = G.GGML_F64 if dtype == "f64" else G.GGML_F32
+        types = {n: G.NAMES[gtype_of(t)] for n, t in ts.items()}
+        want = {n: G.NAMES[weight if i == 0 else others] for i, (n, _) in enumerate(LLAMA_SHAPES)}
+        check("--dtype %s: the weight in %s, 1-D tensors and norms in %s, as llama.cpp writes "
+              "them" % (dtype, want[LLAMA_SHAPES[0][0]], G.NAMES[others]), types == want, types)
+        got = (kv.get("general.file_type"), kv.get("general.quantization_version"))
+        check("--dtype %s: general.file_type %s, general.quantization_version 2 (uint32, once)"
+              % (dtype, ftype), got == (None if ftype is None else (G.U32, ftype), (G.U32, 2)), got)
+    out = os.path.join(d, "llama-f16-q8.gguf")
+    r = merge(paths[3], paths[1:3], "average", out, "--dtype", "q8_0")
+    types = {n: G.NAMES[gtype_of(t)] for n, t in G.read(out)[2].items()} if r.returncode == 0 else r.stderr
+    check("an F16 base --dtype q8_0: its F16 norms are written F32", types == {
+        "blk.0.attn_q.weight": "Q8_0", "blk.0.attn_norm.weight": "F32",
+        "blk.0.attn_q_norm.weight": "F32", "blk.0.row.weight": "F32"}, types)
+    out = os.path.join(d, "llama-f16.gguf")
+    r = merge(paths[3], paths[1:3], "average", out)
+    kv, ts = G.read(out)[1:3] if r.returncode == 0 else ({}, {})
+    check("an F16 base by default: every tensor keeps its type, general.file_type 1 (MOSTLY_F16)",
+          kv.get("general.file_type") == (G.U32, 1)
+          and all(gtype_of(t) == G.GGML_F16 for t in ts.values()), r.stderr)
+    out = os.path.join(d, "llama-f16.safetensors")
+    r = merge(paths[0], paths[1:3], "average", out, "--dtype", "f16")
+    dts = {n: t.dtype for n, t in st.read_model(out).items()} if r.returncode == 0 else r.stderr
+    check("safetensors outputs are not llama.cpp's: --dtype f16 converts every tensor",
+          dts == {n: "F16" for n, _ in LLAMA_SHAPES}, dts)
 
 
 def random_kquant(rng, gtype, shape):
@@ -469,8 +533,8 @@ def main():
         return 2
     d = tempfile.mkdtemp(prefix="acem-gguf-")
     try:
-        for test in (test_equivalence, test_metadata_and_roundtrip, test_quantised_inputs,
-                     test_quantised_outputs, test_ace_f16_q8):
+        for test in (test_equivalence, test_metadata_and_roundtrip, test_llamacpp_conventions,
+                     test_quantised_inputs, test_quantised_outputs, test_ace_f16_q8):
             try:
                 test(d)
             except Exception as e:  # a crash of the harness is a failure, not an abort

@@ -49,7 +49,7 @@ def listing(d):
 
 SHAPES = {"blk.0.w": (8, 256),   # rows split into 32 and 256
           "blk.0.v": (4, 96),    # rows split into 32 only: K-quants keep the stored type
-          "blk.0.norm": (256,)}  # 1-D: never block-quantised
+          "blk.0.norm": (256,)}  # 1-D: F32 under a half or block --dtype to GGUF
 GGML_OF = {"F32": gg.GGML_F32, "F16": gg.GGML_F16, "BF16": gg.GGML_BF16, "F64": gg.GGML_F64,
            "Q8_0": gg.GGML_Q8_0, "Q4_K": gg.GGML_Q4_K}
 BLOCK_ELEMS = {"Q8_0": 32, "Q4_0": 32, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256}
@@ -117,10 +117,13 @@ FLOAT_TOL = {"F32": 1e-5, "F64": 1e-5, "F16": 2 ** -10, "BF16": 2 ** -7}
 
 
 def expected_type(name, base_dtype, dtype, out_fmt):
-    """The type each tensor must be stored as (docs/formats.md): --dtype's, where a block type
-    fits the tensor's rows; else the base's stored type, as F32 where safetensors cannot hold
-    blocks."""
+    """The type each tensor must be stored as (docs/formats.md): F32 for a 1-D tensor in a GGUF
+    output under a half or block --dtype, as llama.cpp keeps them; --dtype's, where a block
+    type fits the tensor's rows; else the base's stored type, as F32 where safetensors cannot
+    hold blocks."""
     stored = stored_type(name, base_dtype)
+    if out_fmt == ".gguf" and len(SHAPES[name]) < 2 and dtype.upper() in ("F16", "BF16", *BLOCK_ELEMS):
+        return "F32"
     if dtype.upper() in BLOCK_ELEMS and stored_type(name, dtype.upper()) == dtype.upper():
         return dtype.upper()
     if dtype != "default" and dtype.upper() not in BLOCK_ELEMS:

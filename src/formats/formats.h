@@ -53,6 +53,14 @@ void st_header_free(st_header *h);
  * infos, general.alignment, offsets exactly where ggml puts them. */
 int gguf_header_read(const char *path, int fd, uint64_t file_size, int file, st_header *h,
                      acem_error *err);
+/* ggml_n_dims (ggml.c) of a row-major shape: its axes from the first one of more than one
+ * element on (ggml does not count trailing ne[i] <= 1), at least 1. */
+static inline int gguf_n_dims(int ndim, const uint64_t *shape) {
+    int first = 0;
+    while (first < ndim && shape[first] <= 1)
+        first++;
+    return ndim - first > 1 ? ndim - first : 1;
+}
 /* ggml's plain element types: F32, F16, BF16, F64, I8, I16, I32, I64 (ACEM_DT_NONE / -1
  * for the others). */
 acem_dtype gguf_plain_dtype(uint32_t ggml_type);

@@ -1,7 +1,8 @@
 /* gguf_write.c — writes one GGUF v3 file front to back.
  *
- * Header: "GGUF", version 3, counts; the base's key-values copied byte for byte (except
- * acem.* keys, which this run writes anew as strings); tensor infos with ne[0] the last
+ * Header: "GGUF", version 3, counts; the base's key-values copied byte for byte except
+ * those this run writes anew: general.file_type and general.quantization_version (what this
+ * file holds, as llama.cpp writes them), then acem.* as strings; tensor infos with ne[0] the last
  * row-major axis and offsets at the aligned running sum of the sizes; zero padding to the
  * alignment. Data: each tensor's stored bytes, then zeros up to the alignment. Tensors
  * stored as blocks receive F32 values that are quantised here a group of blocks at a time,
@@ -17,7 +18,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define STAGE_ELEMS 65536u /* F32 values quantised per group: a multiple of every block */
+#define STAGE_ELEMS      65536u /* F32 values quantised per group: a multiple of every block */
+#define GGML_TYPE_IDS    64u    /* above every ggml type id (GGML_TYPE_COUNT is 43) */
+#define GGML_QNT_VERSION 2u     /* ggml.h: the version of the block formats */
 
 struct gguf_writer {
     const char *path;
@@ -99,21 +102,78 @@ static bool quantised_here(const st_out_tensor *t) {
     return t->type != ACEM_OUT_KEEP && out_tensor_quant(t) != ACEM_QUANT_NONE;
 }
 
+/* llama_ftype (llama.h) of a file whose most common tensor type is ggml type `type`, as
+ * llama.cpp's loader names a file that lacks general.file_type (llama_model_loader: K-quants
+ * as their _M mixes); -1 for types no llama_ftype names (F64, integers). */
+static int64_t ftype_of(uint32_t type) {
+    static const uint32_t ftypes[][2] = {
+        {0 /* F32 */, 0 /* ALL_F32 */},   {1 /* F16 */, 1 /* MOSTLY_F16 */},
+        {30 /* BF16 */, 32 /* BF16 */},   {2 /* Q4_0 */, 2 /* MOSTLY_Q4_0 */},
+        {8 /* Q8_0 */, 7 /* Q8_0 */},     {12 /* Q4_K */, 15 /* MOSTLY_Q4_K_M */},
+        {13 /* Q5_K */, 17 /* Q5_K_M */}, {14 /* Q6_K */, 18 /* MOSTLY_Q6_K */}};
+    for (size_t i = 0; i < sizeof ftypes / sizeof *ftypes; i++)
+        if (ftypes[i][0] == type) return ftypes[i][1];
+    return -1;
+}
+
+/* general.file_type: the loader's rule (the type that first reaches the largest count, F32
+ * when none), counted over the tensors of 2 or more ggml dimensions, the weights a file is
+ * named for (1-D tensors are F32 in every llama.cpp file). Checks every tensor's type. */
+static int file_type(const gguf_writer *w, int64_t *ftype, acem_error *err) {
+    uint64_t count[GGML_TYPE_IDS] = {0}, most = 0;
+    uint32_t top = 0;
+    for (size_t i = 0; i < w->n_tensors; i++) {
+        const st_out_tensor *t = &w->tensors[i];
+        uint32_t type = 0;
+        if (ggml_type_of(w->path, t, &type, err)) return -1;
+        if (gguf_n_dims(t->ndim, t->shape) < 2 || type >= GGML_TYPE_IDS) continue;
+        if (++count[type] > most) {
+            most = count[type];
+            top = type;
+        }
+    }
+    *ftype = ftype_of(top);
+    return 0;
+}
+
+/* The base's key-values that this run writes anew. */
+static bool rewritten(const char *key) {
+    return strncmp(key, "acem.", 5) == 0 || strcmp(key, "general.file_type") == 0 ||
+           strcmp(key, "general.quantization_version") == 0;
+}
+
+static int put_u32_kv(gguf_writer *w, const char *key, uint32_t v, uint64_t *at, acem_error *err) {
+    *at += 8 + strlen(key) + 4 + 4;
+    return put_string(w, key, err) || put_uint(w, 4 /* uint32 */, 4, err) || put_uint(w, v, 4, err)
+               ? -1
+               : 0;
+}
+
+/* What this file holds, as llama-quantize writes it (src/llama-quant.cpp): the file type and
+ * GGML_QNT_VERSION, both uint32. */
+static int put_file_type(gguf_writer *w, int64_t ftype, uint64_t *at, acem_error *err) {
+    if (ftype >= 0 && put_u32_kv(w, "general.file_type", (uint32_t)ftype, at, err)) return -1;
+    return put_u32_kv(w, "general.quantization_version", GGML_QNT_VERSION, at, err);
+}
+
 static int write_header(gguf_writer *w, const st_header *from, const acem_param *meta,
                         size_t n_meta, acem_error *err) {
-    uint64_t n_kv = n_meta;
+    int64_t ftype;
+    if (file_type(w, &ftype, err)) return -1;
+    uint64_t n_kv = n_meta + 1 + (ftype >= 0);
     for (size_t i = 0; from && i < from->n_meta; i++)
-        n_kv += strncmp(from->meta_keys[i], "acem.", 5) != 0;
+        n_kv += !rewritten(from->meta_keys[i]);
     if (put_bytes(w, "GGUF", 4, err) || put_uint(w, 3, 4, err) ||
         put_uint(w, w->n_tensors, 8, err) || put_uint(w, n_kv, 8, err))
         return -1;
     uint64_t at = 24;
     for (size_t i = 0; from && i < from->n_meta; i++) {
         uint64_t len = from->kv_at[i + 1] - from->kv_at[i];
-        if (strncmp(from->meta_keys[i], "acem.", 5) == 0) continue;
+        if (rewritten(from->meta_keys[i])) continue;
         if (put_bytes(w, from->kv_raw + from->kv_at[i], (size_t)len, err)) return -1;
         at += len;
     }
+    if (put_file_type(w, ftype, &at, err)) return -1;
     for (size_t i = 0; i < n_meta; i++) {
         char key[128];
         snprintf(key, sizeof key, "acem.%s", meta[i].key);

@@ -1,0 +1,133 @@
+"""A tiny Llama in llama.cpp's GGUF layout and an independent float64 forward pass of the
+weights a GGUF file stores, written from the architecture's description (RMSNorm, rotary
+embeddings on adjacent pairs as llama.cpp's LLAMA_ROPE_TYPE_NORM, grouped-query causal
+attention, SwiGLU), for tests/test_llamacpp.py.
+
+ggml's CPU backend multiplies a weight of type F16, BF16 or Q8_0/Q4_0 with activations first
+rounded to that type's dot-product partner (type_traits_cpu vec_dot_type: F16, BF16, Q8_0);
+forward(emulate=True) rounds the activations the same way, so that what remains between it
+and llama.cpp is float32 arithmetic.
+"""
+
+import numpy as np
+
+import gguf_np as G
+
+E, HEADS, KV_HEADS, FF, LAYERS, VOCAB = 64, 4, 2, 128, 2, 288
+
+
+def _vocab():
+    """A SentencePiece-style vocabulary: <unk>, <s>, </s>, the 256 byte tokens, words."""
+    toks = ["<unk>", "<s>", "</s>"] + ["<0x%02X>" % i for i in range(256)]
+    toks += ["\u2581w%d" % i for i in range(VOCAB - len(toks))]
+    types = [2, 3, 3] + [6] * 256 + [1] * (VOCAB - 259)  # unknown, control, byte, normal
+    scores = [0.0] * 259 + [-float(i) for i in range(VOCAB - 259)]
+    return [("tokenizer.ggml.model", G.STRING, "llama"),
+            ("tokenizer.ggml.tokens", G.ARRAY, (G.STRING, toks)),
+            ("tokenizer.ggml.scores", G.ARRAY, (G.F32, scores)),
+            ("tokenizer.ggml.token_type", G.ARRAY, (G.I32, types)),
+            ("tokenizer.ggml.bos_token_id", G.U32, 1), ("tokenizer.ggml.eos_token_id", G.U32, 2),
+            ("tokenizer.ggml.unknown_token_id", G.U32, 0)]
+
+
+def key_values():
+    hp = [("context_length", 64), ("embedding_length", E), ("block_count", LAYERS),
+          ("feed_forward_length", FF), ("attention.head_count", HEADS),
+          ("attention.head_count_kv", KV_HEADS), ("rope.dimension_count", E // HEADS)]
+    return ([("general.architecture", G.STRING, "llama"), ("general.name", G.STRING, "tiny"),
+             ("general.file_type", G.U32, 0)]
+            + [("llama." + k, G.U32, v) for k, v in hp]
+            + [("llama.rope.freq_base", G.F32, 10000.0),
+               ("llama.attention.layer_norm_rms_epsilon", G.F32, 1e-5)] + _vocab())
+
+
+def shapes():
+    kv = KV_HEADS * E // HEADS
+    s = [("token_embd.weight", (VOCAB, E))]
+    for layer in range(LAYERS):
+        p = "blk.%d." % layer
+        s += [(p + "attn_norm.weight", (E,)), (p + "attn_q.weight", (E, E)),
+              (p + "attn_k.weight", (kv, E)), (p + "attn_v.weight", (kv, E)),
+              (p + "attn_output.weight", (E, E)), (p + "ffn_norm.weight", (E,)),
+              (p + "ffn_gate.weight", (FF, E)), (p + "ffn_up.weight", (FF, E)),
+              (p + "ffn_down.weight", (E, FF))]
+    return s + [("output_norm.weight", (E,)), ("output.weight", (VOCAB, E))]
+
+
+def random_weights(rng):
+    return {n: 1 + 0.1 * rng.standard_normal(s) if len(s) == 1
+            else rng.standard_normal(s) / np.sqrt(s[1]) for n, s in shapes()}
+
+
+def write(path, weights):
+    G.write(path, key_values(), [(n, G.GGML_F32, weights[n].astype(np.float32)) for n, _ in shapes()])
+
+
+def _bf16(x):
+    b = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+    b = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) << 16
+    return b.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def _q8_0(x):
+    """ggml's x86 quantize_row_q8_0: per 32 values d = amax / 127 (stored as f16), codes
+    rint(x * (127 / amax)) in float32."""
+    b = x.astype(np.float32).reshape(-1, 32)
+    amax = np.abs(b).max(1, keepdims=True)
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    q = np.rint(b * inv)
+    d = (amax / np.float32(127)).astype(np.float16).astype(np.float64)
+    return (q * d).reshape(x.shape)
+
+
+_PARTNER = {G.GGML_F16: lambda x: x.astype(np.float16).astype(np.float64), G.GGML_BF16: _bf16,
+            G.GGML_Q8_0: _q8_0, G.GGML_Q4_0: _q8_0}
+
+
+def forward(path, tokens, emulate=True):
+    """Logits [len(tokens), VOCAB] in float64 of the weights `path` stores."""
+    _, kv, ts, _ = G.read(path)
+    w = {n: G.values(t).reshape(t.shape) for n, t in ts.items()}
+    typ = {n: t.gtype if isinstance(t, G.Quant) else
+           {"<f4": G.GGML_F32, "<f2": G.GGML_F16, "<u2": G.GGML_BF16}[t.dtype.str]
+           for n, t in ts.items()}
+    hp = lambda k: kv["llama." + k][1]  # noqa: E731
+    heads, kv_heads, eps = hp("attention.head_count"), hp("attention.head_count_kv"), \
+        hp("attention.layer_norm_rms_epsilon")
+    dim = hp("embedding_length") // heads
+    n = len(tokens)
+
+    def mm(x, name):
+        if emulate and typ[name] in _PARTNER:
+            x = _PARTNER[typ[name]](x)
+        return x @ w[name].T
+
+    def rms(x, name):
+        return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps) * w[name]
+
+    ang = np.arange(n)[:, None] * hp("rope.freq_base") ** (-np.arange(0, dim, 2) / dim)
+    cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+
+    def rope(x):  # [n, heads, dim], pairs (2i, 2i + 1)
+        a, b = x[..., 0::2], x[..., 1::2]
+        out = np.empty_like(x)
+        out[..., 0::2], out[..., 1::2] = a * cos - b * sin, a * sin + b * cos
+        return out
+
+    x = w["token_embd.weight"][tokens]
+    mask = np.triu(np.full((n, n), -np.inf), 1)
+    for layer in range(hp("block_count")):
+        p = "blk.%d." % layer
+        h = rms(x, p + "attn_norm.weight")
+        q = rope(mm(h, p + "attn_q.weight").reshape(n, heads, dim))
+        k = rope(mm(h, p + "attn_k.weight").reshape(n, kv_heads, dim))
+        v = mm(h, p + "attn_v.weight").reshape(n, kv_heads, dim)
+        k, v = np.repeat(k, heads // kv_heads, 1), np.repeat(v, heads // kv_heads, 1)
+        s = np.einsum("thd,shd->hts", q, k) / np.sqrt(dim) + mask
+        s = np.exp(s - s.max(-1, keepdims=True))
+        s /= s.sum(-1, keepdims=True)
+        x = x + mm(np.einsum("hts,shd->thd", s, v).reshape(n, -1), p + "attn_output.weight")
+        h = rms(x, p + "ffn_norm.weight")
+        g = mm(h, p + "ffn_gate.weight")
+        x = x + mm(g / (1 + np.exp(-g)) * mm(h, p + "ffn_up.weight"), p + "ffn_down.weight")
+    return mm(rms(x, "output_norm.weight"), "output.weight")
