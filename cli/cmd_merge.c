@@ -380,11 +380,12 @@ int cmd_merge(int argc, char **argv) {
     }
     if (grams) o.grams = grams;
     int rc;
-    if (!o.base || !o.out || !o.method || o.n_models < 2) {
-        cli_error("%s", !o.base     ? "no base model (--base)"
-                        : !o.method ? "no method (--method; see acem merge --help)"
-                        : !o.out    ? "no output path (-o)"
-                                    : "at least 2 experts are needed (--model, repeated)");
+    bool base_needed = !o.method || !acem_method_merges_weights(o.method);
+    if ((!o.base && base_needed) || !o.out || !o.method || o.n_models < 2) {
+        cli_error("%s", !o.base && base_needed ? "no base model (--base)"
+                        : !o.method            ? "no method (--method; see acem merge --help)"
+                        : !o.out               ? "no output path (-o)"
+                                 : "at least 2 experts are needed (--model, repeated)");
         rc = EXIT_USAGE;
     } else {
         rc = cli_run_merge(&o, f.quiet);

@@ -332,6 +332,9 @@ int acem_stats(const acem_merge_options *o, double threshold, acem_stats_fn fn, 
 size_t acem_method_count(void);
 const char *acem_method_name(size_t i);
 const char *acem_method_describe(size_t i); /* one line: formula and parameters */
+/* True for a method that merges the models' weights, not deltas (linear): it needs no base
+ * (the first model names the tensors); 0 otherwise. */
+int acem_method_merges_weights(const char *name);
 
 /* ---- YAML configuration --------------------------------------------------------- */
 

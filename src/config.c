@@ -365,8 +365,10 @@ static bool same_model(const char *a, const char *b) {
 
 /* The base listed again under `models` is, as in mergekit (plan.py's normalize_config,
  * generalized_task_arithmetic.py's get_task_vectors), the base and no expert: its delta
- * would be zero, and counting it would change every mean. Its entry is dropped. */
+ * would be zero, and counting it would change every mean. Its entry is dropped, except for
+ * a method of the weights (linear), which averages every listed model. */
 static void drop_listed_base(acem_config *c, acem_merge_options *o) {
+    if (o->method && acem_method_merges_weights(o->method)) return;
     for (int i = 0; o->base && i < o->n_models; i++) {
         if (!same_model(o->models[i], o->base)) continue;
         size_t tail = (size_t)(o->n_models - i - 1);

@@ -313,10 +313,14 @@ static int load_grams(merge_run *r, const plan_entry *e, method_ctx *c, acem_err
 /* W0 into r->w0 and Dt = Wt - W0 into r->deltas, for elements [from, from + n). */
 static int load_deltas(merge_run *r, const plan_entry *e, uint64_t from, uint64_t n,
                        acem_error *err) {
-    if (load(r, r->base, e->base, from, n, r->w0, err)) return -1;
+    if (r->method->weights) { /* Wt themselves, the output Delta (method.h) */
+        memset(r->w0, 0, n * r->csize);
+    } else if (load(r, r->base, e->base, from, n, r->w0, err)) {
+        return -1;
+    }
     for (int t = 0; t < r->T; t++) {
         if (load(r, r->experts[t], e->experts[t], from, n, r->deltas[t], err)) return -1;
-        subtract(r->deltas[t], r->w0, n, r->f64);
+        if (!r->method->weights) subtract(r->deltas[t], r->w0, n, r->f64);
     }
     return 0;
 }
@@ -342,13 +346,19 @@ ACEM_SIMD_CLONES static void store_scaled(void *out, const double *acc, double s
 
 /* One block of a linear method, in one thread: Dt = Wt - W0 in the compute precision,
  * Delta = scale * sum_t w_t Dt (summed in double), out = W0 + lambda * Delta as the output
- * dtype: the same arithmetic as load_deltas + deltas_weighted_sum + acem_combine_to_raw. */
+ * dtype: the same arithmetic as load_deltas + deltas_weighted_sum + acem_combine_to_raw.
+ * A method of the weights takes W0 = 0 and lambda 1, the base unread. */
 static void fused_block(const merge_run *r, const plan_entry *e, uint64_t from, size_t m,
                         double scale, fused_scratch *s, void *out_raw) {
     const bool f64 = r->f64;
     for (int k = 0; k <= r->T; k++) { /* k = 0: the base */
         const acem_checkpoint *ck = k ? r->experts[k - 1] : r->base;
         const acem_tensor *t = k ? e->experts[k - 1] : e->base;
+        if (!k && r->method->weights) {
+            memset(s->w0, 0, m * r->csize);
+            memset(s->acc, 0, m * sizeof *s->acc);
+            continue;
+        }
         int64_t bad = read_elements(r, ck, t, from, m, k ? s->d : s->w0, s->raw, &s->err);
         if (bad == -2) {
             s->failed = 1;
@@ -665,7 +675,9 @@ static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
     run_wide_params(r);
     char desc[384];
     method_describe_params(r->method, r->params, desc, sizeof desc);
-    r->lambda = isnan(o->lambda) ? method_default_lambda(r->method, r->mergekit) : o->lambda;
+    r->lambda = r->method->weights || isnan(o->lambda)
+                    ? method_default_lambda(r->method, r->mergekit)
+                    : o->lambda;
     set_compute(r);
     size_t n = (size_t)r->T * (size_t)r->method->n_params + 1;
     if (!(r->expert_p = acem_alloc(n, sizeof *r->expert_p, "parameters", err)) ||
@@ -693,7 +705,8 @@ static int warn_repeated_experts(merge_run *r, acem_error *err) {
     int rc = 0;
     for (int t = 0; t < r->T && !rc; t++) {
         if (stat(acem_checkpoint_file_path(r->experts[t], 0), &st[t]) != 0) st[t].st_ino = 0;
-        if (st[t].st_ino && st[t].st_dev == base.st_dev && st[t].st_ino == base.st_ino &&
+        if (!r->method->weights && st[t].st_ino && st[t].st_dev == base.st_dev &&
+            st[t].st_ino == base.st_ino &&
             (rc = acem_warn(&r->warnings, err,
                             "%s (expert %d) is the base model: its delta is zero, yet it "
                             "counts as an expert (a mergekit config lists the base under "
@@ -822,6 +835,10 @@ static int check_settings(merge_run *r, acem_error *err) {
         long layer = tensor_layer(acem_checkpoint_at(r->base, i)->name);
         if (layer >= r->n_layers) r->n_layers = layer + 1;
     }
+    if (r->method->weights && !isnan(r->o->lambda) &&
+        acem_warn(&r->warnings, err, "%s merges the models' weights: lambda is not read; ignored",
+                  r->method->name))
+        return -1;
     if (s && warn_unread(r, &s->top, NULL, err)) return -1;
     for (int t = 0; s && t < s->n_models; t++)
         if (warn_unread(r, &s->models[t], r->o->models[t], err)) return -1;
@@ -1094,8 +1111,21 @@ static int run_plan(merge_run *r, acem_merge_summary *s, acem_error *err) {
     return 0;
 }
 
+/* A method of the weights needs no base: the first model is the reference that names the
+ * tensors, gives their shapes and the directory's other files (method.h). */
+static const acem_merge_options *with_reference(const acem_merge_options *o,
+                                                acem_merge_options *copy) {
+    if (o->base || !o->method || !acem_method_merges_weights(o->method) || o->n_models < 1)
+        return o;
+    *copy = *o;
+    copy->base = o->models[0];
+    return copy;
+}
+
 int acem_merge(const acem_merge_options *o, acem_merge_summary *s, acem_error *err) {
     double t0 = acem_now();
+    acem_merge_options reference;
+    o = with_reference(o, &reference);
     merge_run r = {.o = o};
     acem_merge_summary local;
     if (!s) s = &local;

@@ -65,7 +65,7 @@ def merge_and_compare(d, label, cfg_text, cfg, models, dtype, extra=()):
         check(f"{label}: merges", False, r.stderr)
         return
     got = ST.read_file(out)[0]
-    want = MK.merge(cfg, models, N_LAYERS)
+    want = MK.merge(cfg, models, N_LAYERS)  # acem's default --seed 0 draws DARE's masks
     worst, types = 0.0, {t.dtype for t in got.values()}
     for name, w in want.items():
         err = np.max(np.abs(got[name].to_f64() - w)) / np.max(np.abs(w))
@@ -119,6 +119,66 @@ def cases():
                            {"filter": "mlp", "value": [1.0, 0.0]}, {"value": 0.5}]}},
                        {"model": m[2], "parameters": {"weight": 1.0}},
                        {"model": m[3], "parameters": {"weight": 0.25}}]}),
+        ("ties/rescale on (L1)", {
+            "merge_method": "ties", "base_model": m[0],
+            "models": [{"model": m[1], "parameters": {"weight": 0.7, "density": 0.3}},
+                       {"model": m[2], "parameters": {"weight": 0.4, "density": 0.6}}],
+            "parameters": {"rescale": True}}),
+        ("dare_ties/weights,densities (rescale, no normalize by default)", {
+            "merge_method": "dare_ties", "base_model": m[0],
+            "models": [{"model": m[0]},
+                       {"model": m[1], "parameters": {"weight": 0.5, "density": 0.5}},
+                       {"model": m[2], "parameters": {"weight": 0.3, "density": 0.7}},
+                       {"model": m[3], "parameters": {"weight": 0.4, "density": 0.2}}],
+            "parameters": {"int8_mask": True}}),
+        ("dare_ties/normalize,rescale off,density gradient,filter,lambda", {
+            "merge_method": "dare_ties", "base_model": m[0],
+            "models": [{"model": m[1], "parameters": {"weight": [0.2, 0.8],
+                                                      "density": [0.9, 0.3, 0.6]}},
+                       {"model": m[2], "parameters": {"weight": -0.3, "density": [
+                           {"filter": "mlp", "value": 0.4}, {"value": 0.8}]}},
+                       {"model": m[3], "parameters": {"weight": 0.6}}],
+            "parameters": {"normalize": True, "rescale": False, "density": 0.5,
+                           "lambda": 0.7}}),
+        ("dare_linear/weights,top-level density,lambda", {
+            "merge_method": "dare_linear", "base_model": m[0],
+            "models": [{"model": m[1], "parameters": {"weight": 0.6}},
+                       {"model": m[2], "parameters": {"weight": 0.4, "density": 0.9}},
+                       {"model": m[3], "parameters": {"weight": 0.2}}],
+            "parameters": {"density": 0.35, "lambda": 1.3}}),
+        ("dare_linear/normalize,rescale off,filtered weight", {
+            "merge_method": "dare_linear", "base_model": m[0],
+            "models": [{"model": m[1], "parameters": {"weight": [
+                           {"filter": "self_attn", "value": 2.0}, {"value": 1.0}],
+                           "density": 0.5}},
+                       {"model": m[2], "parameters": {"weight": 1.0, "density": 0.25}}],
+            "parameters": {"normalize": True, "rescale": False}}),
+        ("breadcrumbs/densities,gammas", {
+            "merge_method": "breadcrumbs", "base_model": m[0],
+            "models": [{"model": m[1], "parameters": {"weight": 0.5, "density": 0.8,
+                                                      "gamma": 0.05}},
+                       {"model": m[2], "parameters": {"weight": 0.3, "density": 0.6}},
+                       {"model": m[3], "parameters": {"weight": 0.9, "density": 0.97,
+                                                      "gamma": 0.1}}]}),
+        ("breadcrumbs_ties/normalize,rescale,gamma gradient,lambda", {
+            "merge_method": "breadcrumbs_ties", "base_model": m[0],
+            "models": [{"model": m[1], "parameters": {"weight": 0.5, "gamma": [0.0, 0.2]}},
+                       {"model": m[2], "parameters": {"weight": 0.7}},
+                       {"model": m[3], "parameters": {"weight": -0.2, "density": 0.4}}],
+            "parameters": {"normalize": True, "rescale": True, "density": 0.7,
+                           "gamma": 0.02, "lambda": 0.6}}),
+        ("linear/weights, no base", {
+            "merge_method": "linear",
+            "models": [{"model": m[1], "parameters": {"weight": 1.0}},
+                       {"model": m[2], "parameters": {"weight": 0.3}},
+                       {"model": m[3], "parameters": {"weight": 0.5}}]}),
+        ("linear/normalize off,gradient,filter,base listed with a weight", {
+            "merge_method": "linear", "base_model": m[0],
+            "models": [{"model": m[0], "parameters": {"weight": 0.5}},
+                       {"model": m[1], "parameters": {"weight": [0.1, 0.9]}},
+                       {"model": m[2], "parameters": {"weight": [
+                           {"filter": "mlp", "value": 0.2}, {"value": 0.4}]}}],
+            "parameters": {"normalize": False}}),
     ]
 
 
@@ -164,6 +224,26 @@ def test_refusals_and_warnings(d):
             os.path.join(d, "a"), "-o", os.path.join(d, "x.safetensors"))
     check("--model replacing a config's models with per-model parameters is refused",
           one_error_line(r, "--model"), r.stderr)
+
+
+def test_cli_linear_without_base(d):
+    """acem merge -M linear without --base: the weights' mean (the first model names the
+    tensors); -p weight=2 changes nothing under normalize, and normalize=false sums."""
+    models = make_models(d, ["a", "b", "c"], "F32", seed=4)
+    for label, extra, norm in (("mean", [], True), ("normalize=false", ["-p", "normalize=false"],
+                                                    False)):
+        out = os.path.join(d, label + ".safetensors")
+        r = run("merge", "-q", "-M", "linear", *[x for n in "abc" for x in
+                                                  ("--model", os.path.join(d, n))],
+                *extra, "-o", out)
+        got = ST.read_file(out)[0] if r.returncode == 0 else {}
+        cfg = {"merge_method": "linear", "parameters": {"normalize": norm},
+               "models": [{"model": x, "parameters": {"weight": 1}} for x in "abc"]}
+        want = MK.merge(cfg, models, N_LAYERS)
+        worst = max((np.max(np.abs(got[k].to_f64() - v)) / np.max(np.abs(v)) for k, v in
+                     want.items()), default=1.0) if got else 1.0
+        check(f"-M linear without --base, {label} (max relative error {worst:.2e})",
+              worst <= 1e-4, r.stderr)
 
 
 def test_cli_param_for_every_expert(d):
@@ -253,6 +333,124 @@ dtype: float16
                   "parameters": {"density": 0.5, "weight": 0.3}}],
       "merge_method": "ties", "base_model": "mistralai/Mistral-7B-v0.1",
       "parameters": {"normalize": True}, "dtype": "float16"}),
+    ("mergekit's examples/linear.yml (arcee-ai/mergekit, commit bc62b54)", "F16", "",
+     """models:
+  - model: psmathur/orca_mini_v3_13b
+    parameters:
+      weight: 1.0
+  - model: WizardLM/WizardLM-13B-V1.2
+    parameters:
+      weight: 0.3
+  - model: garage-bAInd/Platypus2-13B
+    parameters:
+      weight: 0.5
+merge_method: linear
+dtype: float16
+""", {"models": [{"model": "psmathur/orca_mini_v3_13b", "parameters": {"weight": 1.0}},
+                 {"model": "WizardLM/WizardLM-13B-V1.2", "parameters": {"weight": 0.3}},
+                 {"model": "garage-bAInd/Platypus2-13B", "parameters": {"weight": 0.5}}],
+      "merge_method": "linear", "dtype": "float16"}),
+    ("mlabonne/Daredevil-7B's config, as quoted in huggingface.co/mlabonne/Daredevil-7B/"
+     "discussions/2 (stored page id 1534177479)", "BF16", "", """models:
+  - model: mistralai/Mistral-7B-v0.1
+    # No parameters necessary for base model
+  - model: samir-fama/SamirGPT-v1
+    parameters:
+      density: 0.53
+      weight: 0.4
+  - model: abacusai/Slerp-CM-mist-dpo
+    parameters:
+      density: 0.53
+      weight: 0.3
+  - model: EmbeddedLLM/Mistral-7B-Merge-14-v0.2
+    parameters:
+      density: 0.53
+      weight: 0.3
+merge_method: dare_ties
+base_model: mistralai/Mistral-7B-v0.1
+parameters:
+  int8_mask: true
+dtype: bfloat16
+""", {"models": [{"model": "mistralai/Mistral-7B-v0.1"},
+                 {"model": "samir-fama/SamirGPT-v1",
+                  "parameters": {"density": 0.53, "weight": 0.4}},
+                 {"model": "abacusai/Slerp-CM-mist-dpo",
+                  "parameters": {"density": 0.53, "weight": 0.3}},
+                 {"model": "EmbeddedLLM/Mistral-7B-Merge-14-v0.2",
+                  "parameters": {"density": 0.53, "weight": 0.3}}],
+      "merge_method": "dare_ties", "base_model": "mistralai/Mistral-7B-v0.1",
+      "parameters": {"int8_mask": True}, "dtype": "bfloat16"}),
+    ("model card of dare_ties_1_0846 (Llama-3.1-8B-Instruct + Llama-Carvalho-PT), stored page "
+     "id 40728339038", "BF16", "", """models:
+  - model: "D:/Uni/Masterarbeit Code/jakob_finetuning/finetuned_models/meta_llama_full_colab_remerge_2"
+    parameters:
+      weight: 1.0
+      density: 1.0
+  - model: "Nos-PT/Llama-Carvalho-PT"
+    parameters:
+      weight: 0.846
+      density: 1.0
+
+base_model: "unsloth/Meta-Llama-3.1-8B-Instruct"
+
+merge_method: dare_ties
+dtype: bfloat16
+
+parameters:
+  lambda: 1.0
+  rescale: false
+""", {"models": [{"model": "D:/Uni/Masterarbeit Code/jakob_finetuning/finetuned_models/"
+                           "meta_llama_full_colab_remerge_2",
+                  "parameters": {"weight": 1.0, "density": 1.0}},
+                 {"model": "Nos-PT/Llama-Carvalho-PT",
+                  "parameters": {"weight": 0.846, "density": 1.0}}],
+      "base_model": "unsloth/Meta-Llama-3.1-8B-Instruct", "merge_method": "dare_ties",
+      "dtype": "bfloat16", "parameters": {"lambda": 1.0, "rescale": False}}),
+    ("model card of med-law-dolphin-beagle-merge (breadcrumbs), stored page id 60358828473",
+     "F16", "", """models:
+  - model: Equall/Saul-Instruct-v1
+    parameters:
+      weight: 1.0
+  - model: BioMistral/BioMistral-7B-SLERP
+    parameters:
+      weight: 1.0
+  - model: cognitivecomputations/dolphin-2.6-mistral-7b
+    parameters:
+      weight: 0.5
+merge_method: breadcrumbs
+base_model: mlabonne/NeuralBeagle14-7B
+
+parameters:
+    density: 0.9
+    gamma: 0.01    
+dtype: float16
+""", {"models": [{"model": "Equall/Saul-Instruct-v1", "parameters": {"weight": 1.0}},
+                 {"model": "BioMistral/BioMistral-7B-SLERP", "parameters": {"weight": 1.0}},
+                 {"model": "cognitivecomputations/dolphin-2.6-mistral-7b",
+                  "parameters": {"weight": 0.5}}],
+      "merge_method": "breadcrumbs", "base_model": "mlabonne/NeuralBeagle14-7B",
+      "parameters": {"density": 0.9, "gamma": 0.01}, "dtype": "float16"}),
+    ("R. Rastogi, 'Merging LLMs with mergekit' (Medium, 28 April 2025), the breadcrumbs_ties "
+     "example, stored page id 59932803109", "F16", "", """models:
+  - model: NousResearch/Hermes-3-Llama-3.1-8B
+    parameters:
+      weight: 0.3
+  - model: deepseek-ai/DeepSeek-R1-Distill-Llama-8B
+    parameters:
+      weight: 0.7
+merge_method: breadcrumbs_ties
+base_model: meta-llama/Llama-3.1-8B-Instruct
+parameters:
+  lambda: 0.5
+  density: 0.9
+  gamma: 0.01
+
+dtype: float16
+""", {"models": [{"model": "NousResearch/Hermes-3-Llama-3.1-8B", "parameters": {"weight": 0.3}},
+                 {"model": "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
+                  "parameters": {"weight": 0.7}}],
+      "merge_method": "breadcrumbs_ties", "base_model": "meta-llama/Llama-3.1-8B-Instruct",
+      "parameters": {"lambda": 0.5, "density": 0.9, "gamma": 0.01}, "dtype": "float16"}),
 ]
 
 
@@ -265,8 +463,9 @@ def test_verbatim(d):
         sub = os.path.join(d, str(i))
         if yaml:
             check(f"verbatim {i}: the transcribed parse is PyYAML's", yaml.safe_load(text) == cfg)
-        names = [cfg["base_model"]] + [m["model"] for m in cfg["models"]
-                                       if m["model"] != cfg["base_model"]]
+        base = cfg.get("base_model")  # linear has none
+        names = ([base] if base else []) + [m["model"] for m in cfg["models"]
+                                            if m["model"] != base]
         models = make_models(sub, names, dtype, seed=10 + i)
         merge_and_compare(sub, f"verbatim {i} ({cfg['merge_method']}; {source})", front and text
                           or text, cfg, models, dtype)
@@ -274,5 +473,6 @@ def test_verbatim(d):
 
 if __name__ == "__main__":
     sys.exit(run_groups([test_generated, test_refusals_and_warnings,
-                         test_cli_param_for_every_expert, test_verbatim],
+                         test_cli_param_for_every_expert, test_cli_linear_without_base,
+                         test_verbatim],
                         "acem-mergekit-", sys.argv[2:]))

@@ -1,7 +1,6 @@
 /* elementwise.c — average and task arithmetic: Delta = scale * sum_t w_t Dt. */
 #include "method.h"
 
-#include <math.h>
 #include <stdlib.h>
 
 static bool always(const double *p) {
@@ -38,13 +37,21 @@ static const method_param task_arithmetic_params[] = {
     {"int8_mask", 0, 0, 1, NULL, "mergekit's storage of masks: no numeric effect", PARAM_BOOL, 0},
 };
 
+/* task_arithmetic and linear share the layout: weight first, normalize second. */
 static double task_arithmetic_scale(const method_ctx *c, double *w) {
-    double sum = 0;
     for (int t = 0; t < c->T; t++)
-        sum += w[t] = expert_param(c, t, P_TA_WEIGHT);
-    if (!c->p[P_TA_NORMALIZE]) return 1.0;
-    return fabs(sum) < 1e-8 ? 1.0 : 1.0 / sum;
+        w[t] = expert_param(c, t, P_TA_WEIGHT);
+    return weight_sum_scale(w, c->T, c->p[P_TA_NORMALIZE] != 0);
 }
+
+/* mergekit's linear (merge_methods/linear.py): the weighted sum of the models' weights,
+ * divided with normalize (the default) by the sum of the weights. The pipeline hands it
+ * the weights themselves (method_def.weights). mergekit divides by a zero sum, giving
+ * non-finite values; acem divides by 1 when |sum| < 1e-8, as for the task vectors. */
+static const method_param linear_params[] = {
+    {"weight", 1.0, -1e9, 1e9, NULL, "each model's weight w_i", PARAM_PER_MODEL, 0},
+    {"normalize", 1, 0, 1, NULL, "divide by the sum of the weights", PARAM_BOOL, 0},
+};
 
 /* The same sum outside the fused kernel (the lab, the unit tests). */
 static int weighted_merge(const method_def *m, const method_ctx *c, void *const *d, void *out,
@@ -55,6 +62,10 @@ static int weighted_merge(const method_def *m, const method_ctx *c, void *const 
     deltas_weighted_sum(c, d, w, out, scale);
     free(w);
     return 0;
+}
+
+static int merge_linear_weights(const method_ctx *c, void *const *d, void *out, acem_error *err) {
+    return weighted_merge(&method_linear, c, d, out, err);
 }
 
 static int merge_average(const method_ctx *c, void *const *d, void *out, acem_error *err) {
@@ -84,5 +95,18 @@ const method_def method_task_arithmetic = {
     .n_params = 3,
     .elementwise = always,
     .merge = merge_task_arithmetic,
+    .linear_scale = task_arithmetic_scale,
+};
+
+const method_def method_linear = {
+    .name = "linear",
+    .describe = "sum_i weight_i * W_i of the models' weights, / sum of weights with normalize "
+                "(mergekit's linear); no base needed (the first model names the tensors)",
+    .default_lambda = 1.0,
+    .params = linear_params,
+    .n_params = 2,
+    .elementwise = always,
+    .weights = true,
+    .merge = merge_linear_weights,
     .linear_scale = task_arithmetic_scale,
 };

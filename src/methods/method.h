@@ -79,6 +79,10 @@ typedef struct method_def {
     bool matrix;
     /* True for methods that build covariances over the column axis (--covariance-axis). */
     bool covariance;
+    /* True when the method merges the models' weights Wt themselves, not deltas: no base is
+     * subtracted or added (Delta is the output, lambda not read), and without a base the
+     * first model names the tensors (linear). */
+    bool weights;
     /* True when the method reads Gram matrices given with --gram (regmean). */
     bool uses_grams;
     /* Non-NULL when Delta = scale * sum_t w_t Dt, scale returned and the T w_t written
@@ -117,7 +121,6 @@ static inline void wr(void *p, size_t i, double v, bool f64) {
         ((float *)p)[i] = (float)v;
 }
 
-
 /* out_i = scale * sum_t w_t d_ti (w NULL: every w_t is 1). */
 void deltas_weighted_sum(const method_ctx *c, void *const *deltas, const double *w, void *out,
                          double scale);
@@ -135,11 +138,25 @@ typedef struct ties_rule {
 } ties_rule;
 void ties_disjoint_merge(const method_ctx *c, void *const *deltas, ties_rule rule, void *out);
 
+/* mergekit's shared steps (gta.c, generalized_task_arithmetic.py and sparsify.py): the
+ * L1 norm of a delta; a masked delta scaled back to the L1 norm `before` it had (left alone
+ * when either norm is below 1e-7, as rescaled_masked_tensor); the T experts' values of
+ * parameter weight_param (NULL, err set, when out of memory); 1 / sum_t w_t with normalize
+ * (1 without, or when |sum| < 1e-8); and the mix: with consensus TIES' election and
+ * disjoint merge (zero sum + in a mergekit config), else sum_t w_t Dt times that scale. */
+double delta_l1(const method_ctx *c, const void *d);
+void delta_l1_rescale(const method_ctx *c, void *d, double before);
+double *expert_weights(const method_ctx *c, int weight_param, acem_error *err);
+double weight_sum_scale(const double *w, int T, bool normalize);
+void gta_mix(const method_ctx *c, void *const *d, const double *w, bool consensus, bool normalize,
+             void *out);
+
 /* ACE's step 1: squared norms ||Dt||_F^2 into sq (T) and the heterogeneity gamma. */
 double ace_heterogeneity(const method_ctx *c, void *const *deltas, double *sq);
 
-extern const method_def method_average, method_task_arithmetic, method_ties, method_dare_linear,
-    method_dare_ties, method_ace, method_wudi, method_actmat, method_tsv, method_iso_c,
-    method_iso_cts, method_cart, method_regmean;
+extern const method_def method_average, method_task_arithmetic, method_linear, method_ties,
+    method_breadcrumbs, method_breadcrumbs_ties, method_dare_linear, method_dare_ties, method_ace,
+    method_wudi, method_actmat, method_tsv, method_iso_c, method_iso_cts, method_cart,
+    method_regmean;
 
 #endif

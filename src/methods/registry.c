@@ -2,6 +2,7 @@
 #include "method.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,7 +11,10 @@ static const method_def *const methods[] = {
     /* elementwise */
     &method_average,
     &method_task_arithmetic,
+    &method_linear,
     &method_ties,
+    &method_breadcrumbs,
+    &method_breadcrumbs_ties,
     &method_dare_linear,
     &method_dare_ties,
     /* covariance family */
@@ -30,6 +34,11 @@ const method_def *method_find(const char *name) {
     for (size_t i = 0; i < N_METHODS; i++)
         if (strcmp(methods[i]->name, name) == 0) return methods[i];
     return NULL;
+}
+
+int acem_method_merges_weights(const char *name) {
+    const method_def *m = method_find(name);
+    return m && m->weights;
 }
 
 size_t acem_method_count(void) { return N_METHODS; }
@@ -120,6 +129,7 @@ void method_describe_params(const method_def *m, const double *values, char *des
     for (int i = 0; i < m->n_params && k < desc_len; i++) {
         const method_param *mp = &m->params[i];
         char num[32];
+        if (isnan(values[i])) continue; /* unset: derived from another (DARE's density) */
         const char *v = mp->choices              ? mp->choices[(int)values[i]]
                         : mp->flags & PARAM_BOOL ? (values[i] ? "true" : "false")
                                                  : acem_format_double(values[i], num, sizeof num);

@@ -37,7 +37,7 @@ static unsigned digit_of_kth(const uint64_t *hist, uint64_t *k) {
 static uint64_t kth_among(const void *p, const uint64_t *idx, uint64_t n, uint64_t k,
                           uint64_t prefix, int shift, bool f64) {
     static _Thread_local uint64_t hist[DIGITS];
-    uint64_t mask = ~0ULL << shift;
+    uint64_t mask = shift >= 64 ? 0 : ~0ULL << shift;
     for (shift -= DIGIT_BITS; shift >= 0; shift -= DIGIT_BITS) {
         memset(hist, 0, sizeof hist);
         for (uint64_t i = 0; i < n; i++) {
@@ -144,15 +144,31 @@ static int trim(const method_ctx *c, void *d, uint64_t k, uint64_t *kth, acem_er
     return 0;
 }
 
+static uint64_t count_above(const method_ctx *c, const void *d, uint64_t kth) {
+    uint64_t above = 0;
+    for (uint64_t i = 0; i < c->numel; i++)
+        above += magnitude_key(d, i, c->f64) > kth;
+    return above;
+}
+
 /* mergekit's trim keeps exactly k entries (sparsify.py's magnitude: the first k of an
  * argsort); of the entries tied with the k-th largest, acem keeps the first in index
  * order, as many as make k (which of them torch's argsort keeps is unspecified). */
 static void keep_exactly(const method_ctx *c, void *d, uint64_t k, uint64_t kth) {
-    uint64_t above = 0;
-    for (uint64_t i = 0; i < c->numel; i++)
-        above += magnitude_key(d, i, c->f64) > kth;
+    const uint64_t above = count_above(c, d, kth);
     for (uint64_t i = 0, tied = 0; i < c->numel; i++)
         if (magnitude_key(d, i, c->f64) == kth && tied++ >= k - above) wr(d, i, 0.0, c->f64);
+}
+
+/* The k largest magnitudes of d become 0 (k >= 1; of those tied with the k-th largest,
+ * the first in index order): the k-th largest selected over every bit of the keys. */
+static void drop_largest(const method_ctx *c, void *d, uint64_t k) {
+    const uint64_t kth = kth_among(d, NULL, c->numel, k, 0, c->f64 ? 64 : 32, c->f64);
+    const uint64_t above = count_above(c, d, kth);
+    for (uint64_t i = 0, tied = 0; i < c->numel; i++) {
+        uint64_t key = magnitude_key(d, i, c->f64);
+        if (key > kth || (key == kth && tied++ < k - above)) wr(d, i, 0.0, c->f64);
+    }
 }
 
 /* Elect sign and disjoint merge (method.h). In blocks, so that each loop runs over
@@ -189,43 +205,96 @@ void ties_disjoint_merge(const method_ctx *c, void *const *d, ties_rule rule, vo
     }
 }
 
-/* mergekit's ties (merge_methods/registry.py: magnitude sparsification, sum consensus,
- * normalize by default, no rescale): per-expert weight and density. */
-enum { P_DENSITY, P_WEIGHT, P_NORMALIZE, P_INT8_MASK, P_RESCALE };
+/* The magnitude family, as mergekit's registry.py defines it: ties (magnitude
+ * sparsification, sum consensus, normalize on) and breadcrumbs / breadcrumbs_ties
+ * (magnitude_outliers, without / with sum consensus, normalize off); none rescales by
+ * default. Per-expert weight, density (and gamma). */
+enum { P_DENSITY, P_WEIGHT, P_NORMALIZE, P_INT8_MASK, P_RESCALE, P_GAMMA };
+#define P_SHARED(normalize_def, normalize_help)                                                    \
+    {"weight",        1.0, -1e9, 1e9, NULL, "each expert's weight in the election and the merge",  \
+     PARAM_PER_MODEL, 0},                                                                          \
+        {"normalize", normalize_def, 0, 1, NULL, normalize_help, PARAM_BOOL, 0},                   \
+        {"int8_mask", 0, 0, 1, NULL, "mergekit's storage of masks: no numeric effect",             \
+         PARAM_BOOL,  0},                                                                          \
+    {                                                                                              \
+        "rescale", 0, 0, 1, NULL, "scale each trimmed delta back to its L1 norm (mergekit's)",     \
+            PARAM_BOOL, 0                                                                          \
+    }
 static const method_param ties_params[] = {
     {"density", 0.2, 0.0, 1.0, NULL, "fraction of each delta's entries kept by magnitude",
      PARAM_PER_MODEL | PARAM_MK_DEFAULT, 1.0},
-    {"weight", 1.0, -1e9, 1e9, NULL, "each expert's weight in the election and the merge",
+    P_SHARED(1, "divide by the sum of the agreeing weights"),
+};
+static const method_param breadcrumbs_params[] = {
+    {"density", 1.0, 0.0, 1.0, NULL, "fraction of each delta's entries kept", PARAM_PER_MODEL, 0},
+    P_SHARED(0, "divide by the sum of the (agreeing) weights"),
+    {"gamma", 0.01, 0.0, 1.0, NULL, "fraction of each delta's largest magnitudes dropped",
      PARAM_PER_MODEL, 0},
-    {"normalize", 1, 0, 1, NULL, "divide by the sum of the agreeing weights", PARAM_BOOL, 0},
-    {"int8_mask", 0, 0, 1, NULL, "mergekit's storage of masks: no numeric effect", PARAM_BOOL, 0},
-    {"rescale", 0, 0, 0, NULL, "only rescale: false is supported (no L1 rescale after the trim)",
-     PARAM_BOOL, 0},
 };
 
-/* Trim: k = floor(density * numel) as mergekit's sparsify.magnitude (acem keeps at least
- * one entry where mergekit stops); density >= 1 keeps the delta whole. Entries tied with
- * the k-th largest are all kept (acem's rule), or in a mergekit config only as many as
- * make k (keep_exactly). */
-static int merge_ties(const method_ctx *c, void *const *d, void *out, acem_error *err) {
-    double *w = acem_alloc((size_t)c->T + 1, sizeof *w, "weights", err);
+/* TIES' trim: k = floor(density * numel) as mergekit's sparsify.magnitude (acem keeps at
+ * least one entry where mergekit stops). Entries tied with the k-th largest are all kept
+ * (acem's rule), or in a mergekit config only as many as make k (keep_exactly). */
+static int trim_ties(const method_ctx *c, int t, void *d, acem_error *err) {
+    uint64_t k = (uint64_t)(expert_param(c, t, P_DENSITY) * (double)c->numel), kth;
+    k = k < 1 ? 1 : k;
+    if (trim(c, d, k, &kth, err)) return -1;
+    if (c->mergekit) keep_exactly(c, d, k, kth);
+    return 0;
+}
+
+/* mergekit's magnitude_outliers (sparsify.py): of n entries ranked by magnitude, the
+ * n_top = floor(gamma n) largest and the n - floor(density n) - n_top smallest are dropped
+ * (n_top shrinks where that count would be negative); exactly floor(density n) remain,
+ * ties at either threshold settled in index order. With n_top = 0 no large entry is
+ * dropped (mergekit's slice indices[n_bot:-0] keeps none: docs/methods.md). */
+static int trim_breadcrumbs(const method_ctx *c, int t, void *d, acem_error *err) {
+    const uint64_t n = c->numel, keep = (uint64_t)(expert_param(c, t, P_DENSITY) * (double)n);
+    uint64_t n_top = (uint64_t)(expert_param(c, t, P_GAMMA) * (double)n), kth;
+    n_top = keep + n_top > n ? n - keep : n_top;
+    if (!keep) {
+        for (uint64_t i = 0; i < n; i++)
+            wr(d, i, 0.0, c->f64);
+        return 0;
+    }
+    if (trim(c, d, keep + n_top, &kth, err)) return -1;
+    keep_exactly(c, d, keep + n_top, kth);
+    if (n_top) drop_largest(c, d, n_top);
+    return 0;
+}
+
+typedef int (*trim_fn)(const method_ctx *c, int t, void *d, acem_error *err);
+
+/* Each delta trimmed (density >= 1 keeps it whole), with rescale scaled back to its L1
+ * norm, then mixed (gta.c). */
+static int merge_magnitude(const method_ctx *c, void *const *d, void *out, trim_fn trim_one,
+                           bool consensus, acem_error *err) {
+    double *w = expert_weights(c, P_WEIGHT, err);
     if (!w) return -1;
     for (int t = 0; t < c->T; t++) {
-        double density = expert_param(c, t, P_DENSITY);
-        uint64_t k = (uint64_t)(density * (double)c->numel);
-        uint64_t kth;
-        w[t] = expert_param(c, t, P_WEIGHT);
-        k = k < 1 ? 1 : k;
-        if (density >= 1 || !c->numel) continue;
-        if (trim(c, d[t], k, &kth, err)) {
+        if (expert_param(c, t, P_DENSITY) >= 1 || !c->numel) continue;
+        double before = c->p[P_RESCALE] ? delta_l1(c, d[t]) : 0;
+        if (trim_one(c, t, d[t], err)) {
             free(w);
             return -1;
         }
-        if (c->mergekit) keep_exactly(c, d[t], k, kth);
+        if (c->p[P_RESCALE]) delta_l1_rescale(c, d[t], before);
     }
-    ties_disjoint_merge(c, d, (ties_rule){w, c->p[P_NORMALIZE] != 0, c->mergekit}, out);
+    gta_mix(c, d, w, consensus, c->p[P_NORMALIZE] != 0, out);
     free(w);
     return 0;
+}
+
+static int merge_ties(const method_ctx *c, void *const *d, void *out, acem_error *err) {
+    return merge_magnitude(c, d, out, trim_ties, true, err);
+}
+
+static int merge_breadcrumbs(const method_ctx *c, void *const *d, void *out, acem_error *err) {
+    return merge_magnitude(c, d, out, trim_breadcrumbs, false, err);
+}
+
+static int merge_breadcrumbs_ties(const method_ctx *c, void *const *d, void *out, acem_error *err) {
+    return merge_magnitude(c, d, out, trim_breadcrumbs, true, err);
 }
 
 const method_def method_ties = {
@@ -237,4 +306,25 @@ const method_def method_ties = {
     .params = ties_params,
     .n_params = 5,
     .merge = merge_ties,
+};
+
+const method_def method_breadcrumbs = {
+    .name = "breadcrumbs",
+    .describe = "drop each delta's gamma largest and smallest magnitudes down to density, "
+                "sum_t weight_t * Dt (Davari & Belilovsky 2023, as mergekit); density 1, gamma "
+                "0.01, lambda 1",
+    .default_lambda = 1.0,
+    .params = breadcrumbs_params,
+    .n_params = 6,
+    .merge = merge_breadcrumbs,
+};
+
+const method_def method_breadcrumbs_ties = {
+    .name = "breadcrumbs_ties",
+    .describe = "breadcrumbs' trim, then TIES sign election and disjoint sum (mean with "
+                "normalize), as mergekit; density 1, gamma 0.01, lambda 1",
+    .default_lambda = 1.0,
+    .params = breadcrumbs_params,
+    .n_params = 6,
+    .merge = merge_breadcrumbs_ties,
 };

@@ -1,5 +1,6 @@
 """A float64 numpy transcription of what mergekit computes for a `models:` config of
-task_arithmetic or ties, written from mergekit's own source (arcee-ai/mergekit):
+task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties or linear,
+written from mergekit's own source (arcee-ai/mergekit):
 
 - config.py: evaluate_setting (numbers, gradients interpolated at t * (n - 1), the first
   {filter, value} condition whose filter is absent, "*" or a substring of the tensor
@@ -9,12 +10,27 @@ task_arithmetic or ties, written from mergekit's own source (arcee-ai/mergekit):
   t = i / (n - 1) (1 when n is 1), the pre-weights (embeddings) at t = 0, the
   post-weights (final norm, head) at t = 1; the base listed under models is the base;
 - merge_methods/registry.py: task_arithmetic (no sparsification, no consensus, normalize
-  false), ties (magnitude sparsification, sum consensus, normalize true), lambda 1;
+  false), ties (magnitude sparsification, sum consensus, normalize true), dare_linear /
+  dare_ties (random sparsification, no / sum consensus, normalize false, rescale true),
+  breadcrumbs / breadcrumbs_ties (magnitude_outliers, no / sum consensus, normalize false),
+  lambda 1 (a global parameter of every task-vector method);
+- merge_methods/linear.py: sum_i w_i W_i over every listed model, divided by sum_i w_i
+  with normalize (default true); no base;
 - merge_methods/generalized_task_arithmetic.py: deltas against the base, sparsify each
   with its density, weight, sign consensus on the weighted deltas (a zero sum elects +),
   mixed = sum of the agreeing weighted deltas, divisor = sum of their weights (0 -> 1; no
   consensus: all, |sum| < 1e-8 -> 1), divided when normalize, times lambda, plus base;
-- sparsify.py: magnitude keeps k = int(density * numel) largest |d| (density >= 1: all).
+- sparsify.py: magnitude keeps k = int(density * numel) largest |d| (density >= 1: all);
+  magnitude_outliers drops the n_top = int(gamma * numel) largest and the smallest down to
+  int(density * numel) kept; bernoulli keeps each entry with probability density; with
+  rescale, rescaled_masked_tensor scales the masked delta to the L1 norm of the unmasked
+  one (unless either norm is below 1e-7).
+
+Two rules are acem's, not mergekit's, as docs/methods.md states: the random mask is acem's
+(a pure function of seed, tensor name, expert and element, transcribed in methods.py;
+torch's RNG cannot be reproduced), and magnitude_outliers with n_top = 0 drops no large
+entry (mergekit's slice indices[n_bot:-0] keeps none). A linear normalize by a zero sum
+divides by 1 (mergekit: non-finite values).
 
 Independent of acem's C code; used by tests/test_mergekit.py."""
 
@@ -22,9 +38,15 @@ import re
 
 import numpy as np
 
-METHODS = {  # (sparsify, consensus, normalize default)
-    "task_arithmetic": (False, False, False),
-    "ties": (True, True, True),
+from methods import dare_uniforms
+
+METHODS = {  # (sparsification, consensus, normalize default, rescale default)
+    "task_arithmetic": (None, False, False, False),
+    "ties": ("magnitude", True, True, False),
+    "dare_linear": ("random", False, False, True),
+    "dare_ties": ("random", True, False, True),
+    "breadcrumbs": ("magnitude_outliers", False, False, False),
+    "breadcrumbs_ties": ("magnitude_outliers", True, False, False),
 }
 
 
@@ -72,22 +94,58 @@ def position(name, n_layers):
     return layer / (n_layers - 1) if n_layers > 1 else 1.0
 
 
-def magnitude(d, density):
-    if density >= 1:
-        return d
-    k = int(density * d.size)
-    assert k > 0
-    flat = d.ravel()
-    keep = np.argsort(-np.abs(flat), kind="stable")[:k]
-    out = np.zeros_like(flat)
-    out[keep] = flat[keep]
+def masked(d, keep):
+    out = np.zeros(d.size)
+    out[keep] = d.ravel()[keep]
     return out.reshape(d.shape)
 
 
-def gta(method, base, deltas, weights, densities, normalize, lam):
-    sparsify, consensus, _ = METHODS[method]
-    if sparsify:
-        deltas = [magnitude(d, p) for d, p in zip(deltas, densities)]
+def magnitude(d, density, **_):
+    k = int(density * d.size)
+    assert k > 0
+    return masked(d, np.argsort(-np.abs(d.ravel()), kind="stable")[:k])
+
+
+def magnitude_outliers(d, density, gamma, **_):
+    n = d.size
+    target, n_top = int(density * n), int(gamma * n)
+    n_bot = n - target - n_top
+    if n_bot < 0:
+        n_top, n_bot = n_top + n_bot, 0
+    # mergekit's ascending indices[n_bot:-n_top], as descending ranks [n_top, n - n_bot):
+    # the same set where magnitudes differ; ties go by index (torch's order is unspecified,
+    # acem's is the index's), and n_top = 0 drops no large entry (acem's rule)
+    order = np.argsort(-np.abs(d.ravel()), kind="stable")
+    return masked(d, order[n_top:n - n_bot])
+
+
+def random(d, density, name, t, seed, **_):
+    """bernoulli(density), drawn with acem's uniforms: entry i dropped iff u_i < 1 - density."""
+    u = dare_uniforms(seed, name, t, d.size).reshape(d.shape)
+    return np.where(u < 1.0 - density, 0.0, d)
+
+
+SPARSIFY = {"magnitude": magnitude, "magnitude_outliers": magnitude_outliers,
+            "random": random}
+
+
+def sparsify(method, d, density, rescale, **kw):
+    if density >= 1:
+        return d
+    m = SPARSIFY[method](d, density, **kw)
+    before, after = np.abs(d).sum(), np.abs(m).sum()
+    if not rescale or before < 1e-7 or after < 1e-7:
+        return m
+    return m * (before / after)
+
+
+def gta(method, base, deltas, weights, densities, normalize, lam, rescale=False, gammas=None,
+        name="", seed=0):
+    kind, consensus = METHODS[method][:2]
+    if kind:
+        gammas = gammas or [0.01] * len(deltas)
+        deltas = [sparsify(kind, d, p, rescale, gamma=g, name=name, t=t, seed=seed)
+                  for t, (d, p, g) in enumerate(zip(deltas, densities, gammas))]
     D = np.stack(deltas)
     w = np.array(weights, dtype=np.float64).reshape((-1,) + (1,) * base.ndim)
     wd = D * w
@@ -106,9 +164,28 @@ def gta(method, base, deltas, weights, densities, normalize, lam):
     return base + lam * mixed
 
 
-def merge(cfg, models, n_layers):
-    """cfg: the parsed YAML (dict); models: path -> {tensor: float64 array}."""
+def linear(cfg, models, n_layers):
+    """linear.py: every listed model (the base too, when listed), weight required."""
+    top = cfg.get("parameters") or {}
+    listed = cfg["models"]
+    out = {}
+    for name in models[listed[0]["model"]]:
+        t = position(name, n_layers)
+        normalize = parameter("normalize", None, top, name, t, True)
+        w = [parameter("weight", m.get("parameters") or {}, top, name, t, required=True,
+                       model=m["model"]) for m in listed]
+        res = sum(wi * models[m["model"]][name] for wi, m in zip(w, listed))
+        total = sum(w)
+        out[name] = res / total if normalize and abs(total) >= 1e-8 else res
+    return out
+
+
+def merge(cfg, models, n_layers, seed=0):
+    """cfg: the parsed YAML (dict); models: path -> {tensor: float64 array}; seed: acem's
+    --seed, for the random mask."""
     method = cfg["merge_method"]
+    if method == "linear":
+        return linear(cfg, models, n_layers)
     base_ref = cfg["base_model"]
     top = cfg.get("parameters") or {}
     experts = [m for m in cfg["models"] if m["model"] != base_ref]
@@ -116,11 +193,14 @@ def merge(cfg, models, n_layers):
     for name, b in models[base_ref].items():
         t = position(name, n_layers)
         normalize = parameter("normalize", None, top, name, t, METHODS[method][2])
+        rescale = parameter("rescale", None, top, name, t, METHODS[method][3])
         lam = parameter("lambda", None, top, name, t, 1.0)
         own = [m.get("parameters") or {} for m in experts]
         weights = [parameter("weight", o, top, name, t, required=True, model=m["model"])
                    for o, m in zip(own, experts)]
         dens = [parameter("density", o, top, name, t, 1.0) for o in own]
+        gammas = [parameter("gamma", o, top, name, t, 0.01) for o in own]
         deltas = [models[m["model"]][name] - b for m in experts]
-        out[name] = gta(method, b, deltas, weights, dens, bool(normalize), lam)
+        out[name] = gta(method, b, deltas, weights, dens, bool(normalize), lam, bool(rescale),
+                        gammas, name, seed)
     return out

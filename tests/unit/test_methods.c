@@ -113,12 +113,12 @@ static void test_dare_chunk_and_thread_invariance(void **state) {
     float whole[N], pieces[N];
     for (int i = 0; i < N * T; i++)
         src[i] = (float)sin(i * 0.37);
-    double p[2] = {0.9, 0};
+    double p[6] = {0.9, 0, NAN, 1, 0, 0}; /* p, rescale, density, weight, normalize, int8 */
     for (int variant = 0; variant < 2; variant++) {
         const method_def *m = variant ? &method_dare_ties : &method_dare_linear;
         memcpy(work, src, N * T * sizeof(float));
         void *d[T] = {work, work + N, work + 2 * N};
-        method_ctx c = ctx(N, T, false, p, 2);
+        method_ctx c = ctx(N, T, false, p, 6);
         c.seed = 42;
         m->merge(&c, d, whole, NULL);
         memcpy(work, src, N * T * sizeof(float));
@@ -134,7 +134,7 @@ static void test_dare_chunk_and_thread_invariance(void **state) {
     /* about 10% of the entries survive, scaled by 10 */
     memcpy(work, src, N * T * sizeof(float));
     void *d[T] = {work, work + N, work + 2 * N};
-    method_ctx c = ctx(N, T, false, p, 2);
+    method_ctx c = ctx(N, T, false, p, 6);
     float out[N];
     method_dare_linear.merge(&c, d, out, NULL);
     int kept = 0;
@@ -157,7 +157,7 @@ static void test_param_resolution(void **state) {
     assert_int_equal(method_resolve_params(&method_dare_ties, ok, 2, false, v, &err), 0);
     assert_true(v[0] == 0.5 && v[1] == 1);
     method_describe_params(&method_dare_ties, v, desc, sizeof desc);
-    assert_string_equal(desc, "p=0.5 rescale=l1");
+    assert_string_equal(desc, "p=0.5 rescale=l1 weight=1 normalize=true int8_mask=false");
     assert_false(method_dare_ties.elementwise(v));
     acem_param unknown[] = {{"densty", "0.5"}};
     assert_int_not_equal(method_resolve_params(&method_ties, unknown, 1, false, v, &err), 0);
