@@ -209,15 +209,20 @@ static void quant_q8_0(const float *x, unsigned char *b) {
         b[2 + j] = (unsigned char)(signed char)roundf(finite_or_zero(x[j] * id));
 }
 
-/* d = (the value of largest magnitude) / -8, nibble = min(15, trunc(x / d + 8.5)). */
-static void quant_q4_0(const float *x, unsigned char *b) {
+/* The first of the 32 values of largest magnitude, with its sign. */
+static float signed_absmax(const float *x) {
     float amax = 0.0f, max = 0.0f;
     for (int j = 0; j < 32; j++)
         if (fabsf(x[j]) > amax) {
             amax = fabsf(x[j]);
             max = x[j];
         }
-    float d = max / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    return max;
+}
+
+/* d = (the value of largest magnitude) / -8, nibble = min(15, trunc(x / d + 8.5)). */
+static void quant_q4_0(const float *x, unsigned char *b) {
+    float d = signed_absmax(x) / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
     put_half(b, d);
     for (int j = 0; j < 16; j++) {
         int lo = (int)finite_or_zero(x[j] * id + 8.5f),
@@ -240,14 +245,8 @@ static void put_q5_codes(const uint8_t *L, unsigned char *qh, unsigned char *qs)
 
 /* d = (the value of largest magnitude) / -16, q = min(31, (int8) (x / d + 16.5)). */
 static void quant_q5_0(const float *x, unsigned char *b) {
-    float amax = 0.0f, max = 0.0f;
     uint8_t L[32];
-    for (int j = 0; j < 32; j++)
-        if (fabsf(x[j]) > amax) {
-            amax = fabsf(x[j]);
-            max = x[j];
-        }
-    float d = max / -16.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    float d = signed_absmax(x) / -16.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
     put_half(b, d);
     for (int j = 0; j < 32; j++) {
         int v = (int)(int8_t)finite_or_zero(x[j] * id + 16.5f);

@@ -126,26 +126,15 @@ def quantize(gtype, x):
         out[:, 2:] = q.view(np.uint8)
         return out.tobytes()
     if gtype == GGML_Q4_0:
-        idx = np.argmax(np.abs(x), axis=1)  # first of the largest magnitude, like the reference
-        mx = x[np.arange(len(x)), idx]
-        d = (mx / np.float32(-8)).astype(np.float32)
-        with np.errstate(divide="ignore"):
-            idv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
-        v = ((x * idv[:, None]).astype(np.float32) + np.float32(8.5)).astype(np.float32)
-        q = np.minimum(15, np.trunc(v.astype(np.float64))).astype(np.uint8)
+        d, q = _symmetric_32(x, 8)
+        q = q.astype(np.uint8)
         out = np.empty((len(x), 18), np.uint8)
         out[:, :2] = d.astype("<f2").view(np.uint8).reshape(-1, 2)
         out[:, 2:] = q[:, :16] | (q[:, 16:] << 4)
         return out.tobytes()
     if gtype == GGML_Q5_0:  # quantize_row_q5_0_ref: d = max / -16, min(31, (int8)(x/d + 16.5))
-        idx = np.argmax(np.abs(x), axis=1)
-        mx = x[np.arange(len(x)), idx]
-        d = (mx / np.float32(-16)).astype(np.float32)
-        with np.errstate(divide="ignore"):
-            idv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
-        v = ((x * idv[:, None]).astype(np.float32) + np.float32(16.5)).astype(np.float32)
-        q = np.minimum(31, np.trunc(v.astype(np.float64))).astype(np.uint32)
-        return _q5_blocks(d, None, q)
+        d, q = _symmetric_32(x, 16)
+        return _q5_blocks(d, None, q.astype(np.uint32))
     if gtype == GGML_Q5_1:  # quantize_row_q5_1_ref: d = (max - min) / 31, (uint8)((x-min)/d + .5)
         lo, hi = x.min(axis=1), x.max(axis=1)
         d = ((hi - lo) / np.float32(31)).astype(np.float32)
@@ -156,6 +145,17 @@ def quantize(gtype, x):
         q = np.trunc(v.astype(np.float64)).astype(np.uint32)
         return _q5_blocks(d, lo, q)
     raise ValueError("no quantiser for ggml type %d" % gtype)
+
+
+def _symmetric_32(x, half):
+    """Q4_0 / Q5_0: d = (the first value of largest magnitude) / -half, codes
+    min(2 half - 1, trunc(x / d + half + 0.5))."""
+    mx = x[np.arange(len(x)), np.argmax(np.abs(x), axis=1)]
+    d = (mx / np.float32(-half)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        idv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    v = ((x * idv[:, None]).astype(np.float32) + np.float32(half + 0.5)).astype(np.float32)
+    return d, np.minimum(2 * half - 1, np.trunc(v.astype(np.float64)))
 
 
 def _q5_blocks(d, m, q):
