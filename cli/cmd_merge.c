@@ -45,10 +45,14 @@ static void print_help(FILE *to) {
         "                             llama, clip-vit\n"
         "      --dtype D              output dtype of float tensors: f32, f16, bf16, f64\n"
         "                             (default: as the base); with a .gguf output also\n"
-        "                             q8_0, q4_0, q4_k, q5_k or q6_k (tensors of 2+ axes whose\n"
-        "                             rows split into the type's 32- or 256-value blocks);\n"
-        "                             a .gguf output keeps 1-D tensors and norms F32 under\n"
-        "                             f16, bf16 and block types, as llama.cpp does\n"
+        "                             q8_0, q4_0, q5_0, q5_1, q4_k, q5_k or q6_k (tensors of 2+\n"
+        "                             axes whose rows split into the type's 32- or 256-value\n"
+        "                             blocks); a .gguf output keeps 1-D tensors and norms F32\n"
+        "                             under f16, bf16 and block types, as llama.cpp does;\n"
+        "                             llama-quantize's mixes Q4_K_M, Q4_K_S, Q5_K_M, Q5_K_S,\n"
+        "                             Q6_K, Q8_0, Q4_0 on a GGUF base with llama.cpp's\n"
+        "                             architecture keys: each tensor's type as llama-quantize\n"
+        "                             picks it (docs/formats.md)\n"
         "      --precision P          compute precision f32 (default, as the ACE reference) or "
         "f64\n"
         "      --covariance-axis A    stored (default, as the ACE reference): covariances over "
@@ -126,7 +130,8 @@ typedef struct flags {
     double lambda;
     long long seed, threads;
     uint64_t max_shard;
-    acem_out_type out_type; /* --dtype; ACEM_OUT_INVALID: not given */
+    acem_out_type out_type;       /* --dtype; ACEM_OUT_INVALID: not given */
+    acem_llama_ftype llama_ftype; /* --dtype naming a llama-quantize mix */
     acem_dtype precision;
     int force, quiet, allow_nonfinite, strict, dry_run;
     int axis; /* -1: not given, 0 stored, 1 input */
@@ -264,7 +269,10 @@ static int parse_flags(int argc, char **argv, flags *f) {
             if (parse_int(optarg, "--seed", 0, INT64_MAX, &f->seed)) return -1;
             break;
         case O_DTYPE:
-            if ((f->out_type = acem_out_type_parse(optarg)) == ACEM_OUT_INVALID) {
+            f->llama_ftype = acem_llama_ftype_parse(optarg);
+            f->out_type = f->llama_ftype ? acem_llama_ftype_type(f->llama_ftype)
+                                         : acem_out_type_parse(optarg);
+            if (f->out_type == ACEM_OUT_INVALID) {
                 cli_error("--dtype: unknown type \"%s\"", optarg);
                 return -1;
             }
@@ -323,7 +331,10 @@ static void apply_flags(const flags *f, acem_merge_options *o, acem_param *param
     if (f->seed >= 0) o->seed = (uint64_t)f->seed;
     if (f->threads) o->threads = (int)f->threads;
     if (f->max_shard) o->max_shard_size = f->max_shard;
-    if (f->out_type != ACEM_OUT_INVALID) o->out_type = f->out_type;
+    if (f->out_type != ACEM_OUT_INVALID) {
+        o->out_type = f->out_type;
+        o->llama_ftype = f->llama_ftype;
+    }
     if (f->precision != ACEM_DT_NONE) o->precision = f->precision;
     o->force |= f->force;
     o->allow_nonfinite |= f->allow_nonfinite;

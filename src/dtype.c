@@ -263,6 +263,8 @@ static const struct {
     [ACEM_OUT_Q4_K] = {ACEM_DT_NONE, ACEM_QUANT_Q4_K},
     [ACEM_OUT_Q5_K] = {ACEM_DT_NONE, ACEM_QUANT_Q5_K},
     [ACEM_OUT_Q6_K] = {ACEM_DT_NONE, ACEM_QUANT_Q6_K},
+    [ACEM_OUT_Q5_0] = {ACEM_DT_NONE, ACEM_QUANT_Q5_0},
+    [ACEM_OUT_Q5_1] = {ACEM_DT_NONE, ACEM_QUANT_Q5_1},
 };
 
 acem_dtype acem_out_type_dtype(acem_out_type t) {
@@ -271,6 +273,12 @@ acem_dtype acem_out_type_dtype(acem_out_type t) {
 
 acem_quant acem_out_type_quant(acem_out_type t) {
     return t > ACEM_OUT_KEEP && t < ACEM_OUT_COUNT ? out_types[t].quant : ACEM_QUANT_NONE;
+}
+
+acem_out_type acem_out_type_of_quant(acem_quant q) {
+    for (int t = ACEM_OUT_KEEP + 1; q != ACEM_QUANT_NONE && t < ACEM_OUT_COUNT; t++)
+        if (out_types[t].quant == q) return (acem_out_type)t;
+    return ACEM_OUT_KEEP;
 }
 
 const char *acem_out_type_name(acem_out_type t) {

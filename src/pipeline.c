@@ -979,7 +979,8 @@ static int open_writer(merge_run *r, const output *out, const acem_merge_summary
     size_t grams = r->method->uses_grams ? 1 : 0;
     if (output_is_gguf(out->final_path))
         return gguf_writer_open(out->tmp_path, tensors, r->plan.n, acem_checkpoint_gguf(r->base),
-                                gguf_meta, 5 + grams, &r->gguf, err);
+                                r->plan.llama_ftype ? (int64_t)r->plan.llama_ftype : -1, gguf_meta,
+                                5 + grams, &r->gguf, err);
     bool file = out->kind == OUTPUT_FILE;
     return st_writer_open(file ? NULL : out->tmp_path, file ? out->tmp_path : NULL, tensors,
                           r->plan.n, file ? 0 : shard_size(r), meta, 6 + grams, &r->writer, err);

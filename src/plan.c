@@ -1,5 +1,6 @@
 /* plan.c — matches tensors across inputs and assigns merge / copy. */
 #include "plan.h"
+#include "arch/llama_quant.h"
 #include "formats/formats.h"
 #include "output.h"
 
@@ -210,12 +211,7 @@ static int match_experts(plan_entry *e, const acem_checkpoint *const *experts, i
 }
 
 acem_out_type plan_stored_type(const acem_tensor *t) {
-    static const acem_out_type of_quant[ACEM_QUANT_COUNT] = {[ACEM_QUANT_Q8_0] = ACEM_OUT_Q8_0,
-                                                             [ACEM_QUANT_Q4_0] = ACEM_OUT_Q4_0,
-                                                             [ACEM_QUANT_Q4_K] = ACEM_OUT_Q4_K,
-                                                             [ACEM_QUANT_Q6_K] = ACEM_OUT_Q6_K,
-                                                             [ACEM_QUANT_Q5_K] = ACEM_OUT_Q5_K};
-    if (t->quant != ACEM_QUANT_NONE) return of_quant[t->quant];
+    if (t->quant != ACEM_QUANT_NONE) return acem_out_type_of_quant(t->quant);
     switch (t->dtype) {
     case ACEM_DT_F64: return ACEM_OUT_F64;
     case ACEM_DT_F32: return ACEM_OUT_F32;
@@ -259,6 +255,45 @@ static acem_out_type target_type(const acem_tensor *b, const acem_merge_options 
                                                                                       : stored;
     if (o->out_type != ACEM_OUT_KEEP) return o->out_type;
     return !gguf && acem_out_type_quant(stored) != ACEM_QUANT_NONE ? ACEM_OUT_F32 : stored;
+}
+
+/* Under a llama-quantize mix, the type llama-quantize gives the tensor; those it leaves
+ * alone keep their stored type, as in its output, except the ones llama.cpp keeps F32. */
+static int mix_target_type(const llama_quant *lq, const acem_tensor *b, acem_out_type *to,
+                           acem_error *err) {
+    if (llama_keeps_f32(b)) {
+        *to = ACEM_OUT_F32;
+        return 0;
+    }
+    if (llama_quant_type(lq, b, to, err)) return -1;
+    if (*to == ACEM_OUT_KEEP) *to = plan_stored_type(b);
+    return 0;
+}
+
+/* A --dtype that names a llama-quantize mix applies it where the base is a GGUF that
+ * llama-quantize takes; Q4_0, Q8_0 and Q6_K are plain block types on other bases. */
+static int open_mix(plan *p, const acem_checkpoint *base, const acem_merge_options *o,
+                    llama_quant *lq, acem_error *err) {
+    if (o->llama_ftype == ACEM_FTYPE_NONE) return 0;
+    int rc = llama_quant_init(lq, base, o->llama_ftype, err);
+    if (rc < 0) return -1;
+    const char *name = acem_llama_ftype_name(o->llama_ftype);
+    if (rc == 0 && acem_out_type_parse(name) == ACEM_OUT_INVALID)
+        return acem_fail(err,
+                         "%s: --dtype %s is llama-quantize's mix, which needs a GGUF base with "
+                         "llama.cpp's architecture keys (general.architecture, <arch>.block_count)",
+                         acem_checkpoint_path(base), name);
+    p->llama_ftype = rc ? o->llama_ftype : ACEM_FTYPE_NONE;
+    return 0;
+}
+
+static int output_type(const plan *p, const llama_quant *lq, const acem_tensor *b,
+                       const acem_merge_options *o, bool gguf, acem_out_type *to, acem_error *err) {
+    *to = ACEM_OUT_KEEP;
+    if (!acem_dtype_is_mergeable(b->dtype)) return 0;
+    if (p->llama_ftype != ACEM_FTYPE_NONE) return mix_target_type(lq, b, to, err);
+    *to = target_type(b, o, gguf);
+    return 0;
 }
 
 /* Tensors the experts hold and the base lacks (a classification head, an adapter) have
@@ -332,6 +367,8 @@ int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *cons
     bool gpt2 = o->covariance_axis_input &&
                 ((o->preset && strcmp(o->preset, "gpt2") == 0) || base_is_gpt2(o->base));
     bool gguf = o->out && output_is_gguf(o->out);
+    llama_quant lq;
+    if (open_mix(p, base, o, &lq, err)) goto out;
     p->n = acem_checkpoint_count(base);
     if (!(p->entries = acem_alloc(p->n, sizeof *p->entries, "the plan", err)) ||
         !(p->expert_slots = acem_alloc(p->n * (size_t)T, sizeof *p->expert_slots, "the plan", err)))
@@ -341,8 +378,8 @@ int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *cons
         e->base = acem_checkpoint_at(base, i);
         e->experts = p->expert_slots + i * (size_t)T;
         if (plan_entry_for(e, base, experts, T, ex, n_ex, err)) goto out;
-        bool is_float = acem_dtype_is_mergeable(e->base->dtype);
-        acem_out_type to = is_float ? target_type(e->base, o, gguf) : ACEM_OUT_KEEP;
+        acem_out_type to;
+        if (output_type(p, &lq, e->base, o, gguf, &to, err)) goto out;
         e->out = e->action == PLAN_COPY && to == plan_stored_type(e->base) ? ACEM_OUT_KEEP : to;
         bool merged = e->action == PLAN_MERGE;
         e->conv1d = gpt2 && e->base->ndim == 2 && plan_is_conv1d_name(e->base->name);

@@ -34,7 +34,8 @@ typedef struct plan {
     const acem_tensor **expert_slots;
     plan_extra *extras;
     size_t n_extras;
-    uint64_t bytes_to_read; /* stored bytes of all inputs, for progress */
+    uint64_t bytes_to_read;       /* stored bytes of all inputs, for progress */
+    acem_llama_ftype llama_ftype; /* the llama-quantize mix that chose the types, or NONE */
 } plan;
 
 /* Checks names and shapes across base and experts and assigns each tensor an action:

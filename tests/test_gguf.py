@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.join(HERE, "oracle"))
 import ace_family as AF  # noqa: E402
 import gguf_np as G  # noqa: E402
 import kquant_np as KQ  # noqa: E402
+import llama_quant_rules as LQ  # noqa: E402
 import safetensors_np as st  # noqa: E402
 
 ACEM = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else None
@@ -295,8 +296,8 @@ def test_quantised_inputs(d):
     rng = np.random.default_rng(3)
     qshapes = [("q8", (8, 64), G.GGML_Q8_0), ("q4", (8, 64), G.GGML_Q4_0),
                ("q4k", (4, 256), G.GGML_Q4_K), ("q6k", (2, 512), G.GGML_Q6_K),
-               ("q5k", (3, 256), G.GGML_Q5_K),
-               ("norm", (64,), G.GGML_F32)]
+               ("q5k", (3, 256), G.GGML_Q5_K), ("q50", (8, 64), G.GGML_Q5_0),
+               ("q51", (8, 64), G.GGML_Q5_1), ("norm", (64,), G.GGML_F32)]
     paths, inputs = [], []
     for t in range(3):
         ts = []
@@ -316,7 +317,8 @@ def test_quantised_inputs(d):
             want = G.values(inputs[0][n]).astype(np.float32)
             if got[n].tobytes() != want.tobytes():
                 ok, detail = False, "%s: max |diff| %g" % (n, np.max(np.abs(got[n] - want)))
-    check("Q8_0, Q4_0, Q4_K, Q5_K, Q6_K tensors dequantise bit for bit as the numpy oracle", ok,
+    check("Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K tensors dequantise bit for bit as the numpy "
+          "oracle", ok,
           detail)
     r = acem("inspect", paths[0])
     rows = {ln.split()[0]: ln.split() for ln in r.stdout.splitlines() if ln.split()[:1] in
@@ -460,6 +462,86 @@ def test_kquant_outputs(d):
               worst < loose)
 
 
+MIX_LAYERS = 8
+MIX_KV = [("general.architecture", G.STRING, "llama"), ("llama.block_count", G.U32, MIX_LAYERS),
+          ("llama.attention.head_count", G.U32, 4), ("llama.attention.head_count_kv", G.U32, 2)]
+
+
+def mix_shapes(tied=False):
+    """A tiny Llama in llama.cpp's names, 8 layers (use_more_bits varies over them), GQA; rows
+    of 256, of 64 and 96 (fallbacks to 32-value types) and of 48 (to F16)."""
+    shapes = [("token_embd.weight", (64, 256)), ("output_norm.weight", (256,)),
+              ("rope_freqs.weight", (16,))] + ([] if tied else [("output.weight", (64, 256))])
+    for i in range(MIX_LAYERS):
+        shapes += [("blk.%d.%s" % (i, n), s) for n, s in (
+            ("attn_norm.weight", (256,)), ("attn_q.weight", (64, 256)), ("attn_k.weight", (32, 256)),
+            ("attn_v.weight", (32, 256)), ("attn_output.weight", (256, 64)),
+            ("ffn_norm.weight", (256,)), ("ffn_gate.weight", (96, 256)),
+            ("ffn_up.weight", (96, 256)), ("ffn_down.weight", (256, 96)))]
+    return shapes + [("blk.0.extra.weight", (8, 48))]
+
+
+def oracle_blocks(name, x):
+    """The numpy oracle's bytes of x as type `name`."""
+    kq = {"Q4_K": KQ.quantize_q4_k, "Q5_K": KQ.quantize_q5_k, "Q6_K": KQ.quantize_q6_k}
+    if name in kq:
+        return kq[name](x.ravel())
+    if name in ("F16", "F32"):
+        return x.astype("<f2" if name == "F16" else "<f4").tobytes()
+    return G.quantize({"Q8_0": G.GGML_Q8_0, "Q4_0": G.GGML_Q4_0, "Q5_0": G.GGML_Q5_0,
+                       "Q5_1": G.GGML_Q5_1}[name], x.ravel())
+
+
+def test_llama_mixes(d):
+    """Issue 14 item 2: --dtype Q4_K_M ... as llama-quantize picks each tensor's type, against
+    tests/oracle/llama_quant_rules.py, and blocks identical to the numpy quantisers. On main
+    before it the mixes were unknown --dtype values (every check failed)."""
+    rng = np.random.default_rng(15)
+    for tied in (False, True):
+        shapes, tag = mix_shapes(tied), "tied" if tied else "untied"
+        paths = []
+        for t in range(3):
+            paths.append(os.path.join(d, "mix-%s-%d.gguf" % (tag, t)))
+            G.write(paths[-1], MIX_KV, [(n, G.GGML_F32, 0.1 * rng.standard_normal(s))
+                                         for n, s in shapes])
+        ref = os.path.join(d, "mix-%s-f32.gguf" % tag)
+        r = merge(paths[0], paths[1:], "task_arithmetic", ref, "--dtype", "f32")
+        if r.returncode:
+            check("%s F32 reference merge" % tag, False, r.stderr)
+            continue
+        want = {n: G.values(t).astype(np.float32) for n, t in G.read(ref)[2].items()}
+        kv = {k: v for k, _, v in MIX_KV}
+        for mix in (["Q4_K_M"] if tied else list(LQ.FTYPES)):
+            out = os.path.join(d, "mix-%s-%s.gguf" % (tag, mix))
+            spelled = mix.lower() if mix in ("Q4_K_M", "Q8_0") else mix
+            r = merge(paths[0], paths[1:], "task_arithmetic", out, "--dtype", spelled)
+            if r.returncode:
+                check("--dtype %s (%s embeddings)" % (spelled, tag), False, r.stderr)
+                continue
+            _, got_kv, ts, _ = G.read(out)
+            rules = LQ.types(shapes, kv, mix)
+            types = {n: G.NAMES[gtype_of(t)] for n, t in ts.items()}
+            expect = {n: rules[n] or "F32" for n, _ in shapes}
+            check("--dtype %s, %s embeddings: every tensor's type as llama_tensor_get_type picks it "
+                  "(%s)" % (spelled, tag, ", ".join(sorted(set(expect.values())))),
+                  types == expect, {n: (types.get(n), expect[n]) for n in expect
+                                    if types.get(n) != expect[n]})
+            check("--dtype %s: general.file_type %d (LLAMA_FTYPE_MOSTLY_%s)" % (
+                spelled, LQ.FTYPES[mix], mix), got_kv.get("general.file_type") == (G.U32, LQ.FTYPES[mix]),
+                got_kv.get("general.file_type"))
+            if types != expect:
+                continue
+            bad = [n for n, t in ts.items() if (t.blocks if isinstance(t, G.Quant) else t.tobytes())
+                   != oracle_blocks(types[n], want[n])]
+            check("--dtype %s: %d tensors' bytes identical to the numpy quantisers" % (
+                spelled, len(ts)), not bad, bad[:5])
+    st.write_file(os.path.join(d, "mix.safetensors"), {"w": st.from_f64(np.ones((2, 256)), "F32")})
+    r = merge(os.path.join(d, "mix.safetensors"), [os.path.join(d, "mix.safetensors")] * 2, "average",
+              os.path.join(d, "mix-st.gguf"), "--dtype", "q4_k_m")
+    check("--dtype Q4_K_M on a base without llama.cpp's architecture keys is refused",
+          r.returncode != 0 and "architecture" in r.stderr, r.stderr)
+
+
 def ulp16(x):
     x = np.abs(np.asarray(x, np.float64))
     _, e = np.frexp(x)
@@ -534,7 +616,8 @@ def main():
     d = tempfile.mkdtemp(prefix="acem-gguf-")
     try:
         for test in (test_equivalence, test_metadata_and_roundtrip, test_llamacpp_conventions,
-                     test_quantised_inputs, test_quantised_outputs, test_ace_f16_q8):
+                     test_quantised_inputs, test_quantised_outputs, test_llama_mixes,
+                     test_ace_f16_q8):
             try:
                 test(d)
             except Exception as e:  # a crash of the harness is a failure, not an abort

@@ -195,10 +195,11 @@ void st_writer_free(st_writer *w);
 
 /* GGUF v3 output to file_path: the key-values of `from` (a GGUF base, or NULL) less any
  * acem.* keys, then meta as acem.KEY strings, tensor infos, and data aligned as ggml
- * expects. The same streaming contract as st_writer. */
+ * expects. general.file_type is `ftype` (a llama_ftype), or with -1 named from the tensors'
+ * types. The same streaming contract as st_writer. */
 typedef struct gguf_writer gguf_writer;
 int gguf_writer_open(const char *file_path, const st_out_tensor *tensors, size_t n,
-                     const st_header *from, const acem_param *meta, size_t n_meta,
+                     const st_header *from, int64_t ftype, const acem_param *meta, size_t n_meta,
                      gguf_writer **out, acem_error *err);
 int gguf_writer_write(gguf_writer *w, const void *data, uint64_t n, acem_error *err);
 int gguf_writer_finish(gguf_writer *w, acem_error *err);

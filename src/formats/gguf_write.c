@@ -34,6 +34,7 @@ struct gguf_writer {
     float *stage;      /* F32 input on its way into blocks */
     size_t staged;     /* bytes in stage */
     unsigned char *blocks;
+    int64_t ftype; /* general.file_type given, or -1 */
 };
 
 static int put_bytes(gguf_writer *w, const void *p, size_t n, acem_error *err) {
@@ -107,18 +108,20 @@ static bool quantised_here(const st_out_tensor *t) {
  * as their _M mixes); -1 for types no llama_ftype names (F64, integers). */
 static int64_t ftype_of(uint32_t type) {
     static const uint32_t ftypes[][2] = {
-        {0 /* F32 */, 0 /* ALL_F32 */},   {1 /* F16 */, 1 /* MOSTLY_F16 */},
-        {30 /* BF16 */, 32 /* BF16 */},   {2 /* Q4_0 */, 2 /* MOSTLY_Q4_0 */},
-        {8 /* Q8_0 */, 7 /* Q8_0 */},     {12 /* Q4_K */, 15 /* MOSTLY_Q4_K_M */},
-        {13 /* Q5_K */, 17 /* Q5_K_M */}, {14 /* Q6_K */, 18 /* MOSTLY_Q6_K */}};
+        {0 /* F32 */, 0 /* ALL_F32 */},      {1 /* F16 */, 1 /* MOSTLY_F16 */},
+        {30 /* BF16 */, 32 /* BF16 */},      {2 /* Q4_0 */, 2 /* MOSTLY_Q4_0 */},
+        {8 /* Q8_0 */, 7 /* Q8_0 */},        {12 /* Q4_K */, 15 /* MOSTLY_Q4_K_M */},
+        {6 /* Q5_0 */, 8 /* MOSTLY_Q5_0 */}, {7 /* Q5_1 */, 9 /* MOSTLY_Q5_1 */},
+        {13 /* Q5_K */, 17 /* Q5_K_M */},    {14 /* Q6_K */, 18 /* MOSTLY_Q6_K */}};
     for (size_t i = 0; i < sizeof ftypes / sizeof *ftypes; i++)
         if (ftypes[i][0] == type) return ftypes[i][1];
     return -1;
 }
 
-/* general.file_type: the loader's rule (the type that first reaches the largest count, F32
- * when none), counted over the tensors of 2 or more ggml dimensions, the weights a file is
- * named for (1-D tensors are F32 in every llama.cpp file). Checks every tensor's type. */
+/* general.file_type: the mix's llama_ftype when one chose the types; else the loader's rule (the
+ * type that first reaches the largest count, F32 when none), counted over the tensors of 2 or more
+ * ggml dimensions, the weights a file is named for (1-D tensors are F32 in every llama.cpp file).
+ * Checks every tensor's type. */
 static int file_type(const gguf_writer *w, int64_t *ftype, acem_error *err) {
     uint64_t count[GGML_TYPE_IDS] = {0}, most = 0;
     uint32_t top = 0;
@@ -132,7 +135,7 @@ static int file_type(const gguf_writer *w, int64_t *ftype, acem_error *err) {
             top = type;
         }
     }
-    *ftype = ftype_of(top);
+    *ftype = w->ftype >= 0 ? w->ftype : ftype_of(top);
     return 0;
 }
 
@@ -221,7 +224,7 @@ static int advance(gguf_writer *w, acem_error *err) {
 }
 
 int gguf_writer_open(const char *file_path, const st_out_tensor *tensors, size_t n,
-                     const st_header *from, const acem_param *meta, size_t n_meta,
+                     const st_header *from, int64_t ftype, const acem_param *meta, size_t n_meta,
                      gguf_writer **out, acem_error *err) {
     *out = NULL;
     gguf_writer *w = acem_alloc(1, sizeof *w, "the writer", err);
@@ -229,6 +232,7 @@ int gguf_writer_open(const char *file_path, const st_out_tensor *tensors, size_t
     w->path = file_path;
     w->tensors = tensors;
     w->n_tensors = n;
+    w->ftype = ftype;
     w->alignment = from ? from->alignment : ACEM_GGUF_ALIGNMENT;
     int fd = open(file_path, O_WRONLY | O_TRUNC | O_CLOEXEC);
     if (fd < 0 || !(w->f = fdopen(fd, "wb"))) {

@@ -1,9 +1,12 @@
-/* quant.c — ggml block quantisation: the block layouts of Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, their
- * dequantisation and quantisation. All multi-byte fields are little-endian.
+/* quant.c — ggml block quantisation: the block layouts of Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K,
+ * Q6_K, their dequantisation and quantisation. All multi-byte fields are little-endian.
  *
  *   Q8_0  34 bytes / 32 values:  f16 d, int8 q[32];               x = d * q
  *   Q4_0  18 bytes / 32 values:  f16 d, u8 qs[16];                x = d * (nibble - 8),
  *                                value j < 16 in the low nibble of qs[j], j >= 16 in the high
+ *   Q5_0  22 bytes / 32 values:  f16 d, u32 qh, u8 qs[16];        x = d * (5-bit q - 16),
+ *                                nibbles as Q4_0, the fifth bit of value j is bit j of qh
+ *   Q5_1  24 bytes / 32 values:  f16 d, f16 m, u32 qh, u8 qs[16]; x = d * q + m, q as Q5_0
  *   Q4_K 144 bytes / 256 values: f16 d, f16 dmin, u8 scales[12], u8 qs[128]; eight
  *                                sub-blocks of 32 with 6-bit scale sc and min m:
  *                                x = d * sc * nibble - dmin * m
@@ -12,7 +15,8 @@
  *   Q6_K 210 bytes / 256 values: u8 ql[128], u8 qh[64], int8 scales[16], f16 d; sixteen
  *                                sub-blocks of 16: x = d * scale * (6-bit q - 32)
  *
- * The quantisers follow ggml's reference ones (quantize_row_*_ref): Q8_0 and Q4_0 directly,
+ * The quantisers follow ggml's reference ones (quantize_row_*_ref): Q8_0, Q4_0, Q5_0 and Q5_1
+ * directly,
  * Q4_K, Q5_K and Q6_K with their least-squares searches over trial scales. */
 #include "formats.h"
 
@@ -27,6 +31,7 @@ static const struct {
     [ACEM_QUANT_NONE] = {"", 0, 1, 0},          [ACEM_QUANT_Q8_0] = {"Q8_0", 8, 32, 34},
     [ACEM_QUANT_Q4_0] = {"Q4_0", 2, 32, 18},    [ACEM_QUANT_Q4_K] = {"Q4_K", 12, 256, 144},
     [ACEM_QUANT_Q6_K] = {"Q6_K", 14, 256, 210}, [ACEM_QUANT_Q5_K] = {"Q5_K", 13, 256, 176},
+    [ACEM_QUANT_Q5_0] = {"Q5_0", 6, 32, 22},    [ACEM_QUANT_Q5_1] = {"Q5_1", 7, 32, 24},
 };
 
 const char *acem_quant_name(acem_quant q) {
@@ -130,6 +135,19 @@ static void dequant_q6k(const unsigned char *b, float *y) {
     }
 }
 
+/* Q5_0 (m NULL) and Q5_1: the fifth bit of value j is bit j of the u32 qh (ggml's
+ * dequantize_row_q5_0 / _q5_1). */
+static void dequant_q5(const unsigned char *b, const unsigned char *m, float *y) {
+    const unsigned char *qh = b + (m ? 4 : 2), *qs = qh + 4;
+    uint32_t h =
+        (uint32_t)qh[0] | (uint32_t)qh[1] << 8 | (uint32_t)qh[2] << 16 | (uint32_t)qh[3] << 24;
+    float d = half_at(b);
+    for (int j = 0; j < 32; j++) {
+        int q = (j < 16 ? qs[j] & 0x0F : qs[j - 16] >> 4) | (int)((h >> j) & 1) << 4;
+        y[j] = m ? (float)q * d + half_at(m) : (float)(q - 16) * d;
+    }
+}
+
 void acem_dequantize(acem_quant q, const void *blocks, float *dst, size_t n_blocks) {
     const unsigned char *b = blocks;
     const size_t bb = quant_table[q].block_bytes, be = quant_table[q].block_elems;
@@ -149,6 +167,8 @@ void acem_dequantize(acem_quant q, const void *blocks, float *dst, size_t n_bloc
             }
             break;
         }
+        case ACEM_QUANT_Q5_0: dequant_q5(b, NULL, dst); break;
+        case ACEM_QUANT_Q5_1: dequant_q5(b, b + 2, dst); break;
         case ACEM_QUANT_Q4_K: dequant_q45k(b, NULL, b + 16, dst); break;
         case ACEM_QUANT_Q5_K: dequant_q45k(b, b + 16, b + 48, dst); break;
         default: dequant_q6k(b, dst); break;
@@ -161,7 +181,8 @@ int64_t acem_quant_first_nonfinite(acem_quant q, const void *blocks, size_t n_bl
     const size_t bb = quant_table[q].block_bytes;
     /* The integer codes are finite: a value is NaN/Inf exactly when a scale is. */
     const size_t at = q == ACEM_QUANT_Q6_K ? 208 : 0,
-                 at2 = q == ACEM_QUANT_Q4_K || q == ACEM_QUANT_Q5_K ? 2 : at;
+                 at2 =
+                     q == ACEM_QUANT_Q4_K || q == ACEM_QUANT_Q5_K || q == ACEM_QUANT_Q5_1 ? 2 : at;
     for (size_t i = 0; i < n_blocks; i++, b += bb)
         if ((b[at + 1] & 0x7C) == 0x7C || (b[at2 + 1] & 0x7C) == 0x7C)
             return (int64_t)(i * quant_table[q].block_elems);
@@ -188,21 +209,66 @@ static void quant_q8_0(const float *x, unsigned char *b) {
         b[2 + j] = (unsigned char)(signed char)roundf(finite_or_zero(x[j] * id));
 }
 
-/* d = (the value of largest magnitude) / -8, nibble = min(15, trunc(x / d + 8.5)). */
-static void quant_q4_0(const float *x, unsigned char *b) {
+/* The first of the 32 values of largest magnitude, with its sign. */
+static float signed_absmax(const float *x) {
     float amax = 0.0f, max = 0.0f;
     for (int j = 0; j < 32; j++)
         if (fabsf(x[j]) > amax) {
             amax = fabsf(x[j]);
             max = x[j];
         }
-    float d = max / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    return max;
+}
+
+/* d = (the value of largest magnitude) / -8, nibble = min(15, trunc(x / d + 8.5)). */
+static void quant_q4_0(const float *x, unsigned char *b) {
+    float d = signed_absmax(x) / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
     put_half(b, d);
     for (int j = 0; j < 16; j++) {
         int lo = (int)finite_or_zero(x[j] * id + 8.5f),
             hi = (int)finite_or_zero(x[j + 16] * id + 8.5f);
         b[2 + j] = (unsigned char)((lo < 15 ? lo : 15) | (hi < 15 ? hi : 15) << 4);
     }
+}
+
+/* The 32 five-bit codes of a Q5_0 / Q5_1 block: nibbles in qs (value j < 16 low, j + 16 high),
+ * the fifth bits in the u32 qh. */
+static void put_q5_codes(const uint8_t *L, unsigned char *qh, unsigned char *qs) {
+    uint32_t h = 0;
+    for (int j = 0; j < 16; j++) {
+        qs[j] = (unsigned char)((L[j] & 0x0F) | (L[j + 16] & 0x0F) << 4);
+        h |= (uint32_t)(L[j] >> 4 & 1) << j | (uint32_t)(L[j + 16] >> 4 & 1) << (j + 16);
+    }
+    for (int k = 0; k < 4; k++)
+        qh[k] = (unsigned char)(h >> (8 * k));
+}
+
+/* d = (the value of largest magnitude) / -16, q = min(31, (int8) (x / d + 16.5)). */
+static void quant_q5_0(const float *x, unsigned char *b) {
+    uint8_t L[32];
+    float d = signed_absmax(x) / -16.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    put_half(b, d);
+    for (int j = 0; j < 32; j++) {
+        int v = (int)(int8_t)finite_or_zero(x[j] * id + 16.5f);
+        L[j] = (uint8_t)(v < 31 ? v : 31);
+    }
+    put_q5_codes(L, b + 2, b + 6);
+}
+
+/* d = (max - min) / 31, m = min, q = (uint8) ((x - min) / d + 0.5). */
+static void quant_q5_1(const float *x, unsigned char *b) {
+    float min = x[0], max = x[0];
+    uint8_t L[32];
+    for (int j = 1; j < 32; j++) {
+        min = x[j] < min ? x[j] : min;
+        max = x[j] > max ? x[j] : max;
+    }
+    float d = (max - min) / 31.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    put_half(b, d);
+    put_half(b + 2, min);
+    for (int j = 0; j < 32; j++)
+        L[j] = (uint8_t)finite_or_zero((x[j] - min) * id + 0.5f);
+    put_q5_codes(L, b + 4, b + 8);
 }
 
 /* ---- K-quants: ggml's reference quantisers (quantize_row_q4_K_ref / _q6_K_ref), the same
@@ -430,7 +496,8 @@ void acem_quantize(acem_quant q, const float *src, void *blocks, size_t n_blocks
     static void (*const quantiser[ACEM_QUANT_COUNT])(const float *, unsigned char *) = {
         [ACEM_QUANT_Q8_0] = quant_q8_0, [ACEM_QUANT_Q4_0] = quant_q4_0,
         [ACEM_QUANT_Q4_K] = quant_q4_k, [ACEM_QUANT_Q6_K] = quant_q6_k,
-        [ACEM_QUANT_Q5_K] = quant_q5_k,
+        [ACEM_QUANT_Q5_K] = quant_q5_k, [ACEM_QUANT_Q5_0] = quant_q5_0,
+        [ACEM_QUANT_Q5_1] = quant_q5_1,
     };
     const size_t be = quant_table[q].block_elems, bb = quant_table[q].block_bytes;
     float finite[256];

@@ -24,15 +24,16 @@ _SCALAR = {U8: "<B", I8: "<b", U16: "<H", I16: "<h", U32: "<I", I32: "<i", F32: 
 
 # ggml types
 GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q8_0, GGML_Q4_K, GGML_Q5_K, GGML_Q6_K = 0, 1, 2, 8, 12, 13, 14
+GGML_Q5_0, GGML_Q5_1 = 6, 7
 GGML_I8, GGML_I16, GGML_I32, GGML_I64, GGML_F64, GGML_BF16 = 24, 25, 26, 27, 28, 30
 PLAIN = {GGML_F32: "<f4", GGML_F16: "<f2", GGML_BF16: "<u2", GGML_F64: "<f8",
          GGML_I8: "i1", GGML_I16: "<i2", GGML_I32: "<i4", GGML_I64: "<i8"}
 # (values per block, bytes per block)
-BLOCK = {GGML_Q8_0: (32, 34), GGML_Q4_0: (32, 18), GGML_Q4_K: (256, 144), GGML_Q5_K: (256, 176),
+BLOCK = {GGML_Q8_0: (32, 34), GGML_Q4_0: (32, 18), GGML_Q5_0: (32, 22), GGML_Q5_1: (32, 24), GGML_Q4_K: (256, 144), GGML_Q5_K: (256, 176),
          GGML_Q6_K: (256, 210)}
 NAMES = {GGML_F32: "F32", GGML_F16: "F16", GGML_BF16: "BF16", GGML_F64: "F64", GGML_Q8_0: "Q8_0",
          GGML_Q4_0: "Q4_0", GGML_Q4_K: "Q4_K", GGML_Q5_K: "Q5_K", GGML_Q6_K: "Q6_K", GGML_I8: "I8",
-         GGML_I16: "I16", GGML_I32: "I32", GGML_I64: "I64"}
+         GGML_I16: "I16", GGML_I32: "I32", GGML_I64: "I64", GGML_Q5_0: "Q5_0", GGML_Q5_1: "Q5_1"}
 
 
 class FormatError(Exception):
@@ -65,6 +66,16 @@ def dequantize(gtype, raw):
         qs = b[:, 2:]
         q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32) - np.float32(8)
         return (q * d).ravel()
+    if gtype in (GGML_Q5_0, GGML_Q5_1):  # u32 qh: bit j is the fifth bit of value j
+        m = gtype == GGML_Q5_1
+        d = _half(b, 0)[:, None]
+        qh = b[:, 2 + 2 * m:6 + 2 * m].copy().view("<u4")[:, 0]
+        qs = b[:, 6 + 2 * m:]
+        q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.int32)
+        q |= ((qh[:, None] >> np.arange(32, dtype=np.uint32)) & 1).astype(np.int32) << 4
+        if m:
+            return (q.astype(np.float32) * d + _half(b, 2)[:, None]).ravel()
+        return ((q - 16).astype(np.float32) * d).ravel()
     if gtype in (GGML_Q4_K, GGML_Q5_K):
         d, dmin = _half(b, 0)[:, None], _half(b, 2)[:, None]
         s = b[:, 4:16].astype(np.int32)
@@ -115,18 +126,45 @@ def quantize(gtype, x):
         out[:, 2:] = q.view(np.uint8)
         return out.tobytes()
     if gtype == GGML_Q4_0:
-        idx = np.argmax(np.abs(x), axis=1)  # first of the largest magnitude, like the reference
-        mx = x[np.arange(len(x)), idx]
-        d = (mx / np.float32(-8)).astype(np.float32)
-        with np.errstate(divide="ignore"):
-            idv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
-        v = ((x * idv[:, None]).astype(np.float32) + np.float32(8.5)).astype(np.float32)
-        q = np.minimum(15, np.trunc(v.astype(np.float64))).astype(np.uint8)
+        d, q = _symmetric_32(x, 8)
+        q = q.astype(np.uint8)
         out = np.empty((len(x), 18), np.uint8)
         out[:, :2] = d.astype("<f2").view(np.uint8).reshape(-1, 2)
         out[:, 2:] = q[:, :16] | (q[:, 16:] << 4)
         return out.tobytes()
+    if gtype == GGML_Q5_0:  # quantize_row_q5_0_ref: d = max / -16, min(31, (int8)(x/d + 16.5))
+        d, q = _symmetric_32(x, 16)
+        return _q5_blocks(d, None, q.astype(np.uint32))
+    if gtype == GGML_Q5_1:  # quantize_row_q5_1_ref: d = (max - min) / 31, (uint8)((x-min)/d + .5)
+        lo, hi = x.min(axis=1), x.max(axis=1)
+        d = ((hi - lo) / np.float32(31)).astype(np.float32)
+        with np.errstate(divide="ignore"):
+            idv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+        v = (((x - lo[:, None]).astype(np.float32) * idv[:, None]).astype(np.float32)
+             + np.float32(0.5)).astype(np.float32)
+        q = np.trunc(v.astype(np.float64)).astype(np.uint32)
+        return _q5_blocks(d, lo, q)
     raise ValueError("no quantiser for ggml type %d" % gtype)
+
+
+def _symmetric_32(x, half):
+    """Q4_0 / Q5_0: d = (the first value of largest magnitude) / -half, codes
+    min(2 half - 1, trunc(x / d + half + 0.5))."""
+    mx = x[np.arange(len(x)), np.argmax(np.abs(x), axis=1)]
+    d = (mx / np.float32(-half)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        idv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    v = ((x * idv[:, None]).astype(np.float32) + np.float32(half + 0.5)).astype(np.float32)
+    return d, np.minimum(2 * half - 1, np.trunc(v.astype(np.float64)))
+
+
+def _q5_blocks(d, m, q):
+    head = [d.astype("<f2").view(np.uint8).reshape(-1, 2)]
+    if m is not None:
+        head.append(m.astype("<f2").view(np.uint8).reshape(-1, 2))
+    qh = (((q >> 4) & 1) << np.arange(32, dtype=np.uint32)).sum(axis=1).astype("<u4")
+    qs = ((q[:, :16] & 15) | ((q[:, 16:] & 15) << 4)).astype(np.uint8)
+    return np.concatenate(head + [qh.view(np.uint8).reshape(-1, 4), qs], axis=1).tobytes()
 
 
 def block_scales(gtype, raw):
