@@ -89,13 +89,13 @@ static void print_help(FILE *to) {
     for (size_t i = 0; i < acem_method_count(); i++) {
         /* word-wrapped to 90 columns, continuation lines under the description */
         const char *d = acem_method_describe(i);
-        fprintf(to, "  %-16s ", acem_method_name(i));
-        int col = 19;
+        fprintf(to, "  %-18s ", acem_method_name(i));
+        int col = 21;
         for (bool first = true; *d; first = false) {
             int w = (int)strcspn(d, " ");
             if (!first && col + 1 + w > 90) {
-                fprintf(to, "\n%19s", "");
-                col = 19;
+                fprintf(to, "\n%21s", "");
+                col = 21;
             } else if (!first) {
                 fputc(' ', to);
                 col++;
