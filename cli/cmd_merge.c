@@ -130,8 +130,7 @@ typedef struct flags {
     double lambda;
     long long seed, threads;
     uint64_t max_shard;
-    acem_out_type out_type;       /* --dtype; ACEM_OUT_INVALID: not given */
-    acem_llama_ftype llama_ftype; /* --dtype naming a llama-quantize mix */
+    acem_out_type out_type; /* --dtype; ACEM_OUT_INVALID: not given */
     acem_dtype precision;
     int force, quiet, allow_nonfinite, strict, dry_run;
     int axis; /* -1: not given, 0 stored, 1 input */
@@ -269,9 +268,7 @@ static int parse_flags(int argc, char **argv, flags *f) {
             if (parse_int(optarg, "--seed", 0, INT64_MAX, &f->seed)) return -1;
             break;
         case O_DTYPE:
-            f->llama_ftype = acem_llama_ftype_parse(optarg);
-            f->out_type = f->llama_ftype ? acem_llama_ftype_type(f->llama_ftype)
-                                         : acem_out_type_parse(optarg);
+            f->out_type = acem_out_type_parse(optarg);
             if (f->out_type == ACEM_OUT_INVALID) {
                 cli_error("--dtype: unknown type \"%s\"", optarg);
                 return -1;
@@ -331,10 +328,7 @@ static void apply_flags(const flags *f, acem_merge_options *o, acem_param *param
     if (f->seed >= 0) o->seed = (uint64_t)f->seed;
     if (f->threads) o->threads = (int)f->threads;
     if (f->max_shard) o->max_shard_size = f->max_shard;
-    if (f->out_type != ACEM_OUT_INVALID) {
-        o->out_type = f->out_type;
-        o->llama_ftype = f->llama_ftype;
-    }
+    if (f->out_type != ACEM_OUT_INVALID) o->out_type = f->out_type;
     if (f->precision != ACEM_DT_NONE) o->precision = f->precision;
     o->force |= f->force;
     o->allow_nonfinite |= f->allow_nonfinite;

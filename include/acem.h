@@ -86,23 +86,30 @@ typedef enum acem_out_type {
     ACEM_OUT_Q6_K,
     ACEM_OUT_Q5_0,
     ACEM_OUT_Q5_1,
+    /* llama-quantize's mixes (see acem_out_type_mix): an option value only, which the plan
+     * turns into each tensor's type; never the type of a tensor. */
+    ACEM_OUT_Q4_K_S,
+    ACEM_OUT_Q4_K_M,
+    ACEM_OUT_Q5_K_S,
+    ACEM_OUT_Q5_K_M,
     ACEM_OUT_COUNT,
     ACEM_OUT_INVALID = -1
 } acem_out_type;
 
-/* "f16", "bf16", "float32", "q4_k", "Q8_0", ... as a user types them; ACEM_OUT_INVALID if
- * unknown. */
+/* "f16", "bf16", "float32", "q4_k", "Q8_0", "q4_k_m", ... as a user types them;
+ * ACEM_OUT_INVALID if unknown. */
 acem_out_type acem_out_type_parse(const char *s);
 const char *acem_out_type_name(acem_out_type t); /* "F16", "Q4_K", ...; "as the base" */
 /* The float type an output type stores, or ACEM_DT_NONE for a block type / KEEP. */
 acem_dtype acem_out_type_dtype(acem_out_type t);
-/* The block type an output type stores, or ACEM_QUANT_NONE. */
+/* The block type an output type stores (a mix: its default type, llama.cpp's
+ * llama_ftype_get_default_type), or ACEM_QUANT_NONE. */
 acem_quant acem_out_type_quant(acem_out_type t);
 /* The output type that stores blocks of q (ACEM_OUT_KEEP for ACEM_QUANT_NONE). */
 acem_out_type acem_out_type_of_quant(acem_quant q);
 
-/* llama-quantize's mixes (--dtype Q4_K_M, ...), valued as llama.h's llama_ftype: each picks
- * every tensor's type by llama.cpp's rules from its name, layer and shape. */
+/* llama-quantize's mixes, valued as llama.h's llama_ftype: each picks every tensor's type by
+ * llama.cpp's rules from its name, layer and shape. */
 typedef enum acem_llama_ftype {
     ACEM_FTYPE_NONE = 0,
     ACEM_FTYPE_Q4_0 = 2, /* LLAMA_FTYPE_MOSTLY_Q4_0 */
@@ -114,11 +121,10 @@ typedef enum acem_llama_ftype {
     ACEM_FTYPE_Q6_K = 18
 } acem_llama_ftype;
 
-/* "q4_k_m", "Q8_0", ... as llama-quantize names them (any case); ACEM_FTYPE_NONE if not. */
-acem_llama_ftype acem_llama_ftype_parse(const char *s);
-const char *acem_llama_ftype_name(acem_llama_ftype f); /* "Q4_K_M"; "" for NONE */
-/* The mix's default block type (llama_ftype_get_default_type): ACEM_OUT_Q4_K for Q4_K_M. */
-acem_out_type acem_llama_ftype_type(acem_llama_ftype f);
+/* The mix an output type asks for: Q4_K_S, Q4_K_M, Q5_K_S and Q5_K_M always (they need a GGUF
+ * base with llama.cpp's architecture keys); Q4_0, Q8_0 and Q6_K on such a base (elsewhere they
+ * are the plain block types); ACEM_FTYPE_NONE for the others. */
+acem_llama_ftype acem_out_type_mix(acem_out_type t);
 
 /* "f32", "F32", "float32", "bf16", ... as a user types them; ACEM_DT_NONE if unknown. */
 acem_dtype acem_dtype_parse(const char *s);
@@ -270,17 +276,14 @@ typedef struct acem_merge_options {
     const acem_settings *settings; /* a YAML config's parameters, or NULL */
     const char *const *excludes;   /* POSIX extended regexes, searched in the tensor name */
     int n_excludes;
-    const char *preset;           /* gpt2|bert|roberta|llama|clip-vit or NULL */
-    const char *out;              /* ends in .safetensors or .gguf: one file; else a directory */
-    acem_out_type out_type;       /* float tensors' stored type; block types need a .gguf output
-                                     and apply to tensors of 2+ axes whose rows split into blocks */
-    acem_llama_ftype llama_ftype; /* a llama-quantize mix (out_type is then its default type):
-                                     on a GGUF base with llama.cpp's architecture keys it picks
-                                     each tensor's type; Q4_0, Q8_0, Q6_K on other bases are
-                                     out_type alone; NONE: none */
-    acem_dtype precision;         /* compute type, ACEM_DT_F32 (default) or ACEM_DT_F64 */
-    int threads;                  /* 0: all cores */
-    uint64_t max_shard_size;      /* 0: no sharding */
+    const char *preset;      /* gpt2|bert|roberta|llama|clip-vit or NULL */
+    const char *out;         /* ends in .safetensors or .gguf: one file; else a directory */
+    acem_out_type out_type;  /* float tensors' stored type; block types need a .gguf output
+                                and apply to tensors of 2+ axes whose rows split into blocks;
+                                a mix (acem_out_type_mix) picks each tensor's type */
+    acem_dtype precision;    /* compute type, ACEM_DT_F32 (default) or ACEM_DT_F64 */
+    int threads;             /* 0: all cores */
+    uint64_t max_shard_size; /* 0: no sharding */
     uint64_t seed;
     int force;           /* replace an existing output */
     int allow_nonfinite; /* skip the NaN/Inf checks on inputs and merged outputs */

@@ -6,6 +6,7 @@
 #include <math.h>
 #include <omp.h>
 #include <string.h>
+#include <strings.h>
 
 static const struct {
     const char *name;
@@ -248,41 +249,63 @@ void acem_combine_to_raw(const void *w0, const void *delta, double lambda, acem_
     }
 }
 
-/* Each output type is exactly one of a float type or a block type. */
+/* Each output type is exactly one of a float type or a block type, or a llama-quantize mix
+ * (mix_only: it exists as an option value, resolved per tensor by the plan). */
 static const struct {
     acem_dtype dtype;
-    acem_quant quant;
+    acem_quant quant; /* a mix's: its default type */
+    acem_llama_ftype mix;
+    bool mix_only;
 } out_types[ACEM_OUT_COUNT] = {
-    [ACEM_OUT_KEEP] = {ACEM_DT_NONE, ACEM_QUANT_NONE},
-    [ACEM_OUT_F64] = {ACEM_DT_F64, ACEM_QUANT_NONE},
-    [ACEM_OUT_F32] = {ACEM_DT_F32, ACEM_QUANT_NONE},
-    [ACEM_OUT_F16] = {ACEM_DT_F16, ACEM_QUANT_NONE},
-    [ACEM_OUT_BF16] = {ACEM_DT_BF16, ACEM_QUANT_NONE},
-    [ACEM_OUT_Q8_0] = {ACEM_DT_NONE, ACEM_QUANT_Q8_0},
-    [ACEM_OUT_Q4_0] = {ACEM_DT_NONE, ACEM_QUANT_Q4_0},
-    [ACEM_OUT_Q4_K] = {ACEM_DT_NONE, ACEM_QUANT_Q4_K},
-    [ACEM_OUT_Q5_K] = {ACEM_DT_NONE, ACEM_QUANT_Q5_K},
-    [ACEM_OUT_Q6_K] = {ACEM_DT_NONE, ACEM_QUANT_Q6_K},
-    [ACEM_OUT_Q5_0] = {ACEM_DT_NONE, ACEM_QUANT_Q5_0},
-    [ACEM_OUT_Q5_1] = {ACEM_DT_NONE, ACEM_QUANT_Q5_1},
+    [ACEM_OUT_KEEP] = {ACEM_DT_NONE, ACEM_QUANT_NONE, ACEM_FTYPE_NONE, false},
+    [ACEM_OUT_F64] = {ACEM_DT_F64, ACEM_QUANT_NONE, ACEM_FTYPE_NONE, false},
+    [ACEM_OUT_F32] = {ACEM_DT_F32, ACEM_QUANT_NONE, ACEM_FTYPE_NONE, false},
+    [ACEM_OUT_F16] = {ACEM_DT_F16, ACEM_QUANT_NONE, ACEM_FTYPE_NONE, false},
+    [ACEM_OUT_BF16] = {ACEM_DT_BF16, ACEM_QUANT_NONE, ACEM_FTYPE_NONE, false},
+    [ACEM_OUT_Q8_0] = {ACEM_DT_NONE, ACEM_QUANT_Q8_0, ACEM_FTYPE_Q8_0, false},
+    [ACEM_OUT_Q4_0] = {ACEM_DT_NONE, ACEM_QUANT_Q4_0, ACEM_FTYPE_Q4_0, false},
+    [ACEM_OUT_Q4_K] = {ACEM_DT_NONE, ACEM_QUANT_Q4_K, ACEM_FTYPE_NONE, false},
+    [ACEM_OUT_Q5_K] = {ACEM_DT_NONE, ACEM_QUANT_Q5_K, ACEM_FTYPE_NONE, false},
+    [ACEM_OUT_Q6_K] = {ACEM_DT_NONE, ACEM_QUANT_Q6_K, ACEM_FTYPE_Q6_K, false},
+    [ACEM_OUT_Q5_0] = {ACEM_DT_NONE, ACEM_QUANT_Q5_0, ACEM_FTYPE_NONE, false},
+    [ACEM_OUT_Q5_1] = {ACEM_DT_NONE, ACEM_QUANT_Q5_1, ACEM_FTYPE_NONE, false},
+    [ACEM_OUT_Q4_K_S] = {ACEM_DT_NONE, ACEM_QUANT_Q4_K, ACEM_FTYPE_Q4_K_S, true},
+    [ACEM_OUT_Q4_K_M] = {ACEM_DT_NONE, ACEM_QUANT_Q4_K, ACEM_FTYPE_Q4_K_M, true},
+    [ACEM_OUT_Q5_K_S] = {ACEM_DT_NONE, ACEM_QUANT_Q5_K, ACEM_FTYPE_Q5_K_S, true},
+    [ACEM_OUT_Q5_K_M] = {ACEM_DT_NONE, ACEM_QUANT_Q5_K, ACEM_FTYPE_Q5_K_M, true},
 };
 
+/* llama-quantize's names of the mix-only values. */
+static const char *const mix_names[ACEM_OUT_COUNT] = {
+    [ACEM_OUT_Q4_K_S] = "Q4_K_S",
+    [ACEM_OUT_Q4_K_M] = "Q4_K_M",
+    [ACEM_OUT_Q5_K_S] = "Q5_K_S",
+    [ACEM_OUT_Q5_K_M] = "Q5_K_M",
+};
+
+static bool valid(acem_out_type t) { return t > ACEM_OUT_KEEP && t < ACEM_OUT_COUNT; }
+
 acem_dtype acem_out_type_dtype(acem_out_type t) {
-    return t > ACEM_OUT_KEEP && t < ACEM_OUT_COUNT ? out_types[t].dtype : ACEM_DT_NONE;
+    return valid(t) ? out_types[t].dtype : ACEM_DT_NONE;
 }
 
 acem_quant acem_out_type_quant(acem_out_type t) {
-    return t > ACEM_OUT_KEEP && t < ACEM_OUT_COUNT ? out_types[t].quant : ACEM_QUANT_NONE;
+    return valid(t) ? out_types[t].quant : ACEM_QUANT_NONE;
+}
+
+acem_llama_ftype acem_out_type_mix(acem_out_type t) {
+    return valid(t) ? out_types[t].mix : ACEM_FTYPE_NONE;
 }
 
 acem_out_type acem_out_type_of_quant(acem_quant q) {
     for (int t = ACEM_OUT_KEEP + 1; q != ACEM_QUANT_NONE && t < ACEM_OUT_COUNT; t++)
-        if (out_types[t].quant == q) return (acem_out_type)t;
+        if (out_types[t].quant == q && !out_types[t].mix_only) return (acem_out_type)t;
     return ACEM_OUT_KEEP;
 }
 
 const char *acem_out_type_name(acem_out_type t) {
-    if (t <= ACEM_OUT_KEEP || t >= ACEM_OUT_COUNT) return "as the base";
+    if (!valid(t)) return "as the base";
+    if (out_types[t].mix_only) return mix_names[t];
     return out_types[t].quant ? acem_quant_name(out_types[t].quant)
                               : acem_dtype_name(out_types[t].dtype);
 }
@@ -290,8 +313,11 @@ const char *acem_out_type_name(acem_out_type t) {
 acem_out_type acem_out_type_parse(const char *s) {
     acem_dtype dt = acem_dtype_parse(s);
     acem_quant q = dt == ACEM_DT_NONE ? acem_quant_parse(s) : ACEM_QUANT_NONE;
-    for (int t = ACEM_OUT_KEEP + 1; t < ACEM_OUT_COUNT; t++)
-        if ((dt != ACEM_DT_NONE && out_types[t].dtype == dt) || (q && out_types[t].quant == q))
+    for (int t = ACEM_OUT_KEEP + 1; t < ACEM_OUT_COUNT; t++) {
+        if (out_types[t].mix_only ? strcasecmp(mix_names[t], s) == 0
+                                  : (dt != ACEM_DT_NONE && out_types[t].dtype == dt) ||
+                                        (q && out_types[t].quant == q))
             return (acem_out_type)t;
+    }
     return ACEM_OUT_INVALID;
 }

@@ -274,16 +274,18 @@ static int mix_target_type(const llama_quant *lq, const acem_tensor *b, acem_out
  * llama-quantize takes; Q4_0, Q8_0 and Q6_K are plain block types on other bases. */
 static int open_mix(plan *p, const acem_checkpoint *base, const acem_merge_options *o,
                     llama_quant *lq, acem_error *err) {
-    if (o->llama_ftype == ACEM_FTYPE_NONE) return 0;
-    int rc = llama_quant_init(lq, base, o->llama_ftype, err);
+    const acem_llama_ftype mix = acem_out_type_mix(o->out_type);
+    if (mix == ACEM_FTYPE_NONE) return 0;
+    int rc = llama_quant_init(lq, base, o->out_type, err);
     if (rc < 0) return -1;
-    const char *name = acem_llama_ftype_name(o->llama_ftype);
-    if (rc == 0 && acem_out_type_parse(name) == ACEM_OUT_INVALID)
+    /* Q4_0, Q8_0 and Q6_K are also plain block types; the others are mixes only */
+    bool plain = acem_out_type_of_quant(acem_out_type_quant(o->out_type)) == o->out_type;
+    if (rc == 0 && !plain)
         return acem_fail(err,
                          "%s: --dtype %s is llama-quantize's mix, which needs a GGUF base with "
                          "llama.cpp's architecture keys (general.architecture, <arch>.block_count)",
-                         acem_checkpoint_path(base), name);
-    p->llama_ftype = rc ? o->llama_ftype : ACEM_FTYPE_NONE;
+                         acem_checkpoint_path(base), acem_out_type_name(o->out_type));
+    p->llama_ftype = rc ? mix : ACEM_FTYPE_NONE;
     return 0;
 }
 

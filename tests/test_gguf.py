@@ -535,6 +535,19 @@ def test_llama_mixes(d):
                    != oracle_blocks(types[n], want[n])]
             check("--dtype %s: %d tensors' bytes identical to the numpy quantisers" % (
                 spelled, len(ts)), not bad, bad[:5])
+            if mix != "Q4_K_M":
+                continue
+            # one value for the mix: a YAML config says it as --dtype does, and the output's
+            # acem_config rebuilds the same file
+            cfg = os.path.join(d, "mix-%s.yaml" % tag)
+            with open(cfg, "w") as f:
+                f.write("merge_method: task_arithmetic\nbase_model: %s\nmodels:\n  - %s\n  - %s\n"
+                        "dtype: q4_k_m\noutput: %s\n" % (paths[0], paths[1], paths[2],
+                                                          out + ".yaml.gguf"))
+            r = acem("merge", "-q", cfg)
+            same = r.returncode == 0 and open(out + ".yaml.gguf", "rb").read() == open(out, "rb").read()
+            check("dtype: q4_k_m in a YAML config gives the file --dtype Q4_K_M gives (%s)" % tag,
+                  same, r.stderr)
     st.write_file(os.path.join(d, "mix.safetensors"), {"w": st.from_f64(np.ones((2, 256)), "F32")})
     r = merge(os.path.join(d, "mix.safetensors"), [os.path.join(d, "mix.safetensors")] * 2, "average",
               os.path.join(d, "mix-st.gguf"), "--dtype", "q4_k_m")

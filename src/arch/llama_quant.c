@@ -165,7 +165,7 @@ static bool is_70b(const char *arch, long n_layer, long n_head, long n_head_kv) 
            (strcmp(arch, "qwen2") == 0 || strcmp(arch, "deci") == 0 || strcmp(arch, "olmo") == 0);
 }
 
-int llama_quant_init(llama_quant *q, const acem_checkpoint *base, acem_llama_ftype ftype,
+int llama_quant_init(llama_quant *q, const acem_checkpoint *base, acem_out_type mix,
                      acem_error *err) {
     memset(q, 0, sizeof *q);
     const char *arch = acem_checkpoint_gguf(base) ? kv(base, "general.architecture") : NULL;
@@ -177,13 +177,13 @@ int llama_quant_init(llama_quant *q, const acem_checkpoint *base, acem_llama_fty
         arch_int(base, arch, "attention.head_count_kv", n_head, &n_head_kv, err))
         return -1;
     *q = (llama_quant){.base = base,
-                       .ftype = ftype,
+                       .ftype = acem_out_type_mix(mix),
                        .n_layer = (int)n_layer,
                        .n_expert = (int)n_expert,
                        .falcon = strcmp(arch, "falcon") == 0,
                        .is_70b = is_70b(arch, n_layer, n_head, n_head_kv),
                        .tied = true};
-    q->default_type = acem_out_type_quant(acem_llama_ftype_type(ftype));
+    q->default_type = acem_out_type_quant(mix);
     for (size_t i = 0; i < acem_checkpoint_count(base); i++) { /* init_quantize_state_counters */
         category c = category_of(acem_checkpoint_at(base, i)->name);
         q->n_attention_wv += is_attn_v(c);
@@ -282,33 +282,4 @@ int llama_quant_type(const llama_quant *q, const acem_tensor *t, acem_out_type *
     if (mix_type(q, t, &type, err)) return -1;
     *out = fallback(t, type);
     return 0;
-}
-
-static const struct {
-    acem_llama_ftype ftype;
-    const char *name;
-    acem_out_type type; /* llama_ftype_get_default_type */
-} ftypes[] = {
-    {ACEM_FTYPE_Q4_0, "Q4_0", ACEM_OUT_Q4_0},     {ACEM_FTYPE_Q8_0, "Q8_0", ACEM_OUT_Q8_0},
-    {ACEM_FTYPE_Q4_K_S, "Q4_K_S", ACEM_OUT_Q4_K}, {ACEM_FTYPE_Q4_K_M, "Q4_K_M", ACEM_OUT_Q4_K},
-    {ACEM_FTYPE_Q5_K_S, "Q5_K_S", ACEM_OUT_Q5_K}, {ACEM_FTYPE_Q5_K_M, "Q5_K_M", ACEM_OUT_Q5_K},
-    {ACEM_FTYPE_Q6_K, "Q6_K", ACEM_OUT_Q6_K},
-};
-
-acem_llama_ftype acem_llama_ftype_parse(const char *s) {
-    for (size_t i = 0; i < sizeof ftypes / sizeof *ftypes; i++)
-        if (strcasecmp(ftypes[i].name, s) == 0) return ftypes[i].ftype;
-    return ACEM_FTYPE_NONE;
-}
-
-const char *acem_llama_ftype_name(acem_llama_ftype f) {
-    for (size_t i = 0; i < sizeof ftypes / sizeof *ftypes; i++)
-        if (ftypes[i].ftype == f) return ftypes[i].name;
-    return "";
-}
-
-acem_out_type acem_llama_ftype_type(acem_llama_ftype f) {
-    for (size_t i = 0; i < sizeof ftypes / sizeof *ftypes; i++)
-        if (ftypes[i].ftype == f) return ftypes[i].type;
-    return ACEM_OUT_KEEP;
 }

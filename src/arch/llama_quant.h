@@ -19,9 +19,10 @@ typedef struct llama_quant {
     bool tied;               /* no output.weight: token_embd is the output too */
 } llama_quant;
 
-/* 1 and q filled when base is a GGUF that llama-quantize takes (general.architecture and
- * <arch>.block_count), 0 when it is not; -1 with err for a malformed count. */
-int llama_quant_init(llama_quant *q, const acem_checkpoint *base, acem_llama_ftype ftype,
+/* For the mix an output type asks for (acem_out_type_mix): 1 and q filled when base is a
+ * GGUF that llama-quantize takes (general.architecture and <arch>.block_count), 0 when it is
+ * not; -1 with err for a malformed count. */
+int llama_quant_init(llama_quant *q, const acem_checkpoint *base, acem_out_type mix,
                      acem_error *err);
 /* The type llama-quantize without an importance matrix gives tensor t of the base, or
  * ACEM_OUT_KEEP for a tensor it does not convert (1-D, norms, names it leaves alone). -1 with
