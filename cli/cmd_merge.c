@@ -15,7 +15,8 @@ static void print_help(FILE *to) {
         "usage: acem merge --base B --model M1 --model M2 [...] --method NAME -o OUT [options]\n"
         "       acem merge CONFIG.yaml [-o OUT] [options]\n"
         "\n"
-        "Merges T >= 2 experts fine-tuned from one base: for every tensor, Dt = Wt - W0, the\n"
+        "Merges T experts fine-tuned from one base (T >= 1 for linear and the task-vector\n"
+        "methods, T >= 2 for the others): for every tensor, Dt = Wt - W0, the\n"
         "method combines the Dt into Delta, and OUT gets W0 + lambda * Delta. Models are\n"
         ".safetensors, GGUF or PyTorch .bin files or Hugging Face directories (model.safetensors\n"
         "or pytorch_model.bin, or shards with their .index.json). Relative paths in CONFIG.yaml\n"
@@ -386,11 +387,11 @@ int cmd_merge(int argc, char **argv) {
     if (grams) o.grams = grams;
     int rc;
     bool base_needed = !o.method || !acem_method_merges_weights(o.method);
-    if ((!o.base && base_needed) || !o.out || !o.method || o.n_models < 2) {
+    if ((!o.base && base_needed) || !o.out || !o.method || o.n_models < 1) {
         cli_error("%s", !o.base && base_needed ? "no base model (--base)"
                         : !o.method            ? "no method (--method; see acem merge --help)"
                         : !o.out               ? "no output path (-o)"
-                                 : "at least 2 experts are needed (--model, repeated)");
+                                               : "no expert model (--model)");
         rc = EXIT_USAGE;
     } else {
         rc = cli_run_merge(&o, f.quiet);

@@ -54,7 +54,8 @@ static int check_method(const acem_merge_options *o, acem_error *err) {
         return acem_fail(err, "unknown method \"%s\" (one of: %s)", o->method, known);
     }
     double values[METHOD_MAX_PARAMS];
-    return method_resolve_params(m, o->params, o->n_params, false, values, err) ||
+    return method_check_models(m, o->n_models, err) ||
+                   method_resolve_params(m, o->params, o->n_params, false, values, err) ||
                    check_settings(m, o, err)
                ? -1
                : 0;

@@ -665,8 +665,6 @@ static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
     const acem_merge_options *o = r->o;
     if (!o->base || !o->out || !o->method)
         return acem_fail(err, "a base model, an output path and a method are required");
-    if (o->n_models < 2)
-        return acem_fail(err, "at least 2 expert models are needed (got %d)", o->n_models);
     if (acem_check_options(o, err)) return -1;
     r->method = method_find(o->method);
     r->mergekit = o->settings && o->settings->mergekit;

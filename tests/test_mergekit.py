@@ -167,6 +167,27 @@ def cases():
                        {"model": m[3], "parameters": {"weight": -0.2, "density": 0.4}}],
             "parameters": {"normalize": True, "rescale": True, "density": 0.7,
                            "gamma": 0.02, "lambda": 0.6}}),
+        ("task_arithmetic/one expert, weight gradient", {
+            "merge_method": "task_arithmetic", "base_model": m[0],
+            "models": [{"model": m[0]},
+                       {"model": m[1], "parameters": {"weight": [0.4, 1.2]}}]}),
+        ("ties/one expert, density, negative weight, normalize", {
+            "merge_method": "ties", "base_model": m[0],
+            "models": [{"model": m[2], "parameters": {"weight": -0.7, "density": 0.4}}]}),
+        ("dare_ties/one expert", {
+            "merge_method": "dare_ties", "base_model": m[0],
+            "models": [{"model": m[3], "parameters": {"weight": 0.8, "density": 0.6}}]}),
+        ("dare_linear/one expert, rescale off", {
+            "merge_method": "dare_linear", "base_model": m[0],
+            "models": [{"model": m[1], "parameters": {"weight": 0.9, "density": 0.5}}],
+            "parameters": {"rescale": False}}),
+        ("breadcrumbs_ties/one expert", {
+            "merge_method": "breadcrumbs_ties", "base_model": m[0],
+            "models": [{"model": m[2], "parameters": {"weight": 0.6, "density": 0.7,
+                                                      "gamma": 0.05}}]}),
+        ("linear/one model (the model itself)", {
+            "merge_method": "linear",
+            "models": [{"model": m[3], "parameters": {"weight": 0.3}}]}),
         ("linear/weights, no base", {
             "merge_method": "linear",
             "models": [{"model": m[1], "parameters": {"weight": 1.0}},
@@ -217,6 +238,12 @@ def test_refusals_and_warnings(d):
     r = run("merge", "-q", path, "-o", os.path.join(d, "r.safetensors"))
     check("a weight out of range is a usage error", one_error_line(r, "weight") and
           r.returncode == 2, r.stderr)
+    one = {"merge_method": "ace", "base_model": "base", "models": [{"model": "a"}]}
+    with open(path, "w") as f:
+        f.write(as_yaml(one))
+    r = run("merge", "-q", path, "-o", os.path.join(d, "one.safetensors"))
+    check("one expert for a method that needs two (ace) is a usage error naming the method",
+          one_error_line(r, "method ace needs at least 2") and r.returncode == 2, r.stderr)
     cfg["models"][1]["parameters"] = {"weight": 1}
     with open(path, "w") as f:
         f.write(as_yaml(cfg))
@@ -294,6 +321,30 @@ dtype: float16
                  {"model": "Doctor-Shotgun/llama-2-13b-chat-limarp-v2-merged",
                   "parameters": {"weight": 0.02}}],
       "dtype": "float16"}),
+    ("mergekit's examples/vlm-ties.yml (arcee-ai/mergekit, commit e9e19bf): one expert plus "
+     "its base, the other entry commented out", "F16", "", """models:
+  # - model: impactframes/Qwen2-VL-7B-Captioner
+  - model: maxiw/Florence-2-ScreenQA-base
+    parameters:
+      density: [1, 0.7, 0.1] # density gradient
+      weight: 1.0
+  # - model: Qwen/Qwen2-VL-7B-Instruct
+  - model: microsoft/Florence-2-base
+    parameters:
+      density: 0.5
+      weight: [0, 0.3, 0.7, 1] # weight gradient
+merge_method: ties
+# base_model: Qwen/Qwen2-VL-7B-Instruct
+base_model: microsoft/Florence-2-base
+parameters:
+  normalize: true
+  int8_mask: true
+dtype: float16""", {"models": [{"model": "maxiw/Florence-2-ScreenQA-base",
+                                "parameters": {"density": [1, 0.7, 0.1], "weight": 1.0}},
+                               {"model": "microsoft/Florence-2-base",
+                                "parameters": {"density": 0.5, "weight": [0, 0.3, 0.7, 1]}}],
+                    "merge_method": "ties", "base_model": "microsoft/Florence-2-base",
+                    "parameters": {"normalize": True, "int8_mask": True}, "dtype": "float16"}),
     ("model card of a TAIDE + Llama-2-chat task_arithmetic merge, stored page id "
      "20395178690", "BF16", "", """merge_method: task_arithmetic
 base_model: NousResearch/Llama-2-7b-hf

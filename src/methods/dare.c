@@ -108,6 +108,7 @@ static int merge_dare_ties(const method_ctx *c, void *const *d, void *out, acem_
 
 const method_def method_dare_linear = {
     .name = "dare_linear",
+    .min_models = 1,
     .describe = "drop with probability p (or keep density), rescale, sum_t weight_t * Dt (Yu "
                 "et al. 2024); p 0.9, lambda 0.3 (1 in a mergekit config)",
     .default_lambda = 0.3,
@@ -120,6 +121,7 @@ const method_def method_dare_linear = {
 
 const method_def method_dare_ties = {
     .name = "dare_ties",
+    .min_models = 1,
     .describe = "drop with probability p (or keep density), rescale, TIES sign election and "
                 "disjoint mean (sum in a mergekit config); p 0.9, lambda 1",
     .default_lambda = 1.0,

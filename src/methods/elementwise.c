@@ -78,6 +78,7 @@ static int merge_task_arithmetic(const method_ctx *c, void *const *d, void *out,
 
 const method_def method_average = {
     .name = "average",
+    .min_models = 1,
     .describe = "mean of the deltas (uniform soup); lambda 1",
     .default_lambda = 1.0,
     .elementwise = always,
@@ -87,6 +88,7 @@ const method_def method_average = {
 
 const method_def method_task_arithmetic = {
     .name = "task_arithmetic",
+    .min_models = 1,
     .describe = "sum_t weight_t * Dt (Ilharco et al. 2023), / sum of weights with normalize; "
                 "lambda 0.3 (1 in a mergekit config)",
     .default_lambda = 0.3,
@@ -100,6 +102,7 @@ const method_def method_task_arithmetic = {
 
 const method_def method_linear = {
     .name = "linear",
+    .min_models = 1,
     .describe = "sum_i weight_i * W_i of the models' weights, / sum of weights with normalize "
                 "(mergekit's linear); no base needed (the first model names the tensors)",
     .default_lambda = 1.0,

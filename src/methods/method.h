@@ -85,6 +85,10 @@ typedef struct method_def {
     bool weights;
     /* True when the method reads Gram matrices given with --gram (regmean). */
     bool uses_grams;
+    /* How many models it merges: at least min_models (0: 2, what the covariance and spectral
+     * methods need; 1 where one expert is defined, as mergekit's task vectors are), at most
+     * max_models (0: no bound). */
+    int min_models, max_models;
     /* Non-NULL when Delta = scale * sum_t w_t Dt, scale returned and the T w_t written
      * into w: the pipeline then streams the method through one fused, parallel
      * read-and-combine kernel. */
@@ -105,6 +109,8 @@ double method_default_lambda(const method_def *m, bool mergekit);
  * them); unknown keys, values out of range and unknown choices are errors. */
 int method_resolve_params(const method_def *m, const acem_param *given, int n_given, bool mergekit,
                           double *values, acem_error *err);
+/* n models within the method's bounds, else err names the method and its bounds. */
+int method_check_models(const method_def *m, int n, acem_error *err);
 /* A value for parameter i (range, or 0 / 1 for a boolean); err names the parameter. */
 int method_check_value(const method_param *mp, double v, acem_error *err);
 /* "density=0.2 normalize=true" into desc, for the summary. */

@@ -73,6 +73,15 @@ double method_default_lambda(const method_def *m, bool mergekit) {
     return mergekit && m->mergekit_lambda ? m->mergekit_lambda : m->default_lambda;
 }
 
+int method_check_models(const method_def *m, int n, acem_error *err) {
+    int lo = m->min_models ? m->min_models : 2, hi = m->max_models;
+    if (n >= lo && (!hi || n <= hi)) return 0;
+    if (lo == hi)
+        return acem_fail(err, "method %s merges exactly %d models (got %d)", m->name, lo, n);
+    return acem_fail(err, "method %s needs at least %d expert model%s (got %d)", m->name, lo,
+                     lo == 1 ? "" : "s", n);
+}
+
 int method_check_value(const method_param *mp, double v, acem_error *err) {
     if (mp->flags & PARAM_BOOL) {
         if (v == 0 || (v == 1 && mp->hi == 1)) return 0;

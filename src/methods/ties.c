@@ -299,6 +299,7 @@ static int merge_breadcrumbs_ties(const method_ctx *c, void *const *d, void *out
 
 const method_def method_ties = {
     .name = "ties",
+    .min_models = 1,
     .describe = "trim to top density by magnitude, elect sign, disjoint mean (Yadav et al. "
                 "2023), per-expert weight and density; density 0.2 (1 in a mergekit config), "
                 "lambda 1",
@@ -310,6 +311,7 @@ const method_def method_ties = {
 
 const method_def method_breadcrumbs = {
     .name = "breadcrumbs",
+    .min_models = 1,
     .describe = "drop each delta's gamma largest and smallest magnitudes down to density, "
                 "sum_t weight_t * Dt (Davari & Belilovsky 2023, as mergekit); density 1, gamma "
                 "0.01, lambda 1",
@@ -321,6 +323,7 @@ const method_def method_breadcrumbs = {
 
 const method_def method_breadcrumbs_ties = {
     .name = "breadcrumbs_ties",
+    .min_models = 1,
     .describe = "breadcrumbs' trim, then TIES sign election and disjoint sum (mean with "
                 "normalize), as mergekit; density 1, gamma 0.01, lambda 1",
     .default_lambda = 1.0,

@@ -130,8 +130,12 @@ static void test_refusals(void **state) {
     acem_error err = {{0}};
     const char *one[] = {g_a};
     acem_merge_options o = opts(one, 1, "x.safetensors");
+    o.method = "ace"; /* its covariance solve needs two experts; average takes one */
     assert_int_not_equal(acem_merge(&o, NULL, &err), 0);
-    assert_non_null(strstr(err.msg, "at least 2"));
+    assert_non_null(strstr(err.msg, "method ace needs at least 2"));
+    o = opts(one, 0, "x.safetensors");
+    assert_int_not_equal(acem_merge(&o, NULL, &err), 0);
+    assert_non_null(strstr(err.msg, "method average needs at least 1"));
     const char *m[] = {g_a, g_b};
     o = opts(m, 2, g_a); /* output = an input */
     o.force = 1;
