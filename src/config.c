@@ -16,6 +16,7 @@
  * the file (models, base, grams, output, report) is relative to the file's directory, so
  * that a config means the same merge from wherever it is run. */
 #include "internal.h"
+#include "methods/method.h"
 #include "params.h"
 
 #include <errno.h>
@@ -380,6 +381,29 @@ static void drop_listed_base(acem_config *c, acem_merge_options *o) {
     }
 }
 
+/* slerp's t = 0 is mergekit's base_model (slerp.py), which a method_def.base_first method
+ * takes as model 0: moved to the front of `models`, or put there without parameters when
+ * not listed (plan.py adds an unlisted base as an input). models and grams have room. */
+static void base_to_front(acem_config *c, acem_merge_options *o) {
+    const method_def *m = o->method ? method_find(o->method) : NULL;
+    if (!m || !m->base_first || !o->base || !c->models) return;
+    int i = 0;
+    while (i < o->n_models && !same_model(o->models[i], o->base))
+        i++;
+    settings_model_to_front(c->settings, i, o->base);
+    const char *model = o->base, *gram = NULL;
+    if (i < o->n_models) {
+        model = c->models[i];
+        gram = c->grams[i];
+    } else {
+        o->n_models++;
+    }
+    memmove(&c->models[1], &c->models[0], (size_t)i * sizeof *c->models);
+    memmove(&c->grams[1], &c->grams[0], (size_t)i * sizeof *c->grams);
+    c->models[0] = model;
+    c->grams[0] = gram;
+}
+
 /* Opened without blocking and refused unless a regular file: a FIFO or a device given as
  * the config must not hang the run waiting for a writer. */
 static FILE *open_config(const char *path, acem_error *err) {
@@ -443,6 +467,7 @@ int acem_config_load(const char *path, acem_config **out, acem_merge_options *o,
             goto out;
     }
     drop_listed_base(c, o);
+    base_to_front(c, o);
     o->settings = c->settings;
     rc = 0;
 out:

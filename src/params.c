@@ -70,6 +70,19 @@ void settings_drop_model(acem_settings *s, int i) {
     s->n_models--;
 }
 
+void settings_model_to_front(acem_settings *s, int i, const char *path) {
+    if (i == s->n_models) {
+        s->models[i] = (setting_list){0};
+        s->model_path[s->n_models++] = path;
+    }
+    setting_list l = s->models[i];
+    const char *p = s->model_path[i];
+    memmove(&s->models[1], &s->models[0], (size_t)i * sizeof *s->models);
+    memmove(&s->model_path[1], &s->model_path[0], (size_t)i * sizeof *s->model_path);
+    s->models[0] = l;
+    s->model_path[0] = p;
+}
+
 bool settings_has_model_params(const acem_settings *s) {
     for (int i = 0; s && i < s->n_models; i++)
         if (s->models[i].n) return true;

@@ -44,6 +44,9 @@ setting *settings_add(setting_list *l, const char *name, int n_cond, acem_error 
 const setting *settings_find(const setting_list *l, const char *name);
 /* Drops model i (the base listed again under models). */
 void settings_drop_model(acem_settings *s, int i);
+/* Moves model i to the front (the base of a method_def.base_first method); i = n_models
+ * first appends a model without parameters at path (settings_set_models left room). */
+void settings_model_to_front(acem_settings *s, int i, const char *path);
 bool settings_has_model_params(const acem_settings *s);
 
 /* mergekit's evaluate_setting: the first condition whose filter is absent, "*" or a

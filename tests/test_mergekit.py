@@ -36,15 +36,16 @@ def shapes():
     return s
 
 
-def make_models(d, names, dtype, seed=0):
-    """names[0] is the base; each other model is the base plus its own random delta.
+def make_models(d, names, dtype, seed=0, scale=0.1):
+    """names[0] is the base; each other model is the base plus its own random delta
+    (standard deviation `scale`).
     Written as Hugging Face directories at d/<name> (names may hold a slash, as hub ids
     do). Returns name -> {tensor: float64 values as stored}."""
     rng = np.random.default_rng(seed)
     base = {k: rng.standard_normal(v) for k, v in shapes().items()}
     out = {}
     for i, name in enumerate(names):
-        vals = {k: v + (0 if i == 0 else 0.1 * rng.standard_normal(v.shape)) for k, v in base.items()}
+        vals = {k: v + (0 if i == 0 else scale * rng.standard_normal(v.shape)) for k, v in base.items()}
         tensors = {k: ST.from_f64(v, dtype) for k, v in vals.items()}
         path = os.path.join(d, name)
         os.makedirs(path, exist_ok=True)
@@ -291,6 +292,86 @@ def test_cli_param_for_every_expert(d):
           worst <= 1e-4, r.stderr)
 
 
+# ------------------------------------------------------------------ slerp
+
+T_LAYERS = [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
+            {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]}, {"value": 0.5}]
+
+
+def slerp_cases():
+    """(label, config, the models' delta scale): the far pair (cos ~ 0.7) is where slerp
+    and lerp differ most; the near one (cos > 0.9995) takes mergekit's lerp fallback."""
+    return [
+        ("slerp/t 0.3, base listed first", {
+            "merge_method": "slerp", "base_model": "base",
+            "models": [{"model": "base"}, {"model": "a"}], "parameters": {"t": 0.3}}, 1.0),
+        ("slerp/t filtered gradients over the layers, base listed second", {
+            "merge_method": "slerp", "base_model": "base",
+            "models": [{"model": "a"}, {"model": "base"}], "parameters": {"t": T_LAYERS}}, 1.0),
+        ("slerp/base not listed under models, t 0.8", {
+            "merge_method": "slerp", "base_model": "base", "models": [{"model": "a"}],
+            "parameters": {"t": 0.8}}, 1.0),
+        ("slerp/nearly colinear: lerp fallback, t 0.4", {
+            "merge_method": "slerp", "base_model": "base",
+            "models": [{"model": "base"}, {"model": "a"}], "parameters": {"t": 0.4}}, 1e-3),
+    ]
+
+
+def test_slerp(d):
+    for dtype in ("F32", "BF16"):
+        for k, (label, cfg, scale) in enumerate(slerp_cases()):
+            sub = os.path.join(d, f"{dtype}-{k}")
+            models = make_models(sub, ["base", "a"], dtype, seed=20 + k, scale=scale)
+            branch = "lerp" if scale < 1 else "slerp"
+            lerped = {MK.slerp_pair(0.5, b, models["a"][n])[1] for n, b in models["base"].items()}
+            report = os.path.join(sub, "report.json")
+            merge_and_compare(sub, f"{label} [{dtype}]", as_yaml(cfg), cfg, models, dtype,
+                              ("--report", report))
+            got = set()
+            if os.path.exists(report):  # absent when the merge failed (checked above)
+                with open(report) as f:
+                    got = {t["branch"] for t in json.load(f)["tensors"]}
+            check(f"{label} [{dtype}]: acem and the oracle take the {branch} branch for every "
+                  "tensor (--report's branch)", lerped == {scale < 1} and got == {branch}, got)
+
+
+def test_slerp_ends(d):
+    """mergekit's t = 0 is the base_model, t = 1 the other (slerp.py): bit for bit."""
+    models = make_models(d, ["base", "a"], "F32", seed=30, scale=1.0)
+    for t, want in ((0, "base"), (1, "a")):
+        cfg = {"merge_method": "slerp", "base_model": "base",
+               "models": [{"model": "a"}, {"model": "base"}], "parameters": {"t": t}}
+        path, out = os.path.join(d, f"t{t}.yaml"), os.path.join(d, f"t{t}.safetensors")
+        with open(path, "w") as f:
+            f.write(as_yaml(cfg))
+        r = run("merge", "-q", path, "-o", out)
+        got = ST.read_file(out)[0] if r.returncode == 0 else {}
+        same = bool(got) and all(np.array_equal(got[k].to_f64(), v)
+                                 for k, v in models[want].items())
+        check(f"slerp t={t} is {want} exactly", same, r.stderr)
+
+
+def test_cli_slerp(d):
+    """-M slerp --model A --model B: A is t = 0; --base with one --model is refused."""
+    models = make_models(d, ["base", "a"], "F32", seed=31, scale=1.0)
+    out = os.path.join(d, "cli.safetensors")
+    r = run("merge", "-q", "-M", "slerp", "--model", os.path.join(d, "base"), "--model",
+            os.path.join(d, "a"), "-p", "t=0.25", "-o", out)
+    cfg = {"merge_method": "slerp", "base_model": "base", "models": [{"model": "a"}],
+           "parameters": {"t": 0.25}}
+    want = MK.merge(cfg, models, N_LAYERS)
+    got = ST.read_file(out)[0] if r.returncode == 0 else {}
+    worst = max((np.max(np.abs(got[k].to_f64() - v)) / np.max(np.abs(v)) for k, v in
+                 want.items()), default=1.0) if got else 1.0
+    check(f"-M slerp -p t=0.25, the first --model at t = 0 (max relative error {worst:.2e})",
+          worst <= 1e-4, r.stderr)
+    r = run("merge", "-q", "-M", "slerp", "--base", os.path.join(d, "base"), "--model",
+            os.path.join(d, "a"), "-o", os.path.join(d, "x.safetensors"))
+    check("-M slerp with one --model is a usage error naming slerp and its 2 models",
+          one_error_line(r, "method slerp merges exactly 2 models") and r.returncode == 2,
+          r.stderr)
+
+
 # ------------------------------------------------------------------ verbatim configs
 # Each config as published (text unchanged), with its parse transcribed for the oracle
 # (checked against PyYAML's where it is installed).
@@ -345,6 +426,19 @@ dtype: float16""", {"models": [{"model": "maxiw/Florence-2-ScreenQA-base",
                                 "parameters": {"density": 0.5, "weight": [0, 0.3, 0.7, 1]}}],
                     "merge_method": "ties", "base_model": "microsoft/Florence-2-base",
                     "parameters": {"normalize": True, "int8_mask": True}, "dtype": "float16"}),
+    ("a mergekit how-to's SLERP example (merge two checkpoints), stored file id 66941243425 "
+     "in the search tool's code corpus (its repository unnamed there)", "BF16", "",
+     """models:
+  - model: ./checkpoint_epoch2
+  - model: ./checkpoint_epoch3
+merge_method: slerp
+base_model: ./checkpoint_epoch2
+parameters:
+  t: 0.5
+dtype: bfloat16
+""", {"models": [{"model": "./checkpoint_epoch2"}, {"model": "./checkpoint_epoch3"}],
+      "merge_method": "slerp", "base_model": "./checkpoint_epoch2", "parameters": {"t": 0.5},
+      "dtype": "bfloat16"}),
     ("model card of a TAIDE + Llama-2-chat task_arithmetic merge, stored page id "
      "20395178690", "BF16", "", """merge_method: task_arithmetic
 base_model: NousResearch/Llama-2-7b-hf
@@ -525,5 +619,6 @@ def test_verbatim(d):
 if __name__ == "__main__":
     sys.exit(run_groups([test_generated, test_refusals_and_warnings,
                          test_cli_param_for_every_expert, test_cli_linear_without_base,
+                         test_slerp, test_slerp_ends, test_cli_slerp,
                          test_verbatim],
                         "acem-mergekit-", sys.argv[2:]))

@@ -83,6 +83,9 @@ typedef struct method_def {
      * subtracted or added (Delta is the output, lambda not read), and without a base the
      * first model names the tensors (linear). */
     bool weights;
+    /* True when model 0 is the base (slerp's t = 0): a config's base_model is moved to the
+     * front of its models, or put there when not listed (mergekit adds it as an input). */
+    bool base_first;
     /* True when the method reads Gram matrices given with --gram (regmean). */
     bool uses_grams;
     /* How many models it merges: at least min_models (0: 2, what the covariance and spectral
@@ -161,8 +164,8 @@ void gta_mix(const method_ctx *c, void *const *d, const double *w, bool consensu
 double ace_heterogeneity(const method_ctx *c, void *const *deltas, double *sq);
 
 extern const method_def method_average, method_task_arithmetic, method_linear, method_ties,
-    method_breadcrumbs, method_breadcrumbs_ties, method_dare_linear, method_dare_ties, method_ace,
-    method_wudi, method_actmat, method_tsv, method_iso_c, method_iso_cts, method_cart,
+    method_breadcrumbs, method_breadcrumbs_ties, method_dare_linear, method_dare_ties, method_slerp,
+    method_ace, method_wudi, method_actmat, method_tsv, method_iso_c, method_iso_cts, method_cart,
     method_regmean;
 
 #endif

@@ -17,6 +17,7 @@ static const method_def *const methods[] = {
     &method_breadcrumbs_ties,
     &method_dare_linear,
     &method_dare_ties,
+    &method_slerp,
     /* covariance family */
     &method_ace,
     &method_wudi,

@@ -1,5 +1,6 @@
 """A float64 numpy transcription of what mergekit computes for a `models:` config of
-task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties or linear,
+task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties, linear or
+slerp,
 written from mergekit's own source (arcee-ai/mergekit):
 
 - config.py: evaluate_setting (numbers, gradients interpolated at t * (n - 1), the first
@@ -20,6 +21,12 @@ written from mergekit's own source (arcee-ai/mergekit):
   with its density, weight, sign consensus on the weighted deltas (a zero sum elects +),
   mixed = sum of the agreeing weighted deltas, divisor = sum of their weights (0 -> 1; no
   consensus: all, |sum| < 1e-8 -> 1), divided when normalize, times lambda, plus base;
+- merge_methods/slerp.py: two models, the base at t = 0 and the other at t = 1, `t` a
+  global parameter (required); each tensor one flat vector, the dot product of copies
+  normalised by their norms (left alone when a norm is not above eps = 1e-8) gives cos
+  theta; |cos| > DOT_THRESHOLD = 0.9995 lerps, else sin((1 - t) theta) / sin theta * A +
+  sin(t theta) / sin theta * B on the unnormalised tensors (mergekit computes in numpy
+  f32, this in float64);
 - sparsify.py: magnitude keeps k = int(density * numel) largest |d| (density >= 1: all);
   magnitude_outliers drops the n_top = int(gamma * numel) largest and the smallest down to
   int(density * numel) kept; bernoulli keeps each entry with probability density; with
@@ -180,12 +187,41 @@ def linear(cfg, models, n_layers):
     return out
 
 
+DOT_THRESHOLD, EPS = 0.9995, 1e-8
+
+
+def slerp_pair(t, a, b):
+    """slerp.py's slerp(t, v0, v1); returns (result, lerped)."""
+    def unit(v):
+        n = np.linalg.norm(v)
+        return v / n if n > EPS else v
+    dot = np.sum(unit(a) * unit(b))
+    if abs(dot) > DOT_THRESHOLD:
+        return (1 - t) * a + t * b, True
+    theta = np.arccos(dot)
+    return (np.sin(theta - theta * t) / np.sin(theta) * a
+            + np.sin(theta * t) / np.sin(theta) * b), False
+
+
+def slerp(cfg, models, n_layers):
+    """SlerpTask: the base and the one other model, t read without a model (top level)."""
+    base = cfg["base_model"]
+    other = [m["model"] for m in cfg["models"] if m["model"] != base]
+    assert len(other) == 1, "Slerp merge expects exactly two models"
+    top = cfg.get("parameters") or {}
+    return {name: slerp_pair(parameter("t", None, top, name, position(name, n_layers),
+                                       required=True), a, models[other[0]][name])[0]
+            for name, a in models[base].items()}
+
+
 def merge(cfg, models, n_layers, seed=0):
     """cfg: the parsed YAML (dict); models: path -> {tensor: float64 array}; seed: acem's
     --seed, for the random mask."""
     method = cfg["merge_method"]
     if method == "linear":
         return linear(cfg, models, n_layers)
+    if method == "slerp":
+        return slerp(cfg, models, n_layers)
     base_ref = cfg["base_model"]
     top = cfg.get("parameters") or {}
     experts = [m for m in cfg["models"] if m["model"] != base_ref]
