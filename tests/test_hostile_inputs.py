@@ -853,7 +853,9 @@ def _output_cases():
                 "names": ["in/m2.safetensors/out.safetensors", "m2.safetensors"]}
 
     def one_expert(tmp, role):
-        return {"argv": merge_argv(GOOD_BASE, [GOOD_M1], "out.safetensors"), "names": []}
+        # average takes one expert (docs/methods.md); ace's covariance solve needs two
+        return {"argv": merge_argv(GOOD_BASE, [GOOD_M1], "out.safetensors", method="ace"),
+                "names": []}
 
     return [
         Case("output-is-base", "-o equals the --base path, with --force",
@@ -876,7 +878,7 @@ def _output_cases():
              out_dir_exists, roles=("-",)),
         Case("output-parent-is-file", "-o in/m2.safetensors/out.safetensors (parent is a regular file)",
              out_parent_is_file, roles=("-",)),
-        Case("one-expert", "only one --model (usage error)", one_expert, roles=("-",), rc=(1, 2)),
+        Case("one-expert", "only one --model for ace (usage error)", one_expert, roles=("-",), rc=(1, 2)),
     ]
 
 

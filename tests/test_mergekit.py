@@ -254,6 +254,15 @@ def test_refusals_and_warnings(d):
           one_error_line(r, "--model"), r.stderr)
 
 
+def cli_worst(r, out, cfg, models):
+    """The max relative error of a command-line merge against the config's oracle (1 when
+    it failed)."""
+    got = ST.read_file(out)[0] if r.returncode == 0 else {}
+    want = MK.merge(cfg, models, N_LAYERS)
+    return max((np.max(np.abs(got[k].to_f64() - v)) / np.max(np.abs(v)) for k, v in
+                want.items()), default=1.0) if got else 1.0
+
+
 def test_cli_linear_without_base(d):
     """acem merge -M linear without --base: the weights' mean (the first model names the
     tensors); -p weight=2 changes nothing under normalize, and normalize=false sums."""
@@ -264,12 +273,9 @@ def test_cli_linear_without_base(d):
         r = run("merge", "-q", "-M", "linear", *[x for n in "abc" for x in
                                                   ("--model", os.path.join(d, n))],
                 *extra, "-o", out)
-        got = ST.read_file(out)[0] if r.returncode == 0 else {}
         cfg = {"merge_method": "linear", "parameters": {"normalize": norm},
                "models": [{"model": x, "parameters": {"weight": 1}} for x in "abc"]}
-        want = MK.merge(cfg, models, N_LAYERS)
-        worst = max((np.max(np.abs(got[k].to_f64() - v)) / np.max(np.abs(v)) for k, v in
-                     want.items()), default=1.0) if got else 1.0
+        worst = cli_worst(r, out, cfg, models)
         check(f"-M linear without --base, {label} (max relative error {worst:.2e})",
               worst <= 1e-4, r.stderr)
 
@@ -284,10 +290,7 @@ def test_cli_param_for_every_expert(d):
             "--model", os.path.join(d, "b"), "-M", "ties", "-p", "density=0.3", "-o", out)
     cfg = {"merge_method": "ties", "base_model": "base",
            "models": [{"model": x, "parameters": {"weight": 1, "density": 0.3}} for x in "ab"]}
-    want = MK.merge(cfg, models, N_LAYERS)
-    got = ST.read_file(out)[0] if r.returncode == 0 else {}
-    worst = max((np.max(np.abs(got[k].to_f64() - v)) / np.max(np.abs(v)) for k, v in
-                 want.items()), default=1.0) if got else 1.0
+    worst = cli_worst(r, out, cfg, models)
     check(f"-p density=0.3 gives every expert density 0.3 (max relative error {worst:.2e})",
           worst <= 1e-4, r.stderr)
 
@@ -359,10 +362,7 @@ def test_cli_slerp(d):
             os.path.join(d, "a"), "-p", "t=0.25", "-o", out)
     cfg = {"merge_method": "slerp", "base_model": "base", "models": [{"model": "a"}],
            "parameters": {"t": 0.25}}
-    want = MK.merge(cfg, models, N_LAYERS)
-    got = ST.read_file(out)[0] if r.returncode == 0 else {}
-    worst = max((np.max(np.abs(got[k].to_f64() - v)) / np.max(np.abs(v)) for k, v in
-                 want.items()), default=1.0) if got else 1.0
+    worst = cli_worst(r, out, cfg, models)
     check(f"-M slerp -p t=0.25, the first --model at t = 0 (max relative error {worst:.2e})",
           worst <= 1e-4, r.stderr)
     r = run("merge", "-q", "-M", "slerp", "--base", os.path.join(d, "base"), "--model",
