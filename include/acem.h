@@ -363,7 +363,8 @@ int acem_stats(const acem_merge_options *o, double threshold, acem_stats_fn fn, 
 /* Methods known to the library, for --help. */
 size_t acem_method_count(void);
 const char *acem_method_name(size_t i);
-const char *acem_method_describe(size_t i); /* one line: formula and parameters */
+const char *acem_method_describe(size_t i);    /* one line: formula and parameters */
+int acem_method_takes(size_t i, int n_models); /* 1 when method i merges n_models experts */
 /* True for a method that merges the models' weights, not deltas (linear): it needs no base
  * (the first model names the tensors); 0 otherwise. */
 int acem_method_merges_weights(const char *name);

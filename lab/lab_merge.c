@@ -198,6 +198,10 @@ int lab_evaluate_merges(const lab_options *o, const lab_suite *s, const lab_mode
             const char *method = acem_method_name(i);
             bool reference = !strcmp(method, "regmean");
             if (reference != (pass == 0)) continue;
+            if (!acem_method_takes(i, s->T)) { /* slerp: two models */
+                lab_log(s, "skipping %s: it does not merge %d experts", method, s->T);
+                continue;
+            }
             if (r->rows + 2 > LAB_MAX_ROWS) break;
             lab_row *row = &r->row[r->rows++];
             snprintf(row->name, sizeof row->name, "%s%s", method, reference ? "_true_grams" : "");

@@ -45,6 +45,9 @@ int acem_method_merges_weights(const char *name) {
 size_t acem_method_count(void) { return N_METHODS; }
 const char *acem_method_name(size_t i) { return i < N_METHODS ? methods[i]->name : NULL; }
 const char *acem_method_describe(size_t i) { return i < N_METHODS ? methods[i]->describe : NULL; }
+int acem_method_takes(size_t i, int n_models) {
+    return i < N_METHODS && method_check_models(methods[i], n_models, NULL) == 0;
+}
 
 /* Names the parameters the method does take, so that a typo is fixed at once. */
 static int unknown_param(const method_def *m, const char *key, acem_error *err) {
