@@ -34,12 +34,18 @@ static const char *help =
     "  --tasks N        synthetic tasks, 2..20 (default 8)\n"
     "  --seed N         everything is deterministic from it (default 0)\n"
     "  --quick          smaller models, fewer steps (CI: under 2 minutes)\n"
+    "  --heads tuned|frozen\n"
+    "                   after each task's linear probe, tuned (default) fine-tunes backbone\n"
+    "                   and head; frozen fixes the probed heads and fine-tunes the backbone\n"
+    "                   alone (as CLIP's zero-shot heads), so the task gains live in the\n"
+    "                   merged deltas; the multitask model likewise\n"
     "  --data PATH      digits.csv.gz (default: " LAB_DIGITS_DEFAULT ")\n"
     "  --threads N      threads for the merges (default: all cores)\n"
     "\n"
     "examples:\n"
     "  acem lab --quick --out /tmp/lab\n"
     "  acem lab --suite all --out lab-results\n"
+    "  acem lab --suite all --heads frozen --out lab-frozen\n"
     "  acem merge --method ace -o m.safetensors --base lab-results/synthetic/base.safetensors \\\n"
     "      --model lab-results/synthetic/experts/T1.safetensors --model ...\n";
 
@@ -73,15 +79,12 @@ static int run_suite(lab_options *o, const char *suite, const char *out) {
 }
 
 int cmd_lab(int argc, char **argv) {
-    static const struct option longopts[] = {{"suite", required_argument, 0, 's'},
-                                             {"out", required_argument, 0, 'o'},
-                                             {"tasks", required_argument, 0, 'T'},
-                                             {"seed", required_argument, 0, 'S'},
-                                             {"quick", no_argument, 0, 'q'},
-                                             {"data", required_argument, 0, 'd'},
-                                             {"threads", required_argument, 0, 'j'},
-                                             {"help", no_argument, 0, 'h'},
-                                             {0, 0, 0, 0}};
+    static const struct option longopts[] = {
+        {"suite", required_argument, 0, 's'}, {"out", required_argument, 0, 'o'},
+        {"tasks", required_argument, 0, 'T'}, {"seed", required_argument, 0, 'S'},
+        {"quick", no_argument, 0, 'q'},       {"heads", required_argument, 0, 'H'},
+        {"data", required_argument, 0, 'd'},  {"threads", required_argument, 0, 'j'},
+        {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
     lab_options o;
     lab_options_init(&o);
     const char *suite = "synthetic";
@@ -95,6 +98,12 @@ int cmd_lab(int argc, char **argv) {
         case 'o': o.out = optarg; break;
         case 'q': o.quick = true; break;
         case 'd': o.data = optarg; break;
+        case 'H':
+            if (lab_heads_parse(optarg, &o.heads)) {
+                cli_error("--heads must be tuned or frozen, not \"%s\"", optarg);
+                return EXIT_USAGE;
+            }
+            break;
         case 'T':
             if (parse_int(optarg, 2, LAB_MAX_TASKS, &v)) {
                 cli_error("--tasks must be an integer in 2..%d, not \"%s\"", LAB_MAX_TASKS, optarg);

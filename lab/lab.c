@@ -14,6 +14,20 @@ void lab_options_init(lab_options *o) {
     *o = (lab_options){.suite = "synthetic", .out = "acem-lab", .tasks = 8};
 }
 
+static const char *const heads_names[] = {
+    [LAB_HEADS_TUNED] = "tuned", [LAB_HEADS_FROZEN] = "frozen"};
+
+const char *lab_heads_name(lab_heads h) { return heads_names[h]; }
+
+int lab_heads_parse(const char *name, lab_heads *h) {
+    for (int i = 0; i < (int)(sizeof heads_names / sizeof *heads_names); i++)
+        if (!strcmp(name, heads_names[i])) {
+            *h = (lab_heads)i;
+            return 0;
+        }
+    return -1;
+}
+
 static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -43,7 +57,8 @@ static int make_dir(const char *dir, const char *sub, acem_error *err) {
 static int train_models(const lab_options *o, const lab_suite *s, lab_models *m, acem_error *err) {
     int h = s->sizes.hidden, widths[LAB_DEPTH + 1] = {s->d, h, h, h};
     lab_rng init = lab_rng_for(o->seed, "base-init", 0);
-    lab_log(s, "pretraining the base: %d steps of masked reconstruction", s->sizes.pretrain_steps);
+    lab_log(s, "heads %s; pretraining the base: %d steps of masked reconstruction",
+            lab_heads_name(o->heads), s->sizes.pretrain_steps);
     if (lab_net_init(&m->base, widths, LAB_DEPTH, true, &init, err) ||
         lab_pretrain(&m->base, s, o->seed, err) ||
         lab_save_nets(m->paths.base, &m->base, NULL, 0, err))
@@ -52,7 +67,7 @@ static int train_models(const lab_options *o, const lab_suite *s, lab_models *m,
         lab_log(s, "fine-tuning expert %s: %d steps, lr %.2e", s->task[t].name, s->task[t].steps,
                 s->task[t].lr);
         if (lab_net_clone(&m->expert[t], &m->base, err) ||
-            lab_finetune(&m->expert[t], &m->head[t], s, t, o->seed, err) ||
+            lab_finetune(&m->expert[t], &m->head[t], s, t, o->seed, o->heads, err) ||
             lab_save_nets(m->paths.expert[t], &m->expert[t], NULL, 0, err))
             return -1;
     }
@@ -60,7 +75,7 @@ static int train_models(const lab_options *o, const lab_suite *s, lab_models *m,
             s->sizes.multitask_steps);
     return lab_save_nets(m->paths.heads, NULL, m->head, s->T, err) ||
                    lab_net_clone(&m->multitask, &m->base, err) ||
-                   lab_multitask(&m->multitask, m->multitask_head, s, o->seed, err) ||
+                   lab_multitask(&m->multitask, m->multitask_head, s, o->seed, o->heads, err) ||
                    lab_save_nets(m->paths.multitask, &m->multitask, m->multitask_head, s->T, err)
                ? -1
                : 0;
@@ -140,7 +155,8 @@ int lab_run(const lab_options *o, acem_error *err) {
         normalise(r);
         rc = lab_write_reports(o->out, r, o, err);
         if (!rc)
-            lab_log(s, "wrote %s/results.md, results.csv, covariance.csv, results.svg", o->out);
+            lab_log(s, "heads %s: wrote %s/results.md, results.csv, covariance.csv, results.svg",
+                    lab_heads_name(o->heads), o->out);
     }
     if (s) lab_suite_free(s);
     if (m) free_models(m);

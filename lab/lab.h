@@ -23,6 +23,16 @@
 
 /* ---- options and entry point ---------------------------------------------------- */
 
+/* What fine-tuning may change. tuned: backbone and head together after the linear probe.
+ * frozen: the heads stay as the probe left them and only the backbone is fine-tuned, as
+ * CLIP's zero-shot heads are in the merging papers' vision benchmarks, so that every task
+ * gain lives in the backbone deltas that the methods merge. */
+typedef enum lab_heads { LAB_HEADS_TUNED, LAB_HEADS_FROZEN } lab_heads;
+
+/* "tuned" / "frozen"; lab_heads_parse returns -1 for any other name. */
+const char *lab_heads_name(lab_heads h);
+int lab_heads_parse(const char *name, lab_heads *h);
+
 typedef struct lab_options {
     const char *suite; /* "synthetic" or "digits" */
     const char *out;   /* directory for checkpoints and results */
@@ -30,6 +40,7 @@ typedef struct lab_options {
     int tasks;         /* synthetic: number of tasks, 2..20 */
     uint64_t seed;
     bool quick; /* smaller models and fewer steps, for CI */
+    lab_heads heads;
     int threads;
 } lab_options;
 
@@ -155,12 +166,13 @@ void lab_adam_free(lab_adam *a);
 
 /* Masked reconstruction on the mixture of every task's training inputs. */
 int lab_pretrain(lab_net *backbone, const lab_suite *s, uint64_t seed, acem_error *err);
-/* Linear probe of a fresh head on the frozen backbone, then backbone + head together. */
+/* Linear probe of a fresh head on the frozen backbone, then the task's steps on the
+ * backbone, and on the head too when `regime` is LAB_HEADS_TUNED. */
 int lab_finetune(lab_net *backbone, lab_net *head, const lab_suite *s, int t, uint64_t seed,
-                 acem_error *err);
-/* One backbone, T heads, every task's loss at every step. */
+                 lab_heads regime, acem_error *err);
+/* One backbone, T probed heads (updated only when tuned), every task's loss at every step. */
 int lab_multitask(lab_net *backbone, lab_net *heads, const lab_suite *s, uint64_t seed,
-                  acem_error *err);
+                  lab_heads regime, acem_error *err);
 /* Fraction of rows classified correctly. */
 int lab_accuracy(const lab_net *backbone, const lab_net *head, const lab_set *set, double *acc,
                  acem_error *err);

@@ -35,14 +35,17 @@ static int write_file(acem_outputs *outs, const char *dir, const char *name, wri
 static void command_line(FILE *f, const lab_results *r, const lab_options *o) {
     fprintf(f, "acem lab --suite %s --seed %llu", r->suite->name, (unsigned long long)o->seed);
     if (!strcmp(r->suite->name, "synthetic")) fprintf(f, " --tasks %d", r->suite->T);
+    fprintf(f, " --heads %s", lab_heads_name(o->heads));
     if (o->quick) fprintf(f, " --quick");
 }
 
-static const char *row_about(const lab_results *r, int i) {
+static const char *row_about(const lab_results *r, const lab_options *o, int i) {
     static const char *refs[] = {"the base backbone with each task's own head",
                                  "each expert on its own task",
                                  "one backbone trained on all tasks jointly, its own heads",
                                  "RegMean with each expert's true X^T X per layer (uses data)"};
+    if (i == 2 && o->heads == LAB_HEADS_FROZEN)
+        return "one backbone trained on all tasks jointly, the same frozen heads";
     if (i < r->references) return refs[i];
     if (!strcmp(r->row[i].name, "task_arithmetic_val")) return "lambda chosen on validation";
     for (size_t k = 0; k < acem_method_count(); k++)
@@ -54,11 +57,16 @@ static int write_markdown(FILE *f, const lab_results *r, const lab_options *o) {
     const lab_suite *s = r->suite;
     fprintf(f, "# acem lab: %s suite\n\n`", s->name);
     command_line(f, r, o);
+    static const char *const regime[] = {
+        [LAB_HEADS_TUNED] = "then backbone + head",
+        [LAB_HEADS_FROZEN] = "then the backbone alone: the probed heads are frozen, and "
+                             "shared by the base, the experts and the multitask model"};
     fprintf(f,
             "`\n\nMLP %d -> %d -> %d -> %d (GELU), one linear head per task; base pretrained "
             "by masked reconstruction of all tasks' inputs (%d steps); experts fine-tuned "
-            "from it (linear probe, then backbone + head) with Adam.\n\n",
-            s->d, s->sizes.hidden, s->sizes.hidden, s->sizes.hidden, s->sizes.pretrain_steps);
+            "from it (linear probe, %s) with Adam. Heads: **%s**.\n\n",
+            s->d, s->sizes.hidden, s->sizes.hidden, s->sizes.hidden, s->sizes.pretrain_steps,
+            regime[o->heads], lab_heads_name(o->heads));
     fprintf(f, "## Tasks\n\n| task | inputs | train / val / test | fine-tuning steps | lr |\n"
                "|---|---|---|---|---|\n");
     for (int t = 0; t < s->T; t++) {
@@ -79,7 +87,8 @@ static int write_markdown(FILE *f, const lab_results *r, const lab_options *o) {
                 i < r->references ? "*" : "");
         for (int t = 0; t < s->T; t++)
             fprintf(f, " %.1f |", 100.0 * row->acc[t]);
-        fprintf(f, " %.1f | %.1f | %s |\n", 100.0 * row->avg, 100.0 * row->norm, row_about(r, i));
+        fprintf(f, " %.1f | %.1f | %s |\n", 100.0 * row->avg, 100.0 * row->norm,
+                row_about(r, o, i));
     }
     fprintf(
         f,
@@ -113,14 +122,14 @@ static int write_markdown(FILE *f, const lab_results *r, const lab_options *o) {
     return 0;
 }
 
+/* The regime is a column, so that the tables of both regimes concatenate into one. */
 static int write_csv(FILE *f, const lab_results *r, const lab_options *o) {
-    (void)o;
-    fprintf(f, "method");
+    fprintf(f, "method,heads");
     for (int t = 0; t < r->suite->T; t++)
         fprintf(f, ",%s", r->suite->task[t].name);
     fprintf(f, ",avg,norm\n");
     for (int i = 0; i < r->rows; i++) {
-        fprintf(f, "%s", r->row[i].name);
+        fprintf(f, "%s,%s", r->row[i].name, lab_heads_name(o->heads));
         for (int t = 0; t < r->suite->T; t++)
             fprintf(f, ",%.2f", 100.0 * r->row[i].acc[t]);
         fprintf(f, ",%.2f,%.2f\n", 100.0 * r->row[i].avg, 100.0 * r->row[i].norm);
@@ -129,13 +138,12 @@ static int write_csv(FILE *f, const lab_results *r, const lab_options *o) {
 }
 
 static int write_covariance_csv(FILE *f, const lab_results *r, const lab_options *o) {
-    (void)o;
-    fprintf(f, "layer,task,gamma,hetero,cos_own,cos_other,cos_random\n");
+    fprintf(f, "layer,task,heads,gamma,hetero,cos_own,cos_other,cos_random\n");
     for (int l = 0; l < LAB_DEPTH; l++)
         for (int t = 0; t < r->suite->T; t++)
-            fprintf(f, "backbone.%d.weight,%s,%.4f,%d,%.4f,%.4f,%.4f\n", l, r->suite->task[t].name,
-                    r->cov.gamma[l], r->cov.hetero[l], r->cov.own[l][t], r->cov.other[l][t],
-                    r->cov.random[l][t]);
+            fprintf(f, "backbone.%d.weight,%s,%s,%.4f,%d,%.4f,%.4f,%.4f\n", l,
+                    r->suite->task[t].name, lab_heads_name(o->heads), r->cov.gamma[l],
+                    r->cov.hetero[l], r->cov.own[l][t], r->cov.other[l][t], r->cov.random[l][t]);
     return 0;
 }
 
@@ -148,9 +156,10 @@ static int write_svg(FILE *f, const lab_results *r, const lab_options *o) {
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
             "font-family=\"sans-serif\" font-size=\"12\">\n"
             "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n"
-            "<text x=\"10\" y=\"22\" font-size=\"15\">acem lab, %s suite%s: average test "
-            "accuracy (%%)</text>\n",
-            LEFT + WIDTH + 60, height, r->suite->name, o->quick ? " (quick)" : "");
+            "<text x=\"10\" y=\"22\" font-size=\"15\">acem lab, %s suite%s, heads %s: "
+            "average test accuracy (%%)</text>\n",
+            LEFT + WIDTH + 60, height, r->suite->name, o->quick ? " (quick)" : "",
+            lab_heads_name(o->heads));
     for (int i = 0; i < r->rows; i++) {
         int y = TOP + i * (BAR + GAP);
         double w = WIDTH * r->row[i].avg;

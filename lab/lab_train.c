@@ -161,7 +161,7 @@ static int probe_head(const lab_net *backbone, lab_net *head, const lab_suite *s
 }
 
 int lab_finetune(lab_net *backbone, lab_net *head, const lab_suite *s, int k, uint64_t seed,
-                 acem_error *err) {
+                 lab_heads regime, acem_error *err) {
     const lab_task *task = &s->task[k];
     if (probe_head(backbone, head, s, k, seed, err)) return -1;
     lab_rng rng = lab_rng_for(seed, "finetune", k);
@@ -173,14 +173,16 @@ int lab_finetune(lab_net *backbone, lab_net *head, const lab_suite *s, int k, ui
         memset(t.gh[0], 0, head->size * sizeof *t.gh[0]);
         cross_entropy_step(&t, backbone, head, 0, 1.0);
         lab_adam_update(&t.ab, backbone->p, t.gb);
-        lab_adam_update(&t.ah[0], head->p, t.gh[0]);
+        /* frozen: the head's gradient is computed (its backward gives the backbone's) but
+         * never applied, so the head keeps the probe's bytes */
+        if (regime == LAB_HEADS_TUNED) lab_adam_update(&t.ah[0], head->p, t.gh[0]);
     }
     trainer_free(&t);
     return rc;
 }
 
 int lab_multitask(lab_net *backbone, lab_net *heads, const lab_suite *s, uint64_t seed,
-                  acem_error *err) {
+                  lab_heads regime, acem_error *err) {
     for (int k = 0; k < s->T; k++)
         if (probe_head(backbone, &heads[k], s, k, seed, err)) return -1;
     lab_rng rng = lab_rng_for(seed, "multitask", 0);
@@ -194,7 +196,7 @@ int lab_multitask(lab_net *backbone, lab_net *heads, const lab_suite *s, uint64_
             draw_batch(&t, &rng, task->train.x, task->train.y, task->train.n, s->d);
             memset(t.gh[k], 0, heads[k].size * sizeof *t.gh[k]);
             cross_entropy_step(&t, backbone, &heads[k], k, 1.0 / s->T);
-            lab_adam_update(&t.ah[k], heads[k].p, t.gh[k]);
+            if (regime == LAB_HEADS_TUNED) lab_adam_update(&t.ah[k], heads[k].p, t.gh[k]);
         }
         lab_adam_update(&t.ab, backbone->p, t.gb);
     }
