@@ -1,6 +1,7 @@
 /* test_lab.c — the lab's network against finite differences (every parameter and the
- * input, cross-entropy and squared error), Adam's update rule, the random streams, and
- * the digits suite's transforms and parser on a hand-made digits.csv.gz. */
+ * input, cross-entropy and squared error), Adam's update rule, the random streams, the
+ * head regimes of fine-tuning (frozen heads keep the probe's bytes, the backbone moves),
+ * and the digits suite's transforms and parser on a hand-made digits.csv.gz. */
 #include "testutil.h"
 
 #include <math.h>
@@ -168,6 +169,88 @@ static void test_rng_streams(void **state) {
     assert_true(fabs(sq / 100000 - 1.0) < 0.02);
 }
 
+/* ---- head regimes ----------------------------------------------------------------- */
+
+static bool same_params(const lab_net *a, const lab_net *b) {
+    return a->size == b->size && !memcmp(a->p, b->p, a->size * sizeof *a->p);
+}
+
+/* Every weight matrix of the backbone moved away from the base's. */
+static bool every_layer_moved(const lab_net *tuned, const lab_net *base) {
+    for (int l = 0; l < base->layers; l++) {
+        const lab_dense *d = &base->layer[l];
+        if (!memcmp(tuned->p + d->w, base->p + d->w, (size_t)d->out * d->in * sizeof(double)))
+            return false;
+    }
+    return true;
+}
+
+/* Fine-tunes a clone of base on task k for `steps` steps; 0 steps leaves the probe alone. */
+static void finetune(const lab_net *base, lab_suite *s, int k, int steps, lab_heads regime,
+                     lab_net *backbone, lab_net *head) {
+    acem_error err = {{0}};
+    int saved = s->task[k].steps;
+    s->task[k].steps = steps;
+    assert_int_equal(lab_net_clone(backbone, base, &err), 0);
+    assert_int_equal(lab_finetune(backbone, head, s, k, 5, regime, &err), 0);
+    s->task[k].steps = saved;
+}
+
+/* Under frozen, the expert's head and the multitask model's heads are the probe's, bit
+ * for bit, while every backbone layer moves; under tuned the heads move too. */
+static void check_regime(lab_heads regime) {
+    acem_error err = {{0}};
+    lab_suite *s = calloc(1, sizeof *s);
+    assert_int_equal(lab_synthetic_suite(s, 2, true, 5, &err), 0);
+    int h = s->sizes.hidden, widths[LAB_DEPTH + 1] = {s->d, h, h, h};
+    lab_rng rng = lab_rng_for(5, "test-base", 0);
+    lab_net base, probed[2], probe_head[2], expert, head, multitask, heads[2];
+    assert_int_equal(lab_net_init(&base, widths, LAB_DEPTH, true, &rng, &err), 0);
+    for (int k = 0; k < 2; k++) {
+        finetune(&base, s, k, 0, regime, &probed[k], &probe_head[k]);
+        assert_true(same_params(&probed[k], &base)); /* the probe never touches the backbone */
+    }
+    finetune(&base, s, 0, s->task[0].steps, regime, &expert, &head);
+    assert_true(s->task[0].steps > 0 && every_layer_moved(&expert, &base));
+    assert_true(same_params(&head, &probe_head[0]) == (regime == LAB_HEADS_FROZEN));
+
+    s->sizes.multitask_steps = 20;
+    assert_int_equal(lab_net_clone(&multitask, &base, &err), 0);
+    assert_int_equal(lab_multitask(&multitask, heads, s, 5, regime, &err), 0);
+    assert_true(every_layer_moved(&multitask, &base));
+    for (int k = 0; k < 2; k++)
+        assert_true(same_params(&heads[k], &probe_head[k]) == (regime == LAB_HEADS_FROZEN));
+
+    lab_net *nets[] = {&base,   &probed[0], &probed[1], &probe_head[0], &probe_head[1],
+                       &expert, &head,      &multitask, &heads[0],      &heads[1]};
+    for (size_t i = 0; i < sizeof nets / sizeof *nets; i++)
+        lab_net_free(nets[i]);
+    lab_suite_free(s);
+    free(s);
+}
+
+static void test_frozen_heads(void **state) {
+    (void)state;
+    check_regime(LAB_HEADS_FROZEN);
+}
+
+static void test_tuned_heads(void **state) {
+    (void)state;
+    check_regime(LAB_HEADS_TUNED);
+}
+
+static void test_heads_names(void **state) {
+    (void)state;
+    lab_heads h = LAB_HEADS_TUNED;
+    assert_int_equal(lab_heads_parse("frozen", &h), 0);
+    assert_int_equal(h, LAB_HEADS_FROZEN);
+    assert_string_equal(lab_heads_name(h), "frozen");
+    assert_int_equal(lab_heads_parse("tuned", &h), 0);
+    assert_string_equal(lab_heads_name(h), "tuned");
+    assert_int_equal(lab_heads_parse("Frozen", &h), -1);
+    assert_int_equal(lab_heads_parse("", &h), -1);
+}
+
 /* ---- digits --------------------------------------------------------------------- */
 
 /* n images, all black but pixel (0, 1) = 16, labels i % 10. */
@@ -263,6 +346,9 @@ int main(void) {
         cmocka_unit_test(test_cross_entropy_value),
         cmocka_unit_test(test_adam),
         cmocka_unit_test(test_rng_streams),
+        cmocka_unit_test(test_frozen_heads),
+        cmocka_unit_test(test_tuned_heads),
+        cmocka_unit_test(test_heads_names),
         cmocka_unit_test(test_digits_transforms),
         cmocka_unit_test(test_digits_rejects_bad_files),
     };
