@@ -223,12 +223,16 @@ static void free_acts(gpt2_model *m) {
     m->has_acts = 0;
 }
 
+static void free_labels(gpt2_config *c) {
+    for (int i = 0; c->id2label && i < c->num_labels; i++)
+        free(c->id2label[i]);
+    free(c->id2label);
+    c->id2label = NULL;
+}
+
 void gpt2_free(gpt2_model *m) {
     if (!m) return;
-    if (m->c.id2label)
-        for (int i = 0; i < m->c.num_labels; i++)
-            free(m->c.id2label[i]);
-    free(m->c.id2label);
+    free_labels(&m->c);
     cJSON_Delete(m->json);
     free(m->params);
     free_training(m);
@@ -460,15 +464,12 @@ int gpt2_new_head(gpt2_model *m, int num_labels, uint64_t seed, acem_error *err)
         return fail(err, "gpt2", "a score head needs 1..1024 labels");
     gpt2_config c = m->c;
     c.num_labels = num_labels;
-    gpt2_model *n = model_alloc(&c, m->numel[GPT2_LM_HEAD] == 0, err);
+    gpt2_model *n = model_alloc(&c, 1, err);
     if (!n) return -1;
-    /* Every tensor before the score head keeps its offset: copy them in one piece. */
-    memcpy(n->params, m->params, m->off[GPT2_SCORE] * sizeof(float));
+    /* The tensors before lm_head keep their offsets: copy them in one piece. */
+    memcpy(n->params, m->params, m->off[GPT2_LM_HEAD] * sizeof(float));
     fill_normal(gpt2_p(n, GPT2_SCORE), n->numel[GPT2_SCORE], 0.02, &(uint64_t){seed});
-    if (m->c.id2label)
-        for (int i = 0; i < m->c.num_labels; i++)
-            free(m->c.id2label[i]);
-    free(m->c.id2label);
+    free_labels(&m->c);
     free(m->params);
     free_training(m);
     free_acts(m);
@@ -484,21 +485,23 @@ int gpt2_new_head(gpt2_model *m, int num_labels, uint64_t seed, acem_error *err)
 
 /* ---- AdamW ---------------------------------------------------------------------- */
 
-gpt2_adamw gpt2_adamw_defaults(void) { return (gpt2_adamw){1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f}; }
+gpt2_adamw gpt2_adamw_defaults(void) { return (gpt2_adamw){1e-3, 0.9, 0.999, 1e-8, 0.01}; }
 
-/* torch.optim.AdamW (_single_tensor_adamw): decoupled decay first, then Adam with bias
- * corrections as Python scalars (double), the update in f32. */
+/* torch.optim.AdamW (_single_tensor_adamw): decoupled decay first, then Adam. The scalars
+ * are computed in double as Python does and rounded to f32 where torch's kernels take them;
+ * each update is written in the order of ATen's kernels (lerp_, addcmul_, addcdiv_). */
 static void adamw_tensor(float *p, const float *g, float *m1, float *m2, size_t n,
                          const gpt2_adamw *o, long step, int decays) {
     double bc1 = 1.0 - pow(o->beta1, (double)step), bc2 = 1.0 - pow(o->beta2, (double)step);
-    float step_size = (float)(o->lr / bc1), bc2_sqrt = (float)sqrt(bc2);
-    float keep = decays ? (float)(1.0 - (double)o->lr * o->weight_decay) : 1.0f;
+    float keep = decays ? (float)(1.0 - o->lr * o->weight_decay) : 1.0f;
+    float w1 = (float)(1.0 - o->beta1), b2 = (float)o->beta2, w2 = (float)(1.0 - o->beta2);
+    float step_size = (float)(-o->lr / bc1), bc2_sqrt = (float)sqrt(bc2), eps = (float)o->eps;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         p[i] *= keep;
-        m1[i] += (g[i] - m1[i]) * (1.0f - o->beta1);
-        m2[i] = o->beta2 * m2[i] + (1.0f - o->beta2) * g[i] * g[i];
-        p[i] -= step_size * m1[i] / (sqrtf(m2[i]) / bc2_sqrt + o->eps);
+        m1[i] = m1[i] + w1 * (g[i] - m1[i]);
+        m2[i] = m2[i] * b2 + w2 * g[i] * g[i];
+        p[i] = p[i] + step_size * m1[i] / (sqrtf(m2[i]) / bc2_sqrt + eps);
     }
 }
 

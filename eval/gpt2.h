@@ -61,8 +61,10 @@ int gpt2_load(const char *dir, gpt2_model **out, acem_error *err);
  * does (normal(0, 0.02) weights, c_proj weights scaled by 1/sqrt(2 n_layer), zero biases,
  * unit layer-norm gains), from a seeded stream; tied lm_head. c is copied. */
 int gpt2_new(const gpt2_config *c, uint64_t seed, gpt2_model **out, acem_error *err);
-/* Replaces (or adds) the score head with a fresh normal(0, 0.02) one of num_labels rows;
- * the model becomes a classifier. Training state (gradients, moments) is dropped. */
+/* Replaces (or adds) the score head with a fresh normal(0, 0.02) one of num_labels rows
+ * (labels LABEL_i): the model becomes a classifier, as transformers' from_pretrained of an LM
+ * into GPT2ForSequenceClassification does (an untied lm_head is dropped: that class has
+ * none). Training state (gradients, moments) is dropped. */
 int gpt2_new_head(gpt2_model *m, int num_labels, uint64_t seed, acem_error *err);
 void gpt2_free(gpt2_model *m);
 
@@ -96,7 +98,7 @@ int gpt2_forward(gpt2_model *m, const gpt2_batch *b, int train, const float **lo
 int gpt2_backward(gpt2_model *m, const gpt2_batch *b, float *loss, acem_error *err);
 
 typedef struct gpt2_adamw {
-    float lr, beta1, beta2, eps, weight_decay;
+    double lr, beta1, beta2, eps, weight_decay; /* Python floats, as torch takes them */
 } gpt2_adamw;
 /* torch.optim.AdamW's defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight_decay 0.01. */
 gpt2_adamw gpt2_adamw_defaults(void);

@@ -36,7 +36,7 @@ LENS = [12, 7, 3]
 T = 12
 LOGIT_TOL = 1e-4   # f32 compute against float64, relative to the largest logit
 GRAD_TOL = 1e-3    # f32 gradients against float64 autograd, relative to each tensor's largest
-ADAM_ULP = 2       # AdamW in f32 on the same gradients: float32 roundings apart at most
+ADAM_ULP = 1       # AdamW in f32 on the same gradients, in ATen's order of operations
 
 
 # ---- the reference model ------------------------------------------------------------------
@@ -311,6 +311,54 @@ def adamw(d):
         check(f"AdamW {name}: the saved folder loads back, logits {err:.2e}", err < LOGIT_TOL)
 
 
+def fresh(d):
+    """gpt2_new: transformers' _init_weights (N(0, 0.02), residual projections
+    N(0, 0.02 / sqrt(2 n_layer)), zero biases, unit gains), seeded; gpt2_new_head: the
+    backbone kept, a N(0, 0.02) score head, an untied lm_head dropped."""
+    md = os.path.join(d, "lm")
+    P, _ = write_model(md, random_params(70, tied=False))
+    outs = []
+    for seed, name in ((1, "a"), (1, "b"), (2, "c")):
+        r = subprocess.run([DRIVER, "init", md, os.path.join(d, name), str(seed)],
+                           capture_output=True, text=True, timeout=60)
+        check(f"init seed {seed} runs", r.returncode == 0, r.stderr)
+        with open(os.path.join(d, name, "model.safetensors"), "rb") as f:
+            outs.append(f.read())
+    check("init: same seed same bytes, another seed other bytes",
+          outs[0] == outs[1] and outs[0] != outs[2])
+    new, _ = st.read_file(os.path.join(d, "a", "model.safetensors"))
+    L = CFG["n_layer"]
+    want = {"c_proj.weight": 0.02 / math.sqrt(2 * L), "c_attn.weight": 0.02, "c_fc.weight": 0.02,
+            "wte.weight": 0.02, "wpe.weight": 0.02}
+    ok, detail = "lm_head.weight" not in new, []
+    for k, t in new.items():
+        x = t.to_f64()
+        std = next((s for suf, s in want.items() if k.endswith(suf)), None)
+        if std is not None:
+            good = abs(x.mean()) < 4 * std / math.sqrt(x.size) and abs(x.std() / std - 1) < 0.1
+        else:
+            good = np.all(x == (1.0 if k.endswith("weight") else 0.0))
+        ok = ok and good
+        if not good:
+            detail.append(k)
+    check("init: the normal stds, zero biases and unit gains of _init_weights, tied", ok, detail)
+    hd = os.path.join(d, "head")
+    r = subprocess.run([DRIVER, "head", md, hd, "5", "4"], capture_output=True, text=True,
+                       timeout=60)
+    check("new_head runs", r.returncode == 0, r.stderr)
+    head, _ = st.read_file(os.path.join(hd, "model.safetensors"))
+    s = head["score.weight"].to_f64()
+    kept = all(np.array_equal(head[k].to_f64(), P[k].numpy()) for k in P if k != "lm_head.weight")
+    check(f"new_head: backbone kept bit for bit, lm_head dropped, score [4, 32] std {s.std():.4f}",
+          kept and "lm_head.weight" not in head and s.shape == (4, 32) and
+          abs(s.std() / 0.02 - 1) < 0.2, (kept, s.shape))
+    with open(os.path.join(hd, "config.json")) as f:
+        hc = json.load(f)
+    check("new_head: config.json is a GPT2ForSequenceClassification of LABEL_0..3",
+          hc["architectures"] == ["GPT2ForSequenceClassification"] and
+          hc["id2label"] == {str(i): f"LABEL_{i}" for i in range(4)}, hc)
+
+
 def refusals(d):
     def refused(what, phrase, mutate_cfg=None, mutate_p=None):
         md = os.path.join(d, what.replace(" ", "_"))
@@ -339,5 +387,5 @@ def refusals(d):
 
 
 if __name__ == "__main__":
-    sys.exit(run_groups([forward_cases, pooling_rules, grads_lm, grads_cls, adamw, refusals],
+    sys.exit(run_groups([forward_cases, pooling_rules, grads_lm, grads_cls, adamw, fresh, refusals],
                         "acem-gpt2-", sys.argv[3:]))

@@ -5,6 +5,9 @@
  *   gpt2_driver MODEL BATCH OUT.safetensors train DIR LR B1 B2 EPS WD
  *                                                            + one AdamW step, saved to DIR
  *
+ *   gpt2_driver init MODEL DIR SEED       gpt2_new with MODEL's config, saved to DIR
+ *   gpt2_driver head MODEL DIR SEED K     MODEL with gpt2_new_head(K), saved to DIR
+ *
  * BATCH: int32 little-endian B, T, ids[B*T], len[B], labels[B] (-1: none). OUT holds
  * "logits", "loss" and "grad.NAME" for each stored tensor NAME. */
 #include "gpt2.h"
@@ -82,13 +85,30 @@ static int run(int argc, char **argv, acem_error *err) {
          write_out(m, &b, copy, train ? &loss : NULL, argv[3], err);
     free(copy);
     if (!rc && argc > 10) {
-        gpt2_adamw o = {strtof(argv[6], NULL), strtof(argv[7], NULL), strtof(argv[8], NULL),
-                        strtof(argv[9], NULL), strtof(argv[10], NULL)};
+        gpt2_adamw o = {strtod(argv[6], NULL), strtod(argv[7], NULL), strtod(argv[8], NULL),
+                        strtod(argv[9], NULL), strtod(argv[10], NULL)};
         rc = gpt2_adamw_step(m, &o, err) || gpt2_save(m, argv[5], err);
     }
 done:
     gpt2_free(m);
     free(buf);
+    return rc ? -1 : 0;
+}
+
+/* init / head: fresh parameters, saved. */
+static int fresh(char **argv, acem_error *err) {
+    gpt2_model *m = NULL, *n = NULL;
+    uint64_t seed = strtoull(argv[4], NULL, 10);
+    int rc = gpt2_load(argv[2], &m, err);
+    if (!rc && !strcmp(argv[1], "init")) {
+        gpt2_config c = *gpt2_config_of(m);
+        c.num_labels = 0, c.id2label = NULL;
+        rc = gpt2_new(&c, seed, &n, err) || gpt2_save(n, argv[3], err);
+    } else if (!rc) {
+        rc = gpt2_new_head(m, atoi(argv[5]), seed, err) || gpt2_save(m, argv[3], err);
+    }
+    gpt2_free(m);
+    gpt2_free(n);
     return rc ? -1 : 0;
 }
 
@@ -98,7 +118,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     acem_error err = {{0}};
-    if (run(argc, argv, &err)) {
+    int init = !strcmp(argv[1], "init") || !strcmp(argv[1], "head");
+    if (init && argc < (strcmp(argv[1], "head") ? 5 : 6)) return 2;
+    if (init ? fresh(argv, &err) : run(argc, argv, &err)) {
         fprintf(stderr, "gpt2_driver: error: %s\n", err.msg[0] ? err.msg : "out of memory");
         return 1;
     }
