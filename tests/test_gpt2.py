@@ -175,11 +175,11 @@ def write_batch(path, ids, lens, lab):
         f.write(b"".join(a.astype("<i4").tobytes() for a in (hdr, ids, np.array(lens), lab)))
 
 
-def drive(d, model, ids, lens, lab, *extra):
+def drive(d, model, ids, lens, lab, *extra, env=None):
     bp, out = os.path.join(d, "batch.bin"), os.path.join(d, "out.safetensors")
     write_batch(bp, ids, lens, lab)
     r = subprocess.run([DRIVER, model, bp, out, *extra], capture_output=True, text=True,
-                       timeout=120)
+                       timeout=120, env=env)
     if r.returncode:
         raise RuntimeError(r.stderr.strip())
     tensors, _ = st.read_file(out)
@@ -258,9 +258,15 @@ def gradients(d, name, kw, K, dtype="F32", prefix=True):
           f"({worst_name}) < {GRAD_TOL:g}", worst < GRAD_TOL and n == len(leaves), worst)
     with open(out, "rb") as f:
         first = f.read()
-    _, out2 = drive(d, md, ids, LENS, lab, "train")
-    with open(out2, "rb") as f:
-        check(f"{name}: a rerun gives the same bytes (logits, loss, gradients)", f.read() == first)
+    # OpenBLAS on one thread both times: acem's own loops on 1 and 3 threads
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    reruns = []
+    for threads in ("1", "3"):
+        _, out2 = drive(d, md, ids, LENS, lab, "train", env=dict(env, OMP_NUM_THREADS=threads))
+        with open(out2, "rb") as f:
+            reruns.append(f.read())
+    check(f"{name}: reruns give the same bytes (logits, loss, gradients), acem's loops on 1 "
+          f"and 3 threads", reruns[0] == reruns[1] == first)
     return md, P, cfg, ids, lab, got
 
 
