@@ -217,7 +217,7 @@ static void free_training(gpt2_model *m) {
     m->step = 0;
 }
 
-static void free_acts(gpt2_model *m) {
+void gpt2_free_acts(gpt2_model *m) {
     free(m->acts), free(m->scratch), free(m->pool);
     m->acts = m->scratch = NULL, m->pool = NULL;
     m->has_acts = 0;
@@ -236,7 +236,7 @@ void gpt2_free(gpt2_model *m) {
     cJSON_Delete(m->json);
     free(m->params);
     free_training(m);
-    free_acts(m);
+    gpt2_free_acts(m);
     free(m);
 }
 
@@ -472,7 +472,7 @@ int gpt2_new_head(gpt2_model *m, int num_labels, uint64_t seed, acem_error *err)
     free_labels(&m->c);
     free(m->params);
     free_training(m);
-    free_acts(m);
+    gpt2_free_acts(m);
     m->c = c, m->c.id2label = NULL;
     memcpy(m->numel, n->numel, sizeof m->numel);
     memcpy(m->off, n->off, sizeof m->off);

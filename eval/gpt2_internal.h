@@ -40,6 +40,7 @@ struct gpt2_model {
     float *scratch, *dres, *dln, *dqkv, *datt, *datty, *dfch, *ones;
 };
 
+void gpt2_free_acts(gpt2_model *m);        /* the activations and backward scratch */
 float *gpt2_p(const gpt2_model *m, int p); /* parameter p's values (all layers) */
 size_t gpt2_param_count(const gpt2_config *c, int p, uint64_t shape[2]);
 /* One sentence into err (printf-style); returns -1. */

@@ -201,6 +201,7 @@ static size_t acts_floats(const gpt2_model *m, int B, int T, int train, size_t *
     bad =
         bad || gpt2_mul(m->c.num_labels ? (size_t)B : N,
                         m->c.num_labels ? (size_t)m->c.num_labels : (size_t)m->c.vocab_size, &head);
+    bad = bad || nc > SIZE_MAX / 64 || att > SIZE_MAX / 4;
     *layer = 16 * nc + 4 * N + att; /* ln1 atty res2 ln2 res3 (5) + qkv (3) + fch, gelu (8) */
     bad = bad || *layer < att || gpt2_mul(*layer, train ? (size_t)m->c.n_layer : 1, &L);
     all = L + 2 * nc + 2 * N + head;
@@ -210,8 +211,7 @@ static size_t acts_floats(const gpt2_model *m, int B, int T, int train, size_t *
 
 static int alloc_acts(gpt2_model *m, int B, int T, int train, acem_error *err) {
     if (m->has_acts && m->B == B && m->T == T && m->train == train) return 0;
-    free(m->acts), free(m->scratch), free(m->pool);
-    m->acts = m->scratch = NULL, m->pool = NULL, m->has_acts = 0;
+    gpt2_free_acts(m);
     size_t layer, scratch, all = acts_floats(m, B, T, train, &layer, &scratch);
     size_t N = (size_t)B * T, nc = N * (size_t)m->c.n_embd;
     if (!all || !(m->acts = malloc(all * sizeof(float))) ||

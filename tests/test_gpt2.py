@@ -390,6 +390,24 @@ def refusals(d):
                                              np.zeros((32, 32), np.float32)))
     refused("scale_attn_by_inverse_layer_idx", "scale_attn_by_inverse_layer_idx",
             {"scale_attn_by_inverse_layer_idx": True})
+    md = os.path.join(d, "bad_json")
+    write_model(md, random_params(62))
+    with open(os.path.join(md, "config.json"), "w") as f:
+        f.write("{\"n_layer\": 2,")
+    ids, lab = batch(63)
+    for what, model, ids_, phrase in (("config.json that is not JSON", md, ids, "config.json"),
+                                      ("a token id past the vocabulary", None, ids.copy(),
+                                       "vocabulary")):
+        if model is None:
+            model = os.path.join(d, "ok")
+            write_model(model, random_params(64))
+            ids_[1, 2] = CFG["vocab_size"]
+        try:
+            drive(d, model, ids_, LENS, lab)
+            check(f"refused: {what}", False, "accepted")
+        except RuntimeError as e:
+            check(f"refused in one line naming the problem: {what}",
+                  phrase in str(e) and "\n" not in str(e), e)
 
 
 if __name__ == "__main__":
