@@ -8,8 +8,8 @@ names laid out as that user would have it:
 
 - a Hugging Face id (huggingface_hub's repo id form: at most one "/", characters [\\w.-]) in a
   fake hub cache laid out exactly as huggingface_hub does (HF_HUB_CACHE=<dir>/hub):
-  models--org--name/blobs/<sha256>, snapshots/<commit>/<file> as relative symlinks to
-  ../../blobs/<sha256>, refs/main (and refs/<revision> for a source's `revision:`) holding
+  models--org--name/blobs/<etag> (sha256 of a safetensors file, git blob id of the others),
+  snapshots/<commit>/<file> as relative symlinks to ../../blobs/<etag>, refs/main (and refs/<revision> for a source's `revision:`) holding
   <commit>;
 - any other relative path (./models/x, D:/Uni/...) as a directory under the working
   directory; an absolute path is not laid out (it is the author's machine);
@@ -237,6 +237,15 @@ def config_json(arch, n, dtype):
             "num_attention_heads": 2, "num_key_value_heads": 2, "torch_dtype": torch_dtype}
 
 
+def blob_name(name, data):
+    """A cached file's blob name: its ETag, the sha256 of an LFS file (the Hub's
+    .gitattributes sends *.safetensors to LFS), else its git blob id (huggingface_hub's
+    file_download.py: blobs are "identified by their git-sha or sha256")."""
+    if name.endswith(".safetensors"):
+        return hashlib.sha256(data).hexdigest()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
 class World:
     """The models of one config: weights drawn from one base, written where the config
     looks for them. values[ref] holds what a reference means to mergekit (a LoRA
@@ -272,7 +281,7 @@ class World:
             os.makedirs(os.path.join(repo, "blobs"), exist_ok=True)
             os.makedirs(os.path.join(repo, "refs"), exist_ok=True)
             for name, data in files.items():
-                sha = hashlib.sha256(data).hexdigest()
+                sha = blob_name(name, data)
                 with open(os.path.join(repo, "blobs", sha), "wb") as f:
                     f.write(data)
                 link = os.path.join(snap, name)
