@@ -9,8 +9,8 @@ names laid out as that user would have it:
 - a Hugging Face id (huggingface_hub's repo id form: at most one "/", characters [\\w.-]) in a
   fake hub cache laid out exactly as huggingface_hub does (HF_HUB_CACHE=<dir>/hub):
   models--org--name/blobs/<etag> (sha256 of a safetensors file, git blob id of the others),
-  snapshots/<commit>/<file> as relative symlinks to ../../blobs/<etag>, refs/main (and refs/<revision> for a source's `revision:`) holding
-  <commit>;
+  snapshots/<commit>/<file> as relative symlinks to ../../blobs/<etag>, refs/main (and
+  refs/<revision> for a source's `revision:`) holding <commit>;
 - any other relative path (./models/x, D:/Uni/...) as a directory under the working
   directory; an absolute path is not laid out (it is the author's machine);
 - `model+adapter` as the model plus a PEFT LoRA adapter (adapter_config.json,
@@ -19,8 +19,8 @@ names laid out as that user would have it:
   stages) are not laid out: an earlier stage makes them.
 
 Stand-ins: the architecture's tensor names (Llama/Mistral, Qwen2 with q/k/v biases,
-Qwen2-VL, Phi-2, Phi-3, Gemma-2, GPT-2, Florence-2), enough layers for every layer_range (6 without
-slices), widths 16 / 24, stored in the config's `dtype` (F32 when absent or not a float
+Qwen2-VL, Phi-2, Phi-3, Gemma-2, GPT-2, Florence-2), enough layers for every layer_range (6
+without slices), widths 16 / 24, stored in the config's `dtype` (F32 when absent or not a float
 type); each model is one shared base plus its own noise (standard deviation 0.1), so task
 vectors mean something.
 
@@ -349,12 +349,6 @@ def lay_out(world, docs):
 
 # ------------------------------------------------------------------ one config
 
-def read_output(out):
-    if os.path.isdir(out):
-        return ST.read_model(out)
-    return ST.read_file(out)[0] if os.path.isfile(out) else None
-
-
 def compare(doc, world, got):
     """(outcome, worst relative error, passes) of an output against the oracle."""
     models = {ref: v for (ref, rev), v in world.values.items() if rev is None}
@@ -397,7 +391,8 @@ def run_config(d, name, arch):
     row = {"file": name, "method": methods, "arch": arch, "features": features(docs),
            "error": None}
     if r.returncode == 0:
-        got = read_output(os.path.join(d, "work", "out"))
+        out = os.path.join(d, "work", "out")
+        got = ST.read_model(out) if os.path.exists(out) else None
         if got is None:
             row["outcome"], ok = "exit 0 without an output", False
         elif len(docs) > 1:
@@ -408,7 +403,9 @@ def run_config(d, name, arch):
         err = [ln for ln in r.stderr.splitlines() if ln.startswith("acem: error: ")][0]
         row["outcome"], ok = "refused: " + err[len("acem: error: "):], True
     else:
-        row["outcome"], ok = f"crash or unclear failure (exit {r.returncode})", False
+        errors = sum(ln.startswith("acem: error: ") for ln in r.stderr.splitlines())
+        row["outcome"] = f"crash or unclear failure (exit {r.returncode}, {errors} error lines)"
+        ok = False
     rows.append(row)
     check(f"{name}: {row['outcome'][:160]}", ok, f"max rel error {row['error']}; {r.stderr}")
 
