@@ -214,10 +214,18 @@ def slerp(cfg, models, n_layers):
             for name, a in models[base].items()}
 
 
+TRANSCRIBED = set(METHODS) | {"linear", "slerp"}
+
+
 def merge(cfg, models, n_layers, seed=0):
     """cfg: the parsed YAML (dict); models: path -> {tensor: float64 array}; seed: acem's
     --seed, for the random mask."""
     method = cfg["merge_method"]
+    if "models" not in cfg or method not in TRANSCRIBED:
+        # what this file does not transcribe (slices, modules, other methods) is said so,
+        # for callers that measure a corpus (tests/test_mergekit_corpus.py)
+        raise NotImplementedError("no transcription of %s%s" % (
+            method, "" if "models" in cfg else " with slices/modules"))
     if method == "linear":
         return linear(cfg, models, n_layers)
     if method == "slerp":
