@@ -261,6 +261,91 @@ static int model_list(cfg_ctx *x, yaml_node_t *n) {
     return 0;
 }
 
+/* layer_range: [start, end), mergekit's half-open range of a source's layers. */
+static int layer_range(cfg_ctx *x, yaml_node_t *n, slice_source *src) {
+    double v[2];
+    if (!n || n->type != YAML_SEQUENCE_NODE || items(n) != 2)
+        return acem_fail(x->err, "%s: \"layer_range\" must be a list of two layers [start, end)",
+                         x->path);
+    for (int i = 0; i < 2; i++)
+        if (number(x, node(x, n->data.sequence.items.start[i]), "layer_range", &v[i])) return -1;
+    if (!(v[0] >= 0 && v[1] <= 1e6 && floor(v[0]) == v[0] && floor(v[1]) == v[1] && v[0] < v[1]))
+        return acem_fail(x->err,
+                         "%s: layer_range [%g, %g] must be two whole numbers 0 <= start < end",
+                         x->path, v[0], v[1]);
+    src->start = (long)v[0];
+    src->end = (long)v[1];
+    return 0;
+}
+
+/* One source of a slice: {model, layer_range[, parameters]}. */
+static int slice_source_entry(cfg_ctx *x, yaml_node_t *n, slice_source *src) {
+    if (!n || n->type != YAML_MAPPING_NODE)
+        return acem_fail(x->err, "%s: a slice's \"sources\" entries are {model, layer_range}",
+                         x->path);
+    src->end = -1;
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+        const char *k = scalar(x, node(x, p->key), "sources");
+        yaml_node_t *v = node(x, p->value);
+        if (!k) return -1;
+        int rc = !strcmp(k, "model")         ? (src->model = path_scalar(x, v, k)) ? 0 : -1
+                 : !strcmp(k, "layer_range") ? layer_range(x, v, src)
+                 : !strcmp(k, "parameters")
+                     ? parameters(x, v, &src->params, "model")
+                     : acem_fail(x->err,
+                                 "%s: slice sources take \"model\", \"layer_range\" and "
+                                 "\"parameters\", not \"%s\"",
+                                 x->path, k);
+        if (rc) return -1;
+    }
+    if (!src->model || src->end < 0)
+        return acem_fail(x->err, "%s: every slice source needs a model and a layer_range", x->path);
+    return 0;
+}
+
+/* One output slice: {sources[, parameters]}. mergekit's slice-level base_model and
+ * residual_weight are not read by its merge methods' tensors here; refused, not ignored. */
+static int slice_entry(cfg_ctx *x, yaml_node_t *n, slice_def *sl) {
+    if (!n || n->type != YAML_MAPPING_NODE)
+        return acem_fail(x->err, "%s: \"slices\" entries are mappings with \"sources\"", x->path);
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+        const char *k = scalar(x, node(x, p->key), "slices");
+        yaml_node_t *v = node(x, p->value);
+        if (!k) return -1;
+        if (!strcmp(k, "parameters")) {
+            if (parameters(x, v, &sl->params, "slice")) return -1;
+        } else if (!strcmp(k, "sources") && v->type == YAML_SEQUENCE_NODE && items(v) &&
+                   items(v) <= CONFIG_MAX_LIST && !sl->sources) {
+            sl->n_sources = (int)items(v);
+            if (!(sl->sources = acem_alloc(items(v), sizeof *sl->sources, "a slice", x->err)))
+                return -1;
+            for (int i = 0; i < sl->n_sources; i++)
+                if (slice_source_entry(x, node(x, v->data.sequence.items.start[i]),
+                                       &sl->sources[i]))
+                    return -1;
+        } else {
+            return acem_fail(x->err,
+                             "%s: a slice takes \"sources\" (a list, once) and \"parameters\", "
+                             "not \"%s\"",
+                             x->path, k);
+        }
+    }
+    if (!sl->sources) return acem_fail(x->err, "%s: a slice without sources", x->path);
+    return 0;
+}
+
+static int slice_list(cfg_ctx *x, yaml_node_t *n) {
+    if (!n || n->type != YAML_SEQUENCE_NODE || !items(n) || items(n) > CONFIG_MAX_LIST)
+        return acem_fail(x->err, "%s: \"slices\" must be a list of 1 to %d slices", x->path,
+                         CONFIG_MAX_LIST);
+    acem_settings *st = x->c->settings;
+    if (settings_set_slices(st, (int)items(n), x->err)) return -1;
+    for (int i = 0; i < st->n_slices; i++)
+        if (slice_entry(x, node(x, n->data.sequence.items.start[i]), &st->slices[i])) return -1;
+    st->mergekit = true; /* `slices:` is mergekit's dialect */
+    return 0;
+}
+
 /* A sequence of scalars. */
 static int string_list(cfg_ctx *x, yaml_node_t *n, const char *key, const char ***out, int *count) {
     if (!n || n->type != YAML_SEQUENCE_NODE)
@@ -286,6 +371,7 @@ static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
     if (!strcmp(k, "preset")) return (o->preset = scalar(x, v, k)) ? 0 : -1;
     if (!strcmp(k, "report")) return (o->report_path = path_scalar(x, v, k)) ? 0 : -1;
     if (!strcmp(k, "models")) return model_list(x, v);
+    if (!strcmp(k, "slices")) return slice_list(x, v);
     if (!strcmp(k, "exclude")) {
         int rc = string_list(x, v, k, &x->c->excludes, &o->n_excludes);
         o->excludes = x->c->excludes;
@@ -404,6 +490,40 @@ static void base_to_front(acem_config *c, acem_merge_options *o) {
     c->grams[0] = gram;
 }
 
+/* The models the slices name: each source is the base (same_model) or one of the distinct
+ * others, which become the options' models in order of first use, each without
+ * parameters of its own (the sources hold them). */
+static int slice_inputs(cfg_ctx *x) {
+    acem_config *c = x->c;
+    acem_settings *st = c->settings;
+    acem_merge_options *o = x->o;
+    if (c->models)
+        return acem_fail(x->err, "%s: give \"models\" or \"slices\", not both (as mergekit)",
+                         x->path);
+    size_t total = 0;
+    for (int i = 0; i < st->n_slices; i++)
+        total += (size_t)st->slices[i].n_sources;
+    if (!(c->models = acem_alloc(total + 1, sizeof *c->models, "a config list", x->err)) ||
+        !(c->grams = acem_alloc(total + 1, sizeof *c->grams, "a config list", x->err)))
+        return -1;
+    int n = 0;
+    for (int i = 0; i < st->n_slices; i++)
+        for (int k = 0; k < st->slices[i].n_sources; k++) {
+            slice_source *src = &st->slices[i].sources[k];
+            src->input = o->base && same_model(src->model, o->base) ? -1 : 0;
+            while (src->input >= 0 && src->input < n &&
+                   !same_model(c->models[src->input], src->model))
+                src->input++;
+            if (src->input == n) c->models[n++] = src->model;
+        }
+    if (settings_set_models(st, n, x->err)) return -1;
+    for (int i = 0; i < n; i++)
+        st->model_path[i] = c->models[i];
+    o->models = c->models;
+    o->n_models = n;
+    return 0;
+}
+
 /* Opened without blocking and refused unless a regular file: a FIFO or a device given as
  * the config must not hang the run waiting for a writer. */
 static FILE *open_config(const char *path, acem_error *err) {
@@ -466,8 +586,12 @@ int acem_config_load(const char *path, acem_config **out, acem_merge_options *o,
             top_level_key(&x, k, node(&x, p->value)))
             goto out;
     }
-    drop_listed_base(c, o);
-    base_to_front(c, o);
+    if (c->settings->n_slices) {
+        if (slice_inputs(&x)) goto out;
+    } else {
+        drop_listed_base(c, o);
+        base_to_front(c, o);
+    }
     o->settings = c->settings;
     rc = 0;
 out:

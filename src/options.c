@@ -39,6 +39,11 @@ static int check_settings(const method_def *m, const acem_merge_options *o, acem
     if (check_list(m, &s->top, err)) return -1;
     for (int t = 0; t < s->n_models; t++)
         if (check_list(m, &s->models[t], err)) return -1;
+    for (int i = 0; i < s->n_slices; i++) {
+        if (check_list(m, &s->slices[i].params, err)) return -1;
+        for (int k = 0; k < s->slices[i].n_sources; k++)
+            if (check_list(m, &s->slices[i].sources[k].params, err)) return -1;
+    }
     return 0;
 }
 
@@ -54,7 +59,8 @@ static int check_method(const acem_merge_options *o, acem_error *err) {
         return acem_fail(err, "unknown method \"%s\" (one of: %s)", o->method, known);
     }
     double values[METHOD_MAX_PARAMS];
-    return method_check_models(m, o->n_models, err) ||
+    int T;
+    return plan_width(o, &T, err) || method_check_models(m, T, err) ||
                    method_resolve_params(m, o->params, o->n_params, false, values, err) ||
                    check_settings(m, o, err)
                ? -1

@@ -2,7 +2,6 @@
  * layer position of a tensor. */
 #include "params.h"
 
-#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,9 +27,29 @@ static void list_free(setting_list *l) {
     free(l->s);
 }
 
+static void slices_free(acem_settings *s) {
+    for (int i = 0; i < s->n_slices; i++) {
+        for (int k = 0; k < s->slices[i].n_sources; k++)
+            list_free(&s->slices[i].sources[k].params);
+        free(s->slices[i].sources);
+        list_free(&s->slices[i].params);
+    }
+    free(s->slices);
+    s->slices = NULL;
+    s->n_slices = 0;
+}
+
+int settings_set_slices(acem_settings *s, int n, acem_error *err) {
+    slices_free(s);
+    if (!(s->slices = acem_alloc((size_t)n + 1, sizeof *s->slices, "slices", err))) return -1;
+    s->n_slices = n;
+    return 0;
+}
+
 void settings_free(acem_settings *s) {
     if (!s) return;
     list_free(&s->top);
+    slices_free(s);
     for (int i = 0; s->models && i < s->n_models; i++)
         list_free(&s->models[i]);
     free(s->models);
@@ -84,6 +103,7 @@ void settings_model_to_front(acem_settings *s, int i, const char *path) {
 }
 
 bool settings_has_model_params(const acem_settings *s) {
+    if (s && s->n_slices) return true; /* the slices name their models */
     for (int i = 0; s && i < s->n_models; i++)
         if (s->models[i].n) return true;
     return false;
@@ -107,27 +127,9 @@ bool setting_eval(const setting *s, const char *tensor, double t, double *out) {
     return false;
 }
 
-long tensor_layer(const char *name) {
-    for (const char *p = strchr(name, '.'); p; p = strchr(p + 1, '.')) {
-        const char *q = p + 1;
-        while (isdigit((unsigned char)*q))
-            q++;
-        if (q > p + 1 && (*q == '.' || !*q) && q - p < 10) return strtol(p + 1, NULL, 10);
-    }
-    return -1;
-}
-
-/* Embedding tensors come before the layers in every architecture mergekit knows. */
-static bool is_embedding(const char *name) {
-    static const char *const marks[] = {"embed", "wte", "wpe", "word_embeddings"};
-    for (size_t i = 0; i < sizeof marks / sizeof *marks; i++)
-        if (strstr(name, marks[i])) return true;
-    return false;
-}
-
 double tensor_gradient_t(const char *name, long n_layers) {
     long layer = tensor_layer(name);
-    if (layer < 0) return is_embedding(name) ? 0.0 : 1.0;
+    if (layer < 0) return tensor_before_layers(name) ? 0.0 : 1.0;
     if (n_layers <= 1) return 1.0;
     return layer >= n_layers ? 1.0 : (double)layer / (double)(n_layers - 1);
 }

@@ -6,6 +6,7 @@
 #ifndef ACEM_PARAMS_H
 #define ACEM_PARAMS_H
 
+#include "arch/layers.h"
 #include "internal.h"
 
 typedef struct setting_cond {
@@ -25,14 +26,34 @@ typedef struct setting_list {
     setting *s;
 } setting_list;
 
-/* The parameters of one YAML config: the top-level mapping and one per model. Names and
- * filters point into the config's YAML document, which outlives this. */
+/* One source of an output slice (mergekit's InputSliceDefinition): layers [start, end) of a
+ * model, with the source's own parameters. */
+typedef struct slice_source {
+    const char *model; /* the path as the options hold it (o->base or one of o->models) */
+    int input;         /* -1: the base; else the index into o->models */
+    long start, end;
+    setting_list params;
+} slice_source;
+
+/* An output slice (mergekit's OutputSliceDefinition): sources of equal layer counts, merged
+ * layer by layer into the next layers of the output, and the slice's parameters. */
+typedef struct slice_def {
+    int n_sources;
+    slice_source *sources;
+    setting_list params;
+} slice_def;
+
+/* The parameters of one YAML config: the top-level mapping and one per model, or with
+ * `slices:` one per slice and source. Names and filters point into the config's YAML
+ * document, which outlives this. */
 struct acem_settings {
     bool mergekit; /* some model has `parameters:`: the config is mergekit's (docs/config.md) */
     int n_models;
     const char **model_path; /* the model each list belongs to (as o->models has it) */
     setting_list top;
     setting_list *models;
+    int n_slices; /* 0: the config has `models:` (one slice over every layer, as mergekit) */
+    slice_def *slices;
 };
 
 acem_settings *settings_new(int n_models, acem_error *err);
@@ -48,15 +69,14 @@ void settings_drop_model(acem_settings *s, int i);
  * first appends a model without parameters at path (settings_set_models left room). */
 void settings_model_to_front(acem_settings *s, int i, const char *path);
 bool settings_has_model_params(const acem_settings *s);
+/* n empty slices (their sources are allocated by the caller, freed by settings_free). */
+int settings_set_slices(acem_settings *s, int n, acem_error *err);
 
 /* mergekit's evaluate_setting: the first condition whose filter is absent, "*" or a
  * substring of the tensor name gives the value, a gradient read at t in [0, 1]. Returns
  * false when no condition matches (the lookup then goes on to the next level). */
 bool setting_eval(const setting *s, const char *tensor, double t, double *out);
 
-/* The first path component of a tensor name that is a number ("model.layers.7.mlp" -> 7),
- * or -1: the layer a tensor belongs to. */
-long tensor_layer(const char *name);
 /* Where gradients are read for a tensor of a stack of n_layers: layer i at i / (n - 1)
  * (1 when n is 1); embeddings before the layers at 0 and the other tensors outside them
  * (final norm, head) at 1, as mergekit's plan reads its pre- and post-weights. */

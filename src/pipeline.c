@@ -55,16 +55,16 @@ typedef struct merge_run {
     double tensor_p[METHOD_MAX_PARAMS]; /* resolved for the current tensor */
     double *expert_p;                   /* T x n_params, for the current tensor */
     double *weights;                    /* T: the fused kernel's w_t */
-    long n_layers;                      /* of the base: where a gradient is read */
     bool mergekit;
     double lambda;
     bool f64;
     size_t csize; /* bytes per compute element */
     int threads;
-    int T;
+    int T;        /* experts per tensor */
+    int n_inputs; /* o->models: the experts, or with slices every model the slices name */
     acem_checkpoint *base;
-    acem_checkpoint **experts;
-    acem_checkpoint **grams; /* regmean's Gram files, per expert (entries may be NULL) */
+    acem_checkpoint **experts; /* o->models opened */
+    acem_checkpoint **grams;   /* regmean's Gram files, per expert (entries may be NULL) */
     void **gram_bufs;
     plan plan;
     st_writer *writer; /* one of the two writers */
@@ -110,7 +110,7 @@ static int output_nonfinite_error(const merge_run *r, const plan_entry *e, uint6
                      "%s: tensor \"%s\": the value written at element %llu is not finite as %s "
                      "(NaN, or beyond the type's range); write a wider --dtype or pass "
                      "--allow-nonfinite to keep it",
-                     r->o->out, e->base->name, (unsigned long long)at,
+                     r->o->out, e->name, (unsigned long long)at,
                      acem_dtype_name(plan_fed_dtype(e)));
 }
 
@@ -186,10 +186,11 @@ static void subtract(void *d, const void *w0, uint64_t n, bool f64) {
     }
 }
 
-static void method_ctx_for(const merge_run *r, const acem_tensor *t, method_ctx *c) {
+static void method_ctx_for(const merge_run *r, const plan_entry *e, method_ctx *c) {
+    const acem_tensor *t = e->base;
     memset(c, 0, sizeof *c);
-    c->tensor = t->name;
-    c->name_hash = acem_fnv1a64(t->name);
+    c->tensor = e->name;
+    c->name_hash = acem_fnv1a64(e->name);
     c->ndim = t->ndim;
     c->rows = t->ndim >= 2 ? t->shape[0] : 1;
     c->cols = t->ndim == 0 ? 1 : t->ndim == 1 ? t->shape[0] : (c->rows ? t->numel / c->rows : 0);
@@ -203,41 +204,67 @@ static void method_ctx_for(const merge_run *r, const acem_tensor *t, method_ctx 
     c->mergekit = r->mergekit;
 }
 
+/* The first setting of name that the sources of expert t's model in e's slice give
+ * (mergekit's ConfigReader.parameter looks through every source of the model), evaluated
+ * for tensor at pos. */
+static bool source_setting(const slice_def *sl, const plan_entry *e, int t, const char *name,
+                           const char *tensor, double *v) {
+    const int input = sl->sources[e->source[t]].input;
+    for (int k = 0; k < sl->n_sources; k++) {
+        const setting *st =
+            sl->sources[k].input == input ? settings_find(&sl->sources[k].params, name) : NULL;
+        if (st && setting_eval(st, tensor, e->t, v)) return true;
+    }
+    return false;
+}
+
 /* Parameter i for expert t (-1: the tensor's global value), in mergekit's lookup order
- * (config.py, ConfigReader.parameter): the model's own setting, then the top level, then
- * the default; acem's --param flags sit between the two levels (they override the
- * config's top level, not a model's own value). A setting whose filters all miss the
- * tensor passes the lookup on. Returns whether a level gave the value. */
-static bool lookup(const merge_run *r, int t, int i, const char *tensor, double pos, double *v) {
+ * (config.py, ConfigReader.parameter): the model's own setting (with slices: its source's,
+ * then the slice's), then the top level, then the default; acem's --param flags sit just
+ * above the top level (they override the config's top level, not a model's or a slice's
+ * own value). A model's setting is read for its own tensor's name, a global one for the
+ * output's (plan.py's plan_tensor). A setting whose filters all miss the tensor passes the
+ * lookup on. Returns whether a level gave the value. */
+static bool lookup(const merge_run *r, const plan_entry *e, int t, int i, double *v) {
     const acem_settings *s = r->o->settings;
     const char *name = r->method->params[i].name;
+    const char *tensor = t >= 0 ? e->experts[t]->name : e->name;
+    const slice_def *sl = s && e->slice >= 0 ? &s->slices[e->slice] : NULL;
     const setting *st;
-    if (s && t >= 0 && (st = settings_find(&s->models[t], name)) &&
-        setting_eval(st, tensor, pos, v))
+    if (sl && t >= 0 && source_setting(sl, e, t, name, tensor, v)) return true;
+    if (sl && (st = settings_find(&sl->params, name)) && setting_eval(st, e->name, e->t, v))
+        return true;
+    if (s && !sl && t >= 0 && (st = settings_find(&s->models[t], name)) &&
+        setting_eval(st, tensor, e->t, v))
         return true;
     *v = r->params[i];
     if (r->flagged[i]) return true;
-    if (s && (st = settings_find(&s->top, name)) && setting_eval(st, tensor, pos, v)) return true;
+    if (s && (st = settings_find(&s->top, name)) && setting_eval(st, tensor, e->t, v)) return true;
     return false;
+}
+
+/* The model expert t of e comes from, for messages. */
+static const char *expert_model(const merge_run *r, const plan_entry *e, int t) {
+    return e->slice >= 0 ? r->o->settings->slices[e->slice].sources[e->source[t]].model
+                         : r->o->models[t];
 }
 
 /* Every parameter for one tensor: global ones once, per-model ones per expert. mergekit
  * requires each model's weight (merge_methods/generalized_task_arithmetic.py declares it
  * required; the base is not an input there); so does a mergekit config here. */
-static int resolve_params(merge_run *r, const char *tensor, acem_error *err) {
+static int resolve_params(merge_run *r, const plan_entry *e, acem_error *err) {
     const method_def *m = r->method;
-    const double pos = tensor_gradient_t(tensor, r->n_layers);
     for (int i = 0; i < m->n_params; i++) {
         const bool per_model = m->params[i].flags & PARAM_PER_MODEL;
-        lookup(r, -1, i, tensor, pos, &r->tensor_p[i]);
+        lookup(r, e, -1, i, &r->tensor_p[i]);
         for (int t = 0; t < r->T; t++) {
             double *v = &r->expert_p[(size_t)t * (size_t)m->n_params + (size_t)i];
-            bool found = per_model ? lookup(r, t, i, tensor, pos, v) : (*v = r->tensor_p[i], true);
+            bool found = per_model ? lookup(r, e, t, i, v) : (*v = r->tensor_p[i], true);
             if (!found && r->mergekit && !strcmp(m->params[i].name, "weight"))
                 return acem_fail(err,
                                  "tensor \"%s\": no weight for %s (mergekit requires a weight "
                                  "for every model but the base)",
-                                 tensor, r->o->models[t]);
+                                 e->name, expert_model(r, e, t));
         }
     }
     return 0;
@@ -315,11 +342,11 @@ static int load_deltas(merge_run *r, const plan_entry *e, uint64_t from, uint64_
                        acem_error *err) {
     if (r->method->weights) { /* Wt themselves, the output Delta (method.h) */
         memset(r->w0, 0, n * r->csize);
-    } else if (load(r, r->base, e->base, from, n, r->w0, err)) {
+    } else if (load(r, e->base_ck, e->base, from, n, r->w0, err)) {
         return -1;
     }
     for (int t = 0; t < r->T; t++) {
-        if (load(r, r->experts[t], e->experts[t], from, n, r->deltas[t], err)) return -1;
+        if (load(r, e->expert_ck[t], e->experts[t], from, n, r->deltas[t], err)) return -1;
         if (!r->method->weights) subtract(r->deltas[t], r->w0, n, r->f64);
     }
     return 0;
@@ -352,7 +379,7 @@ static void fused_block(const merge_run *r, const plan_entry *e, uint64_t from, 
                         double scale, fused_scratch *s, void *out_raw) {
     const bool f64 = r->f64;
     for (int k = 0; k <= r->T; k++) { /* k = 0: the base */
-        const acem_checkpoint *ck = k ? r->experts[k - 1] : r->base;
+        const acem_checkpoint *ck = k ? e->expert_ck[k - 1] : e->base_ck;
         const acem_tensor *t = k ? e->experts[k - 1] : e->base;
         if (!k && r->method->weights) {
             memset(s->w0, 0, m * r->csize);
@@ -383,7 +410,7 @@ static void fused_block(const merge_run *r, const plan_entry *e, uint64_t from, 
 static int merge_linear(merge_run *r, const plan_entry *e, acem_error *err) {
     const acem_tensor *b = e->base;
     method_ctx c;
-    method_ctx_for(r, b, &c);
+    method_ctx_for(r, e, &c);
     double scale = r->method->linear_scale(&c, r->weights);
     size_t eo = acem_dtype_size(plan_fed_dtype(e));
     for (uint64_t from = 0; from < b->numel; from += CHUNK_ELEMS) {
@@ -414,8 +441,8 @@ static int merge_linear(merge_run *r, const plan_entry *e, acem_error *err) {
             }
             if (first >= 0 && k > r->T) return output_nonfinite_error(r, e, (uint64_t)first, err);
             if (first >= 0)
-                return nonfinite_error(k ? r->experts[k - 1] : r->base, k ? e->experts[k - 1] : b,
-                                       (uint64_t)first, err);
+                return nonfinite_error(k ? e->expert_ck[k - 1] : e->base_ck,
+                                       k ? e->experts[k - 1] : b, (uint64_t)first, err);
         }
         for (int k = 0; k <= r->T; k++)
             r->progress.bytes_done += acem_stored_bytes_of(k ? e->experts[k - 1] : b, n);
@@ -426,11 +453,11 @@ static int merge_linear(merge_run *r, const plan_entry *e, acem_error *err) {
 }
 
 static int merge_tensor(merge_run *r, const plan_entry *e, method_info *info, acem_error *err) {
-    if (resolve_params(r, e->base->name, err)) return -1;
+    if (resolve_params(r, e, err)) return -1;
     if (r->method->linear_scale) return merge_linear(r, e, err);
     const acem_tensor *b = e->base;
     method_ctx c;
-    method_ctx_for(r, b, &c);
+    method_ctx_for(r, e, &c);
     c.info = info;
     if (r->method->uses_grams && load_grams(r, e, &c, err)) return -1;
     uint64_t chunk = chunk_of(r, e);
@@ -446,7 +473,7 @@ static int merge_tensor(merge_run *r, const plan_entry *e, method_info *info, ac
         if (failed) { /* methods do not know file names: add the tensor's */
             char inner[sizeof err->msg];
             snprintf(inner, sizeof inner, "%s", err->msg);
-            return acem_fail(err, "tensor \"%s\": %s", b->name, inner);
+            return acem_fail(err, "tensor \"%s\": %s", e->name, inner);
         }
         /* the deltas are spent: the output bytes go to deltas[0] unless they are wider */
         const acem_dtype fed = plan_fed_dtype(e);
@@ -469,13 +496,13 @@ static int copy_blocks(merge_run *r, const plan_entry *e, acem_error *err) {
     const uint64_t be = acem_quant_block_elems(b->quant), bb = acem_quant_block_bytes(b->quant);
     for (uint64_t from = 0; from < b->numel; from += CHUNK_ELEMS) {
         uint64_t n = b->numel - from < CHUNK_ELEMS ? b->numel - from : CHUNK_ELEMS;
-        if (acem_checkpoint_read_stored(r->base, b, from / be * bb, r->raw, n / be * bb, err))
+        if (acem_checkpoint_read_stored(e->base_ck, b, from / be * bb, r->raw, n / be * bb, err))
             return -1;
         r->progress.bytes_done += acem_stored_bytes_of(b, n);
         int64_t bad = r->o->allow_nonfinite
                           ? -1
                           : acem_quant_first_nonfinite(b->quant, r->raw, (size_t)(n / be));
-        if (bad >= 0) return nonfinite_error(r->base, b, from + (uint64_t)bad, err);
+        if (bad >= 0) return nonfinite_error(e->base_ck, b, from + (uint64_t)bad, err);
         if (emit(r, r->raw, n / be * bb, err) || check_cancel(r, err)) return -1;
         report_progress(r);
     }
@@ -493,14 +520,14 @@ static int copy_tensor(merge_run *r, const plan_entry *e, acem_error *err) {
         uint64_t n = b->numel - from < CHUNK_ELEMS ? b->numel - from : CHUNK_ELEMS;
         int rc;
         if (e->out != ACEM_OUT_KEEP) {
-            rc = load(r, r->base, b, from, n, r->w0, err) || store(r, e, r->w0, from, n, err);
+            rc = load(r, e->base_ck, b, from, n, r->w0, err) || store(r, e, r->w0, from, n, err);
         } else { /* bytes pass through unchanged (floats are still checked for NaN/Inf) */
-            rc = acem_checkpoint_read(r->base, b, from * es, r->raw, n * es, err);
+            rc = acem_checkpoint_read(e->base_ck, b, from * es, r->raw, n * es, err);
             r->progress.bytes_done += n * es;
             int64_t bad = !rc && is_float && !r->o->allow_nonfinite
                               ? acem_first_nonfinite_raw(r->raw, b->dtype, n)
                               : -1;
-            if (bad >= 0) rc = nonfinite_error(r->base, b, from + (uint64_t)bad, err);
+            if (bad >= 0) rc = nonfinite_error(e->base_ck, b, from + (uint64_t)bad, err);
             if (!rc) rc = emit(r, r->raw, n * es, err);
         }
         if (rc || check_cancel(r, err)) return -1;
@@ -618,7 +645,7 @@ static void free_run(merge_run *r) {
     st_writer_free(r->writer);
     gguf_writer_free(r->gguf);
     plan_free(&r->plan);
-    for (int t = 0; t < r->T; t++) {
+    for (int t = 0; t < r->n_inputs; t++) {
         if (r->experts) acem_checkpoint_close(r->experts[t]);
         if (r->grams) acem_checkpoint_close(r->grams[t]);
         if (r->gram_bufs) free(r->gram_bufs[t]);
@@ -642,7 +669,7 @@ static void set_compute(merge_run *r) {
     r->csize = r->f64 ? 8 : 4;
     r->threads = r->o->threads > 0 ? r->o->threads : omp_get_num_procs();
     la_set_threads(r->threads);
-    r->T = r->o->n_models;
+    r->T = r->n_inputs = r->o->n_models;
 }
 
 /* The run's values, for the summary and as every tensor's fallback: the --param flags
@@ -677,6 +704,7 @@ static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
                     ? method_default_lambda(r->method, r->mergekit)
                     : o->lambda;
     set_compute(r);
+    if (plan_width(o, &r->T, err)) return -1;
     size_t n = (size_t)r->T * (size_t)r->method->n_params + 1;
     if (!(r->expert_p = acem_alloc(n, sizeof *r->expert_p, "parameters", err)) ||
         !(r->weights = acem_alloc((size_t)r->T, sizeof *r->weights, "weights", err)))
@@ -697,11 +725,11 @@ static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
  * often a slip. Checkpoints are compared by their first weights file's device and inode,
  * so that another spelling of a path (or a directory and its model.safetensors) is seen. */
 static int warn_repeated_experts(merge_run *r, acem_error *err) {
-    struct stat *st = acem_alloc((size_t)r->T, sizeof *st, "file identities", err), base;
+    struct stat *st = acem_alloc((size_t)r->n_inputs, sizeof *st, "file identities", err), base;
     if (!st) return -1;
     if (stat(acem_checkpoint_file_path(r->base, 0), &base) != 0) base.st_ino = 0;
     int rc = 0;
-    for (int t = 0; t < r->T && !rc; t++) {
+    for (int t = 0; t < r->n_inputs && !rc; t++) {
         if (stat(acem_checkpoint_file_path(r->experts[t], 0), &st[t]) != 0) st[t].st_ino = 0;
         if (!r->method->weights && st[t].st_ino && st[t].st_dev == base.st_dev &&
             st[t].st_ino == base.st_ino &&
@@ -823,16 +851,11 @@ static int warn_unread(merge_run *r, const setting_list *l, const char *model, a
     return 0;
 }
 
-/* Before anything is read: unread parameters named, where gradients are read (the base's
- * layer count, from its tensor names), and every merged tensor's parameters resolved once,
- * so that a missing weight stops the merge before it starts. */
+/* Before anything is read: unread parameters named, and every merged tensor's parameters
+ * resolved once, so that a missing weight stops the merge before it starts. */
 static int check_settings(merge_run *r, acem_error *err) {
     const acem_settings *s = r->o->settings;
     if (!r->expert_p) return 0; /* acem_stats: no method runs */
-    for (size_t i = 0; i < acem_checkpoint_count(r->base); i++) {
-        long layer = tensor_layer(acem_checkpoint_at(r->base, i)->name);
-        if (layer >= r->n_layers) r->n_layers = layer + 1;
-    }
     if (r->method->weights && !isnan(r->o->lambda) &&
         acem_warn(&r->warnings, err, "%s merges the models' weights: lambda is not read; ignored",
                   r->method->name))
@@ -840,9 +863,14 @@ static int check_settings(merge_run *r, acem_error *err) {
     if (s && warn_unread(r, &s->top, NULL, err)) return -1;
     for (int t = 0; s && t < s->n_models; t++)
         if (warn_unread(r, &s->models[t], r->o->models[t], err)) return -1;
+    for (int i = 0; s && i < s->n_slices; i++) {
+        if (warn_unread(r, &s->slices[i].params, NULL, err)) return -1;
+        for (int k = 0; k < s->slices[i].n_sources; k++)
+            if (warn_unread(r, &s->slices[i].sources[k].params, s->slices[i].sources[k].model, err))
+                return -1;
+    }
     for (size_t i = 0; i < r->plan.n; i++)
-        if (r->plan.entries[i].action == PLAN_MERGE &&
-            resolve_params(r, r->plan.entries[i].base->name, err))
+        if (r->plan.entries[i].action == PLAN_MERGE && resolve_params(r, &r->plan.entries[i], err))
             return -1;
     return 0;
 }
@@ -850,12 +878,14 @@ static int check_settings(merge_run *r, acem_error *err) {
 static int open_inputs(merge_run *r, acem_error *err) {
     const acem_merge_options *o = r->o;
     if (acem_checkpoint_open(o->base, &r->base, err)) return -1;
-    if (!(r->experts = acem_alloc((size_t)r->T, sizeof *r->experts, "experts", err))) return -1;
-    for (int t = 0; t < r->T; t++)
+    if (!(r->experts = acem_alloc((size_t)r->n_inputs, sizeof *r->experts, "experts", err)))
+        return -1;
+    for (int t = 0; t < r->n_inputs; t++)
         if (acem_checkpoint_open(o->models[t], &r->experts[t], err)) return -1;
     if (r->method->uses_grams) {
-        if (!(r->grams = acem_alloc((size_t)r->T, sizeof *r->grams, "Gram files", err)) ||
-            !(r->gram_bufs = acem_alloc((size_t)r->T, sizeof *r->gram_bufs, "Gram buffers", err)))
+        if (!(r->grams = acem_alloc((size_t)r->n_inputs, sizeof *r->grams, "Gram files", err)) ||
+            !(r->gram_bufs =
+                  acem_alloc((size_t)r->n_inputs, sizeof *r->gram_bufs, "Gram buffers", err)))
             return -1;
         for (int t = 0; t < r->T; t++)
             if (o->grams && o->grams[t] && acem_checkpoint_open(o->grams[t], &r->grams[t], err))
@@ -865,8 +895,8 @@ static int open_inputs(merge_run *r, acem_error *err) {
         return acem_fail(err, "%s: holds no tensors; nothing to merge", o->base);
     r->warnings.o = o;
     return warn_repeated_experts(r, err) ||
-                   plan_build(&r->plan, r->base, (const acem_checkpoint *const *)r->experts, r->T,
-                              o, &r->warnings, err) ||
+                   plan_build(&r->plan, r->base, (const acem_checkpoint *const *)r->experts, o,
+                              &r->warnings, err) ||
                    axis_used(r, err) || plan_grams(r, err) || check_settings(r, err)
                ? -1
                : 0;
@@ -876,7 +906,7 @@ static int open_inputs(merge_run *r, acem_error *err) {
  * files, the config. */
 static int register_inputs(const merge_run *r, output_set *outs, acem_error *err) {
     if (output_set_add_checkpoint(outs, r->base, err)) return -1;
-    for (int t = 0; t < r->T; t++)
+    for (int t = 0; t < r->n_inputs; t++)
         if (output_set_add_checkpoint(outs, r->experts[t], err) ||
             (r->grams && r->grams[t] && output_set_add_checkpoint(outs, r->grams[t], err)))
             return -1;
@@ -951,7 +981,7 @@ static uint64_t shard_size(const merge_run *r) {
 static void out_tensors(const merge_run *r, st_out_tensor *tensors) {
     for (size_t i = 0; i < r->plan.n; i++) {
         const plan_entry *e = &r->plan.entries[i];
-        tensors[i] = (st_out_tensor){e->base->name, e->base->ndim, e->base->shape, e->out, e->base};
+        tensors[i] = (st_out_tensor){e->name, e->base->ndim, e->base->shape, e->out, e->base};
     }
 }
 
@@ -1033,7 +1063,7 @@ static int verify_output(const merge_run *r, const output *out, const st_out_ten
 static void report_add(merge_run *r, const plan_entry *e, const method_info *info) {
     if (!r->report_tensors) return;
     cJSON *t = cJSON_CreateObject();
-    cJSON_AddStringToObject(t, "name", e->base->name);
+    cJSON_AddStringToObject(t, "name", e->name);
     cJSON_AddStringToObject(t, "action", e->action == PLAN_MERGE ? "merged" : "copied");
     if (e->reason) cJSON_AddStringToObject(t, "reason", e->reason);
     if (info->branch) cJSON_AddStringToObject(t, "branch", info->branch);
@@ -1090,13 +1120,12 @@ static int run_plan(merge_run *r, acem_merge_summary *s, acem_error *err) {
     report_progress(r); /* before the first tensor, which may take long */
     for (size_t i = 0; i < r->plan.n; i++) {
         const plan_entry *e = &r->plan.entries[i];
-        r->progress.tensor = e->base->name;
+        r->progress.tensor = e->name;
         method_info info = {0};
         if (e->action == PLAN_MERGE ? merge_tensor(r, e, &info, err) : copy_tensor(r, e, err))
             return -1;
         if (info.warning && s->warnings++ == 0)
-            snprintf(s->first_warning, sizeof s->first_warning, "%s: %s", e->base->name,
-                     info.warning);
+            snprintf(s->first_warning, sizeof s->first_warning, "%s: %s", e->name, info.warning);
         if (e->action == PLAN_MERGE)
             s->tensors_merged++;
         else
@@ -1206,7 +1235,7 @@ int acem_stats(const acem_merge_options *o, double threshold, acem_stats_fn fn, 
         r.progress.tensor = e->base->name;
         if (e->action == PLAN_MERGE && e->base->ndim == 2) {
             method_ctx c;
-            method_ctx_for(&r, e->base, &c);
+            method_ctx_for(&r, e, &c);
             c.numel = e->base->numel;
             acem_tensor_stats st = {e->base->name, c.rows, c.cols, r.T, 0, 0, norm, erank};
             if (load_deltas(&r, e, 0, c.numel, err) ||

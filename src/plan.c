@@ -1,8 +1,11 @@
 /* plan.c — matches tensors across inputs and assigns merge / copy. */
 #include "plan.h"
+#include "arch/layers.h"
 #include "arch/llama_quant.h"
 #include "formats/formats.h"
+#include "methods/method.h"
 #include "output.h"
+#include "params.h"
 
 #include <cjson/cJSON.h>
 #include <regex.h>
@@ -184,15 +187,16 @@ static int missing_error(const acem_checkpoint *ck, const char *name, acem_error
                      path, name, twin);
 }
 
-/* A float tensor of the base needs its twin in every expert: same name and shape, of a
- * float or block type (converted to the compute precision when read). */
-static int match_experts(plan_entry *e, const acem_checkpoint *const *experts, int T,
-                         acem_error *err) {
+/* A float tensor of the base needs its twin in every expert: same name (names[t]: the
+ * base's, or its layer in the expert's slice source) and shape, of a float or block type
+ * (converted to the compute precision when read). */
+static int match_experts(plan_entry *e, const char *const *names, int T, acem_error *err) {
     const acem_tensor *b = e->base;
     for (int t = 0; t < T; t++) {
-        const char *path = acem_checkpoint_path(experts[t]);
-        const acem_tensor *x = acem_checkpoint_find(experts[t], b->name);
-        if (!x) return missing_error(experts[t], b->name, err);
+        const acem_checkpoint *ck = e->expert_ck[t];
+        const char *path = acem_checkpoint_path(ck);
+        const acem_tensor *x = acem_checkpoint_find(ck, names[t]);
+        if (!x) return missing_error(ck, names[t], err);
         if (!acem_dtype_is_mergeable(x->dtype))
             return acem_fail(err, "%s: tensor \"%s\" is %s but %s in the base: %s", path, b->name,
                              acem_tensor_type_name(x), acem_tensor_type_name(b),
@@ -203,7 +207,7 @@ static int match_experts(plan_entry *e, const acem_checkpoint *const *experts, i
             shape_str(x, sx, sizeof sx);
             shape_str(b, sb, sizeof sb);
             return acem_fail(err, "%s: tensor \"%s\" has shape %s but %s in the base", path,
-                             b->name, sx, sb);
+                             x->name, sx, sb);
         }
         e->experts[t] = x;
     }
@@ -347,62 +351,321 @@ void plan_describe(const plan_entry *e, const char *method, bool matrix_only, ch
 /* What happens to one tensor of the base: merged when float and not excluded; copied when
  * excluded, not float, or the scale of F8 values (the experts are then not consulted);
  * refused when F8 and not excluded. */
-static int plan_entry_for(plan_entry *e, const acem_checkpoint *base,
-                          const acem_checkpoint *const *experts, int T, exclusion *ex, size_t n_ex,
-                          acem_error *err) {
+static int plan_entry_for(plan_entry *e, const char *const *names, int T, exclusion *ex,
+                          size_t n_ex, acem_error *err) {
     const acem_tensor *b = e->base;
-    e->reason = excluded_by(ex, n_ex, b->name);
-    if (is_f8(b->dtype) && !e->reason) return f8_error(base, b, err);
+    e->reason = excluded_by(ex, n_ex, e->name);
+    if (is_f8(b->dtype) && !e->reason) return f8_error(e->base_ck, b, err);
     if (!e->reason && !acem_dtype_is_mergeable(b->dtype)) e->reason = not_float;
-    if (!e->reason && is_f8_scale(base, b->name)) e->reason = f8_scale;
+    if (!e->reason && is_f8_scale(e->base_ck, b->name)) e->reason = f8_scale;
     e->action = e->reason ? PLAN_COPY : PLAN_MERGE;
-    return e->action == PLAN_MERGE ? match_experts(e, experts, T, err) : 0;
+    return e->action == PLAN_MERGE ? match_experts(e, names, T, err) : 0;
 }
 
-int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *const *experts, int T,
+/* The layer count of a checkpoint: one more than the largest layer index of its names. */
+static long layer_count(const acem_checkpoint *ck) {
+    long n = 0;
+    for (size_t i = 0; i < acem_checkpoint_count(ck); i++) {
+        long layer = tensor_layer(acem_checkpoint_at(ck, i)->name);
+        if (layer >= n) n = layer + 1;
+    }
+    return n;
+}
+
+/* The sources of a slice in the method's order of experts, and the reference source whose
+ * tensors name the slice's layers (its base in mergekit): a method of deltas takes the
+ * base's source as the base and the others as experts; a method of the weights takes every
+ * source (slerp: the base's first, at t = 0). mergekit's methods find the base among a
+ * slice's inputs (generalized_task_arithmetic.py, slerp.py: tensors[base_model]), so a slice
+ * without it is an error for those. Returns the number of experts, or -1. */
+static int slice_roles(const slice_def *sl, int index, const method_def *m, int *ref, int *order,
+                       acem_error *err) {
+    int base = -1, n = 0;
+    for (int k = 0; k < sl->n_sources && base < 0; k++)
+        if (sl->sources[k].input < 0) base = k;
+    if (base < 0 && (!m->weights || m->base_first))
+        return acem_fail(err,
+                         "slice %d has no source of the base_model: %s needs the base among "
+                         "every slice's sources (as mergekit does)",
+                         index + 1, m->name);
+    *ref = base >= 0 && (!m->weights || m->base_first) ? base : 0;
+    if (m->weights && m->base_first) order[n++] = base;
+    for (int k = 0; k < sl->n_sources; k++)
+        if (m->weights ? !(m->base_first && k == base) : k != base) order[n++] = k;
+    return n;
+}
+
+int plan_width(const acem_merge_options *o, int *T, acem_error *err) {
+    const acem_settings *s = o->settings;
+    *T = o->n_models;
+    if (!s || !s->n_slices || !o->method || !method_find(o->method)) return 0;
+    const method_def *m = method_find(o->method);
+    for (int i = 0; i < s->n_slices; i++) {
+        int ref, *order = acem_alloc((size_t)s->slices[i].n_sources, sizeof *order, "a slice", err);
+        int n = order ? slice_roles(&s->slices[i], i, m, &ref, order, err) : -1;
+        free(order);
+        if (n < 0) return -1;
+        if (i && n != *T)
+            return acem_fail(err,
+                             "slice %d gives %s %d model%s, slice 1 %d: acem merges the same "
+                             "number of models in every slice",
+                             i + 1, m->name, n, n == 1 ? "" : "s", *T);
+        *T = n;
+    }
+    return 0;
+}
+
+/* What every entry of a plan is built with. */
+typedef struct build_ctx {
+    plan *p;
+    const acem_merge_options *o;
+    const acem_checkpoint *base;
+    const acem_checkpoint *const *inputs;
+    exclusion *ex;
+    size_t n_ex;
+    llama_quant lq;
+    bool gguf, gpt2;
+    size_t n; /* entries so far (counted only while p->entries is NULL) */
+} build_ctx;
+
+/* Entry i's slots. */
+static plan_entry *entry_at(plan *p, size_t i) {
+    plan_entry *e = &p->entries[i];
+    e->experts = p->expert_slots + i * (size_t)p->T;
+    e->expert_ck = p->ck_slots + i * (size_t)p->T;
+    e->source = p->source_slots + i * (size_t)p->T;
+    e->slice = -1;
+    return e;
+}
+
+/* Room for n entries of T experts each. */
+static int plan_alloc(plan *p, size_t n, acem_error *err) {
+    p->n = n;
+    size_t slots = n * (size_t)p->T + 1;
+    return (p->entries = acem_alloc(n + 1, sizeof *p->entries, "the plan", err)) &&
+                   (p->expert_slots =
+                        acem_alloc(slots, sizeof *p->expert_slots, "the plan", err)) &&
+                   (p->ck_slots = acem_alloc(slots, sizeof *p->ck_slots, "the plan", err)) &&
+                   (p->source_slots =
+                        acem_alloc(slots, sizeof *p->source_slots, "the plan", err)) &&
+                   (p->names = acem_alloc(n + 1, sizeof *p->names, "the plan", err))
+               ? 0
+               : -1;
+}
+
+/* An entry whose name, base and experts' checkpoints are set (names: each expert's tensor):
+ * its action, output type and the bytes it reads. */
+static int finish_entry(build_ctx *b, plan_entry *e, const char *const *names, acem_error *err) {
+    plan *p = b->p;
+    if (plan_entry_for(e, names, p->T, b->ex, b->n_ex, err)) return -1;
+    acem_out_type to;
+    if (output_type(p, &b->lq, e->base, b->o, b->gguf, &to, err)) return -1;
+    e->out = e->action == PLAN_COPY && to == plan_stored_type(e->base) ? ACEM_OUT_KEEP : to;
+    bool merged = e->action == PLAN_MERGE;
+    e->conv1d = b->gpt2 && e->base->ndim == 2 && plan_is_conv1d_name(e->base->name);
+    p->n_conv1d += merged && e->conv1d;
+    p->n_merge += merged;
+    p->bytes_to_read += acem_tensor_stored_bytes(e->base);
+    for (int t = 0; merged && t < p->T; t++)
+        p->bytes_to_read += acem_tensor_stored_bytes(e->experts[t]);
+    return 0;
+}
+
+/* Without slices every tensor of the base is an entry, each expert's twin of the same name,
+ * read at the position of its layer in the base. */
+static int plan_models(build_ctx *b, const char **names, acem_error *err) {
+    plan *p = b->p;
+    if (plan_alloc(p, acem_checkpoint_count(b->base), err)) return -1;
+    p->n_layers = layer_count(b->base);
+    for (size_t i = 0; i < p->n; i++) {
+        plan_entry *e = entry_at(p, i);
+        e->base = acem_checkpoint_at(b->base, i);
+        e->name = e->base->name;
+        e->base_ck = b->base;
+        e->t = tensor_gradient_t(e->name, p->n_layers);
+        for (int t = 0; t < p->T; t++) {
+            ((const acem_checkpoint **)e->expert_ck)[t] = b->inputs[t];
+            names[t] = e->name;
+        }
+        if (finish_entry(b, e, names, err)) return -1;
+    }
+    return 0;
+}
+
+static const acem_checkpoint *source_ck(const build_ctx *b, const slice_source *src) {
+    return src->input < 0 ? b->base : b->inputs[src->input];
+}
+
+/* Which part of the output a tensor of a slice's reference source goes to. */
+enum { PART_BEFORE, PART_LAYERS, PART_AFTER };
+
+static bool in_part(const char *name, int part) {
+    long layer = tensor_layer(name);
+    return part == PART_LAYERS ? layer >= 0
+                               : layer < 0 && tensor_before_layers(name) == (part == PART_BEFORE);
+}
+
+/* One slice's roles, as slice_roles gives them. */
+typedef struct slice_plan {
+    const slice_def *def;
+    int index, ref;
+    int *order;
+} slice_plan;
+
+/* One output tensor from a slice: rt of the reference source at layer `offset` of the slice
+ * (-1: outside the layers), each expert's tensor of the same name at that layer of its own
+ * source; written as layer out_layer, read at t. Only counted while p->entries is NULL. */
+static int slice_tensor(build_ctx *b, const slice_plan *sp, const acem_tensor *rt, long offset,
+                        long out_layer, double t, acem_error *err) {
+    plan *p = b->p;
+    size_t i = b->n++;
+    if (!p->entries) return 0;
+    plan_entry *e = entry_at(p, i);
+    e->base = rt;
+    e->base_ck = source_ck(b, &sp->def->sources[sp->ref]);
+    e->slice = sp->index;
+    e->t = t;
+    e->name = rt->name;
+    if (offset >= 0 && !(e->name = p->names[i] = tensor_with_layer(rt->name, out_layer, err)))
+        return -1;
+    char **names = acem_alloc((size_t)p->T + 1, sizeof *names, "tensor names", err);
+    int rc = names ? 0 : -1;
+    for (int k = 0; k < p->T && !rc; k++) {
+        const slice_source *src = &sp->def->sources[sp->order[k]];
+        ((const acem_checkpoint **)e->expert_ck)[k] = source_ck(b, src);
+        ((int *)e->source)[k] = sp->order[k];
+        names[k] = offset < 0 ? acem_strdup(rt->name, err)
+                              : tensor_with_layer(rt->name, src->start + offset, err);
+        if (!names[k]) rc = -1;
+    }
+    if (!rc) rc = finish_entry(b, e, (const char *const *)names, err);
+    for (int k = 0; names && k < p->T; k++)
+        free(names[k]);
+    free(names);
+    return rc;
+}
+
+/* The reference source's tensors of one part: for the layers, each layer of the slice in
+ * turn (renumbered from *out_layer on), read at j / (L - 1) (1 when L = 1) as mergekit's
+ * plan_slice does; before the layers at t = 0, after them at t = 1 (plan.py). */
+static int slice_part(build_ctx *b, const slice_plan *sp, int part, long *out_layer,
+                      acem_error *err) {
+    const slice_source *ref = &sp->def->sources[sp->ref];
+    const acem_checkpoint *ck = source_ck(b, ref);
+    long len = part == PART_LAYERS ? ref->end - ref->start : 1;
+    for (long j = 0; j < len; j++) {
+        double t = part == PART_BEFORE              ? 0
+                   : part == PART_AFTER || len == 1 ? 1
+                                                    : (double)j / (double)(len - 1);
+        for (size_t i = 0; i < acem_checkpoint_count(ck); i++) {
+            const acem_tensor *rt = acem_checkpoint_at(ck, i);
+            if (!in_part(rt->name, part) ||
+                (part == PART_LAYERS && tensor_layer(rt->name) != ref->start + j))
+                continue;
+            if (slice_tensor(b, sp, rt, part == PART_LAYERS ? j : -1, *out_layer, t, err))
+                return -1;
+        }
+        if (part == PART_LAYERS) ++*out_layer;
+    }
+    return 0;
+}
+
+/* Every source's layer_range lies within its model's layers, and the sources of a slice
+ * span as many layers (mergekit: "All inputs to a slice must contain the same number of
+ * layers"). */
+static int check_ranges(const build_ctx *b, const slice_def *sl, int index, acem_error *err) {
+    for (int k = 0; k < sl->n_sources; k++) {
+        const slice_source *src = &sl->sources[k];
+        long n = layer_count(source_ck(b, src));
+        if (src->end > n)
+            return acem_fail(err, "%s: slice %d takes layers [%ld, %ld), but the model has %ld",
+                             src->model, index + 1, src->start, src->end, n);
+        if (src->end - src->start != sl->sources[0].end - sl->sources[0].start)
+            return acem_fail(err,
+                             "slice %d: its sources span different numbers of layers (%s: %ld, "
+                             "%s: %ld); all inputs to a slice must have as many (as mergekit)",
+                             index + 1, sl->sources[0].model,
+                             sl->sources[0].end - sl->sources[0].start, src->model,
+                             src->end - src->start);
+    }
+    return 0;
+}
+
+/* mergekit's plan (plan.py): the tensors before the layers from the first slice's sources,
+ * every slice's layers in turn, renumbered consecutively, then the tensors after the layers
+ * from the last slice's sources. Walked twice: to count, then to fill. */
+static int walk_slices(build_ctx *b, slice_plan *sp, int n, acem_error *err) {
+    long out_layer = 0;
+    b->n = 0;
+    if (slice_part(b, &sp[0], PART_BEFORE, &out_layer, err)) return -1;
+    for (int i = 0; i < n; i++)
+        if (slice_part(b, &sp[i], PART_LAYERS, &out_layer, err)) return -1;
+    b->p->n_layers = out_layer;
+    return slice_part(b, &sp[n - 1], PART_AFTER, &out_layer, err);
+}
+
+static int plan_slices(build_ctx *b, acem_error *err) {
+    const acem_settings *s = b->o->settings;
+    const method_def *m = method_find(b->o->method);
+    slice_plan *sp = acem_alloc((size_t)s->n_slices, sizeof *sp, "slices", err);
+    int rc = sp ? 0 : -1;
+    for (int i = 0; i < s->n_slices && !rc; i++) {
+        sp[i] = (slice_plan){&s->slices[i], i, 0, NULL};
+        sp[i].order =
+            acem_alloc((size_t)s->slices[i].n_sources, sizeof *sp[i].order, "a slice", err);
+        rc = !sp[i].order || check_ranges(b, &s->slices[i], i, err) ||
+                     slice_roles(&s->slices[i], i, m, &sp[i].ref, sp[i].order, err) < 0
+                 ? -1
+                 : 0;
+    }
+    b->p->renumbered = true;
+    if (!rc)
+        rc = walk_slices(b, sp, s->n_slices, err) || plan_alloc(b->p, b->n, err) ||
+                     walk_slices(b, sp, s->n_slices, err)
+                 ? -1
+                 : 0;
+    for (int i = 0; sp && i < s->n_slices; i++)
+        free(sp[i].order);
+    free(sp);
+    return rc;
+}
+
+int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *const *inputs,
                const acem_merge_options *o, acem_warnings *w, acem_error *err) {
     memset(p, 0, sizeof *p);
-    exclusion *ex = NULL;
-    size_t n_ex = 0;
-    if (compile_exclusions(o, &ex, &n_ex, err)) return -1;
+    build_ctx b = {.p = p, .o = o, .base = base, .inputs = inputs};
+    if (plan_width(o, &p->T, err) || compile_exclusions(o, &b.ex, &b.n_ex, err)) return -1;
     int rc = -1;
-    bool gpt2 = o->covariance_axis_input &&
-                ((o->preset && strcmp(o->preset, "gpt2") == 0) || base_is_gpt2(o->base));
-    bool gguf = o->out && output_is_gguf(o->out);
-    llama_quant lq;
-    if (open_mix(p, base, o, &lq, err)) goto out;
-    p->n = acem_checkpoint_count(base);
-    if (!(p->entries = acem_alloc(p->n, sizeof *p->entries, "the plan", err)) ||
-        !(p->expert_slots = acem_alloc(p->n * (size_t)T, sizeof *p->expert_slots, "the plan", err)))
+    const char **names = NULL;
+    const bool slices = o->settings && o->settings->n_slices;
+    b.gpt2 = o->covariance_axis_input &&
+             ((o->preset && strcmp(o->preset, "gpt2") == 0) || base_is_gpt2(o->base));
+    b.gguf = o->out && output_is_gguf(o->out);
+    if (open_mix(p, base, o, &b.lq, err) ||
+        !(names = acem_alloc((size_t)p->T + 1, sizeof *names, "tensor names", err)) ||
+        (slices ? plan_slices(&b, err) : plan_models(&b, names, err)))
         goto out;
-    for (size_t i = 0; i < p->n; i++) {
-        plan_entry *e = &p->entries[i];
-        e->base = acem_checkpoint_at(base, i);
-        e->experts = p->expert_slots + i * (size_t)T;
-        if (plan_entry_for(e, base, experts, T, ex, n_ex, err)) goto out;
-        acem_out_type to;
-        if (output_type(p, &lq, e->base, o, gguf, &to, err)) goto out;
-        e->out = e->action == PLAN_COPY && to == plan_stored_type(e->base) ? ACEM_OUT_KEEP : to;
-        bool merged = e->action == PLAN_MERGE;
-        e->conv1d = gpt2 && e->base->ndim == 2 && plan_is_conv1d_name(e->base->name);
-        p->n_conv1d += merged && e->conv1d;
-        p->n_merge += merged;
-        p->bytes_to_read += acem_tensor_stored_bytes(e->base);
-        for (int t = 0; merged && t < T; t++)
-            p->bytes_to_read += acem_tensor_stored_bytes(e->experts[t]);
-    }
-    rc = find_extras(p, base, experts, T, w, err) || warn_unmatched(ex, o, w, err) ? -1 : 0;
+    /* in a frankenmerge the layers a slice leaves out are not extras */
+    rc = (!slices && find_extras(p, base, inputs, p->T, w, err)) || warn_unmatched(b.ex, o, w, err)
+             ? -1
+             : 0;
 out:
-    for (size_t k = 0; k < n_ex; k++)
-        regfree(&ex[k].re);
-    free(ex);
+    for (size_t k = 0; k < b.n_ex; k++)
+        regfree(&b.ex[k].re);
+    free(b.ex);
+    free(names);
     if (rc) plan_free(p);
     return rc;
 }
 
 void plan_free(plan *p) {
+    for (size_t i = 0; p->names && i < p->n; i++)
+        free(p->names[i]);
+    free(p->names);
     free(p->entries);
     free(p->expert_slots);
+    free(p->ck_slots);
+    free(p->source_slots);
     free(p->extras);
     memset(p, 0, sizeof *p);
 }

@@ -7,7 +7,15 @@
 typedef enum plan_action { PLAN_MERGE, PLAN_COPY } plan_action;
 
 typedef struct plan_entry {
+    const char *name; /* in the output: base->name, or renumbered in a slice */
     const acem_tensor *base;
+    const acem_checkpoint *base_ck; /* the checkpoint base is read from */
+    /* T: the checkpoint each expert's tensor is read from, and (with slices) its source in
+     * the slice (the parameters it reads); NULL without slices. */
+    const acem_checkpoint *const *expert_ck;
+    const int *source;
+    int slice; /* the config's slice the tensor is taken from, -1 without slices */
+    double t;  /* where gradients are read: mergekit's t (params.h) */
     /* T descriptors of the same name and shape, of any float or block type (they are all
      * read in the compute precision); NULL for copied tensors (not float, or excluded:
      * they are copied from the base whatever the experts hold). */
@@ -27,22 +35,34 @@ typedef struct plan_extra {
 } plan_extra;
 
 typedef struct plan {
-    plan_entry *entries; /* in the base's storage order */
+    plan_entry *entries; /* in the base's storage order; with slices in mergekit's order:
+                            embeddings, the slices' layers, the tensors after the layers */
     size_t n;
+    int T;           /* experts per tensor */
+    long n_layers;   /* of the output: the base's, or the sum of the slices' */
+    bool renumbered; /* slices changed the layers: config.json's count is the output's */
     size_t n_merge;
     size_t n_conv1d; /* entries transposed for --covariance-axis input */
     const acem_tensor **expert_slots;
+    const acem_checkpoint **ck_slots;
+    int *source_slots;
+    char **names; /* renumbered names, owned */
     plan_extra *extras;
     size_t n_extras;
     uint64_t bytes_to_read;       /* stored bytes of all inputs, for progress */
     acem_llama_ftype llama_ftype; /* the llama-quantize mix that chose the types, or NONE */
 } plan;
 
+/* Experts per tensor: the models, or with slices (o->settings) the sources of every slice
+ * that the method takes as experts, which must be as many in every slice. */
+int plan_width(const acem_merge_options *o, int *T, acem_error *err);
+
 /* Checks names and shapes across base and experts and assigns each tensor an action:
  * merged when floating point and not excluded (by --exclude or the preset). F8 tensors
  * are refused unless excluded. What is accepted but probably not meant (extra tensors in
- * an expert, an exclusion that matches nothing) goes to w. */
-int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *const *experts, int T,
+ * an expert, an exclusion that matches nothing) goes to w. inputs are o->models opened;
+ * without slices they are the experts. */
+int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *const *inputs,
                const acem_merge_options *o, acem_warnings *w, acem_error *err);
 void plan_free(plan *p);
 

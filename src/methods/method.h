@@ -165,7 +165,7 @@ double ace_heterogeneity(const method_ctx *c, void *const *deltas, double *sq);
 
 extern const method_def method_average, method_task_arithmetic, method_linear, method_ties,
     method_breadcrumbs, method_breadcrumbs_ties, method_dare_linear, method_dare_ties, method_slerp,
-    method_ace, method_wudi, method_actmat, method_tsv, method_iso_c, method_iso_cts, method_cart,
-    method_regmean;
+    method_passthrough, method_ace, method_wudi, method_actmat, method_tsv, method_iso_c,
+    method_iso_cts, method_cart, method_regmean;
 
 #endif

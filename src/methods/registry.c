@@ -18,6 +18,7 @@ static const method_def *const methods[] = {
     &method_dare_linear,
     &method_dare_ties,
     &method_slerp,
+    &method_passthrough,
     /* covariance family */
     &method_ace,
     &method_wudi,
