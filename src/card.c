@@ -4,6 +4,8 @@
  * acem_config.yaml beside a model card (README.md) written for the merge, not copied
  * from the base; and config.json's dtype brought up to date when --dtype changed it. */
 #include "card.h"
+#include "arch/layers.h"
+#include "params.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -67,9 +69,60 @@ static void put_path(text *t, const char *path) {
     put_quoted(t, realpath(path, real) ? real : path);
 }
 
+/* A value of a setting: a number, or a gradient [v0, ...], each as the shortest digits that
+ * read back as the same double. */
+static void put_value(text *t, const setting_cond *c) {
+    char num[32];
+    put(t, c->n > 1 ? "[" : "");
+    for (int i = 0; i < c->n; i++)
+        put(t, "%s%s", i ? ", " : "", acem_format_double(c->v[i], num, sizeof num));
+    put(t, c->n > 1 ? "]" : "");
+}
+
+/* A setting as the config gave it: a value, or its {filter, value} conditions in order. */
+static void put_setting(text *t, const setting *st, int indent) {
+    put(t, "%*s%s:", indent, "", st->name);
+    if (st->n_cond == 1 && !st->cond[0].filter) {
+        put(t, " ");
+        put_value(t, &st->cond[0]);
+        put(t, "\n");
+        return;
+    }
+    put(t, "\n");
+    for (int i = 0; i < st->n_cond; i++) {
+        put(t, "%*s- {", indent + 2, "");
+        if (st->cond[i].filter) {
+            put(t, "filter: ");
+            put_quoted(t, st->cond[i].filter);
+            put(t, ", ");
+        }
+        put(t, "value: ");
+        put_value(t, &st->cond[i]);
+        put(t, "}\n");
+    }
+}
+
+/* A model's or a slice's own `parameters:` (with mergekit's dialect an empty one too, which
+ * is what keeps a rerun in that dialect: docs/config.md). */
+static void put_settings(text *t, const setting_list *l, int indent, bool mergekit) {
+    if (!l->n && !mergekit) return;
+    put(t, "%*sparameters:%s\n", indent, "", l->n ? "" : " {}");
+    for (int i = 0; i < l->n; i++)
+        put_setting(t, &l->s[i], indent + 2);
+}
+
+static bool flagged(const acem_merge_options *o, const char *key) {
+    for (int i = 0; i < o->n_params; i++)
+        if (!strcmp(o->params[i].key, key)) return true;
+    return false;
+}
+
 /* "lambda=0.3 density=0.2 seed=7" (the summary's resolved parameters) as YAML: the seed is
- * a top-level key, the rest are method parameters. */
-static void put_params(text *t, const char *params) {
+ * a top-level key, the rest are method parameters, each the run's value or, where the
+ * config's top level set it and no --param overrode it, that setting as given (a gradient or
+ * conditions stay what they were). */
+static void put_params(text *t, const char *method, const char *params,
+                       const acem_merge_options *o) {
     char *copy = strdup(params), *save = NULL;
     if (!copy) {
         t->failed = true;
@@ -81,13 +134,52 @@ static void put_params(text *t, const char *params) {
         char *eq = strchr(kv, '=');
         if (!eq) continue;
         *eq = 0;
+        const setting *st = o->settings ? settings_find(&o->settings->top, kv) : NULL;
         if (!strcmp(kv, "seed"))
             seed = eq + 1;
+        else if (!strcmp(kv, "lambda") && acem_method_merges_weights(method))
+            continue; /* not read: a rerun would warn */
+        else if (st && !flagged(o, kv))
+            put_setting(t, st, 2);
         else
             put(t, "  %s: %s\n", kv, eq + 1);
     }
     if (seed) put(t, "seed: %s\n", seed);
     free(copy);
+}
+
+/* The models with their own parameters, when the settings are still theirs (--model
+ * replaces a config's models only where they have none). */
+static void put_models(text *t, const acem_merge_options *o) {
+    const acem_settings *st = o->settings;
+    bool own = st && st->n_models == o->n_models;
+    put(t, "models:\n");
+    for (int i = 0; i < o->n_models; i++) {
+        put(t, "  - model: ");
+        put_path(t, o->models[i]);
+        if (o->grams && o->grams[i]) {
+            put(t, "\n    gram: ");
+            put_path(t, o->grams[i]);
+        }
+        put(t, "\n");
+        if (own) put_settings(t, &st->models[i], 4, st->mergekit);
+    }
+}
+
+/* With slices: every slice's sources (model, layer_range, parameters) and parameters. */
+static void put_slices(text *t, const acem_settings *st) {
+    put(t, "slices:\n");
+    for (int i = 0; i < st->n_slices; i++) {
+        const slice_def *sl = &st->slices[i];
+        put(t, "  - sources:\n");
+        for (int k = 0; k < sl->n_sources; k++) {
+            put(t, "      - model: ");
+            put_path(t, sl->sources[k].model);
+            put(t, "\n        layer_range: [%ld, %ld]\n", sl->sources[k].start, sl->sources[k].end);
+            put_settings(t, &sl->sources[k].params, 8, false);
+        }
+        put_settings(t, &sl->params, 4, false);
+    }
 }
 
 char *card_config_yaml(const acem_merge_options *o, const acem_merge_summary *s, acem_error *err) {
@@ -96,19 +188,14 @@ char *card_config_yaml(const acem_merge_options *o, const acem_merge_summary *s,
     put(&t, "#   acem merge acem_config.yaml -o OUT\n# rebuilds it (docs/config.md).\n");
     put(&t, "merge_method: %s\nbase_model: ", s->method);
     put_path(&t, o->base);
-    put(&t, "\nmodels:\n");
-    for (int i = 0; i < o->n_models; i++) {
-        put(&t, "  - model: ");
-        put_path(&t, o->models[i]);
-        if (o->grams && o->grams[i]) {
-            put(&t, "\n    gram: ");
-            put_path(&t, o->grams[i]);
-        }
-        put(&t, "\n");
-    }
-    put_params(&t, s->params);
-    if (o->out_type != ACEM_OUT_KEEP) put(&t, "dtype: %s\n", acem_out_type_name(o->out_type));
-    if (o->precision == ACEM_DT_F64) put(&t, "precision: f64\n");
+    put(&t, "\n");
+    if (o->settings && o->settings->n_slices)
+        put_slices(&t, o->settings);
+    else
+        put_models(&t, o);
+    put_params(&t, s->method, s->params, o);
+    if (o->out_type != ACEM_OUT_KEEP) put(&t, "out_dtype: %s\n", acem_out_type_name(o->out_type));
+    put(&t, "precision: %s\n", o->precision == ACEM_DT_F64 ? "f64" : "f32");
     if (o->preset) put(&t, "preset: %s\n", o->preset);
     if (o->n_excludes) put(&t, "exclude:\n");
     for (int i = 0; i < o->n_excludes; i++) {
@@ -202,13 +289,31 @@ static const char *torch_name(acem_dtype dt) {
     }
 }
 
-/* config.json copied from the base says the base's dtype; a --dtype float type replaces it.
- * A config.json that is not a JSON object is left as it is: it was copied, not written. */
-static int update_config_json(const char *dir, acem_out_type type, acem_error *err) {
+/* config.json's entries that the merge changed: the stored dtype when a --dtype float type
+ * replaced the base's, the layer count when slices renumbered the layers (mergekit writes
+ * the output's count into the key its architecture names: num_hidden_layers, GPT-2's
+ * n_layer). */
+static void update_entries(cJSON *root, acem_dtype dt, long n_layers) {
+    if (dt != ACEM_DT_NONE) {
+        bool newer =
+            cJSON_HasObjectItem(root, "dtype") && !cJSON_HasObjectItem(root, "torch_dtype");
+        const char *key = newer ? "dtype" : "torch_dtype";
+        cJSON_DeleteItemFromObjectCaseSensitive(root, key);
+        cJSON_AddStringToObject(root, key, torch_name(dt));
+    }
+    for (int i = 0; n_layers >= 0 && arch_layer_count_keys[i]; i++)
+        if (cJSON_HasObjectItem(root, arch_layer_count_keys[i]))
+            cJSON_ReplaceItemInObjectCaseSensitive(root, arch_layer_count_keys[i],
+                                                   cJSON_CreateNumber((double)n_layers));
+}
+
+/* config.json copied from the base is brought up to date (update_entries). A config.json
+ * that is not a JSON object is left as it is: it was copied, not written. */
+static int update_config_json(const char *dir, acem_out_type type, long n_layers, acem_error *err) {
     acem_dtype dt = acem_out_type_dtype(type);
     char *path = acem_path_join(dir, "config.json", err);
     if (!path) return -1;
-    FILE *f = dt == ACEM_DT_NONE ? NULL : fopen(path, "rb");
+    FILE *f = dt == ACEM_DT_NONE && n_layers < 0 ? NULL : fopen(path, "rb");
     char *buf = NULL;
     long n = -1;
     if (f && fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && n < (16L << 20) &&
@@ -225,10 +330,7 @@ static int update_config_json(const char *dir, acem_out_type type, acem_error *e
         cJSON_Delete(root);
         return 0;
     }
-    bool newer = cJSON_HasObjectItem(root, "dtype") && !cJSON_HasObjectItem(root, "torch_dtype");
-    const char *key = newer ? "dtype" : "torch_dtype";
-    cJSON_DeleteItemFromObjectCaseSensitive(root, key);
-    cJSON_AddStringToObject(root, key, torch_name(dt));
+    update_entries(root, dt, n_layers);
     char *json = cJSON_Print(root);
     cJSON_Delete(root);
     if (!json) return acem_fail(err, "out of memory updating config.json");
@@ -245,11 +347,11 @@ static int update_config_json(const char *dir, acem_out_type type, acem_error *e
 }
 
 int card_write(const char *dir, const acem_merge_options *o, const acem_merge_summary *s,
-               const char *yaml, acem_error *err) {
+               const char *yaml, long n_layers, acem_error *err) {
     char *card = model_card(o, s, yaml);
     if (!card) return acem_fail(err, "out of memory writing the model card");
     int rc = write_new(dir, CONFIG_NAME, yaml, err) || write_new(dir, "README.md", card, err) ||
-                     update_config_json(dir, o->out_type, err)
+                     update_config_json(dir, o->out_type, n_layers, err)
                  ? -1
                  : 0;
     free(card);

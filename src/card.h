@@ -7,8 +7,9 @@
 /* The resolved configuration as YAML that `acem merge` accepts; the caller frees it. */
 char *card_config_yaml(const acem_merge_options *o, const acem_merge_summary *s, acem_error *err);
 /* Into a directory output being written: acem_config.yaml, a model card (README.md), and
- * config.json's dtype updated to --dtype's. */
+ * config.json's dtype updated to --dtype's and, when n_layers >= 0 (slices renumbered the
+ * layers), its layer count to n_layers. */
 int card_write(const char *dir, const acem_merge_options *o, const acem_merge_summary *s,
-               const char *yaml, acem_error *err);
+               const char *yaml, long n_layers, acem_error *err);
 
 #endif

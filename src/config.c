@@ -61,6 +61,9 @@ typedef struct cfg_ctx {
     acem_config *c;
     acem_merge_options *o;
     acem_error *err;
+    /* dtype and out_dtype as given (ACEM_OUT_INVALID: not), resolved by read_dtypes */
+    acem_out_type dtype, out_dtype;
+    bool precision_given;
 } cfg_ctx;
 
 static yaml_node_t *node(cfg_ctx *x, int id) { return yaml_document_get_node(&x->c->doc, id); }
@@ -389,8 +392,9 @@ static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
         return 0;
     }
     if (!strcmp(k, "dtype") || !strcmp(k, "out_dtype")) {
+        acem_out_type *t = !strcmp(k, "dtype") ? &x->dtype : &x->out_dtype;
         if (!(s = scalar(x, v, k))) return -1;
-        if ((o->out_type = acem_out_type_parse(s)) == ACEM_OUT_INVALID)
+        if ((*t = acem_out_type_parse(s)) == ACEM_OUT_INVALID)
             return acem_fail(x->err, "%s: unknown %s \"%s\"", x->path, k, s);
         return 0;
     }
@@ -400,6 +404,7 @@ static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
         if (dt != ACEM_DT_F32 && dt != ACEM_DT_F64)
             return acem_fail(x->err, "%s: precision must be f32 or f64, not \"%s\"", x->path, s);
         o->precision = dt;
+        x->precision_given = true;
         return 0;
     }
     if (!strcmp(k, "seed") || !strcmp(k, "threads")) {
@@ -423,10 +428,8 @@ static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
 
 /* The key a spelling stands for: mergekit's names and acem's short ones are one key. */
 static const char *canonical_key(const char *k) {
-    static const char *const alias[][2] = {{"merge_method", "method"},
-                                           {"base_model", "base"},
-                                           {"output", "out"},
-                                           {"out_dtype", "dtype"}};
+    static const char *const alias[][2] = {
+        {"merge_method", "method"}, {"base_model", "base"}, {"output", "out"}};
     for (size_t i = 0; i < sizeof alias / sizeof *alias; i++)
         if (!strcmp(k, alias[i][0])) return alias[i][1];
     return k;
@@ -524,6 +527,22 @@ static int slice_inputs(cfg_ctx *x) {
     return 0;
 }
 
+/* mergekit's dtype is the compute type (plan.py: GatherTensors casts every input to it) and,
+ * without out_dtype, the stored one (SaveTensor writes out_dtype, else what the merge
+ * computed); out_dtype is the stored type. acem stores in one acem_out_type: out_dtype, else
+ * dtype. It computes in f32, or f64 for a float64 dtype unless `precision` says otherwise;
+ * never narrower, so a bfloat16 or float16 dtype rounds the result once where mergekit also
+ * rounds the inputs and its intermediates (docs/config.md). A block type (q8_0, q4_k_m) is
+ * acem's, a storage type only. */
+static void read_dtypes(cfg_ctx *x) {
+    acem_merge_options *o = x->o;
+    if (x->out_dtype != ACEM_OUT_INVALID)
+        o->out_type = x->out_dtype;
+    else if (x->dtype != ACEM_OUT_INVALID)
+        o->out_type = x->dtype;
+    if (x->dtype == ACEM_OUT_F64 && !x->precision_given) o->precision = ACEM_DT_F64;
+}
+
 /* Opened without blocking and refused unless a regular file: a FIFO or a device given as
  * the config must not hang the run waiting for a writer. */
 static FILE *open_config(const char *path, acem_error *err) {
@@ -565,7 +584,7 @@ int acem_config_load(const char *path, acem_config **out, acem_merge_options *o,
     yaml_parser_t parser;
     yaml_parser_initialize(&parser);
     yaml_parser_set_input_file(&parser, f);
-    cfg_ctx x = {path, NULL, c, o, err};
+    cfg_ctx x = {path, NULL, c, o, err, ACEM_OUT_INVALID, ACEM_OUT_INVALID, false};
     int rc = -1;
     if (config_dir(path, &x.dir, err) || !(c->settings = settings_new(0, err))) goto out;
     if (!yaml_parser_load(&parser, &c->doc)) {
@@ -586,6 +605,7 @@ int acem_config_load(const char *path, acem_config **out, acem_merge_options *o,
             top_level_key(&x, k, node(&x, p->value)))
             goto out;
     }
+    read_dtypes(&x);
     if (c->settings->n_slices) {
         if (slice_inputs(&x)) goto out;
     } else {

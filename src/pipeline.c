@@ -1188,7 +1188,8 @@ int acem_merge(const acem_merge_options *o, acem_merge_summary *s, acem_error *e
     if (!(r.config_yaml = card_config_yaml(o, s, err)) || open_writer(&r, model, s, tensors, err) ||
         run_plan(&r, s, err) || finish_writer(&r, err) || verify_output(&r, model, tensors, err) ||
         output_copy_aux_files(model, o->base, false, NULL, NULL, err) ||
-        (model->kind == OUTPUT_DIR && card_write(model->tmp_path, o, s, r.config_yaml, err)) ||
+        (model->kind == OUTPUT_DIR && card_write(model->tmp_path, o, s, r.config_yaml,
+                                                 r.plan.renumbered ? r.plan.n_layers : -1, err)) ||
         output_commit(model, err))
         goto done;
     s->shards = r.gguf ? 1 : st_writer_shards(r.writer);
