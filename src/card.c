@@ -119,8 +119,8 @@ static bool flagged(const acem_merge_options *o, const char *key) {
 
 /* "lambda=0.3 density=0.2 seed=7" (the summary's resolved parameters) as YAML: the seed is
  * a top-level key, the rest are method parameters, each the run's value or, where the
- * config's top level set it and no --param overrode it, that setting as given (a gradient or
- * conditions stay what they were). */
+ * config's top level set a gradient or conditions and no --param overrode them, that setting
+ * as given. */
 static void put_params(text *t, const char *method, const char *params,
                        const acem_merge_options *o) {
     char *copy = strdup(params), *save = NULL;
@@ -135,6 +135,8 @@ static void put_params(text *t, const char *method, const char *params,
         if (!eq) continue;
         *eq = 0;
         const setting *st = o->settings ? settings_find(&o->settings->top, kv) : NULL;
+        if (st && st->n_cond == 1 && !st->cond[0].filter && st->cond[0].n == 1)
+            st = NULL; /* a plain number is the run's value, as the method names it */
         if (!strcmp(kv, "seed"))
             seed = eq + 1;
         else if (!strcmp(kv, "lambda") && acem_method_merges_weights(method))

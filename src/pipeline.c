@@ -222,8 +222,9 @@ static bool source_setting(const slice_def *sl, const plan_entry *e, int t, cons
  * (config.py, ConfigReader.parameter): the model's own setting (with slices: its source's,
  * then the slice's), then the top level, then the default; acem's --param flags sit just
  * above the top level (they override the config's top level, not a model's or a slice's
- * own value). A model's setting is read for its own tensor's name, a global one for the
- * output's (plan.py's plan_tensor). A setting whose filters all miss the tensor passes the
+ * own value). Every level is read for the expert's own tensor name when the parameter is a
+ * model's, for the output's name when it is global (plan.py's plan_tensor: for_tensor of
+ * weight_in or of weight). A setting whose filters all miss the tensor passes the
  * lookup on. Returns whether a level gave the value. */
 static bool lookup(const merge_run *r, const plan_entry *e, int t, int i, double *v) {
     const acem_settings *s = r->o->settings;
@@ -232,7 +233,7 @@ static bool lookup(const merge_run *r, const plan_entry *e, int t, int i, double
     const slice_def *sl = s && e->slice >= 0 ? &s->slices[e->slice] : NULL;
     const setting *st;
     if (sl && t >= 0 && source_setting(sl, e, t, name, tensor, v)) return true;
-    if (sl && (st = settings_find(&sl->params, name)) && setting_eval(st, e->name, e->t, v))
+    if (sl && (st = settings_find(&sl->params, name)) && setting_eval(st, tensor, e->t, v))
         return true;
     if (s && !sl && t >= 0 && (st = settings_find(&s->models[t], name)) &&
         setting_eval(st, tensor, e->t, v))

@@ -248,3 +248,98 @@ def merge(cfg, models, n_layers, seed=0):
         out[name] = gta(method, b, deltas, weights, dens, bool(normalize), lam, bool(rescale),
                         gammas, name, seed)
     return out
+
+
+# ------------------------------------------------------------------ slices (plan.py)
+
+def layer_count(tensors):
+    return 1 + max((layer_of(n) for n in tensors if layer_of(n) is not None), default=-1)
+
+
+def with_layer(name, i):
+    return re.sub(r"\.(\d+)(\.|$)", lambda m: ".%d%s" % (i, m.group(2)), name, count=1)
+
+
+def slice_plan(cfg, models):
+    """MergePlanner._plan: the pre-weights (embeddings) from the first slice's sources at
+    t = 0, every slice's layers in turn (output layers numbered consecutively, t = j / (L - 1)
+    over the slice, 1 when L = 1), the post-weights (final norm, head) from the last slice's
+    sources at t = 1. Returns [(out_name, slice, [input names per source], t)]; the tensor
+    set of a layer is the first source's."""
+    slices, plan, out_layer = cfg["slices"], [], 0
+
+    def outside(sl, before, t):
+        first = models[sl["sources"][0]["model"]]
+        for n in first:
+            if layer_of(n) is None and (("embed" in n) == before):
+                plan.append((n, sl, [n] * len(sl["sources"]), t))
+
+    outside(slices[0], True, 0.0)
+    for sl in slices:
+        srcs = sl["sources"]
+        L = srcs[0]["layer_range"][1] - srcs[0]["layer_range"][0]
+        assert all(s["layer_range"][1] - s["layer_range"][0] == L for s in srcs)
+        first = models[srcs[0]["model"]]
+        for j in range(L):
+            t = j / (L - 1) if L > 1 else 1.0
+            for n in first:
+                if layer_of(n) == srcs[0]["layer_range"][0] + j:
+                    plan.append((with_layer(n, out_layer), sl,
+                                 [with_layer(n, s["layer_range"][0] + j) for s in srcs], t))
+            out_layer += 1
+    outside(slices[-1], False, 1.0)
+    return plan, out_layer
+
+
+def slice_parameter(name, cfg, sl, model, tensor, t, default=None, required=False):
+    """ConfigReader.parameter with an output slice: the sources of `model` in the slice (the
+    first that sets it), the slice's parameters, the top level; every level read for
+    `tensor`."""
+    levels = [s.get("parameters") or {} for s in sl["sources"] if model and s["model"] == model]
+    levels += [sl.get("parameters") or {}, cfg.get("parameters") or {}]
+    for level in levels:
+        if name in level:
+            v = evaluate(level[name], tensor, t)
+            if v is not None:
+                return v
+    if required:
+        raise RuntimeError("Missing required parameter %s for %s.%s" % (name, model, tensor))
+    return default
+
+
+def merge_slices(cfg, models, seed=0):
+    """A `slices:` config: {output name: float64 values} and the output's layer count."""
+    method, base = cfg["merge_method"], cfg.get("base_model")
+    plan, n_layers = slice_plan(cfg, models)
+    out = {}
+    for name, sl, names, t in plan:
+        srcs = [(s["model"], models[s["model"]][n]) for s, n in zip(sl["sources"], names)]
+        inputs = {s["model"]: n for s, n in zip(sl["sources"], names)}
+        if method == "passthrough":
+            (m, w), = srcs
+            scale = slice_parameter("scale", cfg, sl, m, inputs[m], t)
+            out[name] = w if scale is None else w * scale
+        elif method == "slerp":
+            other = [w for m, w in srcs if m != base]
+            tt = slice_parameter("t", cfg, sl, None, name, t, required=True)
+            out[name] = slerp_pair(tt, dict(srcs)[base], other[0])[0]
+        elif method == "linear":
+            normalize = slice_parameter("normalize", cfg, sl, None, name, t, True)
+            w = [slice_parameter("weight", cfg, sl, m, inputs[m], t, required=True)
+                 for m, _ in srcs]
+            res = sum(wi * v for wi, (_, v) in zip(w, srcs))
+            out[name] = res / sum(w) if normalize and abs(sum(w)) >= 1e-8 else res
+        else:
+            b = dict(srcs)[base]
+            experts = [(m, v) for m, v in srcs if m != base]
+            glob = {k: slice_parameter(k, cfg, sl, None, name, t, d) for k, d in
+                    (("normalize", METHODS[method][2]), ("rescale", METHODS[method][3]),
+                     ("lambda", 1.0))}
+            w = [slice_parameter("weight", cfg, sl, m, inputs[m], t, required=True)
+                 for m, _ in experts]
+            dens = [slice_parameter("density", cfg, sl, m, inputs[m], t, 1.0) for m, _ in experts]
+            gam = [slice_parameter("gamma", cfg, sl, m, inputs[m], t, 0.01) for m, _ in experts]
+            out[name] = gta(method, b, [v - b for _, v in experts], w, dens,
+                            bool(glob["normalize"]), glob["lambda"], bool(glob["rescale"]), gam,
+                            name, seed)
+    return out, n_layers
