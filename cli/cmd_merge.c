@@ -14,6 +14,7 @@ static void print_help(FILE *to) {
         to,
         "usage: acem merge --base B --model M1 --model M2 [...] --method NAME -o OUT [options]\n"
         "       acem merge CONFIG.yaml [-o OUT] [options]\n"
+        "       acem merge STAGES.yaml -o OUT [--intermediate-dir DIR] [options]\n"
         "\n"
         "Merges T experts fine-tuned from one base (T >= 1 for linear and the task-vector\n"
         "methods, T >= 2 for the others): for every tensor, Dt = Wt - W0, the\n"
@@ -28,6 +29,9 @@ static void print_help(FILE *to) {
         "each is read in its own type; names and shapes must agree. Tensors an expert has and\n"
         "the base lacks are left out with a warning; F8 tensors are refused unless excluded.\n"
         "The output appears only when complete; an existing one is kept unless --force.\n"
+        "A config of several YAML documents (mergekit-multi) runs them in turn: every one but\n"
+        "the last has a `name:` and is written to DIR/NAME (--intermediate-dir, default\n"
+        "OUT.stages), where later documents find it by that name; the last one goes to OUT.\n"
         "\n"
         "required:\n"
         "  -b, --base PATH            the base model W0\n"
@@ -124,7 +128,7 @@ static void print_help(FILE *to) {
 
 /* Collected flags; applied over a YAML config when one is given. */
 typedef struct flags {
-    const char *base, *method, *out, *preset, *report, *config;
+    const char *base, *method, *out, *preset, *report, *config, *stage_dir;
     const char *models[MAX_LIST], *excludes[MAX_LIST];
     acem_param params[MAX_LIST], grams[MAX_LIST]; /* grams: model path -> Gram file */
     int n_models, n_excludes, n_params, n_grams;
@@ -179,7 +183,8 @@ static int parse_flags(int argc, char **argv, flags *f) {
         O_AXIS,
         O_GRAM,
         O_STRICT,
-        O_DRY_RUN
+        O_DRY_RUN,
+        O_STAGES
     };
     static const struct option longopts[] = {
         {"base", required_argument, 0, 'b'},
@@ -204,6 +209,7 @@ static int parse_flags(int argc, char **argv, flags *f) {
         {"gram", required_argument, 0, O_GRAM},
         {"strict", no_argument, 0, O_STRICT},
         {"dry-run", no_argument, 0, O_DRY_RUN},
+        {"intermediate-dir", required_argument, 0, O_STAGES},
         {0, 0, 0, 0},
     };
     int c;
@@ -227,6 +233,7 @@ static int parse_flags(int argc, char **argv, flags *f) {
         case O_NONFINITE: f->allow_nonfinite = 1; break;
         case O_STRICT: f->strict = 1; break;
         case O_DRY_RUN: f->dry_run = 1; break;
+        case O_STAGES: f->stage_dir = optarg; break;
         case O_GRAM: {
             char *eq = strrchr(optarg, '=');
             if (!eq || eq == optarg || !eq[1] || f->n_grams >= MAX_LIST) {
@@ -338,6 +345,97 @@ static void apply_flags(const flags *f, acem_merge_options *o, acem_param *param
     if (f->axis >= 0) o->covariance_axis_input = f->axis;
 }
 
+/* One merge: the config's document doc (none without a config) with the flags over it;
+ * intermediate: a named stage of a mergekit-multi file, written into stage_dir. */
+static int merge_one(const flags *f, size_t doc, const char *stage_dir, bool intermediate) {
+    acem_merge_options o;
+    acem_merge_options_init(&o);
+    acem_config *cfg = NULL;
+    if (f->config) {
+        acem_error err = {{0}};
+        if (acem_config_load_stage(f->config, doc, stage_dir, &cfg, &o, &err)) {
+            cli_error("%s", err.msg);
+            return EXIT_FAIL;
+        }
+    }
+    const char *stage_out = intermediate ? o.out : NULL; /* DIR/NAME */
+    acem_param *params = calloc((size_t)o.n_params + (size_t)f->n_params + 1, sizeof *params);
+    if (!params) {
+        cli_error("out of memory");
+        acem_config_free(cfg);
+        return EXIT_FAIL;
+    }
+    apply_flags(f, &o, params);
+    if (stage_out) { /* acem's own stage directory: its earlier outputs are replaced */
+        o.out = stage_out;
+        o.force = 1;
+    }
+    const char **grams = f->n_grams ? calloc((size_t)o.n_models + 1, sizeof *grams) : NULL;
+    for (int g = 0; g < f->n_grams && grams; g++) {
+        int t = 0;
+        while (t < o.n_models && strcmp(o.models[t], f->grams[g].key) != 0)
+            t++;
+        if (t == o.n_models) {
+            cli_error("--gram %s: not one of the --model paths", f->grams[g].key);
+            free(grams);
+            free(params);
+            acem_config_free(cfg);
+            return EXIT_USAGE;
+        }
+        grams[t] = f->grams[g].value;
+    }
+    if (grams) o.grams = grams;
+    int rc;
+    bool base_needed = !o.method || !acem_method_merges_weights(o.method);
+    if ((!o.base && base_needed) || !o.out || !o.method || o.n_models < 1) {
+        cli_error("%s", !o.base && base_needed ? "no base model (--base)"
+                        : !o.method            ? "no method (--method; see acem merge --help)"
+                        : !o.out               ? "no output path (-o)"
+                                               : "no expert model (--model)");
+        rc = EXIT_USAGE;
+    } else {
+        rc = cli_run_merge(&o, f->quiet);
+        if (!rc && stage_out && !f->quiet)
+            printf("acem: stage \"%s\" written to %s\n", acem_config_name(cfg), stage_out);
+    }
+    free(grams);
+    free(params);
+    acem_config_free(cfg);
+    return rc;
+}
+
+/* mergekit-multi: the documents in turn, the named ones into the stage directory (made by
+ * acem, or one it made before; never a directory of the user's), the last into -o. Flags
+ * that name models or the output apply to one merge, not to every stage. */
+static int merge_stages(flags *f, size_t n) {
+    if (f->base || f->method || f->n_models || f->n_grams || f->report || f->dry_run) {
+        cli_error("%s: a config of %zu merges takes no --base, --method, --model, --gram, "
+                  "--report or --dry-run (each document names its own)",
+                  f->config, n);
+        return EXIT_USAGE;
+    }
+    if (!f->out) {
+        cli_error("%s: a config of %zu merges needs -o for the last one", f->config, n);
+        return EXIT_USAGE;
+    }
+    char *dir = NULL;
+    if (!f->stage_dir && asprintf(&dir, "%s.stages", f->out) < 0) {
+        cli_error("out of memory");
+        return EXIT_FAIL;
+    }
+    const char *stage_dir = f->stage_dir ? f->stage_dir : dir;
+    acem_error err = {{0}};
+    int rc = EXIT_OK;
+    if (acem_workdir_claim(stage_dir, "acem merge", &err)) {
+        cli_error("%s", err.msg);
+        rc = EXIT_FAIL;
+    }
+    for (size_t i = 0; i < n && rc == EXIT_OK; i++)
+        rc = merge_one(f, i, stage_dir, i + 1 < n);
+    free(dir);
+    return rc;
+}
+
 int cmd_merge(int argc, char **argv) {
     if (argc < 2) { /* a bare `acem merge` asks how it is used */
         print_help(stderr);
@@ -352,52 +450,17 @@ int cmd_merge(int argc, char **argv) {
     f.axis = -1;
     int r = parse_flags(argc, argv, &f);
     if (r) return r > 0 ? EXIT_OK : EXIT_USAGE;
-
-    acem_merge_options o;
-    acem_merge_options_init(&o);
-    acem_config *cfg = NULL;
+    size_t n = 1;
     if (f.config) {
         acem_error err = {{0}};
-        if (acem_config_load(f.config, &cfg, &o, &err)) {
+        if (acem_config_count(f.config, &n, &err)) {
             cli_error("%s", err.msg);
             return EXIT_FAIL;
         }
     }
-    acem_param *params = calloc((size_t)o.n_params + (size_t)f.n_params + 1, sizeof *params);
-    if (!params) {
-        cli_error("out of memory");
-        acem_config_free(cfg);
-        return EXIT_FAIL;
+    if (f.stage_dir && n < 2) {
+        cli_error("--intermediate-dir is for a config of several merges (mergekit-multi)");
+        return EXIT_USAGE;
     }
-    apply_flags(&f, &o, params);
-    const char **grams = f.n_grams ? calloc((size_t)o.n_models + 1, sizeof *grams) : NULL;
-    for (int g = 0; g < f.n_grams && grams; g++) {
-        int t = 0;
-        while (t < o.n_models && strcmp(o.models[t], f.grams[g].key) != 0)
-            t++;
-        if (t == o.n_models) {
-            cli_error("--gram %s: not one of the --model paths", f.grams[g].key);
-            free(grams);
-            free(params);
-            acem_config_free(cfg);
-            return EXIT_USAGE;
-        }
-        grams[t] = f.grams[g].value;
-    }
-    if (grams) o.grams = grams;
-    int rc;
-    bool base_needed = !o.method || !acem_method_merges_weights(o.method);
-    if ((!o.base && base_needed) || !o.out || !o.method || o.n_models < 1) {
-        cli_error("%s", !o.base && base_needed ? "no base model (--base)"
-                        : !o.method            ? "no method (--method; see acem merge --help)"
-                        : !o.out               ? "no output path (-o)"
-                                               : "no expert model (--model)");
-        rc = EXIT_USAGE;
-    } else {
-        rc = cli_run_merge(&o, f.quiet);
-    }
-    free(grams);
-    free(params);
-    acem_config_free(cfg);
-    return rc;
+    return n > 1 ? merge_stages(&f, n) : merge_one(&f, 0, NULL, false);
 }

@@ -34,6 +34,7 @@
 struct acem_config {
     yaml_document_t doc; /* scalars point into it */
     bool loaded;
+    const char *name; /* a mergekit-multi document's `name:`, or NULL */
     const char **models;
     const char **grams; /* parallel to models */
     const char **excludes;
@@ -64,6 +65,11 @@ typedef struct cfg_ctx {
     /* dtype and out_dtype as given (ACEM_OUT_INVALID: not), resolved by read_dtypes */
     acem_out_type dtype, out_dtype;
     bool precision_given;
+    /* a mergekit-multi file: every document's name (NULL: none), this one's index, and the
+     * directory the named ones are written to */
+    char **names;
+    size_t n_docs, doc;
+    const char *stage_dir;
 } cfg_ctx;
 
 static yaml_node_t *node(cfg_ctx *x, int id) { return yaml_document_get_node(&x->c->doc, id); }
@@ -94,6 +100,34 @@ static const char *path_scalar(cfg_ctx *x, yaml_node_t *n, const char *key) {
     char *joined = acem_path_join(x->dir, s, x->err);
     if (joined) c->paths[c->n_paths++] = joined;
     return joined;
+}
+
+/* A model reference: the name of an earlier document of a mergekit-multi file is that
+ * merge's output (mergekit-multi's patched_config), stage_dir/NAME; any other value is a
+ * path. Documents run in the file's order, so a later one's name is refused. */
+static const char *model_scalar(cfg_ctx *x, yaml_node_t *n, const char *key) {
+    const char *s = scalar(x, n, key);
+    for (size_t i = 0; s && i < x->n_docs; i++) {
+        if (!x->names[i] || strcmp(x->names[i], s) != 0) continue;
+        if (i >= x->doc)
+            return acem_fail(x->err,
+                             "%s: \"%s\" is the merge of document %zu, which runs after this "
+                             "one (document %zu): documents run in the file's order",
+                             x->path, s, i + 1, x->doc + 1),
+                   NULL;
+        acem_config *c = x->c;
+        char *joined = acem_path_join(x->stage_dir, s, x->err);
+        char **grown = joined ? realloc(c->paths, (c->n_paths + 1) * sizeof *grown) : NULL;
+        if (!grown) {
+            free(joined);
+            acem_fail(x->err, "out of memory reading the config");
+            return NULL;
+        }
+        c->paths = grown;
+        c->cap_paths = c->n_paths + 1;
+        return c->paths[c->n_paths++] = joined;
+    }
+    return s ? path_scalar(x, n, key) : NULL;
 }
 
 static int number(cfg_ctx *x, yaml_node_t *n, const char *key, double *out) {
@@ -245,7 +279,7 @@ static int model_entry(cfg_ctx *x, yaml_node_t *item, int i) {
             }
         }
     }
-    return (x->c->models[i] = st->model_path[i] = path_scalar(x, value, "models")) ? 0 : -1;
+    return (x->c->models[i] = st->model_path[i] = model_scalar(x, value, "models")) ? 0 : -1;
 }
 
 static int model_list(cfg_ctx *x, yaml_node_t *n) {
@@ -291,7 +325,7 @@ static int slice_source_entry(cfg_ctx *x, yaml_node_t *n, slice_source *src) {
         const char *k = scalar(x, node(x, p->key), "sources");
         yaml_node_t *v = node(x, p->value);
         if (!k) return -1;
-        int rc = !strcmp(k, "model")         ? (src->model = path_scalar(x, v, k)) ? 0 : -1
+        int rc = !strcmp(k, "model")         ? (src->model = model_scalar(x, v, k)) ? 0 : -1
                  : !strcmp(k, "layer_range") ? layer_range(x, v, src)
                  : !strcmp(k, "parameters")
                      ? parameters(x, v, &src->params, "model")
@@ -369,7 +403,8 @@ static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
     if (!strcmp(k, "merge_method") || !strcmp(k, "method"))
         return (o->method = scalar(x, v, k)) ? 0 : -1;
     if (!strcmp(k, "base_model") || !strcmp(k, "base"))
-        return (o->base = path_scalar(x, v, k)) ? 0 : -1;
+        return (o->base = model_scalar(x, v, k)) ? 0 : -1;
+    if (!strcmp(k, "name")) return (x->c->name = scalar(x, v, k)) ? 0 : -1;
     if (!strcmp(k, "output") || !strcmp(k, "out")) return (o->out = path_scalar(x, v, k)) ? 0 : -1;
     if (!strcmp(k, "preset")) return (o->preset = scalar(x, v, k)) ? 0 : -1;
     if (!strcmp(k, "report")) return (o->report_path = path_scalar(x, v, k)) ? 0 : -1;
@@ -572,52 +607,159 @@ static int config_dir(const char *path, char **dir, acem_error *err) {
     return 0;
 }
 
-int acem_config_load(const char *path, acem_config **out, acem_merge_options *o, acem_error *err) {
-    *out = NULL;
-    acem_config *c = acem_alloc(1, sizeof *c, "the config", err);
-    if (!c) return acem_fail_naming(err, path);
-    FILE *f = open_config(path, err);
-    if (!f) {
-        free(c);
-        return -1;
+/* A document's top-level `name:` (mergekit-multi), malloc'ed; NULL without one. */
+static char *document_name(yaml_document_t *doc) {
+    yaml_node_t *root = yaml_document_get_root_node(doc);
+    if (!root || root->type != YAML_MAPPING_NODE) return NULL;
+    for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top;
+         p++) {
+        yaml_node_t *k = yaml_document_get_node(doc, p->key);
+        yaml_node_t *v = yaml_document_get_node(doc, p->value);
+        if (k->type == YAML_SCALAR_NODE && !strcmp((const char *)k->data.scalar.value, "name") &&
+            v->type == YAML_SCALAR_NODE)
+            return strdup((const char *)v->data.scalar.value);
     }
+    return NULL;
+}
+
+/* A stage's name becomes a directory in the stage directory: one plain, new file name. */
+static int check_names(cfg_ctx *x) {
+    for (size_t i = 0; i < x->n_docs; i++) {
+        const char *n = x->names[i];
+        if (!n && i + 1 < x->n_docs)
+            return acem_fail(x->err,
+                             "%s: document %zu has no \"name\": in a file of several merges "
+                             "(mergekit-multi) every one but the last names its output",
+                             x->path, i + 1);
+        if (n && (!*n || strchr(n, '/') || !strcmp(n, ".") || !strcmp(n, "..")))
+            return acem_fail(x->err, "%s: document %zu: name \"%s\" must be a plain file name",
+                             x->path, i + 1, n);
+        for (size_t j = 0; n && j < i; j++)
+            if (x->names[j] && !strcmp(x->names[j], n))
+                return acem_fail(x->err, "%s: documents %zu and %zu are both named \"%s\"", x->path,
+                                 j + 1, i + 1, n);
+    }
+    return 0;
+}
+
+/* Every document's name, read in a first pass (a reference to a name must know whether it is
+ * an earlier document's). */
+static int scan_documents(cfg_ctx *x, acem_error *err) {
+    FILE *f = open_config(x->path, err);
+    if (!f) return -1;
     yaml_parser_t parser;
     yaml_parser_initialize(&parser);
     yaml_parser_set_input_file(&parser, f);
-    cfg_ctx x = {path, NULL, c, o, err, ACEM_OUT_INVALID, ACEM_OUT_INVALID, false};
-    int rc = -1;
-    if (config_dir(path, &x.dir, err) || !(c->settings = settings_new(0, err))) goto out;
-    if (!yaml_parser_load(&parser, &c->doc)) {
-        acem_fail(err, "%s:%zu: %s", path, parser.problem_mark.line + 1,
-                  parser.problem ? parser.problem : "invalid YAML");
-        goto out;
+    int rc = 0;
+    for (;;) {
+        yaml_document_t doc;
+        if (!yaml_parser_load(&parser, &doc)) {
+            rc = acem_fail(err, "%s:%zu: %s", x->path, parser.problem_mark.line + 1,
+                           parser.problem ? parser.problem : "invalid YAML");
+            break;
+        }
+        bool end = !yaml_document_get_root_node(&doc);
+        char **grown = end || x->n_docs >= CONFIG_MAX_LIST
+                           ? NULL
+                           : realloc(x->names, (x->n_docs + 1) * sizeof *grown);
+        if (grown) {
+            x->names = grown;
+            x->names[x->n_docs++] = document_name(&doc);
+        }
+        yaml_document_delete(&doc);
+        if (end || !grown) break;
     }
-    c->loaded = true;
+    if (!rc && x->n_docs >= CONFIG_MAX_LIST)
+        rc = acem_fail(err, "%s: too many YAML documents", x->path);
+    yaml_parser_delete(&parser);
+    fclose(f);
+    return rc ? rc : check_names(x);
+}
+
+/* Document x->doc of the file into c and the options. */
+static int load_document(cfg_ctx *x, yaml_parser_t *parser) {
+    acem_config *c = x->c;
+    acem_merge_options *o = x->o;
+    if (config_dir(x->path, &x->dir, x->err) || !(c->settings = settings_new(0, x->err))) return -1;
+    for (size_t i = 0; i <= x->doc; i++) {
+        if (c->loaded) yaml_document_delete(&c->doc);
+        c->loaded = false;
+        if (!yaml_parser_load(parser, &c->doc))
+            return acem_fail(x->err, "%s:%zu: %s", x->path, parser->problem_mark.line + 1,
+                             parser->problem ? parser->problem : "invalid YAML");
+        c->loaded = true;
+    }
     yaml_node_t *root = yaml_document_get_root_node(&c->doc);
-    if (!root || root->type != YAML_MAPPING_NODE) {
-        acem_fail(err, "%s: the top level must be a mapping of keys", path);
-        goto out;
-    }
+    if (!root || root->type != YAML_MAPPING_NODE)
+        return acem_fail(x->err, "%s: the top level must be a mapping of keys", x->path);
     for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top;
          p++) {
-        const char *k = scalar(&x, node(&x, p->key), "key");
-        if (!k || check_repeated(&x, root->data.mapping.pairs.start, p, k) ||
-            top_level_key(&x, k, node(&x, p->value)))
-            goto out;
+        const char *k = scalar(x, node(x, p->key), "key");
+        if (!k || check_repeated(x, root->data.mapping.pairs.start, p, k) ||
+            top_level_key(x, k, node(x, p->value)))
+            return -1;
     }
-    read_dtypes(&x);
+    read_dtypes(x);
     if (c->settings->n_slices) {
-        if (slice_inputs(&x)) goto out;
+        if (slice_inputs(x)) return -1;
     } else {
         drop_listed_base(c, o);
         base_to_front(c, o);
     }
     o->settings = c->settings;
-    rc = 0;
-out:
-    yaml_parser_delete(&parser);
-    fclose(f);
+    return 0;
+}
+
+/* A named document before the last one is written to stage_dir/NAME. */
+static int stage_output(cfg_ctx *x) {
+    if (x->doc + 1 == x->n_docs) return 0;
+    if (x->o->out)
+        return acem_fail(x->err, "%s: document %zu (\"%s\"): its output is %s/%s, not \"%s\"",
+                         x->path, x->doc + 1, x->names[x->doc], x->stage_dir, x->names[x->doc],
+                         x->o->out);
+    acem_config *c = x->c;
+    char *joined = acem_path_join(x->stage_dir, x->names[x->doc], x->err);
+    char **grown = joined ? realloc(c->paths, (c->n_paths + 1) * sizeof *grown) : NULL;
+    if (!grown) {
+        free(joined);
+        return acem_fail(x->err, "out of memory reading the config");
+    }
+    c->paths = grown;
+    c->cap_paths = c->n_paths + 1;
+    x->o->out = c->paths[c->n_paths++] = joined;
+    return 0;
+}
+
+int acem_config_load_stage(const char *path, size_t doc, const char *stage_dir, acem_config **out,
+                           acem_merge_options *o, acem_error *err) {
+    *out = NULL;
+    cfg_ctx x = {path,  NULL, NULL, o,   err,      ACEM_OUT_INVALID, ACEM_OUT_INVALID,
+                 false, NULL, 0,    doc, stage_dir};
+    int rc = scan_documents(&x, err);
+    if (!rc && doc >= x.n_docs)
+        rc = acem_fail(err, "%s: holds %zu YAML documents, not %zu", path, x.n_docs, doc + 1);
+    if (!rc && x.n_docs > 1 && !stage_dir)
+        rc = acem_fail(err,
+                       "%s: holds %zu merges (a mergekit-multi file); `acem merge` runs them in "
+                       "turn",
+                       path, x.n_docs);
+    FILE *f = rc ? NULL : open_config(path, err);
+    acem_config *c = f ? acem_alloc(1, sizeof *c, "the config", err) : NULL;
+    if (c) {
+        x.c = c;
+        yaml_parser_t parser;
+        yaml_parser_initialize(&parser);
+        yaml_parser_set_input_file(&parser, f);
+        rc = load_document(&x, &parser) || stage_output(&x) ? -1 : 0;
+        yaml_parser_delete(&parser);
+    } else {
+        rc = -1;
+    }
+    if (f) fclose(f);
     free(x.dir);
+    for (size_t i = 0; i < x.n_docs; i++)
+        free(x.names[i]);
+    free(x.names);
     if (rc) {
         acem_config_free(c);
         return acem_fail_naming(err, path);
@@ -626,3 +768,19 @@ out:
     *out = c;
     return 0;
 }
+
+int acem_config_load(const char *path, acem_config **out, acem_merge_options *o, acem_error *err) {
+    return acem_config_load_stage(path, 0, NULL, out, o, err);
+}
+
+int acem_config_count(const char *path, size_t *n, acem_error *err) {
+    cfg_ctx x = {.path = path, .err = err};
+    int rc = scan_documents(&x, err);
+    *n = x.n_docs;
+    for (size_t i = 0; i < x.n_docs; i++)
+        free(x.names[i]);
+    free(x.names);
+    return rc ? acem_fail_naming(err, path) : 0;
+}
+
+const char *acem_config_name(const acem_config *c) { return c->name; }

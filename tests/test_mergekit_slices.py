@@ -331,6 +331,54 @@ def test_provenance(d):
     check("the merge reruns from acem_config.yaml byte for byte", same, r.stderr)
 
 
+# ------------------------------------------------------------------ mergekit-multi
+
+def test_multi_document(d):
+    """Documents separated by ---, each a merge; a later one reads an earlier one's output by
+    its name (mergekit-multi); the named ones land in the stage directory acem makes."""
+    models = make_models(d, ["base", "a", "b"], "F32", seed=6)
+    first = {"name": "blend", "merge_method": "slerp", "base_model": "base", "dtype": "float32",
+             "slices": [{"sources": [{"model": "base", "layer_range": [0, 4]},
+                                     {"model": "a", "layer_range": [0, 4]}]}],
+             "parameters": {"t": [0.2, 0.8]}}
+    last = {"merge_method": "task_arithmetic", "base_model": "base", "dtype": "float32",
+            "models": [{"model": "blend", "parameters": {"weight": 0.7}},
+                       {"model": "b", "parameters": {"weight": [0.1, 0.4]}}]}
+    path = write(d, "multi", as_yaml(first) + "---\n" + as_yaml(last))
+    out = os.path.join(d, "final")
+    r = run("merge", path, "-o", out)
+    stage = os.path.join(d, "final.stages", "blend")
+    if r.returncode != 0 or not os.path.isdir(stage):
+        check("a two-document config runs", False, r.stderr)
+        return
+    got1 = ST.read_file(os.path.join(stage, "model.safetensors"))[0]
+    cfg1 = {k: v for k, v in first.items() if k != "name"}
+    err1 = worst_error(got1, MK.merge_slices(cfg1, models)[0])
+    models["blend"] = {k: t.to_f64() for k, t in got1.items()}
+    got2 = ST.read_file(os.path.join(out, "model.safetensors"))[0]
+    err2 = worst_error(got2, MK.merge(last, models, 4))
+    check(f"mergekit-multi: stage \"blend\" in OUT.stages/blend (max relative error {err1:.2e}), "
+          f"the last document reads it by name (max relative error {err2:.2e}), and the stage "
+          "is reported", err1 <= 1e-4 and err2 <= 1e-4 and stage in r.stdout, r.stdout)
+    r = run("merge", "-q", path, "-o", out, "-f")
+    check("mergekit-multi: a rerun replaces its own stages", r.returncode == 0, r.stderr)
+    path = write(d, "forward", as_yaml(last) + "---\n" + as_yaml(first))
+    r = run("merge", "-q", path, "-o", os.path.join(d, "fwd"))
+    check("mergekit-multi: a document without a name before the last is refused",
+          one_error_line(r, "document 1", "name"), r.stderr)
+    path = write(d, "forward2", as_yaml({**last, "name": "x"}) + "---\n" + as_yaml(first))
+    r = run("merge", "-q", path, "-o", os.path.join(d, "fwd"))
+    check("mergekit-multi: a reference to a later document's merge is refused",
+          one_error_line(r, "\"blend\"", "runs after"), r.stderr)
+    mine = os.path.join(d, "mine")
+    os.mkdir(mine)
+    open(os.path.join(mine, "notes.txt"), "w").close()
+    r = run("merge", "-q", write(d, "multi", as_yaml(first) + "---\n" + as_yaml(last)), "-o",
+            os.path.join(d, "other"), "--intermediate-dir", mine)
+    check("mergekit-multi: a directory of the user's is never the stage directory",
+          one_error_line(r, "mine", "not empty") and os.listdir(mine) == ["notes.txt"], r.stderr)
+
+
 # ------------------------------------------------------------------ verbatim configs
 
 # (source, stored dtype, layers of the stand-ins, text, PyYAML's parse of it)
@@ -455,5 +503,6 @@ def test_verbatim(d):
 
 if __name__ == "__main__":
     sys.exit(run_groups([test_frankenmerge, test_gpt2_layers, test_slices, test_refusals,
-                         test_dtype_out_dtype, test_provenance, test_verbatim],
+                         test_dtype_out_dtype, test_provenance, test_multi_document,
+                         test_verbatim],
                         "acem-mkslices-", sys.argv[2:]))
