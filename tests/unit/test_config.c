@@ -150,12 +150,39 @@ static void test_gradient_position(void **state) {
     assert_true(tensor_gradient_t("model.layers.0.mlp.weight", 1) == 1);
 }
 
+/* A slice renumbers a layer: the first numeric component of the name, wherever it is, of
+ * any width (the output index may be longer or shorter than the source's). */
+static void test_layer_rename(void **state) {
+    (void)state;
+    const struct {
+        const char *in;
+        long layer;
+        const char *out;
+    } cases[] = {
+        {"model.layers.7.mlp.up_proj.weight", 12, "model.layers.12.mlp.up_proj.weight"},
+        {"model.layers.17.self_attn.q_proj.weight", 3, "model.layers.3.self_attn.q_proj.weight"},
+        {"transformer.h.0.attn.c_attn.weight", 100, "transformer.h.100.attn.c_attn.weight"},
+        {"model.layers.2.block_sparse_moe.experts.5.w1.weight", 9,
+         "model.layers.9.block_sparse_moe.experts.5.w1.weight"},
+        {"encoder.layer.4", 0, "encoder.layer.0"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        acem_error err;
+        char *got = tensor_with_layer(cases[i].in, cases[i].layer, &err);
+        assert_non_null(got);
+        assert_string_equal(got, cases[i].out);
+        assert_int_equal(tensor_layer(got), cases[i].layer);
+        free(got);
+    }
+    assert_true(tensor_before_layers("transformer.wpe.weight"));
+    assert_false(tensor_before_layers("transformer.ln_f.weight"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_mergekit_schema),
-        cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_mergekit_parameters),
-        cmocka_unit_test(test_gradient_position),
+        cmocka_unit_test(test_mergekit_schema),     cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_mergekit_parameters), cmocka_unit_test(test_gradient_position),
+        cmocka_unit_test(test_layer_rename),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
