@@ -31,7 +31,8 @@ static void print_help(FILE *to) {
         "The output appears only when complete; an existing one is kept unless --force.\n"
         "A config of several YAML documents (mergekit-multi) runs them in turn: every one but\n"
         "the last has a `name:` and is written to DIR/NAME (--intermediate-dir, default\n"
-        "OUT.stages), where later documents find it by that name; the last one goes to OUT.\n"
+        "OUT.stages), where later documents find it by that name (or, as mergekit-mega, an\n"
+        "out_path: later documents name that path); the last one goes to OUT.\n"
         "\n"
         "required:\n"
         "  -b, --base PATH            the base model W0\n"
@@ -358,7 +359,14 @@ static int merge_one(const flags *f, size_t doc, const char *stage_dir, bool int
             return EXIT_FAIL;
         }
     }
-    const char *stage_out = intermediate ? o.out : NULL; /* DIR/NAME */
+    const char *doc_out = o.out; /* an intermediate's own: DIR/NAME, or its out_path */
+    const char *name = cfg ? acem_config_name(cfg) : NULL;
+    acem_error err = {{0}};
+    if (intermediate && name && acem_workdir_claim(stage_dir, "acem merge", &err)) {
+        cli_error("%s", err.msg);
+        acem_config_free(cfg);
+        return EXIT_FAIL;
+    }
     acem_param *params = calloc((size_t)o.n_params + (size_t)f->n_params + 1, sizeof *params);
     if (!params) {
         cli_error("out of memory");
@@ -366,9 +374,9 @@ static int merge_one(const flags *f, size_t doc, const char *stage_dir, bool int
         return EXIT_FAIL;
     }
     apply_flags(f, &o, params);
-    if (stage_out) { /* acem's own stage directory: its earlier outputs are replaced */
-        o.out = stage_out;
-        o.force = 1;
+    if (intermediate) { /* -o is the last merge's; acem's own stages are replaced */
+        o.out = doc_out;
+        o.force |= name != NULL;
     }
     const char **grams = f->n_grams ? calloc((size_t)o.n_models + 1, sizeof *grams) : NULL;
     for (int g = 0; g < f->n_grams && grams; g++) {
@@ -395,8 +403,9 @@ static int merge_one(const flags *f, size_t doc, const char *stage_dir, bool int
         rc = EXIT_USAGE;
     } else {
         rc = cli_run_merge(&o, f->quiet);
-        if (!rc && stage_out && !f->quiet)
-            printf("acem: stage \"%s\" written to %s\n", acem_config_name(cfg), stage_out);
+        if (!rc && intermediate && !f->quiet)
+            printf("acem: stage %zu%s%s%s written to %s\n", doc + 1, name ? " (\"" : "",
+                   name ? name : "", name ? "\")" : "", doc_out);
     }
     free(grams);
     free(params);
@@ -404,9 +413,10 @@ static int merge_one(const flags *f, size_t doc, const char *stage_dir, bool int
     return rc;
 }
 
-/* mergekit-multi: the documents in turn, the named ones into the stage directory (made by
- * acem, or one it made before; never a directory of the user's), the last into -o. Flags
- * that name models or the output apply to one merge, not to every stage. */
+/* mergekit-multi (and mergekit-mega): the documents in turn, the named ones into the stage
+ * directory (made by acem, or one it made before; never a directory of the user's), those
+ * with an out_path to it, the last into -o. Flags that name models apply to one merge, not
+ * to every stage. */
 static int merge_stages(flags *f, size_t n) {
     if (f->base || f->method || f->n_models || f->n_grams || f->report || f->dry_run) {
         cli_error("%s: a config of %zu merges takes no --base, --method, --model, --gram, "
@@ -414,24 +424,14 @@ static int merge_stages(flags *f, size_t n) {
                   f->config, n);
         return EXIT_USAGE;
     }
-    if (!f->out) {
-        cli_error("%s: a config of %zu merges needs -o for the last one", f->config, n);
-        return EXIT_USAGE;
-    }
     char *dir = NULL;
-    if (!f->stage_dir && asprintf(&dir, "%s.stages", f->out) < 0) {
+    if (!f->stage_dir && asprintf(&dir, "%s.stages", f->out ? f->out : f->config) < 0) {
         cli_error("out of memory");
         return EXIT_FAIL;
     }
-    const char *stage_dir = f->stage_dir ? f->stage_dir : dir;
-    acem_error err = {{0}};
     int rc = EXIT_OK;
-    if (acem_workdir_claim(stage_dir, "acem merge", &err)) {
-        cli_error("%s", err.msg);
-        rc = EXIT_FAIL;
-    }
     for (size_t i = 0; i < n && rc == EXIT_OK; i++)
-        rc = merge_one(f, i, stage_dir, i + 1 < n);
+        rc = merge_one(f, i, f->stage_dir ? f->stage_dir : dir, i + 1 < n);
     free(dir);
     return rc;
 }

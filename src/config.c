@@ -68,6 +68,7 @@ typedef struct cfg_ctx {
     /* a mergekit-multi file: every document's name (NULL: none), this one's index, and the
      * directory the named ones are written to */
     char **names;
+    bool *outputs; /* the document names its own output (output, out, mergekit-mega's out_path) */
     size_t n_docs, doc;
     const char *stage_dir;
 } cfg_ctx;
@@ -405,7 +406,8 @@ static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
     if (!strcmp(k, "base_model") || !strcmp(k, "base"))
         return (o->base = model_scalar(x, v, k)) ? 0 : -1;
     if (!strcmp(k, "name")) return (x->c->name = scalar(x, v, k)) ? 0 : -1;
-    if (!strcmp(k, "output") || !strcmp(k, "out")) return (o->out = path_scalar(x, v, k)) ? 0 : -1;
+    if (!strcmp(k, "output") || !strcmp(k, "out") || !strcmp(k, "out_path"))
+        return (o->out = path_scalar(x, v, k)) ? 0 : -1;
     if (!strcmp(k, "preset")) return (o->preset = scalar(x, v, k)) ? 0 : -1;
     if (!strcmp(k, "report")) return (o->report_path = path_scalar(x, v, k)) ? 0 : -1;
     if (!strcmp(k, "models")) return model_list(x, v);
@@ -464,7 +466,7 @@ static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
 /* The key a spelling stands for: mergekit's names and acem's short ones are one key. */
 static const char *canonical_key(const char *k) {
     static const char *const alias[][2] = {
-        {"merge_method", "method"}, {"base_model", "base"}, {"output", "out"}};
+        {"merge_method", "method"}, {"base_model", "base"}, {"output", "out"}, {"out_path", "out"}};
     for (size_t i = 0; i < sizeof alias / sizeof *alias; i++)
         if (!strcmp(k, alias[i][0])) return alias[i][1];
     return k;
@@ -607,29 +609,33 @@ static int config_dir(const char *path, char **dir, acem_error *err) {
     return 0;
 }
 
-/* A document's top-level `name:` (mergekit-multi), malloc'ed; NULL without one. */
-static char *document_name(yaml_document_t *doc) {
+/* A document's top-level `name:` (mergekit-multi), malloc'ed (NULL without one), and whether
+ * it names its own output. */
+static char *document_name(yaml_document_t *doc, bool *output) {
     yaml_node_t *root = yaml_document_get_root_node(doc);
+    char *name = NULL;
+    *output = false;
     if (!root || root->type != YAML_MAPPING_NODE) return NULL;
     for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top;
          p++) {
         yaml_node_t *k = yaml_document_get_node(doc, p->key);
         yaml_node_t *v = yaml_document_get_node(doc, p->value);
-        if (k->type == YAML_SCALAR_NODE && !strcmp((const char *)k->data.scalar.value, "name") &&
-            v->type == YAML_SCALAR_NODE)
-            return strdup((const char *)v->data.scalar.value);
+        const char *key = k->type == YAML_SCALAR_NODE ? (const char *)k->data.scalar.value : "";
+        if (!strcmp(key, "name") && v->type == YAML_SCALAR_NODE && !name)
+            name = strdup((const char *)v->data.scalar.value);
+        *output |= !strcmp(canonical_key(key), "out");
     }
-    return NULL;
+    return name;
 }
 
 /* A stage's name becomes a directory in the stage directory: one plain, new file name. */
 static int check_names(cfg_ctx *x) {
     for (size_t i = 0; i < x->n_docs; i++) {
         const char *n = x->names[i];
-        if (!n && i + 1 < x->n_docs)
+        if (!n && !x->outputs[i] && i + 1 < x->n_docs)
             return acem_fail(x->err,
-                             "%s: document %zu has no \"name\": in a file of several merges "
-                             "(mergekit-multi) every one but the last names its output",
+                             "%s: document %zu has no \"name\" (nor \"out_path\"): in a file "
+                             "of several merges every one but the last names its output",
                              x->path, i + 1);
         if (n && (!*n || strchr(n, '/') || !strcmp(n, ".") || !strcmp(n, "..")))
             return acem_fail(x->err, "%s: document %zu: name \"%s\" must be a plain file name",
@@ -662,10 +668,14 @@ static int scan_documents(cfg_ctx *x, acem_error *err) {
         char **grown = end || x->n_docs >= CONFIG_MAX_LIST
                            ? NULL
                            : realloc(x->names, (x->n_docs + 1) * sizeof *grown);
-        if (grown) {
-            x->names = grown;
-            x->names[x->n_docs++] = document_name(&doc);
+        bool *outs = grown ? realloc(x->outputs, (x->n_docs + 1) * sizeof *outs) : NULL;
+        if (grown) x->names = grown;
+        if (outs) {
+            x->outputs = outs;
+            x->names[x->n_docs] = document_name(&doc, &x->outputs[x->n_docs]);
+            x->n_docs++;
         }
+        grown = outs ? grown : NULL;
         yaml_document_delete(&doc);
         if (end || !grown) break;
     }
@@ -710,9 +720,10 @@ static int load_document(cfg_ctx *x, yaml_parser_t *parser) {
     return 0;
 }
 
-/* A named document before the last one is written to stage_dir/NAME. */
+/* A named document before the last one is written to stage_dir/NAME (one with only an
+ * out_path, mergekit-mega's, to that path). */
 static int stage_output(cfg_ctx *x) {
-    if (x->doc + 1 == x->n_docs) return 0;
+    if (x->doc + 1 == x->n_docs || !x->names[x->doc]) return 0;
     if (x->o->out)
         return acem_fail(x->err, "%s: document %zu (\"%s\"): its output is %s/%s, not \"%s\"",
                          x->path, x->doc + 1, x->names[x->doc], x->stage_dir, x->names[x->doc],
@@ -733,8 +744,13 @@ static int stage_output(cfg_ctx *x) {
 int acem_config_load_stage(const char *path, size_t doc, const char *stage_dir, acem_config **out,
                            acem_merge_options *o, acem_error *err) {
     *out = NULL;
-    cfg_ctx x = {path,  NULL, NULL, o,   err,      ACEM_OUT_INVALID, ACEM_OUT_INVALID,
-                 false, NULL, 0,    doc, stage_dir};
+    cfg_ctx x = {.path = path,
+                 .o = o,
+                 .err = err,
+                 .dtype = ACEM_OUT_INVALID,
+                 .out_dtype = ACEM_OUT_INVALID,
+                 .doc = doc,
+                 .stage_dir = stage_dir};
     int rc = scan_documents(&x, err);
     if (!rc && doc >= x.n_docs)
         rc = acem_fail(err, "%s: holds %zu YAML documents, not %zu", path, x.n_docs, doc + 1);
@@ -760,6 +776,7 @@ int acem_config_load_stage(const char *path, size_t doc, const char *stage_dir, 
     for (size_t i = 0; i < x.n_docs; i++)
         free(x.names[i]);
     free(x.names);
+    free(x.outputs);
     if (rc) {
         acem_config_free(c);
         return acem_fail_naming(err, path);
@@ -780,6 +797,7 @@ int acem_config_count(const char *path, size_t *n, acem_error *err) {
     for (size_t i = 0; i < x.n_docs; i++)
         free(x.names[i]);
     free(x.names);
+    free(x.outputs);
     return rc ? acem_fail_naming(err, path) : 0;
 }
 

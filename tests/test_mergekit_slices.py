@@ -370,6 +370,17 @@ def test_multi_document(d):
     r = run("merge", "-q", path, "-o", os.path.join(d, "fwd"))
     check("mergekit-multi: a reference to a later document's merge is refused",
           one_error_line(r, "\"blend\"", "runs after"), r.stderr)
+    mega = {**{k: v for k, v in first.items() if k != "name"}, "out_path": "./models/blend"}
+    later = {**last, "models": [{"model": "./models/blend", "parameters": {"weight": 0.7}},
+                                last["models"][1]]}
+    r = run("merge", "-q", write(d, "mega", as_yaml(mega) + "---\n" + as_yaml(later)), "-o",
+            os.path.join(d, "mega.out"))
+    stage = os.path.join(d, "models", "blend", "model.safetensors")
+    same = (r.returncode == 0 and os.path.exists(stage) and
+            worst_error(ST.read_file(os.path.join(d, "mega.out", "model.safetensors"))[0],
+                        MK.merge(later, {**models, "./models/blend": models["blend"]}, 4)) <= 1e-4)
+    check("mergekit-mega: a document's out_path (beside the config) is where it is written and "
+          "where a later document reads it", same, r.stderr)
     mine = os.path.join(d, "mine")
     os.mkdir(mine)
     open(os.path.join(mine, "notes.txt"), "w").close()

@@ -221,11 +221,13 @@ def merge(cfg, models, n_layers, seed=0):
     """cfg: the parsed YAML (dict); models: path -> {tensor: float64 array}; seed: acem's
     --seed, for the random mask."""
     method = cfg["merge_method"]
+    if "slices" in cfg and method in TRANSCRIBED | {"passthrough"}:
+        return merge_slices(cfg, models, seed)[0]
     if "models" not in cfg or method not in TRANSCRIBED:
-        # what this file does not transcribe (slices, modules, other methods) is said so,
-        # for callers that measure a corpus (tests/test_mergekit_corpus.py)
+        # what this file does not transcribe (modules, other methods) is said so, for
+        # callers that measure a corpus (tests/test_mergekit_corpus.py)
         raise NotImplementedError("no transcription of %s%s" % (
-            method, "" if "models" in cfg else " with slices/modules"))
+            method, "" if "models" in cfg else " with modules"))
     if method == "linear":
         return linear(cfg, models, n_layers)
     if method == "slerp":
@@ -260,6 +262,12 @@ def with_layer(name, i):
     return re.sub(r"\.(\d+)(\.|$)", lambda m: ".%d%s" % (i, m.group(2)), name, count=1)
 
 
+def before_layers(name):
+    """The pre_weights of mergekit's architecture definitions (_data/architectures/*.json:
+    llama's embed_tokens, gpt2's wte and wpe, bert's embeddings.word_embeddings)."""
+    return any(m in name for m in ("embed", "wte", "wpe", "word_embeddings"))
+
+
 def slice_plan(cfg, models):
     """MergePlanner._plan: the pre-weights (embeddings) from the first slice's sources at
     t = 0, every slice's layers in turn (output layers numbered consecutively, t = j / (L - 1)
@@ -271,7 +279,7 @@ def slice_plan(cfg, models):
     def outside(sl, before, t):
         first = models[sl["sources"][0]["model"]]
         for n in first:
-            if layer_of(n) is None and (("embed" in n) == before):
+            if layer_of(n) is None and (before_layers(n) == before):
                 plan.append((n, sl, [n] * len(sl["sources"]), t))
 
     outside(slices[0], True, 0.0)
