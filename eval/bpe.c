@@ -4,11 +4,11 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "bpe.h"
 
+#include "textfile.h"
+
 #include "formats/formats.h"
 
 #include <cjson/cJSON.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <pcre2.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -225,32 +225,14 @@ static int oom(acem_error *err, const char *what) {
 
 /* ---- reading the files ---------------------------------------------------------------- */
 
-/* The whole file, NUL-terminated, checked to be UTF-8 (cJSON does not check). */
+/* The whole file, checked to be UTF-8 (cJSON does not check). */
 static char *read_text(const char *path, size_t *len, acem_error *err) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        acem_fail(err, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat st;
-    char *buf = NULL;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
-        acem_fail(err, "%s: not a regular file", path);
-    else if ((uint64_t)st.st_size > BPE_MAX_FILE)
-        acem_fail(err, "%s: larger than the %llu-byte limit", path,
-                  (unsigned long long)BPE_MAX_FILE);
-    else if ((buf = acem_alloc((size_t)st.st_size + 1, 1, path, err)) &&
-             acem_pread_full(fd, path, buf, (uint64_t)st.st_size, 0, err)) {
-        free(buf);
-        buf = NULL;
-    }
-    close(fd);
-    if (buf && !acem_utf8_valid((unsigned char *)buf, (size_t)st.st_size)) {
+    char *buf = eval_read_file(path, BPE_MAX_FILE, len, err);
+    if (buf && !acem_utf8_valid((unsigned char *)buf, *len)) {
         acem_fail(err, "%s: not valid UTF-8", path);
         free(buf);
         return NULL;
     }
-    if (buf) *len = (size_t)st.st_size;
     return buf;
 }
 
