@@ -179,9 +179,10 @@ typedef struct merge_cand {
 } merge_cand;
 
 struct bpe_tokenizer {
-    smap vocab;           /* token as the files spell it (bytes_to_unicode form) -> id */
-    pmap merges;          /* (left, right) -> rank, merged id */
-    int32_t byte_id[256]; /* id of each byte's one-character token */
+    smap vocab;            /* token as the files spell it (bytes_to_unicode form) -> id */
+    pmap merges;           /* (left, right) -> rank, merged id */
+    unsigned byte_cp[256]; /* bytes_to_unicode */
+    int32_t byte_id[256];  /* id of each byte's one-character token */
     added_token *added;
     size_t n_added;
     bool add_prefix_space, use_regex, ignore_merges;
@@ -307,11 +308,10 @@ out:
 /* Each of the 256 bytes must have its one-character token: a byte-level BPE encodes any
  * text only then (encoder.py would raise KeyError, Hugging Face drop the byte). */
 static int load_byte_ids(bpe_tokenizer *t, const char *path, acem_error *err) {
-    unsigned cp[256];
-    bytes_to_unicode(cp);
+    bytes_to_unicode(t->byte_cp);
     for (int b = 0; b < 256; b++) {
         char u[2];
-        size_t n = put_utf8(u, cp[b]);
+        size_t n = put_utf8(u, t->byte_cp[b]);
         uint64_t id;
         if (!smap_get(&t->vocab, u, n, &id))
             return acem_fail(err,
@@ -559,33 +559,22 @@ static bool is_added(const bpe_tokenizer *t, const char *s, int32_t id) {
     return false;
 }
 
-/* vocab.json + merges.txt, as transformers' GPT2Tokenizer reads them: no prefix space,
- * the regex on, <|endoftext|> a special token when the vocabulary has it (GPT2Tokenizer's
- * default bos/eos/unk), and the added_tokens_decoder of tokenizer_config.json if the
- * directory has one. */
-static int load_vocab_merges(bpe_tokenizer *t, const char *dir, acem_error *err) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/vocab.json", dir);
-    cJSON *vocab = read_json(path, err);
-    int rc = vocab && !load_vocab(t, vocab, path, err) && !load_byte_ids(t, path, err) ? 0 : -1;
-    cJSON_Delete(vocab);
-    snprintf(path, sizeof path, "%s/merges.txt", dir);
-    if (rc || load_merges_txt(t, path, err)) return -1;
-    t->use_regex = true;
-    uint64_t eot;
-    if (smap_get(&t->vocab, "<|endoftext|>", 13, &eot) &&
-        push_added(t, "<|endoftext|>", (int32_t)eot, path, err))
-        return -1;
-    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    if (access(path, F_OK) != 0) return 0;
+/* tokenizer_config.json beside vocab.json + merges.txt: the tokens of added_tokens_decoder
+ * (keyed by id). Its add_prefix_space (GPT2Tokenizer's: one space before the whole text,
+ * whatever it starts with, unlike ByteLevel's) is refused rather than ignored. */
+static int load_tokenizer_config(bpe_tokenizer *t, const char *path, acem_error *err) {
     cJSON *cfg = read_json(path, err);
-    const cJSON *dec = cJSON_GetObjectItemCaseSensitive(cfg, "added_tokens_decoder");
     if (!cfg) return -1;
-    if (dec && !cJSON_IsObject(dec))
+    const cJSON *dec = cJSON_GetObjectItemCaseSensitive(cfg, "added_tokens_decoder");
+    bool prefix;
+    int rc = 0;
+    if (json_bool(cfg, "add_prefix_space", false, &prefix) || prefix)
         rc = acem_fail(err,
-                       "%s: added_tokens_decoder is not an "
-                       "object",
+                       "%s: add_prefix_space is set (or not a boolean), which acem does not "
+                       "support for vocab.json + merges.txt",
                        path);
+    else if (dec && !cJSON_IsObject(dec))
+        rc = acem_fail(err, "%s: added_tokens_decoder is not an object", path);
     for (const cJSON *o = dec ? dec->child : NULL; o && !rc; o = o->next) {
         char where[1100];
         snprintf(where, sizeof where, "%.900s: added_tokens_decoder[\"%.32s\"]", path, o->string);
@@ -601,6 +590,27 @@ static int load_vocab_merges(bpe_tokenizer *t, const char *dir, acem_error *err)
     }
     cJSON_Delete(cfg);
     return rc;
+}
+
+/* vocab.json + merges.txt, as transformers' GPT2Tokenizer reads them: no prefix space,
+ * the regex on, <|endoftext|> a special token when the vocabulary has it (GPT2Tokenizer's
+ * default bos/eos/unk), and the added_tokens_decoder of tokenizer_config.json if the
+ * directory has one (load_tokenizer_config). */
+static int load_vocab_merges(bpe_tokenizer *t, const char *dir, acem_error *err) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/vocab.json", dir);
+    cJSON *vocab = read_json(path, err);
+    int rc = vocab && !load_vocab(t, vocab, path, err) && !load_byte_ids(t, path, err) ? 0 : -1;
+    cJSON_Delete(vocab);
+    snprintf(path, sizeof path, "%s/merges.txt", dir);
+    if (rc || load_merges_txt(t, path, err)) return -1;
+    t->use_regex = true;
+    uint64_t eot;
+    if (smap_get(&t->vocab, "<|endoftext|>", 13, &eot) &&
+        push_added(t, "<|endoftext|>", (int32_t)eot, path, err))
+        return -1;
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    return access(path, F_OK) == 0 ? load_tokenizer_config(t, path, err) : 0;
 }
 
 static int compile_regex(bpe_tokenizer *t, acem_error *err) {
@@ -756,12 +766,10 @@ static int merge_word(bpe_tokenizer *t, size_t n, size_t *out_n) {
 
 /* The word's unicode form (bytes_to_unicode of each byte), for the vocabulary lookup of
  * ignore_merges. */
-static size_t unicode_form(const unsigned char *w, size_t n, char *out) {
-    static unsigned cp[256];
-    if (!cp[0]) bytes_to_unicode(cp);
+static size_t unicode_form(const bpe_tokenizer *t, const unsigned char *w, size_t n, char *out) {
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
-        k += put_utf8(out + k, cp[w[i]]);
+        k += put_utf8(out + k, t->byte_cp[w[i]]);
     return k;
 }
 
@@ -804,7 +812,7 @@ static int encode_word(bpe_tokenizer *t, const char *w, size_t n, bpe_ids *ids, 
     if (!grow((void **)&t->buf, &t->buf_cap, 2 * n + 1, 1)) return oom(err, "encoding");
     uint64_t whole;
     if (t->ignore_merges &&
-        smap_get(&t->vocab, t->buf, unicode_form((const unsigned char *)w, n, t->buf), &whole)) {
+        smap_get(&t->vocab, t->buf, unicode_form(t, (const unsigned char *)w, n, t->buf), &whole)) {
         int32_t id = (int32_t)whole;
         return ids_push(ids, id) && cache_put(t, w, n, &id, 1) ? 0 : oom(err, "encoding");
     }

@@ -26,7 +26,8 @@ typedef struct bpe_ids {
 int bpe_load(const char *dir, bpe_tokenizer **out, acem_error *err);
 void bpe_free(bpe_tokenizer *t);
 
-/* Appends the ids of text[0..len) to ids. The text must be UTF-8 (as Python's str and
+/* Appends the ids of text[0..len) to ids. A tokenizer keeps a word cache and work arrays:
+ * one thread at a time per bpe_tokenizer. The text must be UTF-8 (as Python's str and
  * Rust's &str, which GPT-2's and Hugging Face's encoders take, must be): otherwise -1
  * with err naming the byte offset of the first invalid sequence. NUL bytes are text. */
 int bpe_encode(bpe_tokenizer *t, const char *text, size_t len, bpe_ids *ids, acem_error *err);

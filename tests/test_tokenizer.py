@@ -344,6 +344,13 @@ def group_hostile(d):
         r = run("tokenize", "--model", m, input="x\n")
         check(f"hostile vocab.json+merges.txt ({label})",
               one_error_line(r, os.path.join(m, where), phrase), r.stderr)
+    m = write_files(os.path.join(d, "cfg"), vocab, merges, config={"add_prefix_space": True})
+    check("tokenizer_config.json's add_prefix_space refused", one_error_line(
+        run("tokenize", "-m", m, input=""), "tokenizer_config.json", "add_prefix_space"))
+    m = write_files(os.path.join(d, "cfg2"), vocab, merges,
+                    config={"added_tokens_decoder": {"x1": {"content": "<q>"}}})
+    check("tokenizer_config.json: a key that is not an id", one_error_line(
+        run("tokenize", "-m", m, input=""), "tokenizer_config.json", "x1", "not an id"))
     m = os.path.join(d, "nomerges")
     os.makedirs(m)
     with open(os.path.join(m, "merges.txt"), "w") as f:
