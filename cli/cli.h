@@ -14,6 +14,7 @@ int cmd_inspect(int argc, char **argv);
 int cmd_example(int argc, char **argv);
 int cmd_stats(int argc, char **argv);
 int cmd_lab(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
 
 /* Prints "acem: error: MSG" on one line to stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -8,6 +8,7 @@ OUTDIR/models/            base.safetensors, e1.safetensors, e2.safetensors (fuzz
 OUTDIR/seeds/<harness>/   one small valid input per file
 """
 
+import json
 import os
 import shutil
 import sys
@@ -109,7 +110,7 @@ def gguf_model(outdir, seed):
 def main(outdir):
     models, seeds = os.path.join(outdir, "models"), os.path.join(outdir, "seeds")
     shutil.rmtree(seeds, ignore_errors=True)
-    for sub in ("safetensors", "index", "config", "merge", "pickle"):
+    for sub in ("safetensors", "index", "config", "merge", "pickle", "tokenizer", "dataset"):
         os.makedirs(os.path.join(seeds, sub), exist_ok=True)
     names, index = write_models(models)
 
@@ -168,6 +169,31 @@ def main(outdir):
     for sel in range(0, 6 * 13, 7):
         if (sel // 3) % 2 == 0:  # a single-file output
             seed("merge", "gguf-sel-%02d" % sel, bytes([sel]) + gguf_model(outdir, 0 if sel % 3 == 0 else 2))
+
+    # tokenizer: tokenizer.json, or vocab.json --- merges.txt; NUL; text
+    bu = {}
+    n = 0
+    for b in range(256):
+        printable = 33 <= b <= 126 or 161 <= b <= 172 or b >= 174
+        bu[b] = chr(b) if printable else chr(256 + n)
+        n += not printable
+    vocab = {c: i for i, c in enumerate(bu.values())}
+    vocab.update({"Ġ" + "t": 256, "he": 257, "Ġthe": 258, "<|endoftext|>": 259})
+    merges = ["Ġ t", "h e", "Ġt he"]
+    tj = {"model": {"type": "BPE", "vocab": vocab, "merges": merges},
+          "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False},
+          "added_tokens": [{"id": 259, "content": "<|endoftext|>", "special": True}]}
+    text = "the cat, the hat<|endoftext|> 123 ‘héllo’  \n\tend".encode()
+    seed("tokenizer", "json", json.dumps(tj, ensure_ascii=False).encode() + b"\0" + text)
+    seed("tokenizer", "files", json.dumps(vocab).encode() + b"\n---\n#version: 0.2\n" +
+         "\n".join(merges).encode() + b"\n\0" + text)
+
+    # dataset: selector byte (format, columns, header, label names) + a file
+    seed("dataset", "tsv", bytes([0]) + b"text\tlabel\nit 's \"fine\t1\nbad\t0\n")
+    seed("dataset", "csv", bytes([1 + 8]) + b'text,pair,label\r\n"a, ""b""\nc",x,pos\r\nd,,neg\r\n')
+    seed("dataset", "jsonl", bytes([2 + 64]) + b'{"text": "caf\\u00e9", "label": "pos"}\n'
+         b'{"label": 0, "text": "x"}\n')
+    seed("dataset", "cola", bytes([3 + 4]) + b"gj04\t1\t\tOur friends.\ngj04\t0\t*\tThey.\n")
 
 
 if __name__ == "__main__":

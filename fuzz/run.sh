@@ -3,7 +3,8 @@
 # SECONDS, niced, on one core. Seeds and the valid models the harnesses need are written
 # by fuzz/make_seeds.py; the growing corpora stay in build-fuzz/corpus between runs.
 #
-# usage: bash fuzz/run.sh SECONDS [safetensors|index|config|merge|pickle ...]   (default: all)
+# usage: bash fuzz/run.sh SECONDS [safetensors|index|config|merge|pickle|tokenizer|dataset ...]
+#        (default: all)
 # A crash stops that harness; its input is kept as build-fuzz/crashes/<harness>-crash-*.
 # Exit status 1 when any harness crashed.
 set -euo pipefail
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:?usage: fuzz/run.sh SECONDS [HARNESS...]}
 shift
 harnesses=("$@")
-[ ${#harnesses[@]} -gt 0 ] || harnesses=(safetensors index config merge pickle)
+[ ${#harnesses[@]} -gt 0 ] || harnesses=(safetensors index config merge pickle tokenizer dataset)
 
 bash scripts/deps.sh clang-14 libclang-rt-14-dev
 b=build-fuzz
