@@ -288,7 +288,7 @@ static int package_files(const char *root, const file_set *fs, char ***names, in
         free_names(out, n);
         return -1;
     }
-    qsort(out, (size_t)n, sizeof *out, name_cmp);
+    if (n) qsort(out, (size_t)n, sizeof *out, name_cmp);
     *names = out;
     *count = n;
     return 0;
@@ -754,7 +754,7 @@ static int by_key(const void *a_, const void *b_) {
 
 /* Keeps one copy of each text and drops texts that occur under two labels. */
 static void dedupe(pool *p) {
-    qsort(p->e, (size_t)p->n, sizeof *p->e, by_text);
+    if (p->n) qsort(p->e, (size_t)p->n, sizeof *p->e, by_text);
     int kept = 0;
     for (int i = 0; i < p->n;) {
         int j = i + 1;
@@ -785,7 +785,7 @@ static int split(pool *p, lab_text_task *t, lab_text_sizes sz, uint64_t seed, ac
         e->key = lab_rng_for(salt, e->text, 0).s;
         e->group = e->group ? lab_rng_for(salt ^ e->group, "group", 0).s : e->key;
     }
-    qsort(p->e, (size_t)p->n, sizeof *p->e, by_split_order);
+    if (p->n) qsort(p->e, (size_t)p->n, sizeof *p->e, by_split_order);
     lab_text_set *sets[3] = {&t->test, &t->val, &t->train};
     int want[3] = {sz.test, sz.val, sz.train};
     for (int s = 0; s < 3; s++)
