@@ -63,13 +63,6 @@ static int oom(acem_error *err) {
     return -1;
 }
 
-static uint64_t fnv1a(const char *s, size_t n) {
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)s[i]) * 0x100000001b3ULL;
-    return h;
-}
-
 /* Length of the valid UTF-8 character at s (n bytes left), 0 if invalid (RFC 3629:
  * no overlongs, no surrogates, nothing above U+10FFFF). */
 static size_t utf8_char(const unsigned char *s, size_t n) {
@@ -83,10 +76,10 @@ static size_t utf8_char(const unsigned char *s, size_t n) {
     return len;
 }
 
-/* Adds text (n bytes, valid UTF-8) with whitespace runs collapsed to one space, trimmed, cut
+/* Adds text (n bytes) with whitespace runs collapsed to one space, trimmed, cut
  * at the last whole character within LAB_TEXT_MAX_BYTES. Texts with other control
- * characters (fortunes' overstruck entries) or shorter than the pool's minimum are left
- * out. group 0: the example is a group of its own. */
+ * characters (fortunes' overstruck entries), invalid UTF-8 or shorter than the pool's minimum are
+ * left out. group 0: the example is a group of its own. */
 static int pool_add(pool *p, const char *text, size_t n, int label, uint64_t group,
                     acem_error *err) {
     char buf[LAB_TEXT_MAX_BYTES + 1];
@@ -99,8 +92,8 @@ static int pool_add(pool *p, const char *text, size_t n, int label, uint64_t gro
             i++;
             continue;
         }
-        if (c < 0x20 || c == 0x7f) return 0;
         size_t w = utf8_char((const unsigned char *)text + i, n - i);
+        if (c < 0x20 || c == 0x7f || !w) return 0; /* !w: a roff escape cut a character */
         if (len + space + w > LAB_TEXT_MAX_BYTES) break;
         if (space) buf[len++] = ' ';
         memcpy(buf + len, text + i, w);
@@ -639,7 +632,7 @@ static int man_page(const char *path, int label, pool *p, acem_error *err) {
     int rc = 0;
     if (strncmp(text.s, ".so ", 4)) { /* a page that only includes another is no page */
         const char *page = strrchr(path, '/') + 1; /* "open.2.gz": unique within a section */
-        roff r = {.p = p, .label = label, .group = fnv1a(page, strlen(page)) | 1};
+        roff r = {.p = p, .label = label, .group = lab_rng_for(0, page, 0).s | 1};
         rc = each_line(&text, roff_line, &r, err) || roff_break(&r, err);
         free(r.para.s);
     }

@@ -103,7 +103,8 @@ static void put_man(const char *root) {
                          ".SH SYNOPSIS\n.B SKIPPED\n.SH DESCRIPTION\nsect %s page %d para 0 has\n"
                          ".BR bold (2),\nand \\fIitalic\\fP \\(em text.\n.PP\n.nf\nSKIPPED code\n"
                          ".fi\nsect %s page %d para 1\n.TS\nSKIPPED table\n.TE\n\n"
-                         "sect %s page %d para 2 \\*(lqquoted\\*(rq\n",
+                         "sect %s page %d para 2 \\*(lqquoted\\*(rq\n.PP\n"
+                         "SKIPPED: a glyph escape that cuts a character \\(\xe2\x82\xac\n",
                          sections[k], pg, sections[k], pg, sections[k], pg);
             put(root, path, page);
             strcat(k < 2 ? dev : man, path);
