@@ -4,7 +4,10 @@
 set -euo pipefail
 packages=(build-essential cmake pkg-config libopenblas-dev liblapacke-dev libcjson-dev
           libyaml-dev libcmocka-dev zlib1g-dev python3 python3-numpy python3-sklearn
-          python3-torch libpcre2-dev python3-regex valgrind "$@")
+          python3-torch libpcre2-dev python3-regex valgrind
+          # acem lab --suite text: its tasks' sources (docs/lab.md, "The text suite")
+          fortunes wordnet-base wamerican wngerman wfrench wspanish witalian manpages
+          manpages-dev libc6-dev libpython3.11-stdlib perl-modules-5.36 cmake-data "$@")
 # llama.cpp for tests/test_llamacpp.py: the CPU build inside the npm package node-llama-cpp
 # (its prebuilt binary only: nothing is compiled or downloaded when it installs), about 85 MB
 # and 20 to 45 s, under .deps/. Optional: without node >= 20 or the npm registry the test skips.
