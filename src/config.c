@@ -83,24 +83,40 @@ static const char *scalar(cfg_ctx *x, yaml_node_t *n, const char *key) {
     return (const char *)n->data.scalar.value;
 }
 
-/* A path value: relative ones are taken from the config file's directory. */
-static const char *path_scalar(cfg_ctx *x, yaml_node_t *n, const char *key) {
-    const char *s = scalar(x, n, key);
-    if (!s || !x->dir || !*s || *s == '/') return s;
+/* Keeps an allocated path for the config's lifetime (NULL passes through). */
+static const char *keep_path(cfg_ctx *x, char *p) {
     acem_config *c = x->c;
-    if (c->n_paths == c->cap_paths) {
+    if (p && c->n_paths == c->cap_paths) {
         size_t cap = c->cap_paths ? 2 * c->cap_paths : 8;
         char **grown = realloc(c->paths, cap * sizeof *grown);
         if (!grown) {
+            free(p);
             acem_fail(x->err, "out of memory reading the config");
             return NULL;
         }
         c->paths = grown;
         c->cap_paths = cap;
     }
-    char *joined = acem_path_join(x->dir, s, x->err);
-    if (joined) c->paths[c->n_paths++] = joined;
-    return joined;
+    if (p) c->paths[c->n_paths++] = p;
+    return p;
+}
+
+/* A path value: relative ones are taken from the config file's directory. */
+static const char *path_scalar(cfg_ctx *x, yaml_node_t *n, const char *key) {
+    const char *s = scalar(x, n, key);
+    if (!s || !x->dir || !*s || *s == '/') return s;
+    return keep_path(x, acem_path_join(x->dir, s, x->err));
+}
+
+/* A model reference (refs.c): a path from the file's directory, a Hugging Face id from the
+ * local cache, MODEL+ADAPTER; resolved now, so that a missing model stops the load. */
+static const char *reference_scalar(cfg_ctx *x, yaml_node_t *n, const char *key) {
+    const char *s = scalar(x, n, key);
+    acem_ref ref;
+    if (!s || !*s || acem_ref_resolve(s, x->dir, &ref, x->err)) return s && !*s ? s : NULL;
+    char *text = acem_ref_text(&ref, x->err);
+    acem_ref_free(&ref);
+    return keep_path(x, text);
 }
 
 /* A model reference: the name of an earlier document of a mergekit-multi file is that
@@ -128,7 +144,7 @@ static const char *model_scalar(cfg_ctx *x, yaml_node_t *n, const char *key) {
         c->cap_paths = c->n_paths + 1;
         return c->paths[c->n_paths++] = joined;
     }
-    return s ? path_scalar(x, n, key) : NULL;
+    return s ? reference_scalar(x, n, key) : NULL;
 }
 
 static int number(cfg_ctx *x, yaml_node_t *n, const char *key, double *out) {

@@ -15,6 +15,7 @@
  *    holder belongs to a run that has ended (on this host or another: the lock, unlike a
  *    pid, means the same across hosts and PID namespaces), so it is removed. */
 #include "output.h"
+#include "formats/formats.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -172,7 +173,10 @@ int output_set_add_input(output_set *s, const char *path, acem_error *err) {
 }
 
 int output_set_add_checkpoint(output_set *s, const acem_checkpoint *ck, acem_error *err) {
-    if (output_set_add_input(s, acem_checkpoint_path(ck), err)) return -1;
+    const char *adapter = acem_checkpoint_adapter(ck);
+    if (output_set_add_input(s, acem_checkpoint_path(ck), err) ||
+        (adapter && output_set_add_input(s, adapter, err)))
+        return -1;
     for (size_t f = 0; f < acem_checkpoint_file_count(ck); f++)
         if (output_set_add_input(s, acem_checkpoint_file_path(ck, (int)f), err)) return -1;
     return 0;

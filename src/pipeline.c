@@ -1151,14 +1151,60 @@ static const acem_merge_options *with_reference(const acem_merge_options *o,
     return copy;
 }
 
+/* The models' references (Hugging Face ids, MODEL+ADAPTER: refs.c) as the local paths they
+ * name, for every use of a model's path after this (its files, the base's directory, the
+ * card). texts owns them. */
+typedef struct resolved_refs {
+    char **texts;
+    const char **models;
+    int n;
+} resolved_refs;
+
+static void refs_free(resolved_refs *refs) {
+    for (int i = 0; i < refs->n; i++)
+        free(refs->texts[i]);
+    free(refs->texts);
+    free(refs->models);
+}
+
+static char *resolved_text(const char *ref, acem_error *err) {
+    acem_ref r;
+    if (acem_ref_resolve(ref, NULL, &r, err)) return NULL;
+    char *text = acem_ref_text(&r, err);
+    acem_ref_free(&r);
+    return text;
+}
+
+static int resolve_refs(const acem_merge_options *o, acem_merge_options *copy, resolved_refs *refs,
+                        acem_error *err) {
+    *copy = *o;
+    *refs = (resolved_refs){0};
+    size_t n = (size_t)(o->n_models > 0 ? o->n_models : 0) + 1;
+    if (!(refs->texts = acem_alloc(n, sizeof *refs->texts, "model paths", err)) ||
+        !(refs->models = acem_alloc(n, sizeof *refs->models, "model paths", err)))
+        return -1;
+    for (int t = 0; t < o->n_models; t++) {
+        if (!(refs->texts[refs->n] = resolved_text(o->models[t], err))) return -1;
+        refs->models[t] = refs->texts[refs->n++];
+    }
+    if (o->base && !(copy->base = refs->texts[refs->n++] = resolved_text(o->base, err))) return -1;
+    copy->models = refs->models;
+    return 0;
+}
+
 int acem_merge(const acem_merge_options *o, acem_merge_summary *s, acem_error *err) {
     double t0 = acem_now();
-    acem_merge_options reference;
-    o = with_reference(o, &reference);
-    merge_run r = {.o = o};
+    acem_merge_options resolved, reference;
+    resolved_refs refs;
     acem_merge_summary local;
     if (!s) s = &local;
     memset(s, 0, sizeof *s);
+    if (resolve_refs(o, &resolved, &refs, err)) {
+        refs_free(&refs);
+        return -1;
+    }
+    o = with_reference(&resolved, &reference);
+    merge_run r = {.o = o};
     output_set outs = {0};
     output *model = NULL, *report = NULL;
     st_out_tensor *tensors = NULL;
@@ -1208,6 +1254,7 @@ done:
     output_set_clear(&outs); /* removes every temporary not committed, and the locks */
     free(tensors);
     free_run(&r);
+    refs_free(&refs);
     s->wall_seconds = acem_now() - t0;
     return rc;
 }
@@ -1215,12 +1262,17 @@ done:
 int acem_stats(const acem_merge_options *o, double threshold, acem_stats_fn fn, void *user,
                acem_error *err) {
     /* A dry walk of the merge plan with whole tensors (ace's shape of work), no output. */
-    acem_merge_options so = *o;
-    so.out = NULL;
+    acem_merge_options so;
+    resolved_refs refs;
     merge_run r = {.o = &so, .method = &method_ace};
     if (!o->base || o->n_models < 2)
         return acem_fail(err, "a base model and at least 2 expert models are needed");
     if (acem_check_options(o, err)) return -1;
+    if (resolve_refs(o, &so, &refs, err)) {
+        refs_free(&refs);
+        return -1;
+    }
+    so.out = NULL;
     set_compute(&r);
     double *norm = NULL, *erank = NULL;
     int rc = -1;
@@ -1258,5 +1310,6 @@ out:
     free(norm);
     free(erank);
     free_run(&r);
+    refs_free(&refs);
     return rc;
 }
