@@ -722,26 +722,52 @@ static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
     return 0;
 }
 
+/* A checkpoint's identity: its first weights file and its adapter directory (two adapters
+ * on one model are two experts), by device and inode; ino 0 when unknown. */
+typedef struct ck_identity {
+    dev_t dev, adapter_dev;
+    ino_t ino, adapter_ino;
+} ck_identity;
+
+static ck_identity identity_of(const acem_checkpoint *ck) {
+    ck_identity id = {0};
+    struct stat st;
+    const char *adapter = acem_checkpoint_adapter(ck);
+    if (stat(acem_checkpoint_file_path(ck, 0), &st) == 0) {
+        id.dev = st.st_dev;
+        id.ino = st.st_ino;
+    }
+    if (adapter && stat(adapter, &st) == 0) {
+        id.adapter_dev = st.st_dev;
+        id.adapter_ino = st.st_ino;
+    }
+    return id;
+}
+
+static bool same_identity(const ck_identity *a, const ck_identity *b) {
+    return a->ino && a->dev == b->dev && a->ino == b->ino && a->adapter_dev == b->adapter_dev &&
+           a->adapter_ino == b->adapter_ino;
+}
+
 /* The same expert given twice counts twice in every mean: possible as a weighting, far more
- * often a slip. Checkpoints are compared by their first weights file's device and inode,
- * so that another spelling of a path (or a directory and its model.safetensors) is seen. */
+ * often a slip. Checkpoints are compared by identity_of, so that another spelling of a path
+ * (or a directory and its model.safetensors) is seen. */
 static int warn_repeated_experts(merge_run *r, acem_error *err) {
-    struct stat *st = acem_alloc((size_t)r->n_inputs, sizeof *st, "file identities", err), base;
-    if (!st) return -1;
-    if (stat(acem_checkpoint_file_path(r->base, 0), &base) != 0) base.st_ino = 0;
+    ck_identity *id = acem_alloc((size_t)r->n_inputs, sizeof *id, "file identities", err);
+    if (!id) return -1;
+    const ck_identity base = identity_of(r->base);
     int rc = 0;
     for (int t = 0; t < r->n_inputs && !rc; t++) {
-        if (stat(acem_checkpoint_file_path(r->experts[t], 0), &st[t]) != 0) st[t].st_ino = 0;
-        if (!r->method->weights && st[t].st_ino && st[t].st_dev == base.st_dev &&
-            st[t].st_ino == base.st_ino &&
+        id[t] = identity_of(r->experts[t]);
+        if (!r->method->weights && same_identity(&id[t], &base) &&
             (rc = acem_warn(&r->warnings, err,
                             "%s (expert %d) is the base model: its delta is zero, yet it "
                             "counts as an expert (a mergekit config lists the base under "
                             "models; acem takes every entry there as an expert)",
                             r->o->models[t], t + 1)))
             break;
-        for (int u = 0; u < t && st[t].st_ino; u++)
-            if (st[u].st_dev == st[t].st_dev && st[u].st_ino == st[t].st_ino) {
+        for (int u = 0; u < t; u++)
+            if (same_identity(&id[t], &id[u])) {
                 rc = acem_warn(&r->warnings, err,
                                "%s is given twice (experts %d and %d, as %s): its delta counts "
                                "twice in the merge",
@@ -749,7 +775,7 @@ static int warn_repeated_experts(merge_run *r, acem_error *err) {
                 break;
             }
     }
-    free(st);
+    free(id);
     return rc;
 }
 

@@ -318,9 +318,14 @@ def test_lora(d):
           "and BASE+ADAPTER", one_error_line(r, "org/not-cached", "base_model_name_or_path",
                                              "BASE+"), r.stderr)
     r = run("merge", "-q", "-b", b, "-m", os.path.join(d, "lora1"), "-m",
-            os.path.join(d, "full_lora2"), "-M", "task_arithmetic", "-o", os.path.join(d, "cli"))
-    check("an adapter directory alone as --model merges (its base_model_name_or_path)",
-          r.returncode == 0, r.stderr)
+            os.path.join(d, "lora2"), "-M", "task_arithmetic", "-o", os.path.join(d, "cli"))
+    check("adapter directories alone as --model merge (their base_model_name_or_path); two "
+          "adapters on one model are two experts", r.returncode == 0 and "twice" not in r.stderr,
+          r.stderr)
+    r = run("merge", "-q", "-b", b, "-m", os.path.join(d, "lora1"), "-m",
+            f"{b}+{os.path.join(d, 'lora1')}", "-M", "task_arithmetic", "-o", os.path.join(d, "tw"))
+    check("the same adapter on the same model twice is warned about", r.returncode == 0
+          and "given twice" in r.stderr, r.stderr)
 
 
 def refused(d, label, config, tensors, *phrases, base="base"):

@@ -184,20 +184,26 @@ static int read_model(const acem_checkpoint *ck, const acem_tensor *t, uint64_t 
 }
 
 /* A tensor the adapter changes, in the model's type (as merge_and_unload stores it): the
- * model's values, in double, adapted and rounded once. */
+ * model's values, in double, adapted and rounded once, a block of elements at a time (so
+ * that a read of a whole tensor holds no more than a block in double). */
+#define ADAPT_BLOCK_ELEMS 65536u
 static int read_adapted(const acem_checkpoint *ck, const lora_use *u, const acem_tensor *t,
                         uint64_t from, void *dst, uint64_t nbytes, acem_error *err) {
     const size_t es = acem_dtype_size(t->dtype);
     if (from % es || nbytes % es)
         return acem_fail(err, "%s: a read of part of an element of \"%s\"", ck->path, t->name);
-    const uint64_t n = nbytes / es;
-    if (n == 0) return 0;
-    double *v = acem_alloc((size_t)n, sizeof *v, "adapted values", err);
+    const uint64_t first = from / es, n = nbytes / es;
+    double *v = acem_alloc(n < ADAPT_BLOCK_ELEMS ? (size_t)n : ADAPT_BLOCK_ELEMS, sizeof *v,
+                           "adapted values", err);
     int rc = v ? 0 : -1;
-    if (!rc && !u->full && !(rc = read_model(ck, t, from, dst, nbytes, err)))
-        acem_convert_from_raw(dst, t->dtype, v, ACEM_DT_F64, (size_t)n, false);
-    if (!rc && !(rc = lora_values(ck->lora, u, t, from / es, n, v, err)))
-        acem_convert_to_raw(v, ACEM_DT_F64, dst, t->dtype, (size_t)n);
+    for (uint64_t at = 0; !rc && at < n; at += ADAPT_BLOCK_ELEMS) {
+        uint64_t m = n - at < ADAPT_BLOCK_ELEMS ? n - at : ADAPT_BLOCK_ELEMS;
+        unsigned char *out = (unsigned char *)dst + at * es;
+        if (!u->full && !(rc = read_model(ck, t, (first + at) * es, out, m * es, err)))
+            acem_convert_from_raw(out, t->dtype, v, ACEM_DT_F64, (size_t)m, false);
+        if (!rc && !(rc = lora_values(ck->lora, u, t, first + at, m, v, err)))
+            acem_convert_to_raw(v, ACEM_DT_F64, out, t->dtype, (size_t)m);
+    }
     free(v);
     return rc;
 }

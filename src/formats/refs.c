@@ -44,7 +44,8 @@ static bool exists(const char *path) {
 /* ---- the cache folder (huggingface_hub constants.py) ---- */
 
 /* os.path.expanduser then os.path.expandvars, as huggingface_hub applies them to its
- * variables: a leading "~" is $HOME, $NAME and ${NAME} are replaced when set. */
+ * variables: a leading "~" is $HOME, $NAME and ${NAME} are replaced when set (values of up
+ * to 4095 bytes: longer ones, past any path's length, are left as written). */
 static char *expand(const char *v, acem_error *err) {
     const char *home = getenv("HOME");
     size_t cap = strlen(v) + 1 + (home ? strlen(home) : 0);
@@ -92,19 +93,20 @@ static char *cache_root(const char **from, acem_error *err) {
             return expand(v, err);
         }
     }
-    const char *home = getenv("HF_HOME"), *xdg = getenv("XDG_CACHE_HOME");
-    char buf[4096];
-    if (home && *home) {
+    const char *v = getenv("HF_HOME"), *suffix = "hub";
+    if (v && *v) {
         *from = "HF_HOME";
-        snprintf(buf, sizeof buf, "%s/hub", home);
-    } else if (xdg && *xdg) {
+    } else if ((v = getenv("XDG_CACHE_HOME")) && *v) {
         *from = "XDG_CACHE_HOME";
-        snprintf(buf, sizeof buf, "%s/huggingface/hub", xdg);
+        suffix = "huggingface/hub";
     } else {
-        *from = "the default";
-        snprintf(buf, sizeof buf, "~/.cache/huggingface/hub");
+        *from = NULL;
+        v = "~/.cache";
+        suffix = "huggingface/hub";
     }
-    return expand(buf, err);
+    char *dir = expand(v, err), *root = dir ? acem_path_join(dir, suffix, err) : NULL;
+    free(dir);
+    return root;
 }
 
 /* ---- ids ---- */
@@ -162,9 +164,10 @@ static int not_cached(const char *id, const char *rev, const char *local, const 
                       const char *from, const char *what, acem_error *err) {
     return acem_fail(err,
                      "model \"%s%s%s\": not a local path (no %s) and not in the Hugging Face "
-                     "cache %s (%s; HF_HUB_CACHE or HF_HOME choose another): %s; fetch it with "
-                     "\"huggingface-cli download %s%s%s\" (acem never downloads)",
-                     id, rev ? "@" : "", rev ? rev : "", local, root, from, what, id,
+                     "cache %s (%s%s): %s; fetch it with \"huggingface-cli download %s%s%s\" "
+                     "(acem never downloads)",
+                     id, rev ? "@" : "", rev ? rev : "", local, root, from ? "set by " : "",
+                     from ? from : "the default; HF_HUB_CACHE or HF_HOME choose another", what, id,
                      rev ? " --revision " : "", rev ? rev : "");
 }
 
@@ -182,6 +185,13 @@ static int resolve_id(const char *ref, size_t n, const char *local, char **out, 
     const char *from;
     char *root = cache_root(&from, err);
     if (!root) return -1;
+    if (strlen(root) >= 4096) {
+        free(root);
+        return acem_fail(err,
+                         "model \"%.*s\": the Hugging Face cache folder's name is longer "
+                         "than a path can be",
+                         (int)n, ref);
+    }
     char repo[256] = "models--";
     for (size_t i = 0, k = 8; i < id_len && k + 2 < sizeof repo; i++)
         if (id[i] == '/') {
@@ -217,32 +227,37 @@ out:
 
 /* ---- references ---- */
 
+/* The path n bytes of s name: relative ones from dir (when not NULL). */
+static char *local_of(const char *s, size_t n, const char *dir, acem_error *err) {
+    char *part = acem_alloc(n + 1, 1, "a model reference", err);
+    if (!part) return NULL;
+    memcpy(part, s, n);
+    if (!dir || *part == '/' || !n) return part;
+    char *local = acem_path_join(dir, part, err);
+    free(part);
+    return local;
+}
+
 /* One side of a reference (n bytes of s): the local path when it exists, else an id in the
  * cache; a path that is neither is returned as it is, for its reader to refuse. */
 static int resolve_one(const char *s, size_t n, const char *dir, char **out, acem_error *err) {
-    char *part = acem_alloc(n + 1, 1, "a model reference", err);
-    if (!part) return -1;
-    memcpy(part, s, n);
-    char *local = dir && *part != '/' ? acem_path_join(dir, part, err) : part;
-    int rc = -1;
-    if (!local) goto out;
+    char *local = local_of(s, n, dir, err);
+    if (!local) return -1;
     const char *at = memchr(s, '@', n);
-    bool id = !exists(local) && valid_repo_id(s, at ? (size_t)(at - s) : n);
-    if (!id) {
-        rc = (*out = acem_strdup(local, err)) ? 0 : -1;
-    } else {
-        rc = resolve_id(s, n, local, out, err);
+    if (exists(local) || !valid_repo_id(s, at ? (size_t)(at - s) : n)) {
+        *out = local;
+        return 0;
     }
-out:
-    if (local != part) free(local);
-    free(part);
+    int rc = resolve_id(s, n, local, out, err);
+    free(local);
     return rc;
 }
 
 static bool is_adapter(const char *path) {
-    char buf[8192];
-    snprintf(buf, sizeof buf, "%s/adapter_config.json", path);
-    return acem_is_dir(path) && exists(buf);
+    char *config = acem_path_join(path, "adapter_config.json", NULL);
+    bool yes = config && acem_is_dir(path) && exists(config);
+    free(config);
+    return yes;
 }
 
 /* An adapter alone: its base_model_name_or_path, resolved as a command-line reference. */
@@ -273,7 +288,7 @@ static int adapter_base(acem_ref *r, acem_error *err) {
 int acem_ref_resolve(const char *ref, const char *dir, acem_ref *out, acem_error *err) {
     *out = (acem_ref){0};
     const char *plus = strchr(ref, '+');
-    char *whole = dir && *ref != '/' ? acem_path_join(dir, ref, err) : acem_strdup(ref, err);
+    char *whole = local_of(ref, strlen(ref), dir, err);
     if (!whole) return -1;
     int rc = 0;
     if (exists(whole) || !plus) { /* a path with a '+' in its name is that path */
