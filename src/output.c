@@ -753,8 +753,17 @@ int acem_outputs_new(acem_outputs **s, acem_error *err) {
     return (*s = acem_alloc(1, sizeof **s, "the outputs", err)) ? 0 : -1;
 }
 
+/* A model reference (a Hugging Face id, MODEL+ADAPTER: refs.c) is the paths it names; one
+ * that does not resolve is left to its reader to refuse. */
 int acem_outputs_add_input(acem_outputs *s, const char *path, acem_error *err) {
-    return output_set_add_input(s, path, err);
+    acem_ref ref;
+    if (acem_ref_resolve(path, NULL, &ref, NULL)) return output_set_add_input(s, path, err);
+    int rc = output_set_add_input(s, ref.model, err) ||
+                     (ref.adapter && output_set_add_input(s, ref.adapter, err))
+                 ? -1
+                 : 0;
+    acem_ref_free(&ref);
+    return rc;
 }
 
 int acem_outputs_claim(acem_outputs *s, const char *path, int force, acem_error *err) {

@@ -112,6 +112,14 @@ def test_hub_ids(d):
     kept = open(os.path.join(out, "acem_config.yaml")).read() if r.returncode == 0 else ""
     check("the card names the base's hub id; acem_config.yaml the snapshots merged",
           "base_model: org/base" in card and snaps["e1"] in kept, card[:300] + kept)
+    r = run("stats", "-b", "org/base", "-m", "org/e1", "-m", "org/e2", "--csv",
+            os.path.join(d, "stats.csv"), env=env(HF_HUB_CACHE=root), cwd=d)
+    check("acem stats reads hub ids", r.returncode == 0 and os.path.exists(os.path.join(d, "stats.csv")),
+          r.stderr)
+    r = run("stats", "-b", "org/base", "-m", "org/e1", "-m", "org/e2", "--csv",
+            os.path.join(snaps["e1"], "model.safetensors"), "--force", env=env(HF_HUB_CACHE=root), cwd=d)
+    check("acem stats refuses to write over a file of a model named by its hub id",
+          one_error_line(r, "model.safetensors"), r.stderr)
     cfg = os.path.join(d, "cfg", "merge.yaml")
     os.makedirs(os.path.dirname(cfg))
     with open(cfg, "w") as f:

@@ -200,7 +200,7 @@ static int resolve_id(const char *ref, size_t n, const char *local, char **out, 
         } else {
             repo[k++] = id[i];
         }
-    char what[700] = "";
+    char what[1024] = "";
     int got = 1, rc = -1;
     snprintf(path, sizeof path, "%s/%s", root, repo);
     if (!acem_is_dir(path)) {
