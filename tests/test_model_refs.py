@@ -287,6 +287,14 @@ def lora_setup(d):
     return base, full
 
 
+def lora_base(d):
+    return tensors_of(os.path.join(d, "base"))
+
+
+def lora_tensors(d, name):
+    return tensors_of(os.path.join(d, name, "adapter_model.safetensors"))
+
+
 def test_lora(d):
     _, full = lora_setup(d)
     b = os.path.join(d, "base")
@@ -320,6 +328,30 @@ def test_lora(d):
             check(f"{method} of LoRA experts (config: MODEL+ADAPTER, an adapter alone, relative "
                   f"paths) equals the merge of the materialised weights (max rel {err:.1e})",
                   err <= LORA_BOUND, err)
+    # an adapter and its model both from the Hugging Face cache, by id
+    root = os.path.join(d, "hub")
+    cache_repo(root, "org/base", b)
+    cache_repo(root, "someone/lora1", os.path.join(d, "lora1"))
+    out = os.path.join(d, "hub_lora.safetensors")
+    r = run("merge", "-q", "-b", "org/base", "-m", "org/base+someone/lora1", "-M", "linear",
+            "-o", out, env=env(HF_HUB_CACHE=root))
+    err = max_rel(tensors_of(out), full["lora1"]) if r.returncode == 0 else None
+    check("org/base+someone/lora1: model and adapter read from the cache (links into blobs/)",
+          err is not None and err <= LORA_BOUND, r.stderr)
+    # a BF16 model: the adapted weight is rounded once to BF16 (PEFT rounds the delta first)
+    bf16 = {k: ST.from_f64(v, "BF16").to_f64() for k, v in lora_base(d).items()}
+    write_model(os.path.join(d, "base16"), bf16, "BF16")
+    out = os.path.join(d, "bf16.safetensors")
+    r = run("merge", "-q", "-b", os.path.join(d, "base16"), "-m",
+            f"{os.path.join(d, 'base16')}+{os.path.join(d, 'lora1')}", "-M", "linear", "-o", out)
+    got = tensors_of(out) if r.returncode == 0 else None
+    want = materialise(bf16, lora_tensors(d, "lora1"), 8 / 4)
+    want = {k: ST.from_f64(v, "BF16").to_f64() for k, v in want.items()}
+    err = max_rel(got, want) if got else None
+    check(f"a BF16 model's adapted tensors are W0 + s B A rounded once to BF16 "
+          f"(max rel {err if err is None else f'{err:.1e}'} <= 2^-8, one unit)",
+          err is not None and err <= 2.0 ** -8 and {t.dtype for t in ST.read_file(out)[0].values()} == {"BF16"},
+          r.stderr)
     # the adapter's base from base_model_name_or_path: a hub id that is not cached
     r = run("inspect", os.path.join(d, "lora3"), env=env(HF_HUB_CACHE=os.path.join(d, "none")))
     check("an adapter alone whose base is not found: one error line naming the base, the cache "
