@@ -30,12 +30,13 @@ ENV_VARS = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"
 
 
 def shapes():
-    # 300 x 200 spans several of the fused kernel's 2^14-element blocks, which end mid-row
+    # 300 x 200 and 200 x 300 span several of the fused kernel's 2^14-element blocks, which
+    # end mid-row
     return {"model.embed_tokens.weight": (32, 16), "model.norm.weight": (16,),
             "model.layers.0.self_attn.q_proj.weight": (16, 16),
             "model.layers.0.self_attn.q_proj.bias": (16,),
             "model.layers.0.mlp.up_proj.weight": (300, 200),
-            "transformer.h.0.attn.c_attn.weight": (16, 48),  # a GPT-2 Conv1D: (in, out)
+            "transformer.h.0.attn.c_attn.weight": (200, 300),  # a GPT-2 Conv1D: (in, out)
             "lm_head.weight": (32, 16)}
 
 
