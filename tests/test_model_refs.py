@@ -239,14 +239,14 @@ def lora_factors(rng, modules, base, r, transposed=(), embedding=()):
 def materialise(base, factors, scale, transposed=(), extra=None):
     """W0 + s B A (its transpose for Conv1D and embedding modules) in float64, stored f32."""
     out = dict(base)
+    out.update(extra or {})
     for k in factors:
         if not (k.endswith("lora_A.weight") or k.endswith("lora_embedding_A")):
             continue
         stem = k[len(PEFT):].rsplit(".lora_", 1)[0]
         b = factors[k.replace("lora_A", "lora_B").replace("lora_embedding_A", "lora_embedding_B")]
         delta = scale * (b @ factors[k])
-        out[stem + ".weight"] = base[stem + ".weight"] + (delta.T if stem in transposed else delta)
-    out.update(extra or {})
+        out[stem + ".weight"] = out[stem + ".weight"] + (delta.T if stem in transposed else delta)
     return {k: v.astype(np.float32).astype(np.float64) for k, v in out.items()}
 
 
@@ -264,12 +264,14 @@ def lora_setup(d):
     write_adapter(os.path.join(d, "lora1"), {"r": 4, "lora_alpha": 8,
                                              "target_modules": ["q_proj", "up_proj"],
                                              "base_model_name_or_path": os.path.join(d, "base")}, f1)
-    # rsLoRA, an embedding, modules_to_save (lm_head) and a trained bias
+    # rsLoRA, an embedding (saved whole as well), modules_to_save (lm_head), a trained bias
     f2 = lora_factors(rng, [q, emb], base, 2, embedding=(emb,))
     head = rng.standard_normal((32, 16)).astype(np.float32).astype(np.float64)
     bias = rng.standard_normal(16).astype(np.float32).astype(np.float64)
+    embed = rng.standard_normal((32, 16)).astype(np.float32).astype(np.float64)
     f2[PEFT + "lm_head.weight"] = head
     f2[PEFT + q + ".bias"] = bias
+    f2[PEFT + emb + ".base_layer.weight"] = embed  # save_embedding_layers: LoRA on top of it
     write_adapter(os.path.join(d, "lora2"), {"r": 2, "lora_alpha": 3, "use_rslora": True,
                                              "bias": "all", "modules_to_save": ["lm_head"],
                                              "target_modules": ["q_proj", "embed_tokens"],
@@ -281,7 +283,8 @@ def lora_setup(d):
                                              "base_model_name_or_path": "org/not-cached"}, f3)
     full = {"lora1": materialise(base, f1, 8 / 4),
             "lora2": materialise(base, f2, 3 / np.sqrt(2), transposed=(emb,),
-                                 extra={"lm_head.weight": head, q + ".bias": bias}),
+                                 extra={"lm_head.weight": head, q + ".bias": bias,
+                                        emb + ".weight": embed}),
             "lora3": materialise(base, f3, 6 / 3, transposed=(conv,))}
     for name, vals in full.items():
         write_model(os.path.join(d, "full_" + name), vals)

@@ -159,8 +159,9 @@ const char *acem_checkpoint_adapter(const acem_checkpoint *ck);
 
 typedef struct lora lora;
 /* What an adapter does to one tensor of the model: full replaces it (modules_to_save, a
- * trained bias), or a and b are its lora_A and lora_B, B A transposed when `transposed`
- * (fan_in_fan_out, embeddings). */
+ * trained bias, an embedding PEFT saved with save_embedding_layers), and a and b, when
+ * set, are its lora_A and lora_B, added as s B A (transposed when `transposed`:
+ * fan_in_fan_out, embeddings). */
 typedef struct lora_use {
     const acem_tensor *a, *b, *full;
     bool transposed;
@@ -174,8 +175,9 @@ void lora_close(lora *l);
 const char *lora_dir(const lora *l);
 /* The change to model tensor number `tensor`, or NULL when the adapter leaves it alone. */
 const lora_use *lora_use_of(const lora *l, size_t tensor);
-/* Elements [e0, e0 + n) of the adapted tensor w: v holds W0's values on entry (unless
- * u->full) and the adapted ones on return, in double. Thread-safe. */
+/* Elements [e0, e0 + n) of the adapted tensor w: v holds the model's values on entry
+ * (unless u->full, which replaces them) and the adapted ones on return, in double.
+ * Thread-safe. */
 int lora_values(const lora *l, const lora_use *u, const acem_tensor *w, uint64_t e0, uint64_t n,
                 double *v, acem_error *err);
 

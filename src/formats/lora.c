@@ -8,7 +8,8 @@
  *
  * with A = "base_model.model.<module>.lora_A.weight" (r x in), B = "...lora_B.weight"
  * (out x r), W0 the model's "<module>.weight". Any other tensor of the adapter (its
- * modules_to_save, trained biases) replaces the model's tensor of that name. A read of
+ * modules_to_save, trained biases, an embedding saved by save_embedding_layers) replaces
+ * the model's tensor of that name, as W0 when factors apply to it too. A read of
  * elements [e0, e0 + n) computes only the rows it covers, from B's rows (or A's columns)
  * and all of the other factor: nothing larger than the factors is ever held. */
 #include "formats.h"
@@ -161,7 +162,8 @@ static bool ends_with(const char *s, size_t n, const char *tail, size_t *stem) {
 }
 
 /* Which factor an adapter tensor is: 'A' or 'B' (embedding: set *embedding), or 0 for a
- * whole tensor; *module is the model tensor's name it belongs to ("<module>.weight"). */
+ * whole tensor; *module is the model tensor's name it belongs to ("<module>.weight"; a
+ * whole tensor's own name, without the ".base_layer" of a layer PEFT wraps). */
 static char factor_of(const char *name, char *module, size_t cap, bool *embedding) {
     const char *n = name + strlen(PEFT_PREFIX);
     size_t len = strlen(n), stem;
@@ -173,7 +175,11 @@ static char factor_of(const char *name, char *module, size_t cap, bool *embeddin
             *embedding = i >= 2;
             return i % 2 ? 'B' : 'A';
         }
-    snprintf(module, cap, "%s", n);
+    const char *wrapped = strstr(n, ".base_layer.");
+    if (wrapped && !strchr(wrapped + 12, '.'))
+        snprintf(module, cap, "%.*s.%s", (int)(wrapped - n), n, wrapped + 12);
+    else
+        snprintf(module, cap, "%s", n);
     return 0;
 }
 
@@ -219,18 +225,20 @@ static int bind(lora *l, const acem_checkpoint *model, const acem_tensor *x, con
                          "%s: tensor \"%s\" adapts a module that target_modules does not name; the "
                          "weights and adapter_config.json disagree",
                          l->file, x->name);
-    if (!f && !(u->full || u->a || u->b) && x->numel == w->numel && x->ndim == w->ndim &&
-        !memcmp(x->shape, w->shape, sizeof x->shape[0] * (size_t)x->ndim)) {
+    bool same_shape = x->numel == w->numel && x->ndim == w->ndim &&
+                      !memcmp(x->shape, w->shape, sizeof x->shape[0] * (size_t)x->ndim);
+    bool transposed = embedding || fan_in_fan_out, paired = u->a || u->b;
+    if (!f && !u->full && same_shape) { /* a whole tensor: LoRA factors apply on top of it */
         u->full = x;
         return 0;
     }
-    if (!f || u->full || (f == 'A' ? u->a : u->b))
+    if (!f || (f == 'A' ? u->a : u->b) || (paired && u->transposed != transposed))
         return acem_fail(err,
                          "%s: tensor \"%s\" %s the model's \"%s\"; acem applies lora_A / lora_B "
                          "pairs and whole tensors of the model's shape (modules_to_save)",
                          l->file, x->name, f ? "is a second change of" : "does not match", module);
     *(f == 'A' ? &u->a : &u->b) = x;
-    u->transposed = embedding || fan_in_fan_out;
+    u->transposed = transposed;
     return 0;
 }
 
@@ -367,11 +375,11 @@ static int factors(const lora *l, const lora_use *u, uint64_t i0, uint64_t rows,
 int lora_values(const lora *l, const lora_use *u, const acem_tensor *w, uint64_t e0, uint64_t n,
                 double *v, acem_error *err) {
     const size_t wide = sizeof(double);
-    if (u->full) {
+    if (u->full) { /* W0 is the adapter's */
         unsigned char *raw = acem_alloc(n, wide, "adapter values", err);
         int rc = raw ? read_f64(l, u->full, e0, n, v, raw, err) : -1;
         free(raw);
-        return rc;
+        if (rc || !u->a) return rc;
     }
     const uint64_t cols = w->shape[1], r = u->a->shape[0], i0 = e0 / cols;
     const uint64_t rows = (e0 + n - 1) / cols - i0 + 1;
