@@ -130,6 +130,15 @@ def test_hub_ids(d):
                 "parameters: {lambda: 0.3}\n")  # the command line's default
     out2 = os.path.join(d, "out2.safetensors")
     r = run("merge", "-q", cfg, "-o", out2, env=env(HF_HUB_CACHE=root))
+    with open(cfg, "w") as f:
+        f.write("merge_method: task_arithmetic\nbase_model: org/base\nmodels:\n"
+                "  - model: org/e1\n    parameters: {weight: 1.0}\n"
+                "  - model: {model: {path: org/e2, revision: main}}\n    parameters: {weight: 1.0}\n"
+                "parameters: {lambda: 0.3}\n")
+    out3 = os.path.join(d, "out3.safetensors")
+    r3 = run("merge", "-q", cfg, "-o", out3, env=env(HF_HUB_CACHE=root))
+    check("mergekit's {model: {path, revision}} form resolves in the cache",
+          r3.returncode == 0 and same_tensors(tensors_of(out3), tensors_of(ref)), r3.stderr)
     check("hub ids (and @main) in a mergekit config resolve in the cache",
           r.returncode == 0 and same_tensors(tensors_of(out2), tensors_of(ref)),
           r.stderr + str(r.returncode))
@@ -332,6 +341,29 @@ def test_lora(d):
             check(f"{method} of LoRA experts (config: MODEL+ADAPTER, an adapter alone, relative "
                   f"paths) equals the merge of the materialised weights (max rel {err:.1e})",
                   err <= LORA_BOUND, err)
+    # mergekit's mapping form: {model: PATH | {path, revision}, lora: PATH | {path}}
+    outs = []
+    for tag, models in (("mapping", ["{model: {path: base}, lora: lora1}",
+                                     "{model: base, lora: {path: lora3}}"]),
+                        ("full", ["full_lora1", "full_lora3"])):
+        cfg = os.path.join(d, f"map_{tag}.yaml")
+        with open(cfg, "w") as f:
+            f.write("merge_method: task_arithmetic\nbase_model: {model: base}\nmodels:\n" + "".join(
+                f"  - model: {m}\n    parameters: {{weight: 0.5}}\n" for m in models))
+        outs.append(os.path.join(d, f"map_{tag}.safetensors"))
+        r = run("merge", "-q", cfg, "-o", outs[-1])
+        if r.returncode != 0:
+            break
+    err = max_rel(tensors_of(outs[0]), tensors_of(outs[1])) if r.returncode == 0 else None
+    check("mergekit's mapping form of references ({model: {path}, lora: ...}) merges as the "
+          "string form", err is not None and err <= LORA_BOUND, r.stderr)
+    cfg = os.path.join(d, "map_bad.yaml")
+    with open(cfg, "w") as f:
+        f.write("merge_method: task_arithmetic\nbase_model: base\nmodels:\n"
+                "  - model: {model: base, adapter: lora1}\n")
+    r = run("merge", "-q", cfg, "-o", os.path.join(d, "bad"))
+    check("a mapping reference with an unknown key is one error line naming it",
+          one_error_line(r, '"adapter"', "model and lora"), r.stderr)
     # an adapter and its model both from the Hugging Face cache, by id
     root = os.path.join(d, "hub")
     cache_repo(root, "org/base", b)
