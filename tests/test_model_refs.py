@@ -398,6 +398,14 @@ def test_lora(d):
     check("adapter directories alone as --model merge (their base_model_name_or_path); two "
           "adapters on one model are two experts", r.returncode == 0 and "twice" not in r.stderr,
           r.stderr)
+    r = run("merge", "-q", "-b", "base", "-m", "base+lora1", "-m", "lora2", "-M",
+            "task_arithmetic", "-o", "rel", cwd=d)
+    r2 = run("merge", "-q", os.path.join(d, "rel", "acem_config.yaml"), "-o", os.path.join(d, "again"))
+    kept = open(os.path.join(d, "rel", "acem_config.yaml")).read() if r.returncode == 0 else ""
+    check("acem_config.yaml records MODEL+ADAPTER with both paths absolute, and rebuilds the merge",
+          r.returncode == 0 and r2.returncode == 0 and f"{b}+{os.path.join(d, 'lora1')}" in kept
+          and same_tensors(tensors_of(os.path.join(d, "rel")), tensors_of(os.path.join(d, "again"))),
+          r.stderr + r2.stderr + kept)
     r = run("merge", "-q", "-b", b, "-m", os.path.join(d, "lora1"), "-m",
             f"{b}+{os.path.join(d, 'lora1')}", "-M", "task_arithmetic", "-o", os.path.join(d, "tw"))
     check("the same adapter on the same model twice is warned about", r.returncode == 0
