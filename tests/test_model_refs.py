@@ -406,6 +406,12 @@ def test_lora(d):
           r.returncode == 0 and r2.returncode == 0 and f"{b}+{os.path.join(d, 'lora1')}" in kept
           and same_tensors(tensors_of(os.path.join(d, "rel")), tensors_of(os.path.join(d, "again"))),
           r.stderr + r2.stderr + kept)
+    victim = os.path.join(d, "lora1", "adapter_model.safetensors")
+    r = run("merge", "-q", "-b", b, "-m", f"{b}+{os.path.join(d, 'lora1')}", "-m", "lora2", "-M",
+            "task_arithmetic", "-o", victim, "--force", cwd=d)
+    check("an adapter's file is an input that no output may replace, even with --force",
+          one_error_line(r, "adapter_model.safetensors", "input") and ST.read_file(victim),
+          r.stderr)
     r = run("merge", "-q", "-b", b, "-m", os.path.join(d, "lora1"), "-m",
             f"{b}+{os.path.join(d, 'lora1')}", "-M", "task_arithmetic", "-o", os.path.join(d, "tw"))
     check("the same adapter on the same model twice is warned about", r.returncode == 0
