@@ -435,6 +435,8 @@ def test_lora_refusals(d):
     refused(d, "DoRA", {**ok, "use_dora": True}, f, "DoRA")
     refused(d, "peft_type IA3", {**ok, "peft_type": "IA3"}, f, "IA3", "LoRA")
     refused(d, "rank_pattern", {**ok, "rank_pattern": {"q_proj": 4}}, f, "rank_pattern")
+    refused(d, "PiSSA not converted", {**ok, "init_lora_weights": "pissa_niter_4"}, f,
+            "pissa_niter_4", "path_initial_model_for_weight_conversion")
     refused(d, "DoRA magnitudes", ok, {**f, f"{PEFT}{q}.lora_magnitude_vector": np.ones(16)},
             "lora_magnitude_vector")
     refused(d, "lora_A without lora_B", ok, {k: v for k, v in f.items() if "lora_A" in k},

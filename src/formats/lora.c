@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -106,6 +107,19 @@ static int check_supported(const cJSON *root, const char *path, acem_error *err)
         if (truthy(cJSON_GetObjectItemCaseSensitive(root, refused[i][0])))
             return acem_fail(err, "%s: the adapter uses %s, which acem does not apply", path,
                              refused[i][1]);
+    /* These initialisations subtract their initial B A from the base weights: the adapter
+     * fits that residual model, not its base, until PEFT converts it (save_pretrained's
+     * path_initial_model_for_weight_conversion, which writes a plain LoRA). */
+    static const char *const residual[] = {"pissa", "olora", "corda", "loftq"};
+    const cJSON *init = cJSON_GetObjectItemCaseSensitive(root, "init_lora_weights");
+    for (size_t i = 0; cJSON_IsString(init) && i < sizeof residual / sizeof *residual; i++)
+        if (!strncasecmp(init->valuestring, residual[i], strlen(residual[i])))
+            return acem_fail(err,
+                             "%s: init_lora_weights \"%s\" changes the base weights, so the "
+                             "adapter fits only that changed model; convert it to a plain LoRA "
+                             "(PEFT's save_pretrained with path_initial_model_for_weight_"
+                             "conversion)",
+                             path, init->valuestring);
     return 0;
 }
 
