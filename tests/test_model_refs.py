@@ -63,8 +63,9 @@ def env(**kw):
 # ------------------------------------------------------------------ the Hugging Face cache
 
 def cache_repo(root, repo_id, src, revision="main", commit=None):
-    """Adds src's files to the cache at root as huggingface_hub does: each file a blob named
-    by its hash under blobs/, linked from snapshots/<commit>/ by a relative link, and
+    """Adds src's files to the cache at root as huggingface_hub does: each file a blob under
+    blobs/ named by its ETag (the sha256 of an LFS file such as safetensors, the git blob id
+    of a small one), linked from snapshots/<commit>/ by a relative link, and
     refs/<revision> holding the commit (no newline). Returns the snapshot directory."""
     repo = os.path.join(root, "models--" + repo_id.replace("/", "--"))
     commit = commit or hashlib.sha1((repo_id + revision + src).encode()).hexdigest()
@@ -74,7 +75,8 @@ def cache_repo(root, repo_id, src, revision="main", commit=None):
     os.makedirs(os.path.dirname(os.path.join(repo, "refs", revision)), exist_ok=True)
     for name in sorted(os.listdir(src)):
         data = open(os.path.join(src, name), "rb").read()
-        blob = hashlib.sha256(data).hexdigest()
+        blob = hashlib.sha256(data).hexdigest() if name.endswith(".safetensors") else \
+            hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
         with open(os.path.join(repo, "blobs", blob), "wb") as f:
             f.write(data)
         os.symlink(os.path.join("..", "..", "blobs", blob), os.path.join(snap, name))
