@@ -451,12 +451,26 @@ def test_lora_refusals(d):
                                                 f"{PEFT}model.nope.lora_B.weight": f[f"{PEFT}{q}.lora_B.weight"]},
             "model.nope.weight", "lacks")
     refused(d, "not PEFT names", ok, {"q_proj.lora_A.weight": np.ones((2, 16))}, "base_model.model.")
+    # PEFT before 0.7 saved adapter_model.bin (torch.save's zip): read as the safetensors one
+    import torch
+    full = os.path.join(d, "st_adapter")
+    write_adapter(full, ok, f)
     path = os.path.join(d, "binonly")
     write_adapter(path, ok, f)
-    os.rename(os.path.join(path, "adapter_model.safetensors"), os.path.join(path, "adapter_model.bin"))
+    os.unlink(os.path.join(path, "adapter_model.safetensors"))
+    torch.save({k: torch.tensor(v, dtype=torch.float32) for k, v in f.items()},
+               os.path.join(path, "adapter_model.bin"))
+    outs = [os.path.join(d, f"bin_{i}.safetensors") for i in range(2)]
+    rs = [run("merge", "-q", "-b", os.path.join(d, "base"), "-m", f"{os.path.join(d, 'base')}+{a}",
+              "-M", "linear", "-o", o) for a, o in ((full, outs[0]), (path, outs[1]))]
+    check("an adapter saved as adapter_model.bin (torch.save) reads as its safetensors twin",
+          all(x.returncode == 0 for x in rs) and same_tensors(tensors_of(outs[0]), tensors_of(outs[1])),
+          rs[0].stderr + rs[1].stderr)
+    torch.save({k: torch.tensor(v, dtype=torch.float32) for k, v in f.items()},
+               os.path.join(path, "adapter_model.bin"), _use_new_zipfile_serialization=False)
     r = run("inspect", f"{os.path.join(d, 'base')}+{path}")
-    check("refused: an adapter saved only as adapter_model.bin, in one error line",
-          one_error_line(r, "adapter_model.bin", "safetensors"), r.stderr)
+    check("refused: an adapter_model.bin that is a legacy pickle, in one error line",
+          one_error_line(r, "adapter_model.bin", "legacy"), r.stderr)
     r = run("inspect", f"{os.path.join(d, 'base')}+{os.path.join(d, 'base')}")
     check("refused: MODEL+X where X is not an adapter", one_error_line(r, "adapter_config.json"),
           r.stderr)

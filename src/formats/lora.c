@@ -284,24 +284,48 @@ static int check_pairs(lora *l, const acem_checkpoint *model, const cJSON *root,
     return 0;
 }
 
+/* adapter_model.safetensors, else the adapter_model.bin that PEFT wrote before 0.7
+ * (torch.save's zip archive, read by the restricted unpickler; its tensors must be stored
+ * whole, as torch.save stores parameters). */
 static int open_weights(lora *l, acem_error *err) {
-    if (!(l->file = acem_path_join(l->dir, "adapter_model.safetensors", err))) return -1;
+    static const char *const names[] = {"adapter_model.safetensors", "adapter_model.bin"};
     struct stat st;
-    if (stat(l->file, &st) != 0) {
-        char bin[8192];
-        snprintf(bin, sizeof bin, "%s/adapter_model.bin", l->dir);
-        return acem_fail(err, "%s: %s", l->file,
-                         stat(bin, &st) == 0
-                             ? "missing: the adapter is saved as adapter_model.bin, and acem "
-                               "reads adapters as safetensors (PEFT's save_pretrained writes it)"
-                             : strerror(errno));
+    bool bin = false;
+    for (int i = 0; i < 2 && !l->file; i++) {
+        char *p = acem_path_join(l->dir, names[i], err);
+        if (!p) return -1;
+        if (lstat(p, &st) == 0) {
+            l->file = p;
+            bin = i == 1;
+        } else {
+            free(p);
+        }
     }
+    if (!l->file)
+        return acem_fail(err, "%s: holds neither adapter_model.safetensors nor adapter_model.bin",
+                         l->dir);
     if (acem_check_model_link(l->dir, l->file, err)) return -1;
     if ((l->fd = open(l->file, O_RDONLY | O_CLOEXEC | O_NONBLOCK)) < 0)
         return acem_fail(err, "%s: cannot open: %s", l->file, strerror(errno));
+    unsigned char magic[4] = {0};
     if (fstat(l->fd, &st) != 0 || !S_ISREG(st.st_mode))
         return acem_fail(err, "%s: not a regular file", l->file);
-    return st_header_read(l->file, l->fd, (uint64_t)st.st_size, 0, &l->h, err);
+    if (bin && (st.st_size < 4 || acem_pread_full(l->fd, l->file, magic, 4, 0, err) ||
+                memcmp(magic, "PK\3\4", 4) != 0))
+        return acem_fail(err,
+                         "%s: not a zip archive of torch.save (PyTorch >= 1.6); acem does not "
+                         "read legacy pickles: re-save the adapter as safetensors",
+                         l->file);
+    if ((bin ? torch_header_read : st_header_read)(l->file, l->fd, (uint64_t)st.st_size, 0, &l->h,
+                                                   err))
+        return -1;
+    for (size_t i = 0; l->h.views && i < l->h.n_tensors; i++)
+        if (l->h.views[i].strided)
+            return acem_fail(err,
+                             "%s: tensor \"%s\" is stored as a strided view; re-save the "
+                             "adapter as safetensors",
+                             l->file, l->h.tensors[i].name);
+    return 0;
 }
 
 int lora_open(const char *dir, const acem_checkpoint *model, lora **out, acem_error *err) {
