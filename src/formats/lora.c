@@ -1,6 +1,6 @@
 /* lora.c — a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors,
- * or PEFT's older adapter_model.bin) applied to a model, tensor by tensor, as PEFT's merge_and_unload computes it
- * (peft/tuners/lora/layer.py, get_delta_weight):
+ * or PEFT's older adapter_model.bin) applied to a model, tensor by tensor, as PEFT's
+ * merge_and_unload computes it (peft/tuners/lora/layer.py, get_delta_weight):
  *
  *   Linear:    W = W0 + s * B A              (transposed when fan_in_fan_out: Conv1D weights)
  *   Embedding: W = W0 + s * (B A)^T          (lora_embedding_A / lora_embedding_B)
