@@ -164,9 +164,12 @@ const char *acem_tensor_type_name(const acem_tensor *t);
 
 typedef struct acem_checkpoint acem_checkpoint;
 
-/* path: a .safetensors or GGUF file (recognised by its magic), or a directory holding
- * model.safetensors or shards plus model.safetensors.index.json. Everything is validated
- * before this returns. */
+/* path: a model reference (docs/config.md): a .safetensors or GGUF file (recognised by its
+ * magic), a directory holding model.safetensors or shards plus
+ * model.safetensors.index.json (or PyTorch's files), a Hugging Face id in the local cache
+ * (org/name[@revision]), MODEL+ADAPTER or a PEFT LoRA adapter directory (the adapted
+ * tensors read as merge_and_unload computes them). Everything is validated before this
+ * returns; acem_checkpoint_path is then the reference resolved to local paths. */
 int acem_checkpoint_open(const char *path, acem_checkpoint **out, acem_error *err);
 void acem_checkpoint_close(acem_checkpoint *ck);
 const char *acem_checkpoint_path(const acem_checkpoint *ck);
@@ -206,7 +209,8 @@ int acem_save_safetensors(const char *path, const acem_tensor_data *tensors, siz
  * program writing files of its own (acem stats' tables, the lab's results) uses these. */
 typedef struct acem_outputs acem_outputs;
 int acem_outputs_new(acem_outputs **s, acem_error *err);
-/* A file, or a directory together with every file in it. */
+/* A file, or a directory together with every file in it; a model reference (a Hugging
+ * Face id, MODEL+ADAPTER) is the paths it names. */
 int acem_outputs_add_input(acem_outputs *s, const char *path, acem_error *err);
 /* Checks path against the rules now (before any heavy work) and creates its temporary. */
 int acem_outputs_claim(acem_outputs *s, const char *path, int force, acem_error *err);

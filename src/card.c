@@ -65,8 +65,18 @@ static void put_quoted(text *t, const char *s) {
 
 /* The absolute form of a path that names an input (it exists). */
 static void put_path(text *t, const char *path) {
-    char real[PATH_MAX];
-    put_quoted(t, realpath(path, real) ? real : path);
+    char real[PATH_MAX], adapter[PATH_MAX], both[2 * PATH_MAX + 1];
+    acem_ref ref;
+    if (realpath(path, real)) {
+        put_quoted(t, real);
+    } else if (!acem_ref_resolve(path, NULL, &ref, NULL)) { /* MODEL+ADAPTER, side by side */
+        bool ok = ref.adapter && realpath(ref.model, real) && realpath(ref.adapter, adapter);
+        if (ok) snprintf(both, sizeof both, "%s+%s", real, adapter);
+        put_quoted(t, ok ? both : path);
+        acem_ref_free(&ref);
+    } else {
+        put_quoted(t, path);
+    }
 }
 
 /* A value of a setting: a number, or a gradient [v0, ...], each as the shortest digits that

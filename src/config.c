@@ -83,31 +83,112 @@ static const char *scalar(cfg_ctx *x, yaml_node_t *n, const char *key) {
     return (const char *)n->data.scalar.value;
 }
 
-/* A path value: relative ones are taken from the config file's directory. */
-static const char *path_scalar(cfg_ctx *x, yaml_node_t *n, const char *key) {
-    const char *s = scalar(x, n, key);
-    if (!s || !x->dir || !*s || *s == '/') return s;
+/* Keeps an allocated path for the config's lifetime (NULL passes through). */
+static const char *keep_path(cfg_ctx *x, char *p) {
     acem_config *c = x->c;
-    if (c->n_paths == c->cap_paths) {
+    if (p && c->n_paths == c->cap_paths) {
         size_t cap = c->cap_paths ? 2 * c->cap_paths : 8;
         char **grown = realloc(c->paths, cap * sizeof *grown);
         if (!grown) {
+            free(p);
             acem_fail(x->err, "out of memory reading the config");
             return NULL;
         }
         c->paths = grown;
         c->cap_paths = cap;
     }
-    char *joined = acem_path_join(x->dir, s, x->err);
-    if (joined) c->paths[c->n_paths++] = joined;
-    return joined;
+    if (p) c->paths[c->n_paths++] = p;
+    return p;
+}
+
+/* A path value: relative ones are taken from the config file's directory. */
+static const char *path_scalar(cfg_ctx *x, yaml_node_t *n, const char *key) {
+    const char *s = scalar(x, n, key);
+    if (!s || !x->dir || !*s || *s == '/') return s;
+    return keep_path(x, acem_path_join(x->dir, s, x->err));
+}
+
+static bool is_null(yaml_node_t *n) {
+    const char *v = n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
+    return v && (!*v || !strcmp(v, "~") || !strcmp(v, "null"));
+}
+
+/* One side of mergekit's mapping form of a reference (common.py, ModelPath): a path, or
+ * {path, revision}; appended to buf as "PATH[@REVISION]". */
+static int model_path_text(cfg_ctx *x, yaml_node_t *n, const char *key, char *buf, size_t cap) {
+    const char *path = NULL, *rev = NULL;
+    if (n && n->type == YAML_MAPPING_NODE) {
+        for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top;
+             p++) {
+            const char *k = scalar(x, node(x, p->key), key);
+            const char **v = !k                       ? NULL
+                             : !strcmp(k, "path")     ? &path
+                             : !strcmp(k, "revision") ? &rev
+                                                      : NULL;
+            if (!v)
+                return k ? acem_fail(x->err,
+                                     "%s: \"%s\": a model path takes path and revision, "
+                                     "not \"%s\"",
+                                     x->path, key, k)
+                         : -1;
+            if (!(*v = scalar(x, node(x, p->value), k))) return -1;
+        }
+        if (!path) return acem_fail(x->err, "%s: \"%s\": a model path needs path", x->path, key);
+    } else if (!(path = scalar(x, n, key))) {
+        return -1;
+    }
+    size_t len = strlen(buf);
+    if (snprintf(buf + len, cap - len, "%s%s%s", path, rev ? "@" : "", rev ? rev : "") >=
+        (int)(cap - len))
+        return acem_fail(x->err, "%s: \"%s\": a model reference too long", x->path, key);
+    return 0;
+}
+
+/* The reference a value writes: a string, or mergekit's mapping {model: PATH | {path,
+ * revision}, lora: PATH | {path, revision}} (common.py, ModelReference) as MODEL+LORA. */
+static int reference_text(cfg_ctx *x, yaml_node_t *n, const char *key, char *buf, size_t cap) {
+    buf[0] = 0;
+    if (!n || n->type != YAML_MAPPING_NODE) return model_path_text(x, n, key, buf, cap);
+    yaml_node_t *model = NULL, *lora = NULL;
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+        const char *k = scalar(x, node(x, p->key), key);
+        if (!k) return -1;
+        if (strcmp(k, "model") && strcmp(k, "lora"))
+            return acem_fail(x->err,
+                             "%s: \"%s\": a model reference takes model and lora, not "
+                             "\"%s\"",
+                             x->path, key, k);
+        *(strcmp(k, "model") ? &lora : &model) = node(x, p->value);
+    }
+    if (!model) return acem_fail(x->err, "%s: \"%s\": a model reference needs model", x->path, key);
+    if (model_path_text(x, model, key, buf, cap)) return -1;
+    if (!lora || is_null(lora)) return 0;
+    size_t len = strlen(buf);
+    if (len + 2 > cap)
+        return acem_fail(x->err, "%s: \"%s\": a model reference too long", x->path, key);
+    strcpy(buf + len, "+");
+    return model_path_text(x, lora, key, buf, cap);
+}
+
+/* A model reference (refs.c): a path from the file's directory, a Hugging Face id from the
+ * local cache, MODEL+ADAPTER; resolved now, so that a missing model stops the load. */
+static const char *reference_scalar(cfg_ctx *x, yaml_node_t *n, const char *key) {
+    char text[8192];
+    acem_ref ref;
+    if (reference_text(x, n, key, text, sizeof text)) return NULL;
+    if (!*text) return keep_path(x, acem_strdup(text, x->err));
+    if (acem_ref_resolve(text, x->dir, &ref, x->err)) return NULL;
+    char *resolved = acem_ref_text(&ref, x->err);
+    acem_ref_free(&ref);
+    return keep_path(x, resolved);
 }
 
 /* A model reference: the name of an earlier document of a mergekit-multi file is that
  * merge's output (mergekit-multi's patched_config), stage_dir/NAME; any other value is a
- * path. Documents run in the file's order, so a later one's name is refused. */
+ * reference (reference_scalar). Documents run in the file's order, so a later one's name is
+ * refused. */
 static const char *model_scalar(cfg_ctx *x, yaml_node_t *n, const char *key) {
-    const char *s = scalar(x, n, key);
+    const char *s = n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
     for (size_t i = 0; s && i < x->n_docs; i++) {
         if (!x->names[i] || strcmp(x->names[i], s) != 0) continue;
         if (i >= x->doc)
@@ -128,7 +209,7 @@ static const char *model_scalar(cfg_ctx *x, yaml_node_t *n, const char *key) {
         c->cap_paths = c->n_paths + 1;
         return c->paths[c->n_paths++] = joined;
     }
-    return s ? path_scalar(x, n, key) : NULL;
+    return reference_scalar(x, n, key);
 }
 
 static int number(cfg_ctx *x, yaml_node_t *n, const char *key, double *out) {
@@ -226,11 +307,6 @@ static int setting_of(cfg_ctx *x, const char *key, yaml_node_t *n, setting_list 
         if (condition(x, c, key, &st->cond[i])) return -1;
     }
     return 0;
-}
-
-static bool is_null(yaml_node_t *n) {
-    const char *v = n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
-    return v && (!*v || !strcmp(v, "~") || !strcmp(v, "null"));
 }
 
 /* A `parameters:` mapping (empty or null allowed, as in mergekit) into l; at the top level

@@ -29,6 +29,18 @@ static inline bool acem_add_u64(uint64_t a, uint64_t b, uint64_t *r) {
  * parser does not know the file it was reading). */
 int acem_fail_naming(acem_error *err, const char *path);
 
+/* A model reference resolved to local paths (src/formats/refs.c, docs/config.md): a path,
+ * a Hugging Face id in the local cache (org/name[@revision]), MODEL+ADAPTER or a PEFT
+ * adapter directory alone. model: the model's path; adapter: a LoRA adapter directory to
+ * apply to it, or NULL. Relative paths are taken from dir (NULL: the working directory). */
+typedef struct acem_ref {
+    char *model, *adapter;
+} acem_ref;
+int acem_ref_resolve(const char *ref, const char *dir, acem_ref *out, acem_error *err);
+/* "MODEL" or "MODEL+ADAPTER": a reference that resolves to the same paths again. */
+char *acem_ref_text(const acem_ref *r, acem_error *err);
+void acem_ref_free(acem_ref *r);
+
 /* malloc/calloc that report failure through err with what was being allocated. */
 void *acem_alloc(size_t n, size_t size, const char *what, acem_error *err);
 char *acem_strdup(const char *s, acem_error *err);

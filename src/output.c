@@ -15,6 +15,7 @@
  *    holder belongs to a run that has ended (on this host or another: the lock, unlike a
  *    pid, means the same across hosts and PID namespaces), so it is removed. */
 #include "output.h"
+#include "formats/formats.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -172,7 +173,10 @@ int output_set_add_input(output_set *s, const char *path, acem_error *err) {
 }
 
 int output_set_add_checkpoint(output_set *s, const acem_checkpoint *ck, acem_error *err) {
-    if (output_set_add_input(s, acem_checkpoint_path(ck), err)) return -1;
+    const char *adapter = acem_checkpoint_adapter(ck);
+    if (output_set_add_input(s, acem_checkpoint_path(ck), err) ||
+        (adapter && output_set_add_input(s, adapter, err)))
+        return -1;
     for (size_t f = 0; f < acem_checkpoint_file_count(ck); f++)
         if (output_set_add_input(s, acem_checkpoint_file_path(ck, (int)f), err)) return -1;
     return 0;
@@ -749,8 +753,17 @@ int acem_outputs_new(acem_outputs **s, acem_error *err) {
     return (*s = acem_alloc(1, sizeof **s, "the outputs", err)) ? 0 : -1;
 }
 
+/* A model reference (a Hugging Face id, MODEL+ADAPTER: refs.c) is the paths it names; one
+ * that does not resolve is left to its reader to refuse. */
 int acem_outputs_add_input(acem_outputs *s, const char *path, acem_error *err) {
-    return output_set_add_input(s, path, err);
+    acem_ref ref;
+    if (acem_ref_resolve(path, NULL, &ref, NULL)) return output_set_add_input(s, path, err);
+    int rc = output_set_add_input(s, ref.model, err) ||
+                     (ref.adapter && output_set_add_input(s, ref.adapter, err))
+                 ? -1
+                 : 0;
+    acem_ref_free(&ref);
+    return rc;
 }
 
 int acem_outputs_claim(acem_outputs *s, const char *path, int force, acem_error *err) {

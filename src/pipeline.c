@@ -722,26 +722,52 @@ static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
     return 0;
 }
 
+/* A checkpoint's identity: its first weights file and its adapter directory (two adapters
+ * on one model are two experts), by device and inode; ino 0 when unknown. */
+typedef struct ck_identity {
+    dev_t dev, adapter_dev;
+    ino_t ino, adapter_ino;
+} ck_identity;
+
+static ck_identity identity_of(const acem_checkpoint *ck) {
+    ck_identity id = {0};
+    struct stat st;
+    const char *adapter = acem_checkpoint_adapter(ck);
+    if (stat(acem_checkpoint_file_path(ck, 0), &st) == 0) {
+        id.dev = st.st_dev;
+        id.ino = st.st_ino;
+    }
+    if (adapter && stat(adapter, &st) == 0) {
+        id.adapter_dev = st.st_dev;
+        id.adapter_ino = st.st_ino;
+    }
+    return id;
+}
+
+static bool same_identity(const ck_identity *a, const ck_identity *b) {
+    return a->ino && a->dev == b->dev && a->ino == b->ino && a->adapter_dev == b->adapter_dev &&
+           a->adapter_ino == b->adapter_ino;
+}
+
 /* The same expert given twice counts twice in every mean: possible as a weighting, far more
- * often a slip. Checkpoints are compared by their first weights file's device and inode,
- * so that another spelling of a path (or a directory and its model.safetensors) is seen. */
+ * often a slip. Checkpoints are compared by identity_of, so that another spelling of a path
+ * (or a directory and its model.safetensors) is seen. */
 static int warn_repeated_experts(merge_run *r, acem_error *err) {
-    struct stat *st = acem_alloc((size_t)r->n_inputs, sizeof *st, "file identities", err), base;
-    if (!st) return -1;
-    if (stat(acem_checkpoint_file_path(r->base, 0), &base) != 0) base.st_ino = 0;
+    ck_identity *id = acem_alloc((size_t)r->n_inputs, sizeof *id, "file identities", err);
+    if (!id) return -1;
+    const ck_identity base = identity_of(r->base);
     int rc = 0;
     for (int t = 0; t < r->n_inputs && !rc; t++) {
-        if (stat(acem_checkpoint_file_path(r->experts[t], 0), &st[t]) != 0) st[t].st_ino = 0;
-        if (!r->method->weights && st[t].st_ino && st[t].st_dev == base.st_dev &&
-            st[t].st_ino == base.st_ino &&
+        id[t] = identity_of(r->experts[t]);
+        if (!r->method->weights && same_identity(&id[t], &base) &&
             (rc = acem_warn(&r->warnings, err,
                             "%s (expert %d) is the base model: its delta is zero, yet it "
                             "counts as an expert (a mergekit config lists the base under "
                             "models; acem takes every entry there as an expert)",
                             r->o->models[t], t + 1)))
             break;
-        for (int u = 0; u < t && st[t].st_ino; u++)
-            if (st[u].st_dev == st[t].st_dev && st[u].st_ino == st[t].st_ino) {
+        for (int u = 0; u < t; u++)
+            if (same_identity(&id[t], &id[u])) {
                 rc = acem_warn(&r->warnings, err,
                                "%s is given twice (experts %d and %d, as %s): its delta counts "
                                "twice in the merge",
@@ -749,7 +775,7 @@ static int warn_repeated_experts(merge_run *r, acem_error *err) {
                 break;
             }
     }
-    free(st);
+    free(id);
     return rc;
 }
 
@@ -1151,14 +1177,60 @@ static const acem_merge_options *with_reference(const acem_merge_options *o,
     return copy;
 }
 
+/* The models' references (Hugging Face ids, MODEL+ADAPTER: refs.c) as the local paths they
+ * name, for every use of a model's path after this (its files, the base's directory, the
+ * card). texts owns them. */
+typedef struct resolved_refs {
+    char **texts;
+    const char **models;
+    int n;
+} resolved_refs;
+
+static void refs_free(resolved_refs *refs) {
+    for (int i = 0; i < refs->n; i++)
+        free(refs->texts[i]);
+    free(refs->texts);
+    free(refs->models);
+}
+
+static char *resolved_text(const char *ref, acem_error *err) {
+    acem_ref r;
+    if (acem_ref_resolve(ref, NULL, &r, err)) return NULL;
+    char *text = acem_ref_text(&r, err);
+    acem_ref_free(&r);
+    return text;
+}
+
+static int resolve_refs(const acem_merge_options *o, acem_merge_options *copy, resolved_refs *refs,
+                        acem_error *err) {
+    *copy = *o;
+    *refs = (resolved_refs){0};
+    size_t n = (size_t)(o->n_models > 0 ? o->n_models : 0) + 1;
+    if (!(refs->texts = acem_alloc(n, sizeof *refs->texts, "model paths", err)) ||
+        !(refs->models = acem_alloc(n, sizeof *refs->models, "model paths", err)))
+        return -1;
+    for (int t = 0; t < o->n_models; t++) {
+        if (!(refs->texts[refs->n] = resolved_text(o->models[t], err))) return -1;
+        refs->models[t] = refs->texts[refs->n++];
+    }
+    if (o->base && !(copy->base = refs->texts[refs->n++] = resolved_text(o->base, err))) return -1;
+    copy->models = refs->models;
+    return 0;
+}
+
 int acem_merge(const acem_merge_options *o, acem_merge_summary *s, acem_error *err) {
     double t0 = acem_now();
-    acem_merge_options reference;
-    o = with_reference(o, &reference);
-    merge_run r = {.o = o};
+    acem_merge_options resolved, reference;
+    resolved_refs refs;
     acem_merge_summary local;
     if (!s) s = &local;
     memset(s, 0, sizeof *s);
+    if (resolve_refs(o, &resolved, &refs, err)) {
+        refs_free(&refs);
+        return -1;
+    }
+    o = with_reference(&resolved, &reference);
+    merge_run r = {.o = o};
     output_set outs = {0};
     output *model = NULL, *report = NULL;
     st_out_tensor *tensors = NULL;
@@ -1208,6 +1280,7 @@ done:
     output_set_clear(&outs); /* removes every temporary not committed, and the locks */
     free(tensors);
     free_run(&r);
+    refs_free(&refs);
     s->wall_seconds = acem_now() - t0;
     return rc;
 }
@@ -1215,12 +1288,17 @@ done:
 int acem_stats(const acem_merge_options *o, double threshold, acem_stats_fn fn, void *user,
                acem_error *err) {
     /* A dry walk of the merge plan with whole tensors (ace's shape of work), no output. */
-    acem_merge_options so = *o;
-    so.out = NULL;
+    acem_merge_options so;
+    resolved_refs refs;
     merge_run r = {.o = &so, .method = &method_ace};
     if (!o->base || o->n_models < 2)
         return acem_fail(err, "a base model and at least 2 expert models are needed");
     if (acem_check_options(o, err)) return -1;
+    if (resolve_refs(o, &so, &refs, err)) {
+        refs_free(&refs);
+        return -1;
+    }
+    so.out = NULL;
     set_compute(&r);
     double *norm = NULL, *erank = NULL;
     int rc = -1;
@@ -1258,5 +1336,6 @@ out:
     free(norm);
     free(erank);
     free_run(&r);
+    refs_free(&refs);
     return rc;
 }

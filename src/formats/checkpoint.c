@@ -1,6 +1,8 @@
 /* checkpoint.c — a model argument as a list of tensors: one .safetensors or GGUF file, or
- * a Hugging Face directory (model.safetensors, or shards + model.safetensors.index.json).
- * GGUF's block-quantised tensors read as their dequantised F32 values. */
+ * a Hugging Face directory (model.safetensors, or shards + model.safetensors.index.json),
+ * named by a path, a Hugging Face id or MODEL+ADAPTER (refs.c); a LoRA adapter's tensors
+ * read as the adapted ones (lora.c). GGUF's block-quantised tensors read as their
+ * dequantised F32 values. */
 #include "formats.h"
 
 #include <cjson/cJSON.h>
@@ -31,6 +33,7 @@ struct acem_checkpoint {
     const acem_tensor *gathered_for;
     unsigned char *gathered;
     pthread_mutex_t gather_lock;
+    lora *lora; /* a PEFT adapter applied to the tensors, or NULL */
 };
 
 const char *acem_checkpoint_path(const acem_checkpoint *ck) { return ck->path; }
@@ -49,8 +52,13 @@ void acem_checkpoint_metadata_at(const acem_checkpoint *ck, size_t i, const char
     *value = ck->meta.meta_values[i];
 }
 
+const char *acem_checkpoint_adapter(const acem_checkpoint *ck) {
+    return ck->lora ? lora_dir(ck->lora) : NULL;
+}
+
 void acem_checkpoint_close(acem_checkpoint *ck) {
     if (!ck) return;
+    lora_close(ck->lora);
     for (size_t i = 0; i < ck->n_files; i++) {
         if (ck->files[i].fd >= 0) close(ck->files[i].fd);
         free(ck->files[i].path);
@@ -159,10 +167,8 @@ static int gather(acem_checkpoint *ck, const acem_tensor *t, const tensor_view *
     return 0;
 }
 
-int acem_checkpoint_read(const acem_checkpoint *ck, const acem_tensor *t, uint64_t from, void *dst,
-                         uint64_t nbytes, acem_error *err) {
-    if (from > t->nbytes || nbytes > t->nbytes - from)
-        return acem_fail(err, "%s: read outside tensor \"%s\"", ck->path, t->name);
+static int read_model(const acem_checkpoint *ck, const acem_tensor *t, uint64_t from, void *dst,
+                      uint64_t nbytes, acem_error *err) {
     if (t->quant != ACEM_QUANT_NONE) return read_quantised(ck, t, from, dst, nbytes, err);
     const tensor_view *v = &ck->views[t - ck->tensors];
     if (v->strided) {
@@ -177,12 +183,43 @@ int acem_checkpoint_read(const acem_checkpoint *ck, const acem_tensor *t, uint64
     return acem_pread_full(f->fd, f->path, dst, nbytes, t->offset + from, err);
 }
 
-/* Opens one safetensors file (or, when not a shard of a directory, a GGUF file) as shard
- * number ck->n_files and appends its tensors. */
-/* A file of a model directory reached through a link must stay inside the directory or
- * the Hugging Face cache repository holding it (snapshots link to ../../blobs/): a link
+/* A tensor the adapter changes, in the model's type (as merge_and_unload stores it): the
+ * model's values, in double, adapted and rounded once, a block of elements at a time (so
+ * that a read of a whole tensor holds no more than a block in double). */
+#define ADAPT_BLOCK_ELEMS 65536u
+static int read_adapted(const acem_checkpoint *ck, const lora_use *u, const acem_tensor *t,
+                        uint64_t from, void *dst, uint64_t nbytes, acem_error *err) {
+    const size_t es = acem_dtype_size(t->dtype);
+    if (from % es || nbytes % es)
+        return acem_fail(err, "%s: a read of part of an element of \"%s\"", ck->path, t->name);
+    const uint64_t first = from / es, n = nbytes / es;
+    double *v = acem_alloc(n < ADAPT_BLOCK_ELEMS ? (size_t)n : ADAPT_BLOCK_ELEMS, sizeof *v,
+                           "adapted values", err);
+    int rc = v ? 0 : -1;
+    for (uint64_t at = 0; !rc && at < n; at += ADAPT_BLOCK_ELEMS) {
+        uint64_t m = n - at < ADAPT_BLOCK_ELEMS ? n - at : ADAPT_BLOCK_ELEMS;
+        unsigned char *out = (unsigned char *)dst + at * es;
+        if (!u->full && !(rc = read_model(ck, t, (first + at) * es, out, m * es, err)))
+            acem_convert_from_raw(out, t->dtype, v, ACEM_DT_F64, (size_t)m, false);
+        if (!rc && !(rc = lora_values(ck->lora, u, t, first + at, m, v, err)))
+            acem_convert_to_raw(v, ACEM_DT_F64, out, t->dtype, (size_t)m);
+    }
+    free(v);
+    return rc;
+}
+
+int acem_checkpoint_read(const acem_checkpoint *ck, const acem_tensor *t, uint64_t from, void *dst,
+                         uint64_t nbytes, acem_error *err) {
+    if (from > t->nbytes || nbytes > t->nbytes - from)
+        return acem_fail(err, "%s: read outside tensor \"%s\"", ck->path, t->name);
+    const lora_use *u = ck->lora ? lora_use_of(ck->lora, (size_t)(t - ck->tensors)) : NULL;
+    return u ? read_adapted(ck, u, t, from, dst, nbytes, err)
+             : read_model(ck, t, from, dst, nbytes, err);
+}
+
+/* Snapshots of the Hugging Face cache link to ../../blobs/, inside their repository; a link
  * elsewhere would make any file on the machine an input. */
-static int check_link(const char *dir, const char *path, acem_error *err) {
+int acem_check_model_link(const char *dir, const char *path, acem_error *err) {
     struct stat st;
     if (lstat(path, &st) != 0 || !S_ISLNK(st.st_mode) || acem_path_within_model(dir, path))
         return 0;
@@ -192,11 +229,13 @@ static int check_link(const char *dir, const char *path, acem_error *err) {
                      path);
 }
 
-/* dir: the model directory holding path, or NULL for a file the user named (which may be
- * GGUF; the files of a directory are safetensors or PyTorch). */
+/* Opens one safetensors file (or, when not a shard of a directory, a GGUF file) as shard
+ * number ck->n_files and appends its tensors. dir: the model directory holding path, or
+ * NULL for a file the user named (which may be GGUF; the files of a directory are
+ * safetensors or PyTorch). */
 static int add_file(acem_checkpoint *ck, const char *dir, const char *path, acem_error *err) {
     const bool may_be_gguf = dir == NULL;
-    if (dir && check_link(dir, path, err)) return -1;
+    if (dir && acem_check_model_link(dir, path, err)) return -1;
     ck_file *f = &ck->files[ck->n_files];
     f->fd = -1;
     if (!(f->path = acem_strdup(path, err))) return -1;
@@ -283,7 +322,7 @@ static int cmp_str(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static char *read_small_file(const char *path, uint64_t limit, size_t *len, acem_error *err) {
+char *acem_read_small_file(const char *path, uint64_t limit, size_t *len, acem_error *err) {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK) /* a FIFO must not block us */;
     if (fd < 0) {
         acem_fail(err, "%s: cannot open: %s", path, strerror(errno));
@@ -310,9 +349,9 @@ static char *read_small_file(const char *path, uint64_t limit, size_t *len, acem
 static int open_sharded(acem_checkpoint *ck, const char *dir, const char *index_path,
                         acem_error *err) {
     size_t len;
-    char *text = check_link(dir, index_path, err)
+    char *text = acem_check_model_link(dir, index_path, err)
                      ? NULL
-                     : read_small_file(index_path, ACEM_INDEX_MAX_BYTES, &len, err);
+                     : acem_read_small_file(index_path, ACEM_INDEX_MAX_BYTES, &len, err);
     if (!text) return -1;
     cJSON *root =
         acem_utf8_valid((unsigned char *)text, len) ? cJSON_ParseWithLength(text, len) : NULL;
@@ -380,51 +419,61 @@ out:
     return rc;
 }
 
+static int open_one(acem_checkpoint *ck, const char *dir, const char *path, acem_error *err) {
+    if (!(ck->files = acem_alloc(1, sizeof *ck->files, "a file", err))) return -1;
+    return add_file(ck, dir, path, err) || index_names(ck, err) ? -1 : 0;
+}
+
+/* The first of transformers' choices (modeling_utils.py: model.safetensors, its index,
+ * pytorch_model.bin, its index) that the directory holds, else Mistral's single
+ * consolidated.safetensors; *sharded for an index. */
+static char *weights_of(const char *dir, bool *sharded, acem_error *err) {
+    static const char *const names[] = {"model.safetensors", "model.safetensors.index.json",
+                                        "pytorch_model.bin", "pytorch_model.bin.index.json",
+                                        "consolidated.safetensors"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        char *p = acem_path_join(dir, names[i], err);
+        if (!p || access(p, F_OK) == 0) {
+            *sharded = i == 1 || i == 3;
+            return p;
+        }
+        free(p);
+    }
+    acem_fail(err,
+              "%s: holds neither model.safetensors nor model.safetensors.index.json (nor "
+              "pytorch_model.bin, pytorch_model.bin.index.json or consolidated.safetensors)",
+              dir);
+    return NULL;
+}
+
+static int open_model(acem_checkpoint *ck, const char *path, acem_error *err) {
+    if (!acem_is_dir(path)) return open_one(ck, NULL, path, err);
+    /* Without search permission every probe below fails as if the files were missing. */
+    if (access(path, X_OK) != 0)
+        return acem_fail(err, "%s: cannot open: %s", path, strerror(errno));
+    bool sharded;
+    char *weights = weights_of(path, &sharded, err);
+    int rc = !weights  ? -1
+             : sharded ? open_sharded(ck, path, weights, err)
+                       : open_one(ck, path, weights, err);
+    free(weights);
+    return rc;
+}
+
 int acem_checkpoint_open(const char *path, acem_checkpoint **out, acem_error *err) {
     *out = NULL;
+    acem_ref ref;
+    if (acem_ref_resolve(path, NULL, &ref, err)) return -1;
     acem_checkpoint *ck = acem_alloc(1, sizeof *ck, "a checkpoint", err);
-    if (!ck) return acem_fail_naming(err, path);
-    pthread_mutex_init(&ck->gather_lock, NULL);
     int rc = -1;
-    char *single = NULL, *index = NULL, *bin = NULL, *bin_index = NULL;
-    if (!(ck->path = acem_strdup(path, err))) goto out;
-    if (!acem_is_dir(path)) {
-        if (!(ck->files = acem_alloc(1, sizeof *ck->files, "a file", err))) goto out;
-        rc = add_file(ck, NULL, path, err) || index_names(ck, err) ? -1 : 0;
-        goto out;
+    if (ck) {
+        pthread_mutex_init(&ck->gather_lock, NULL);
+        rc = (ck->path = acem_ref_text(&ref, err)) && !open_model(ck, ref.model, err) &&
+                     !(ref.adapter && lora_open(ref.adapter, ck, &ck->lora, err))
+                 ? 0
+                 : -1;
     }
-    /* Without search permission every probe below fails as if the files were missing. */
-    if (access(path, X_OK) != 0) {
-        acem_fail(err, "%s: cannot open: %s", path, strerror(errno));
-        goto out;
-    }
-    single = acem_path_join(path, "model.safetensors", err);
-    index = acem_path_join(path, "model.safetensors.index.json", err);
-    if (!single || !index) goto out;
-    if (!(bin = acem_path_join(path, "pytorch_model.bin", err)) ||
-        !(bin_index = acem_path_join(path, "pytorch_model.bin.index.json", err)))
-        goto out;
-    /* safetensors first, then PyTorch; one file before an index */
-    const char *one = access(single, F_OK) == 0 ? single : access(bin, F_OK) == 0 ? bin : NULL;
-    const char *idx = access(index, F_OK) == 0       ? index
-                      : access(bin_index, F_OK) == 0 ? bin_index
-                                                     : NULL;
-    if (one) {
-        if (!(ck->files = acem_alloc(1, sizeof *ck->files, "a file", err))) goto out;
-        rc = add_file(ck, path, one, err) || index_names(ck, err) ? -1 : 0;
-    } else if (idx) {
-        rc = open_sharded(ck, path, idx, err);
-    } else {
-        acem_fail(err,
-                  "%s: holds neither model.safetensors nor model.safetensors.index.json (nor "
-                  "pytorch_model.bin or pytorch_model.bin.index.json)",
-                  path);
-    }
-out:
-    free(single);
-    free(index);
-    free(bin);
-    free(bin_index);
+    acem_ref_free(&ref);
     if (rc) {
         acem_checkpoint_close(ck);
         return acem_fail_naming(err, path);

@@ -146,6 +146,41 @@ bool acem_utf8_valid(const unsigned char *buf, size_t len);
  * to tell "out of memory" from `invalid`. Returns -1. */
 int acem_json_error(const char *path, size_t len, const char *invalid, acem_error *err);
 
+/* A file of a model directory reached through a link must stay inside the directory (or
+ * the Hugging Face cache repository holding it): -1 with err set otherwise. */
+int acem_check_model_link(const char *dir, const char *path, acem_error *err);
+/* A regular file of at most limit bytes, NUL-terminated (*len without the NUL). */
+char *acem_read_small_file(const char *path, uint64_t limit, size_t *len, acem_error *err);
+
+/* ---- PEFT LoRA adapters (lora.c) ---- */
+
+/* The adapter directory applied to ck's tensors, or NULL. */
+const char *acem_checkpoint_adapter(const acem_checkpoint *ck);
+
+typedef struct lora lora;
+/* What an adapter does to one tensor of the model: full replaces it (modules_to_save, a
+ * trained bias, an embedding PEFT saved with save_embedding_layers), and a and b, when
+ * set, are its lora_A and lora_B, added as s B A (transposed when `transposed`:
+ * fan_in_fan_out, embeddings). */
+typedef struct lora_use {
+    const acem_tensor *a, *b, *full;
+    bool transposed;
+} lora_use;
+/* adapter_config.json's base_model_name_or_path (NULL when absent). */
+int lora_base_model(const char *dir, char **base, acem_error *err);
+/* Reads the adapter in dir and binds each of its tensors to model's: every shape, name and
+ * setting checked, unsupported kinds refused. */
+int lora_open(const char *dir, const acem_checkpoint *model, lora **out, acem_error *err);
+void lora_close(lora *l);
+const char *lora_dir(const lora *l);
+/* The change to model tensor number `tensor`, or NULL when the adapter leaves it alone. */
+const lora_use *lora_use_of(const lora *l, size_t tensor);
+/* Elements [e0, e0 + n) of the adapted tensor w: v holds the model's values on entry
+ * (unless u->full, which replaces them) and the adapted ones on return, in double.
+ * Thread-safe. */
+int lora_values(const lora *l, const lora_use *u, const acem_tensor *w, uint64_t e0, uint64_t n,
+                double *v, acem_error *err);
+
 /* pread until done; -1 with err set on failure or a short file. */
 int acem_pread_full(int fd, const char *path, void *dst, uint64_t n, uint64_t off, acem_error *err);
 

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static int load(const char *dir, const char *yaml, acem_config **c, acem_merge_options *o,
                 acem_error *err) {
@@ -122,6 +123,13 @@ static void test_mergekit_parameters(void **state) {
                        "merge_method: ties\n"
                        "base_model: base\n"
                        "parameters: ~\n";
+    /* models are resolved as the config is read (a name like "base" that is no local path
+     * is looked up as a Hugging Face id): these ones are local */
+    for (int i = 0; i < 3; i++) {
+        char model[4096];
+        snprintf(model, sizeof model, "%s/%s", dir, (const char *[]){"base", "a", "b"}[i]);
+        assert_int_equal(mkdir(model, 0755), 0);
+    }
     assert_int_equal(load(dir, yaml, &c, &o, &err), 0);
     assert_int_equal(o.n_models, 2);
     const acem_settings *s = o.settings;
