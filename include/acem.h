@@ -269,6 +269,19 @@ typedef void (*acem_warning_fn)(void *user, const char *message);
  * read per tensor by acem_merge (docs/config.md). */
 typedef struct acem_settings acem_settings;
 
+/* One entry of mergekit's tokenizer.tokens (tokenizer/config.py, TokenEmbeddingConfig): the
+ * token's embedding row in models that lack it (every model when force) is a model's row
+ * of the same token (model set, source_token NULL, source_id -1), a model's row of another
+ * token or id (kind model_token), or zeros (model NULL). A token the output vocabulary
+ * lacks is added to it. */
+typedef struct acem_token_spec {
+    const char *token;
+    const char *model;
+    const char *source_token;
+    long long source_id;
+    int force;
+} acem_token_spec;
+
 typedef struct acem_merge_options {
     const char *base;
     const char *const *models;
@@ -302,6 +315,15 @@ typedef struct acem_merge_options {
     int strict;
     const char *report_path; /* JSON run report, or NULL */
     const char *config_path; /* the YAML these options came from (an input), or NULL */
+    /* mergekit's tokenizer keys (docs/config.md): where the output's vocabulary and tokenizer
+     * files come from ("base" or a model directory; NULL: the base's files, no remapping),
+     * the vocabulary rounded up to a multiple of pad_to_multiple_of (0: not), and a chat
+     * template ("auto", a builtin name or Jinja text) for tokenizer_config.json. */
+    const char *tokenizer_source;
+    int pad_to_multiple_of;
+    const acem_token_spec *tokens;
+    int n_tokens;
+    const char *chat_template;
     /* regmean: Gram matrices per expert; grams[t] (or NULL) belongs to models[t]. */
     const char *const *grams;
     acem_progress_fn progress;

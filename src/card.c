@@ -127,6 +127,31 @@ static bool flagged(const acem_merge_options *o, const char *key) {
     return false;
 }
 
+/* tokenizer.tokens, each entry as the config gave it (models as absolute paths). */
+static void put_tokens(text *t, const acem_merge_options *o) {
+    if (o->n_tokens) put(t, "  tokens:\n");
+    for (int i = 0; i < o->n_tokens; i++) {
+        const acem_token_spec *s = &o->tokens[i];
+        put(t, "    ");
+        put_quoted(t, s->token);
+        put(t, ":\n      force: %s\n      source:", s->force ? "true" : "false");
+        if (!s->model) {
+            put(t, " {kind: zero}\n");
+            continue;
+        }
+        put(t, s->source_token || s->source_id >= 0 ? "\n        kind: model_token\n        model: "
+                                                    : " ");
+        put_path(t, s->model);
+        if (s->source_token) {
+            put(t, "\n        token: ");
+            put_quoted(t, s->source_token);
+        } else if (s->source_id >= 0) {
+            put(t, "\n        token_id: %lld", s->source_id);
+        }
+        put(t, "\n");
+    }
+}
+
 /* "lambda=0.3 density=0.2 seed=7" (the summary's resolved parameters) as YAML: the seed is
  * a top-level key, the rest are method parameters, each the run's value or, where the
  * config's top level set a gradient or conditions and no --param overrode them, that setting
@@ -213,6 +238,22 @@ char *card_config_yaml(const acem_merge_options *o, const acem_merge_summary *s,
     for (int i = 0; i < o->n_excludes; i++) {
         put(&t, "  - ");
         put_quoted(&t, o->excludes[i]);
+        put(&t, "\n");
+    }
+    if (o->tokenizer_source) { /* base and union as words, a model as its absolute path */
+        bool word = !strcmp(o->tokenizer_source, "base") || !strcmp(o->tokenizer_source, "union");
+        put(&t, "tokenizer:\n  source: ");
+        if (word)
+            put(&t, "%s", o->tokenizer_source);
+        else
+            put_path(&t, o->tokenizer_source);
+        if (o->pad_to_multiple_of) put(&t, "\n  pad_to_multiple_of: %d", o->pad_to_multiple_of);
+        put(&t, "\n");
+        put_tokens(&t, o);
+    }
+    if (o->chat_template) {
+        put(&t, "chat_template: ");
+        put_quoted(&t, o->chat_template);
         put(&t, "\n");
     }
     if (o->covariance_axis_input) put(&t, "covariance_axis: input\n");
@@ -319,16 +360,12 @@ static void update_entries(cJSON *root, acem_dtype dt, long n_layers) {
                                                    cJSON_CreateNumber((double)n_layers));
 }
 
-/* config.json copied from the base is brought up to date (update_entries). A config.json
- * that is not a JSON object is left as it is: it was copied, not written. */
-static int update_config_json(const char *dir, acem_out_type type, long n_layers, acem_error *err) {
-    acem_dtype dt = acem_out_type_dtype(type);
-    char *path = acem_path_join(dir, "config.json", err);
-    if (!path) return -1;
-    FILE *f = dt == ACEM_DT_NONE && n_layers < 0 ? NULL : fopen(path, "rb");
+cJSON *card_read_json(const char *dir, const char *name) {
+    char *path = acem_path_join(dir, name, NULL);
+    FILE *f = path ? fopen(path, "rb") : NULL;
     char *buf = NULL;
     long n = -1;
-    if (f && fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && n < (16L << 20) &&
+    if (f && fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && n < (64L << 20) &&
         fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1)) &&
         fread(buf, 1, (size_t)n, f) != (size_t)n) {
         free(buf);
@@ -338,23 +375,34 @@ static int update_config_json(const char *dir, acem_out_type type, long n_layers
     free(path);
     cJSON *root = buf ? cJSON_ParseWithLength(buf, (size_t)n) : NULL;
     free(buf);
-    if (!cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return 0;
-    }
-    update_entries(root, dt, n_layers);
-    char *json = cJSON_Print(root);
+    if (cJSON_IsObject(root)) return root;
     cJSON_Delete(root);
-    if (!json) return acem_fail(err, "out of memory updating config.json");
-    size_t len = strlen(json);
-    char *with_newline = realloc(json, len + 2);
+    return NULL;
+}
+
+int card_write_json(const char *dir, const char *name, const cJSON *root, acem_error *err) {
+    char *json = cJSON_Print(root);
+    size_t len = json ? strlen(json) : 0;
+    char *with_newline = json ? realloc(json, len + 2) : NULL;
     if (!with_newline) {
         free(json);
-        return acem_fail(err, "out of memory updating config.json");
+        return acem_fail(err, "out of memory writing %s", name);
     }
     memcpy(with_newline + len, "\n", 2);
-    int rc = write_new(dir, "config.json", with_newline, err);
+    int rc = write_new(dir, name, with_newline, err);
     free(with_newline);
+    return rc;
+}
+
+/* config.json copied from the base is brought up to date (update_entries). A config.json
+ * that is not a JSON object is left as it is: it was copied, not written. */
+static int update_config_json(const char *dir, acem_out_type type, long n_layers, acem_error *err) {
+    acem_dtype dt = acem_out_type_dtype(type);
+    cJSON *root = dt == ACEM_DT_NONE && n_layers < 0 ? NULL : card_read_json(dir, "config.json");
+    if (!root) return 0;
+    update_entries(root, dt, n_layers);
+    int rc = card_write_json(dir, "config.json", root, err);
+    cJSON_Delete(root);
     return rc;
 }
 

@@ -38,6 +38,7 @@ struct acem_config {
     const char **models;
     const char **grams; /* parallel to models */
     const char **excludes;
+    acem_token_spec *tokens; /* tokenizer.tokens */
     acem_settings *settings;
     char **paths; /* relative paths resolved against the file's directory */
     size_t n_paths, cap_paths;
@@ -49,6 +50,7 @@ void acem_config_free(acem_config *c) {
     free(c->models);
     free(c->grams);
     free(c->excludes);
+    free(c->tokens);
     settings_free(c->settings);
     for (size_t i = 0; i < c->n_paths; i++)
         free(c->paths[i]);
@@ -473,6 +475,111 @@ static int string_list(cfg_ctx *x, yaml_node_t *n, const char *key, const char *
     return 0;
 }
 
+/* tokenizer_source's value: base, union, or a model reference (refs.c: a path from the
+ * file's directory, a Hugging Face id from the local cache). */
+static const char *tokenizer_source(cfg_ctx *x, yaml_node_t *v, const char *key) {
+    const char *s = scalar(x, v, key);
+    return s && strcmp(s, "base") && strcmp(s, "union") ? reference_scalar(x, v, key) : s;
+}
+
+/* A token's `source:` (TokenEmbeddingConfig.source): a model, or {kind: zero}, or
+ * {kind: model_token, model, token | token_id}. */
+static int token_source(cfg_ctx *x, yaml_node_t *v, acem_token_spec *t) {
+    if (!v || v->type != YAML_MAPPING_NODE)
+        return (t->model = reference_scalar(x, v, "source")) ? 0 : -1;
+    const char *kind = NULL;
+    double id;
+    for (yaml_node_pair_t *p = v->data.mapping.pairs.start; p < v->data.mapping.pairs.top; p++) {
+        const char *k = scalar(x, node(x, p->key), "source");
+        yaml_node_t *val = node(x, p->value);
+        if (!k) return -1;
+        if (!strcmp(k, "kind") && !(kind = scalar(x, val, k))) return -1;
+        if (!strcmp(k, "model") && !(t->model = reference_scalar(x, val, k))) return -1;
+        if (!strcmp(k, "token") && !(t->source_token = scalar(x, val, k))) return -1;
+        if (!strcmp(k, "token_id")) {
+            if (number(x, val, k, &id)) return -1;
+            if (!(id >= 0 && id < 1e15 && floor(id) == id))
+                return acem_fail(x->err, "%s: token_id must be a non-negative integer", x->path);
+            t->source_id = (long long)id;
+        }
+    }
+    bool zero = kind && !strcmp(kind, "zero"), mt = kind && !strcmp(kind, "model_token");
+    if (zero) t->model = NULL;
+    if (!zero && !(mt && t->model && (!t->source_token != (t->source_id < 0))))
+        return acem_fail(x->err,
+                         "%s: token \"%s\": a source is a model, {kind: zero} or {kind: "
+                         "model_token, model, token or token_id}",
+                         x->path, t->token);
+    return 0;
+}
+
+/* tokenizer.tokens: token -> {source, force}. */
+static int token_specs(cfg_ctx *x, yaml_node_t *v) {
+    if (!v || v->type != YAML_MAPPING_NODE || items(v) > CONFIG_MAX_LIST)
+        return acem_fail(x->err, "%s: tokenizer.tokens must be a mapping of tokens", x->path);
+    size_t n = items(v);
+    if (!(x->c->tokens = acem_alloc(n + 1, sizeof *x->c->tokens, "the tokens", x->err))) return -1;
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_pair_t *p = &v->data.mapping.pairs.start[i];
+        acem_token_spec *t = &x->c->tokens[i];
+        yaml_node_t *spec = node(x, p->value), *source = NULL;
+        t->source_id = -1;
+        if (!(t->token = scalar(x, node(x, p->key), "tokens"))) return -1;
+        if (!spec || spec->type != YAML_MAPPING_NODE)
+            return acem_fail(x->err, "%s: token \"%s\" takes {source, force}", x->path, t->token);
+        for (yaml_node_pair_t *q = spec->data.mapping.pairs.start; q < spec->data.mapping.pairs.top;
+             q++) {
+            const char *k = scalar(x, node(x, q->key), t->token);
+            if (!k) return -1;
+            if (!strcmp(k, "source")) {
+                source = node(x, q->value);
+            } else if (!strcmp(k, "force")) {
+                if (boolean(x, node(x, q->value), k, &t->force)) return -1;
+            } else {
+                return acem_fail(x->err, "%s: token \"%s\" takes source and force, not \"%s\"",
+                                 x->path, t->token, k);
+            }
+        }
+        if (!source) /* mergekit: source None is NotImplementedError */
+            return acem_fail(x->err, "%s: token \"%s\" needs a source", x->path, t->token);
+        if (token_source(x, source, t)) return -1;
+    }
+    x->o->tokens = x->c->tokens;
+    x->o->n_tokens = (int)n;
+    return 0;
+}
+
+/* mergekit's `tokenizer:` block (tokenizer/config.py, TokenizerConfig): source (default
+ * union, as there), tokens and pad_to_multiple_of. */
+static int tokenizer_block(cfg_ctx *x, yaml_node_t *v) {
+    if (!v || v->type != YAML_MAPPING_NODE)
+        return acem_fail(x->err, "%s: \"tokenizer\" must be a mapping (source, pad_to_multiple_of)",
+                         x->path);
+    x->o->tokenizer_source = "union";
+    for (yaml_node_pair_t *p = v->data.mapping.pairs.start; p < v->data.mapping.pairs.top; p++) {
+        const char *k = scalar(x, node(x, p->key), "tokenizer");
+        double d;
+        if (!k) return -1;
+        if (!strcmp(k, "source")) {
+            if (!(x->o->tokenizer_source = tokenizer_source(x, node(x, p->value), k))) return -1;
+        } else if (!strcmp(k, "pad_to_multiple_of")) {
+            if (number(x, node(x, p->value), k, &d)) return -1;
+            if (!(d >= 1 && d <= 65536 && floor(d) == d))
+                return acem_fail(x->err, "%s: pad_to_multiple_of must be an integer 1 to 65536",
+                                 x->path);
+            x->o->pad_to_multiple_of = (int)d;
+        } else if (!strcmp(k, "tokens")) {
+            if (token_specs(x, node(x, p->value))) return -1;
+        } else {
+            return acem_fail(x->err,
+                             "%s: \"tokenizer\" takes source, tokens and pad_to_multiple_of, "
+                             "not \"%s\"",
+                             x->path, k);
+        }
+    }
+    return 0;
+}
+
 static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
     acem_merge_options *o = x->o;
     const char *s;
@@ -494,6 +601,13 @@ static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
         return rc;
     }
     if (!strcmp(k, "parameters")) return parameters(x, v, &x->c->settings->top, NULL);
+    if (!strcmp(k, "tokenizer_source") || !strcmp(k, "tokenizer")) {
+        if (o->tokenizer_source) /* mergekit: "Cannot specify both" */
+            return acem_fail(x->err, "%s: give tokenizer_source or tokenizer, not both", x->path);
+        if (!strcmp(k, "tokenizer")) return tokenizer_block(x, v);
+        return (o->tokenizer_source = tokenizer_source(x, v, k)) ? 0 : -1;
+    }
+    if (!strcmp(k, "chat_template")) return (o->chat_template = scalar(x, v, k)) ? 0 : -1;
     if (!strcmp(k, "lambda")) return number(x, v, k, &o->lambda);
     if (!strcmp(k, "allow_nonfinite")) return boolean(x, v, k, &o->allow_nonfinite);
     if (!strcmp(k, "strict")) return boolean(x, v, k, &o->strict);

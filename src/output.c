@@ -713,15 +713,43 @@ static int check_readable(const char *src, acem_error *err) {
     return 0;
 }
 
-int output_copy_aux_files(const output *o, const char *base_dir, bool dry, output_aux_fn note,
-                          void *user, acem_error *err) {
+static bool skipped(const char *const *names, const char *name) {
+    for (; names && *names; names++)
+        if (!strcmp(*names, name)) return true;
+    return false;
+}
+
+int output_copy_aux_file(const output *o, const char *dir, const char *name, bool dry,
+                         acem_error *err) {
+    char *src = acem_path_join(dir, name, err);
+    char *dst = src && !dry ? acem_path_join(o->tmp_path, name, err) : NULL;
+    char *shown = dst ? acem_path_join(o->final_path, name, err) : NULL;
+    struct stat lst, st;
+    int rc = 0;
+    if (!src || (!dry && !shown))
+        rc = -1;
+    else if (lstat(src, &lst) != 0 || stat(src, &st) != 0 || !S_ISREG(st.st_mode))
+        rc = 0; /* not there: nothing to copy */
+    else if (S_ISLNK(lst.st_mode) && !acem_path_within_model(dir, src))
+        rc = acem_fail(err, "%s: a link that leads out of the model directory; not copied", src);
+    else
+        rc = dry ? check_readable(src, err) : copy_file(src, dst, shown, err);
+    free(src);
+    free(dst);
+    free(shown);
+    return rc;
+}
+
+int output_copy_aux_files(const output *o, const char *base_dir, const char *const *skip, bool dry,
+                          output_aux_fn note, void *user, acem_error *err) {
     if (o->kind == OUTPUT_FILE || !acem_is_dir(base_dir)) return 0;
     DIR *d = opendir(base_dir);
     if (!d) return acem_fail(err, "%s: cannot list: %s", base_dir, strerror(errno));
     int rc = 0;
     struct dirent *e;
     while (!rc && (e = readdir(d))) {
-        if (e->d_name[0] == '.' || is_weight_file(e->d_name) || !strcmp(e->d_name, "README.md"))
+        if (e->d_name[0] == '.' || is_weight_file(e->d_name) || !strcmp(e->d_name, "README.md") ||
+            skipped(skip, e->d_name))
             continue;
         char *src = acem_path_join(base_dir, e->d_name, err);
         char *dst = src && !dry ? acem_path_join(o->tmp_path, e->d_name, err) : NULL;

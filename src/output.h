@@ -74,7 +74,11 @@ typedef int (*output_aux_fn)(void *user, const char *path, output_aux_kind kind,
  * directory output: plain files, and links only where they resolve inside the base
  * directory or the Hugging Face cache repository holding it; never with wider
  * permissions than the source. dry: only check that each can be read (the pre-flight). */
-int output_copy_aux_files(const output *o, const char *base_dir, bool dry, output_aux_fn note,
-                          void *user, acem_error *err);
+int output_copy_aux_files(const output *o, const char *base_dir, const char *const *skip, bool dry,
+                          output_aux_fn note, void *user, acem_error *err);
+/* One file of dir into the directory output, under the same rules; nothing when dir lacks
+ * it. skip (NULL-terminated, or NULL) above: names not copied from the base. */
+int output_copy_aux_file(const output *o, const char *dir, const char *name, bool dry,
+                         acem_error *err);
 
 #endif

@@ -14,6 +14,7 @@
 #include "params.h"
 #include "plan.h"
 #include "stats.h"
+#include "tokenizer_merge.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -83,6 +84,8 @@ typedef struct merge_run {
     acem_warnings warnings;
     const char *axis;                    /* the covariance axis used, for the summary */
     size_t gram_tensors, gram_fallbacks; /* regmean: 2-D merged tensors, those without Grams */
+    bool has_base;                       /* a base was given (not the first model as reference) */
+    tok_plan tok;                        /* tokenizer_source / chat_template */
 } merge_run;
 
 static void report_progress(merge_run *r) {
@@ -272,6 +275,7 @@ static int resolve_params(merge_run *r, const plan_entry *e, acem_error *err) {
 }
 
 static uint64_t chunk_of(const merge_run *r, const plan_entry *e) {
+    if (e->remap) return e->base->numel; /* rows come from anywhere in the inputs */
     if (e->action == PLAN_COPY || r->method->elementwise == NULL ||
         !r->method->elementwise(r->params))
         return e->action == PLAN_COPY ? CHUNK_ELEMS : e->base->numel;
@@ -338,16 +342,32 @@ static int load_grams(merge_run *r, const plan_entry *e, method_ctx *c, acem_err
     return 0;
 }
 
+/* One stored row of tensor t of ck, for tok_remap_rows. */
+static int read_row(void *user, const acem_checkpoint *ck, const acem_tensor *t, uint64_t row,
+                    void *into, acem_error *err) {
+    uint64_t cols = t->shape[1];
+    return load(user, ck, t, row * cols, cols, into, err);
+}
+
+/* Input k (0: the base, then the experts) of e, elements [from, from + n), into dst; an
+ * embedding mapped to the output vocabulary is read row by row through its remap. */
+static int load_input(merge_run *r, const plan_entry *e, int k, uint64_t from, uint64_t n,
+                      void *dst, acem_error *err) {
+    if (e->remap) return tok_remap_rows(&r->tok, e->remap, k, r->f64, dst, read_row, r, err);
+    return load(r, k ? e->expert_ck[k - 1] : e->base_ck, k ? e->experts[k - 1] : e->base, from, n,
+                dst, err);
+}
+
 /* W0 into r->w0 and Dt = Wt - W0 into r->deltas, for elements [from, from + n). */
 static int load_deltas(merge_run *r, const plan_entry *e, uint64_t from, uint64_t n,
                        acem_error *err) {
     if (r->method->weights) { /* Wt themselves, the output Delta (method.h) */
         memset(r->w0, 0, n * r->csize);
-    } else if (load(r, e->base_ck, e->base, from, n, r->w0, err)) {
+    } else if (load_input(r, e, 0, from, n, r->w0, err)) {
         return -1;
     }
     for (int t = 0; t < r->T; t++) {
-        if (load(r, e->expert_ck[t], e->experts[t], from, n, r->deltas[t], err)) return -1;
+        if (load_input(r, e, t + 1, from, n, r->deltas[t], err)) return -1;
         if (!r->method->weights) subtract(r->deltas[t], r->w0, n, r->f64);
     }
     return 0;
@@ -455,7 +475,7 @@ static int merge_linear(merge_run *r, const plan_entry *e, acem_error *err) {
 
 static int merge_tensor(merge_run *r, const plan_entry *e, method_info *info, acem_error *err) {
     if (resolve_params(r, e, err)) return -1;
-    if (r->method->linear_scale) return merge_linear(r, e, err);
+    if (r->method->linear_scale && !e->remap) return merge_linear(r, e, err);
     const acem_tensor *b = e->base;
     method_ctx c;
     method_ctx_for(r, e, &c);
@@ -515,6 +535,10 @@ static int copy_blocks(merge_run *r, const plan_entry *e, acem_error *err) {
 static int copy_tensor(merge_run *r, const plan_entry *e, acem_error *err) {
     const acem_tensor *b = e->base;
     if (e->out == ACEM_OUT_KEEP && b->quant != ACEM_QUANT_NONE) return copy_blocks(r, e, err);
+    if (e->remap) /* the base's rows in the output vocabulary */
+        return load_input(r, e, 0, 0, b->numel, r->w0, err) || store(r, e, r->w0, 0, b->numel, err)
+                   ? -1
+                   : 0;
     size_t es = acem_dtype_size(b->dtype);
     bool is_float = acem_dtype_is_mergeable(b->dtype);
     for (uint64_t from = 0; from < b->numel; from += CHUNK_ELEMS) {
@@ -575,7 +599,7 @@ static void buffer_sizes(const merge_run *r, uint64_t *cap_out, uint64_t *raw_ou
     for (size_t i = 0; i < r->plan.n; i++) {
         const plan_entry *e = &r->plan.entries[i];
         uint64_t c = chunk_of(r, e), n = e->base->numel, need = c < n ? c : n;
-        uint64_t chunk = n < CHUNK_ELEMS ? n : CHUNK_ELEMS;
+        uint64_t chunk = n < CHUNK_ELEMS || e->remap ? n : CHUNK_ELEMS;
         size_t es = acem_dtype_size(e->base->dtype), eo = acem_dtype_size(plan_fed_dtype(e));
         uint64_t bytes = chunk * (es > eo ? es : eo);
         size_t ei = e->action == PLAN_MERGE ? widest_converted_input(r, e) : 0;
@@ -663,6 +687,7 @@ static void free_run(merge_run *r) {
     for (size_t i = 0; i < r->n_aux; i++)
         free(r->aux[i]);
     free(r->aux);
+    tok_plan_free(&r->tok);
 }
 
 static void set_compute(merge_run *r) {
@@ -921,10 +946,12 @@ static int open_inputs(merge_run *r, acem_error *err) {
     if (acem_checkpoint_count(r->base) == 0)
         return acem_fail(err, "%s: holds no tensors; nothing to merge", o->base);
     r->warnings.o = o;
+    const acem_checkpoint *const *experts = (const acem_checkpoint *const *)r->experts;
     return warn_repeated_experts(r, err) ||
-                   plan_build(&r->plan, r->base, (const acem_checkpoint *const *)r->experts, o,
-                              &r->warnings, err) ||
-                   axis_used(r, err) || plan_grams(r, err) || check_settings(r, err)
+                   tok_plan_build(&r->tok, o, r->has_base, &r->warnings, err) ||
+                   plan_build(&r->plan, r->base, experts, o, &r->warnings, err) ||
+                   tok_plan_apply(&r->tok, &r->plan, err) || axis_used(r, err) ||
+                   plan_grams(r, err) || check_settings(r, err)
                ? -1
                : 0;
 }
@@ -984,7 +1011,9 @@ static int begin_outputs(merge_run *r, output_set *outs, output **model, output 
                    output_begin(outs, r->o->out, kind, r->o->force, dry, model, err) ||
                    (r->o->report_path && output_begin(outs, r->o->report_path, OUTPUT_FILE,
                                                       r->o->force, dry, report, err)) ||
-                   output_copy_aux_files(*model, r->o->base, true, note_aux, r, err)
+                   output_copy_aux_files(*model, r->o->base, tok_skipped_aux(&r->tok, r->o->base),
+                                         true, note_aux, r, err) ||
+                   tok_write_files(&r->tok, *model, r->o->base, true, err)
                ? -1
                : 0;
 }
@@ -1229,8 +1258,9 @@ int acem_merge(const acem_merge_options *o, acem_merge_summary *s, acem_error *e
         refs_free(&refs);
         return -1;
     }
+    const bool has_base = resolved.base != NULL;
     o = with_reference(&resolved, &reference);
-    merge_run r = {.o = o};
+    merge_run r = {.o = o, .has_base = has_base};
     output_set outs = {0};
     output *model = NULL, *report = NULL;
     st_out_tensor *tensors = NULL;
@@ -1260,7 +1290,9 @@ int acem_merge(const acem_merge_options *o, acem_merge_summary *s, acem_error *e
     if (o->report_path) r.report_tensors = cJSON_CreateArray();
     if (!(r.config_yaml = card_config_yaml(o, s, err)) || open_writer(&r, model, s, tensors, err) ||
         run_plan(&r, s, err) || finish_writer(&r, err) || verify_output(&r, model, tensors, err) ||
-        output_copy_aux_files(model, o->base, false, NULL, NULL, err) ||
+        output_copy_aux_files(model, o->base, tok_skipped_aux(&r.tok, o->base), false, NULL, NULL,
+                              err) ||
+        tok_write_files(&r.tok, model, o->base, false, err) ||
         (model->kind == OUTPUT_DIR && card_write(model->tmp_path, o, s, r.config_yaml,
                                                  r.plan.renumbered ? r.plan.n_layers : -1, err)) ||
         output_commit(model, err))

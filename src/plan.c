@@ -6,6 +6,7 @@
 #include "methods/method.h"
 #include "output.h"
 #include "params.h"
+#include "tokenizer_merge.h"
 
 #include <cjson/cJSON.h>
 #include <regex.h>
@@ -190,7 +191,8 @@ static int missing_error(const acem_checkpoint *ck, const char *name, acem_error
 /* A float tensor of the base needs its twin in every expert: same name (names[t]: the
  * base's, or its layer in the expert's slice source) and shape, of a float or block type
  * (converted to the compute precision when read). */
-static int match_experts(plan_entry *e, const char *const *names, int T, acem_error *err) {
+static int match_experts(plan_entry *e, const char *const *names, int T, bool vocab_rows,
+                         acem_error *err) {
     const acem_tensor *b = e->base;
     for (int t = 0; t < T; t++) {
         const acem_checkpoint *ck = e->expert_ck[t];
@@ -202,7 +204,10 @@ static int match_experts(plan_entry *e, const char *const *names, int T, acem_er
                              acem_tensor_type_name(x), acem_tensor_type_name(b),
                              is_f8(x->dtype) ? "acem does not merge F8 tensors"
                                              : "it is not a float type to merge");
-        if (!same_shape(x, b)) {
+        /* rows of an embedding may differ: they are mapped to the output vocabulary */
+        bool rows = vocab_rows && tok_is_embedding(b->name) && x->ndim == 2 && b->ndim == 2 &&
+                    x->shape[1] == b->shape[1];
+        if (!same_shape(x, b) && !rows) {
             char sx[160], sb[160];
             shape_str(x, sx, sizeof sx);
             shape_str(b, sb, sizeof sb);
@@ -351,15 +356,15 @@ void plan_describe(const plan_entry *e, const char *method, bool matrix_only, ch
 /* What happens to one tensor of the base: merged when float and not excluded; copied when
  * excluded, not float, or the scale of F8 values (the experts are then not consulted);
  * refused when F8 and not excluded. */
-static int plan_entry_for(plan_entry *e, const char *const *names, int T, exclusion *ex,
-                          size_t n_ex, acem_error *err) {
+static int plan_entry_for(plan_entry *e, const char *const *names, int T, bool vocab_rows,
+                          exclusion *ex, size_t n_ex, acem_error *err) {
     const acem_tensor *b = e->base;
     e->reason = excluded_by(ex, n_ex, e->name);
     if (is_f8(b->dtype) && !e->reason) return f8_error(e->base_ck, b, err);
     if (!e->reason && !acem_dtype_is_mergeable(b->dtype)) e->reason = not_float;
     if (!e->reason && is_f8_scale(e->base_ck, b->name)) e->reason = f8_scale;
     e->action = e->reason ? PLAN_COPY : PLAN_MERGE;
-    return e->action == PLAN_MERGE ? match_experts(e, names, T, err) : 0;
+    return e->action == PLAN_MERGE ? match_experts(e, names, T, vocab_rows, err) : 0;
 }
 
 /* The layer count of a checkpoint: one more than the largest layer index of its names. */
@@ -457,7 +462,8 @@ static int plan_alloc(plan *p, size_t n, acem_error *err) {
  * its action, output type and the bytes it reads. */
 static int finish_entry(build_ctx *b, plan_entry *e, const char *const *names, acem_error *err) {
     plan *p = b->p;
-    if (plan_entry_for(e, names, p->T, b->ex, b->n_ex, err)) return -1;
+    if (plan_entry_for(e, names, p->T, b->o->tokenizer_source != NULL, b->ex, b->n_ex, err))
+        return -1;
     acem_out_type to;
     if (output_type(p, &b->lq, e->base, b->o, b->gguf, &to, err)) return -1;
     e->out = e->action == PLAN_COPY && to == plan_stored_type(e->base) ? ACEM_OUT_KEEP : to;

@@ -26,6 +26,9 @@ typedef struct plan_entry {
      * are (non-float tensors, and copied ones whose type does not change). */
     acem_out_type out;
     bool conv1d; /* a GPT-2 Conv1D weight stored (in, out), for --covariance-axis input */
+    /* An embedding mapped to the output vocabulary (tokenizer_merge.h): base is then the
+     * output's shape, and every input is read through the remap. */
+    const struct tok_remap *remap;
 } plan_entry;
 
 /* A tensor an expert holds and the base does not: never merged, always reported. */

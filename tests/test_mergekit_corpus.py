@@ -62,6 +62,10 @@ DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 # hidden width, MLP width, vocabulary: int(0.1 * W) > 0, as mergekit's magnitude trim asserts
 W, I, V = 16, 24, 32
 DEFAULT_LAYERS = 6
+# every stand-in's tokenizer: one vocabulary of V tokens, so that tokenizer_source (base,
+# union or a model) maps every embedding onto itself and the oracle needs no remapping
+TOKENIZER = json.dumps({"version": "1.0", "added_tokens": [], "model": {
+    "type": "BPE", "vocab": {f"t{i}": i for i in range(V)}, "merges": []}}).encode()
 # huggingface_hub's validate_repo_id: [\w.-], at most one "/", no leading "." or "-",
 # no ".." or "--"
 HUB_ID = re.compile(r"^(?![.-])(?!.*(\.\.|--))[\w.-]+(/(?![.-])[\w.-]+)?$")
@@ -96,6 +100,8 @@ def refs_of(doc):
     """(model reference, revision) of every model a document names."""
     refs = [(str(doc["base_model"]), None)] if doc.get("base_model") else []
     refs += [(str(m["model"]), None) for m in doc.get("models") or []]
+    tok = doc.get("tokenizer_source") or (doc.get("tokenizer") or {}).get("source")
+    refs += [(str(tok), None)] if tok and tok not in ("base", "union") else []
     return refs + [(str(src["model"]), src.get("revision")) for src in sources_of_slices(doc)]
 
 
@@ -303,7 +309,7 @@ class World:
             return self.values[key]
         tensors = self.weights()
         cfg = json.dumps(config_json(self.arch, self.n, self.dtype), indent=1).encode()
-        self.place(ref, revision, {"config.json": cfg,
+        self.place(ref, revision, {"config.json": cfg, "tokenizer.json": TOKENIZER,
                                    "model.safetensors": self.safetensors(tensors)})
         self.values[key] = {k: t.to_f64() for k, t in tensors.items()}
         return self.values[key]
