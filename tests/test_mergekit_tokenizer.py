@@ -40,7 +40,7 @@ def tokenizer_json(vocab, added):
                       "merges": []}}
 
 
-def make_model(d, tokens, added, rng, rows=None, template=None):
+def make_model(d, tokens, added, rng, rows=None, template=None, dtype="F32"):
     """A Llama stand-in: tokens (in id order) then added tokens; rows: embedding rows
     (config.json's vocab_size), by default the vocabulary's length."""
     os.makedirs(d)
@@ -53,7 +53,7 @@ def make_model(d, tokens, added, rng, rows=None, template=None):
         tensors[f"model.layers.{i}.self_attn.q_proj.weight"] = (H, H)
     vals = {n: rng.standard_normal(s) for n, s in tensors.items()}
     ST.write_file(os.path.join(d, "model.safetensors"),
-                  {n: ST.from_f64(x, "F32") for n, x in vals.items()})
+                  {n: ST.from_f64(x, dtype) for n, x in vals.items()})
     json.dump({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": v,
                "hidden_size": H, "num_hidden_layers": N_LAYERS}, open(os.path.join(d, "config.json"), "w"))
     json.dump(tokenizer_json(vocab, add), open(os.path.join(d, "tokenizer.json"), "w"))
@@ -62,7 +62,7 @@ def make_model(d, tokens, added, rng, rows=None, template=None):
         tc["chat_template"] = template
     json.dump(tc, open(os.path.join(d, "tokenizer_config.json"), "w"))
     json.dump({"bos_token": "<s>"}, open(os.path.join(d, "special_tokens_map.json"), "w"))
-    return {n: ST.from_f64(x, "F32").to_f64() for n, x in vals.items()}
+    return {n: ST.from_f64(x, dtype).to_f64() for n, x in vals.items()}
 
 
 def get_vocab(d):
@@ -162,19 +162,20 @@ def permuted(models, dirs, base, source, pad, tokens=None):
     return out, Vp
 
 
-def setup(d):
+def setup(d, dtype="F32"):
     rng = np.random.default_rng(7)
     common = ["a", "b", "c", "d", "e", "f", "g", "h"]
     dirs = {"base": os.path.join(d, "base"), "x": os.path.join(d, "x"), "y": os.path.join(d, "y")}
     models = {
         dirs["base"]: make_model(dirs["base"], common + ["i", "j"], ["<s>", "</s>"], rng,
-                                 template=CHATML),
+                                 template=CHATML, dtype=dtype),
         # another order, lacks "j", has "k" of its own, an added token the base lacks
         dirs["x"]: make_model(dirs["x"], ["b", "a"] + common[2:] + ["i", "k"],
-                              ["<s>", "</s>", "<tool>"], rng, template="{{ x-template }} 0123456789"),
+                              ["<s>", "</s>", "<tool>"], rng, template="{{ x-template }} 0123456789",
+                              dtype=dtype),
         # lacks "i" and "j", padded embedding rows beyond its vocabulary
         dirs["y"]: make_model(dirs["y"], common + ["k"], ["</s>", "<s>"], rng, rows=14,
-                              template="{{ x-template }} 0123456789"),
+                              template="{{ x-template }} 0123456789", dtype=dtype),
     }
     return dirs, models
 
@@ -189,15 +190,17 @@ def rel_err(a, b):
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
-def compare(label, out, want):
+def compare(label, out, want, bound):
     got = ST.read_model(out)
     worst = max(rel_err(got[n].to_f64(), want[n]) for n in want)
     shapes = all(got[n].shape == want[n].shape for n in want)
     check(f"{label}: every tensor matches mergekit (max rel err {worst:.2e}), shapes "
-          f"{got['model.embed_tokens.weight'].shape}", shapes and worst < 1e-6, worst)
+          f"{got['model.embed_tokens.weight'].shape}", shapes and worst < bound, worst)
 
 
-def case(d, dirs, models, label, source_yaml, source, method_yaml, base, pad=0):
+def case(d, dirs, models, label, source_yaml, source, method_yaml, base, pad=0, bound=1e-6):
+    """One merge against the transcription; bound: the max relative error (1e-6 for f32:
+    acem computes in f32; 2^-8 for bf16 storage, one rounding at the tensor's scale)."""
     out = os.path.join(d, "out_" + label)
     text = method_yaml + source_yaml
     cfg_path = config(d, label + ".yml", text)
@@ -212,7 +215,7 @@ def case(d, dirs, models, label, source_yaml, source, method_yaml, base, pad=0):
     tokens = (cfg.get("tokenizer") or {}).get("tokens")
     remapped, vp = permuted(models, inputs, base, source, pad, tokens)
     want = MK.merge(cfg, remapped, N_LAYERS)
-    compare(label, out, want)
+    compare(label, out, want, bound)
     cj = json.load(open(os.path.join(out, "config.json")))
     check(f"{label}: config.json's vocab_size is {vp}", cj["vocab_size"] == vp, cj)
     src = (base or inputs[0]) if source in ("base", "union") else source
@@ -283,6 +286,19 @@ def group_sources(d):
               f"      force: true\n"
               f"    <new>:\n      source: {{kind: zero}}\n")
     case(d, dirs, models, "tokens", tokens, "base", ta, b)
+
+
+def group_bf16(d):
+    dirs, models = setup(d, "BF16")
+    b, x, y = dirs["base"], dirs["x"], dirs["y"]
+    ta = (f"merge_method: task_arithmetic\nbase_model: {b}\nmodels:\n"
+          f"  - model: {x}\n    parameters: {{weight: 0.7}}\n"
+          f"  - model: {y}\n    parameters: {{weight: 0.4}}\n")
+    case(d, dirs, models, "bf16_union", "tokenizer_source: union\n", "union", ta, b,
+         bound=2.0 ** -8)
+    case(d, dirs, models, "bf16_model_padded",
+         f"tokenizer:\n  source: {x}\n  pad_to_multiple_of: 16\n", x, ta, b, pad=16,
+         bound=2.0 ** -8)
 
 
 def template_of(out):
@@ -372,5 +388,5 @@ def group_refusals(d):
 
 
 if __name__ == "__main__":
-    sys.exit(run_groups([group_sources, group_chat_template, group_refusals], "acem-tok-",
+    sys.exit(run_groups([group_sources, group_bf16, group_chat_template, group_refusals], "acem-tok-",
                         sys.argv[2:]))
