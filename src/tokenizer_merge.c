@@ -496,20 +496,21 @@ static int auto_template(tok_build *b, acem_error *err) {
     return rc;
 }
 
-/* merge.py's _set_chat_template: auto, a builtin name (short, one line, no brace), or
- * Jinja text (at least 20 characters with a brace). */
+/* merge.py's _set_chat_template: auto, or Jinja text (at least 20 characters with a brace).
+ * A builtin name (short, one line, no brace) names one of the template files mergekit ships
+ * (mergekit/_data/chat_templates); those files are mergekit's own and acem does not bundle
+ * them, so the name is refused with the way out: the template's text, or auto. */
 static int chat_template(tok_build *b, acem_error *err) {
-    const char *s = b->o->chat_template, *builtin;
+    const char *s = b->o->chat_template;
     if (!s || !*s) return 0;
     if (!strcmp(s, "auto")) return auto_template(b, err);
-    bool name = strlen(s) < 256 && !strchr(s, '\n') && !strchr(s, '{');
-    if (name && (builtin = tok_builtin_template(s)))
-        return (b->tp->chat_template = acem_strdup(builtin, err)) ? 0 : -1;
-    if (strlen(s) < 20 || !strchr(s, '{'))
+    if (strlen(s) < 256 && !strchr(s, '\n') && !strchr(s, '{'))
         return acem_fail(err,
-                         "chat_template \"%.60s\" is neither auto, a builtin (alpaca, chatml, "
-                         "exaone, llama3) nor a Jinja template",
+                         "chat_template \"%.60s\" names a template file that mergekit ships and "
+                         "acem does not bundle: give the template's Jinja text, or auto",
                          s);
+    if (strlen(s) < 20)
+        return acem_fail(err, "chat_template \"%.60s\" is neither auto nor a Jinja template", s);
     return (b->tp->chat_template = acem_strdup(s, err)) ? 0 : -1;
 }
 

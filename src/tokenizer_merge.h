@@ -65,7 +65,5 @@ const char *const *tok_skipped_aux(const tok_plan *tp, const char *base);
  * vocab_size, tokenizer_config.json's chat_template. dry: check only. */
 int tok_write_files(const tok_plan *tp, const output *o, const char *base, bool dry,
                     acem_error *err);
-/* mergekit's builtin chat templates by name, or NULL. */
-const char *tok_builtin_template(const char *name);
 
 #endif

@@ -21,10 +21,6 @@ from harness import check, one_error_line, run, run_groups  # noqa: E402
 
 H = 8
 N_LAYERS = 2
-# mergekit/_data/chat_templates/chatml.jinja, the text a config naming "chatml" must give
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
-          "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}\n{% if add_generation_prompt "
-          "%}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
 def tokenizer_json(vocab, added):
@@ -168,7 +164,7 @@ def setup(d, dtype="F32"):
     dirs = {"base": os.path.join(d, "base"), "x": os.path.join(d, "x"), "y": os.path.join(d, "y")}
     models = {
         dirs["base"]: make_model(dirs["base"], common + ["i", "j"], ["<s>", "</s>"], rng,
-                                 template=CHATML, dtype=dtype),
+                                 template="{{ base-template }} 0123456789", dtype=dtype),
         # another order, lacks "j", has "k" of its own, an added token the base lacks
         dirs["x"]: make_model(dirs["x"], ["b", "a"] + common[2:] + ["i", "k"],
                               ["<s>", "</s>", "<tool>"], rng, template="{{ x-template }} 0123456789",
@@ -313,7 +309,6 @@ def group_chat_template(d):
           f"  - model: {y}\n    parameters: {{weight: 0.5}}\n")
     # vocabularies differ, so the merges take the base's tokenizer: the templates alone
     for label, value, want in [
-            ("builtin chatml", "chatml", CHATML),
             ("auto: the most common (x and y agree)", "auto", "{{ x-template }} 0123456789"),
             ("a Jinja string", "'{% for m in messages %}{{ m.content }}{% endfor %}'",
              "{% for m in messages %}{{ m.content }}{% endfor %}")]:
@@ -327,6 +322,11 @@ def group_chat_template(d):
             kept = json.load(open(os.path.join(out, "tokenizer_config.json")))
             check(f"chat_template {label}: the rest of tokenizer_config.json kept",
                   kept.get("model_max_length") == 128)
+    # a builtin name: mergekit's own template files, which acem does not bundle
+    r = run("merge", config(d, "n.yml", ta + "tokenizer_source: base\nchat_template: chatml\n"),
+            "-o", os.path.join(d, "named"))
+    check("chat_template chatml (a file mergekit ships): refused in one line with the way out",
+          one_error_line(r, "does not bundle", "Jinja text") and not os.path.exists(os.path.join(d, "named")), r.stderr)
     # without a tokenizer source: the base's files, the template set (merge.py's _copy_tokenizer)
     out = os.path.join(d, "plain")
     r = run("merge", config(d, "p.yml", f"merge_method: task_arithmetic\nbase_model: {b}\n"
