@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define MAX_CONFIG_BYTES (16u << 20)
 #define READ_CHUNK       (1u << 20) /* elements converted at a time from a stored type */
@@ -274,6 +275,11 @@ static int read_f32(const acem_checkpoint *ck, const acem_tensor *t, float *dst,
     return rc;
 }
 
+/* The types read_f32 converts. */
+static int is_float(acem_dtype d) {
+    return d == ACEM_DT_F32 || d == ACEM_DT_F16 || d == ACEM_DT_BF16 || d == ACEM_DT_F64;
+}
+
 /* The stored tensor of parameter p, layer l: present, a float type, of the right shape. */
 static const acem_tensor *find_param(const acem_checkpoint *ck, const gpt2_model *m,
                                      const char *prefix, int p, int l, acem_error *err) {
@@ -285,8 +291,7 @@ static const acem_tensor *find_param(const acem_checkpoint *ck, const gpt2_model
     uint64_t shape[2];
     int nd = gpt2_param_shape(m, p, shape);
     const uint64_t *want = nd == 1 ? shape + 1 : shape;
-    int ok = t && (t->dtype == ACEM_DT_F32 || t->dtype == ACEM_DT_F16 || t->dtype == ACEM_DT_BF16 ||
-                   t->dtype == ACEM_DT_F64);
+    int ok = t && is_float(t->dtype);
     ok = ok && t->ndim == nd && !memcmp(t->shape, want, (size_t)nd * sizeof *want);
     if (!ok) {
         char s[64];
@@ -481,6 +486,47 @@ int gpt2_new_head(gpt2_model *m, int num_labels, uint64_t seed, acem_error *err)
     n->params = NULL;
     gpt2_free(n);
     return 0;
+}
+
+/* ---- another checkpoint's head ---------------------------------------------------- */
+
+/* id2label of the head's folder, when path is a folder with a config.json: the expert's
+ * class names travel with its head. A file, or a folder without one, names no labels. */
+static int head_labels(gpt2_model *m, const char *path, acem_error *err) {
+    char cfg[4096];
+    struct stat st;
+    if (stat(path, &st) || !S_ISDIR(st.st_mode)) return 0;
+    if (snprintf(cfg, sizeof cfg, "%s/config.json", path) >= (int)sizeof cfg)
+        return fail(err, path, "path too long");
+    if (access(cfg, F_OK)) return 0;
+    char *text = read_text(cfg, err);
+    if (!text) return -1;
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    int rc = cJSON_IsObject(j) ? read_labels(j, &m->c, cfg, err)
+                               : fail(err, cfg, "is not a JSON object");
+    cJSON_Delete(j);
+    return rc;
+}
+
+int gpt2_load_head(gpt2_model *m, const char *path, acem_error *err) {
+    acem_checkpoint *ck;
+    if (acem_checkpoint_open(path, &ck, err)) return -1;
+    const acem_tensor *t = acem_checkpoint_find(ck, "score.weight");
+    int rc = -1;
+    if (!t)
+        fail(err, acem_checkpoint_path(ck), "has no score.weight (a classifier's head)");
+    else if (!is_float(t->dtype) || t->ndim != 2 || t->shape[0] < 1 ||
+             t->shape[0] > GPT2_MAX_LABELS || t->shape[1] != (uint64_t)m->c.n_embd)
+        gpt2_fail(err,
+                  "%s: score.weight must be a float tensor [num_labels, %d] (this model's "
+                  "n_embd) with 1..%d labels",
+                  acem_checkpoint_path(ck), m->c.n_embd, GPT2_MAX_LABELS);
+    else if (!gpt2_new_head(m, (int)t->shape[0], 0, err) &&
+             !read_f32(ck, t, gpt2_p(m, GPT2_SCORE), err))
+        rc = head_labels(m, path, err);
+    acem_checkpoint_close(ck);
+    return rc;
 }
 
 /* ---- AdamW ---------------------------------------------------------------------- */

@@ -66,6 +66,12 @@ int gpt2_new(const gpt2_config *c, uint64_t seed, gpt2_model **out, acem_error *
  * into GPT2ForSequenceClassification does (an untied lm_head is dropped: that class has
  * none). Training state (gradients, moments) is dropped. */
 int gpt2_new_head(gpt2_model *m, int num_labels, uint64_t seed, acem_error *err);
+/* Replaces m's head by score.weight of the checkpoint at path (a file or a folder that
+ * acem_checkpoint_open reads: an expert's head on a merged backbone, as the merging papers
+ * evaluate). It must be [K, n_embd], K in 1..GPT2_MAX_LABELS; m becomes a K-way classifier
+ * (an lm_head is dropped) and takes id2label from path/config.json when path is a folder
+ * that has one, else has none. On error m's head is unusable: the caller gives up. */
+int gpt2_load_head(gpt2_model *m, const char *path, acem_error *err);
 void gpt2_free(gpt2_model *m);
 
 const gpt2_config *gpt2_config_of(const gpt2_model *m);
