@@ -15,6 +15,7 @@ int cmd_example(int argc, char **argv);
 int cmd_stats(int argc, char **argv);
 int cmd_lab(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
 
 /* Prints "acem: error: MSG" on one line to stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -32,6 +33,10 @@ typedef struct progress_bar {
 } progress_bar;
 void progress_init(progress_bar *p, bool quiet);
 void progress_update(void *user, const acem_progress *p);
+/* For a loop over items (acem eval's examples): "done/total what, rate, ETA" and a bar. */
+void progress_count(progress_bar *p, const char *what, size_t done, size_t total);
+/* Erases a drawn line. */
+void progress_clear(progress_bar *p);
 
 /* --dry-run: prints each line of the plan (user: an int, 0 at the start), then the summary. */
 void cli_print_plan_line(void *user, const acem_plan_line *l);

@@ -20,6 +20,7 @@ static const char *usage =
     "  example   build a tiny base + 3 experts, merge them, print the summary\n"
     "  lab       a merging benchmark: train experts, merge by every method, evaluate\n"
     "  tokenize  the GPT-2 (byte-level BPE) token ids of each line of a text\n"
+    "  eval      accuracy of a GPT-2 classifier on a data file, perplexity of a GPT-2 LM\n"
     "\n"
     "Run `acem COMMAND --help` for the options of a command.\n";
 
@@ -167,6 +168,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "stats")) return cmd_stats(argc - 1, argv + 1);
     if (!strcmp(argv[1], "lab")) return cmd_lab(argc - 1, argv + 1);
     if (!strcmp(argv[1], "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "eval")) return cmd_eval(argc - 1, argv + 1);
     cli_error("unknown command \"%s\" (try acem --help)", argv[1]);
     return EXIT_USAGE;
 }

@@ -29,19 +29,9 @@ static int terminal_columns(void) {
     return ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0 ? ws.ws_col : 80;
 }
 
-/* One line, shorter than the terminal (writing its last column wraps on some terminals). */
-static void draw(const progress_bar *p, const acem_progress *pr, double t) {
-    double frac = pr->bytes_total ? (double)pr->bytes_done / (double)pr->bytes_total : 0;
-    if (frac > 1) frac = 1;
-    double el = t - p->start, rate = el > 0 ? (double)pr->bytes_done / el : 0;
-    char eta[16] = "-:--";
-    if (rate > 0) {
-        int s = (int)((double)(pr->bytes_total - pr->bytes_done) / rate);
-        snprintf(eta, sizeof eta, "%d:%02d", s / 60, s % 60);
-    }
-    char text[160];
-    snprintf(text, sizeof text, "%3.0f%%  %zu/%zu tensors  %.1f MiB/s  ETA %s", 100 * frac,
-             pr->tensors_done, pr->tensors_total, rate / 1048576.0, eta);
+/* One line, shorter than the terminal (writing its last column wraps on some terminals):
+ * a bar of frac when there is room for one, then text. */
+static void draw_line(double frac, const char *text) {
     int room = terminal_columns() - 1, len = (int)strlen(text);
     int bar = room - len - 3; /* "[", "] " */
     if (bar > BAR_MAX) bar = BAR_MAX;
@@ -58,6 +48,52 @@ static void draw(const progress_bar *p, const acem_progress *pr, double t) {
     fflush(stderr);
 }
 
+/* The time left at a steady rate, "m:ss" ("-:--" before there is a rate). */
+static void eta_text(double done, double total, double elapsed, char eta[16]) {
+    double rate = elapsed > 0 ? done / elapsed : 0;
+    snprintf(eta, 16, "-:--");
+    if (rate > 0) {
+        int s = (int)((total - done) / rate);
+        snprintf(eta, 16, "%d:%02d", s / 60, s % 60);
+    }
+}
+
+static void draw(const progress_bar *p, const acem_progress *pr, double t) {
+    double frac = pr->bytes_total ? (double)pr->bytes_done / (double)pr->bytes_total : 0;
+    if (frac > 1) frac = 1;
+    double el = t - p->start, rate = el > 0 ? (double)pr->bytes_done / el : 0;
+    char eta[16], text[160];
+    eta_text((double)pr->bytes_done, (double)pr->bytes_total, el, eta);
+    snprintf(text, sizeof text, "%3.0f%%  %zu/%zu tensors  %.1f MiB/s  ETA %s", 100 * frac,
+             pr->tensors_done, pr->tensors_total, rate / 1048576.0, eta);
+    draw_line(frac, text);
+}
+
+/* Whether a drawing is due: the first one, then at most ten a second. */
+static bool due(progress_bar *p, double t) {
+    if (p->drawn && t - p->last_draw < 0.1) return false;
+    p->drawn = true;
+    p->last_draw = t;
+    return true;
+}
+
+void progress_count(progress_bar *p, const char *what, size_t done, size_t total) {
+    double t = now();
+    if (!p->enabled || !total || !due(p, t)) return;
+    double el = t - p->start;
+    char eta[16], text[160];
+    eta_text((double)done, (double)total, el, eta);
+    snprintf(text, sizeof text, "%zu/%zu %s  %.1f/s  ETA %s", done, total, what,
+             el > 0 ? (double)done / el : 0.0, eta);
+    draw_line((double)done / (double)total, text);
+}
+
+void progress_clear(progress_bar *p) {
+    if (!p->drawn) return;
+    fprintf(stderr, "\r\033[K");
+    fflush(stderr);
+}
+
 void progress_update(void *user, const acem_progress *pr) {
     progress_bar *p = user;
     if (!p->enabled) return;
@@ -67,10 +103,7 @@ void progress_update(void *user, const acem_progress *pr) {
         return;
     }
     double t = now();
-    if (p->drawn && t - p->last_draw < 0.1) return;
-    p->drawn = true;
-    p->last_draw = t;
-    draw(p, pr, t);
+    if (due(p, t)) draw(p, pr, t);
 }
 
 /* VmHWM, not getrusage's ru_maxrss: Linux carries a parent's high-water mark into
