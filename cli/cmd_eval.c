@@ -576,6 +576,7 @@ static int load_model(const char *dir, const char *head, gpt2_model **m, acem_er
     if (gpt2_load(dir, m, err)) return -1;
     if (head && gpt2_load_head(*m, head, err)) {
         gpt2_free(*m);
+        *m = NULL;
         return -1;
     }
     return 0;
