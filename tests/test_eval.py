@@ -15,14 +15,19 @@ classifiers and a language model over a BPE vocabulary trained on the same text.
 
 Usage: /usr/bin/python3 tests/test_eval.py PATH/TO/acem"""
 
+import fcntl
 import glob
 import gzip
 import json
 import math
 import os
+import pty
 import random
 import re
+import struct
+import subprocess
 import sys
+import termios
 from collections import OrderedDict
 
 import numpy as np
@@ -432,7 +437,49 @@ def group_refusals(d):
           "--text-pair" in r.stdout and "--tasks" in r.stdout, r.stdout)
 
 
-GROUPS = [group_single, group_pairs, group_head, group_tasks, group_perplexity, group_refusals]
+def on_terminal(args, columns):
+    """acem with stderr on a pseudo-terminal `columns` wide: (exit status, what it drew)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    p = subprocess.Popen([sys.argv[1], *args], stdout=subprocess.DEVNULL, stderr=slave,
+                         stdin=subprocess.DEVNULL)
+    os.close(slave)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(master)
+    return p.wait(timeout=120), drawn.decode(errors="replace")
+
+
+def group_terminal(d):
+    write_model(f"{d}/model", 18, labels=3)
+    write_sst2(f"{d}/dev.tsv", source_examples(19, 200))
+    args = ["eval", "-m", f"{d}/model", "-d", f"{d}/dev.tsv", "--text", "sentence", "--label",
+            "label", "--batch", "4"]
+    rc, drawn = on_terminal(args, 50)
+    frames = [f for f in drawn.replace("\r\n", "\n").split("\r\x1b[K") if f.strip()]
+    check("a progress line on a terminal (examples done of all, under 50 columns), erased",
+          rc == 0 and frames and all("/200 examples" in f and len(f) < 50 for f in frames)
+          and drawn.endswith("\r\x1b[K"), repr(frames[:3]))
+    rc, drawn = on_terminal(args + ["-q"], 50)
+    check("no progress line with -q", rc == 0 and drawn == "", repr(drawn[:200]))
+    r = run(*args)
+    check("no progress line when stderr is not a terminal", r.returncode == 0 and r.stderr == "",
+          r.stderr)
+    r = run("eval")
+    check("a bare acem eval prints its usage to stderr, exit 2",
+          r.returncode == 2 and r.stderr.startswith("usage: acem eval") and r.stdout == "",
+          r.stderr[:200])
+
+
+GROUPS = [group_single, group_pairs, group_head, group_tasks, group_perplexity, group_refusals,
+          group_terminal]
 
 if __name__ == "__main__":
     sys.exit(run_groups(GROUPS, "acem-eval-", sys.argv[2:]))
