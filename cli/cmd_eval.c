@@ -102,10 +102,12 @@ static void result_free(class_result *r) {
 
 /* ---- tokenising examples --------------------------------------------------------- */
 
-/* transformers' truncate_sequences, strategy longest_first, right side (what FusionBench's
- * tokenizer(s1, s2, truncation=True) does): of the tokens to remove, the excess of the
- * longer sequence goes first, the rest is split evenly, the first sequence taking the
- * smaller half when it is the longer one. */
+/* The pair rule of FusionBench's GLUE for GPT-2 (fusion_bench/dataset/gpt2_glue.py:
+ * tokenizer(s1, s2, truncation=True)): GPT-2's tokenizer joins the two id lists with no
+ * separator, and truncation is transformers' truncate_sequences (tokenization_utils_base.py)
+ * with strategy longest_first, right side: of the tokens to remove, the excess of the longer
+ * sequence goes first, then the rest is split evenly, the first sequence taking the floor
+ * half. A single text (n2 = 0) keeps its first max tokens. */
 static void truncate_pair(size_t *n1, size_t *n2, size_t max) {
     if (*n1 + *n2 <= max) return;
     size_t remove = *n1 + *n2 - max, diff = *n1 > *n2 ? *n1 - *n2 : *n2 - *n1;
@@ -120,6 +122,7 @@ static void truncate_pair(size_t *n1, size_t *n2, size_t max) {
 
 /* Appends n ids to a (grown as bpe_encode grows it). */
 static int append_ids(bpe_ids *a, const int32_t *v, size_t n) {
+    if (!n) return 0;
     if (a->n + n > a->cap) {
         size_t cap = a->cap ? a->cap : 256;
         while (cap < a->n + n)
@@ -139,8 +142,7 @@ typedef struct token_rows {
     size_t *start;
 } token_rows;
 
-/* Example i's ids appended to rows: text, pair ids after it with no separator, both cut
- * to max tokens together (a single text: its first max). */
+/* Example i's ids appended to rows: the text's, then the pair's, cut to max together. */
 static int encode_example(bpe_tokenizer *tok, const eval_dataset *d, size_t i, size_t max,
                           bpe_ids s[2], token_rows *rows, const char *path, acem_error *err) {
     s[0].n = s[1].n = 0;
@@ -153,7 +155,6 @@ static int encode_example(bpe_tokenizer *tok, const eval_dataset *d, size_t i, s
         }
     size_t n1 = s[0].n, n2 = s[1].n;
     if (n1 + n2 == 0) return fail(err, "%s:%zu: the text has no tokens", path, d->line[i]);
-    if (!d->pair && n1 > max) n1 = max;
     truncate_pair(&n1, &n2, max);
     if (append_ids(&rows->ids, s[0].v, n1) || append_ids(&rows->ids, s[1].v, n2))
         return fail(err, "%s: out of memory", path);
