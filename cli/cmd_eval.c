@@ -191,21 +191,24 @@ typedef struct task_spec {
     double individual; /* 0: not given */
 } task_spec;
 
-/* The rows [i0, i0 + B) as one right-padded batch (pad_token_id, or 0 where the model has
- * none and B is 1), classified; predictions into pred. */
+static int row_len(const token_rows *rows, size_t i) {
+    return (int)(rows->start[i + 1] - rows->start[i]);
+}
+
+/* The rows [i0, i0 + B) as one batch right-padded with pad_token_id (a model without one
+ * gets batches of one row, never padded), classified; predictions into pred. */
 static int classify_batch(gpt2_model *m, const token_rows *rows, size_t i0, int B, int *buf,
                           int *len, int *pred, acem_error *err) {
     const gpt2_config *c = gpt2_config_of(m);
     int T = 0;
     for (int b = 0; b < B; b++) {
-        len[b] = (int)(rows->start[i0 + b + 1] - rows->start[i0 + b]);
+        len[b] = row_len(rows, i0 + (size_t)b);
         T = len[b] > T ? len[b] : T;
     }
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++)
-            buf[(size_t)b * T + t] = t < len[b]            ? rows->ids.v[rows->start[i0 + b] + t]
-                                     : c->pad_token_id < 0 ? 0
-                                                           : c->pad_token_id;
+            buf[(size_t)b * T + t] =
+                t < len[b] ? rows->ids.v[rows->start[i0 + (size_t)b] + (size_t)t] : c->pad_token_id;
     gpt2_batch batch = {B, T, buf, len, NULL};
     const float *logits;
     if (gpt2_forward(m, &batch, 0, &logits, err)) return -1;
@@ -224,9 +227,7 @@ static int run_batches(gpt2_model *m, const token_rows *rows, const eval_dataset
     const gpt2_config *c = gpt2_config_of(m);
     int B = c->pad_token_id < 0 ? 1 : (int)batch, T = 0;
     for (size_t i = 0; i < d->n; i++)
-        T = (int)(rows->start[i + 1] - rows->start[i]) > T
-                ? (int)(rows->start[i + 1] - rows->start[i])
-                : T;
+        T = row_len(rows, i) > T ? row_len(rows, i) : T;
     int *buf = malloc((size_t)B * (size_t)T * sizeof *buf), *len = malloc((size_t)B * sizeof *len);
     int *pred = malloc((size_t)B * sizeof *pred);
     int rc = buf && len && pred ? 0 : fail(err, "out of memory for a batch");
@@ -275,8 +276,8 @@ static int classify_task(gpt2_model *m, bpe_tokenizer *tok, const task_spec *t, 
                          bool quiet, class_result *r, acem_error *err) {
     const gpt2_config *c = gpt2_config_of(m);
     if (c->num_labels < 1)
-        return fail(err, "%s: a language model (no score.weight): give --head CKPT of a classifier",
-                    t->head ? t->head : "the model");
+        return fail(err, "the model is a language model (no score.weight): give --head CKPT, "
+                         "a classifier's head");
     if (t->max_length > c->n_positions)
         return fail(err, "max length %ld is past the model's n_positions %d", t->max_length,
                     c->n_positions);
