@@ -305,17 +305,22 @@ static int classify_task(gpt2_model *m, bpe_tokenizer *tok, const task_spec *t, 
     return rc;
 }
 
+/* Examples of label y predicted as p. */
+static size_t cell(const class_result *r, int y, int p) {
+    return r->confusion[(size_t)y * (size_t)r->K + (size_t)p];
+}
+
 static size_t row_sum(const class_result *r, int y) {
     size_t s = 0;
     for (int k = 0; k < r->K; k++)
-        s += r->confusion[(size_t)y * (size_t)r->K + (size_t)k];
+        s += cell(r, y, k);
     return s;
 }
 
 static size_t col_sum(const class_result *r, int p) {
     size_t s = 0;
     for (int k = 0; k < r->K; k++)
-        s += r->confusion[(size_t)k * (size_t)r->K + (size_t)p];
+        s += cell(r, k, p);
     return s;
 }
 
@@ -328,14 +333,14 @@ static void print_classes(const class_result *r) {
     for (int k = 0; k < r->K; k++) {
         char name[64];
         snprintf(name, sizeof name, "%s", r->names[k]);
-        printf("  %-16s %9zu %9zu %9zu\n", cli_printable(name), row_sum(r, k),
-               r->confusion[(size_t)k * (size_t)r->K + (size_t)k], col_sum(r, k));
+        printf("  %-16s %9zu %9zu %9zu\n", cli_printable(name), row_sum(r, k), cell(r, k, k),
+               col_sum(r, k));
     }
     printf("  confusion (rows: label, columns: predicted, in id order)\n");
     for (int y = 0; y < r->K; y++) {
         printf("   ");
         for (int p = 0; p < r->K; p++)
-            printf(" %7zu", r->confusion[(size_t)y * (size_t)r->K + (size_t)p]);
+            printf(" %7zu", cell(r, y, p));
         printf("\n");
     }
 }
@@ -350,14 +355,11 @@ static cJSON *result_json(const class_result *r) {
         cJSON *c = cJSON_CreateObject(), *row = cJSON_CreateArray();
         cJSON_AddStringToObject(c, "label", r->names[k]);
         cJSON_AddNumberToObject(c, "examples", (double)row_sum(r, k));
-        cJSON_AddNumberToObject(c, "correct",
-                                (double)r->confusion[(size_t)k * (size_t)r->K + (size_t)k]);
+        cJSON_AddNumberToObject(c, "correct", (double)cell(r, k, k));
         cJSON_AddNumberToObject(c, "predicted", (double)col_sum(r, k));
         cJSON_AddItemToArray(classes, c);
         for (int p = 0; p < r->K; p++)
-            cJSON_AddItemToArray(
-                row,
-                cJSON_CreateNumber((double)r->confusion[(size_t)k * (size_t)r->K + (size_t)p]));
+            cJSON_AddItemToArray(row, cJSON_CreateNumber((double)cell(r, k, p)));
         cJSON_AddItemToArray(conf, row);
     }
     return o;
@@ -366,7 +368,7 @@ static cJSON *result_json(const class_result *r) {
 /* ---- perplexity ------------------------------------------------------------------ */
 
 typedef struct ppl_result {
-    size_t tokens, bytes; /* tokens scored (all but the first), bytes of the text */
+    size_t tokens, bytes; /* tokens scored, bytes of the text */
     double nll;           /* their summed negative log-likelihood, nats */
 } ppl_result;
 
@@ -383,8 +385,8 @@ static double token_nll(const float *l, int V, int y) {
 /* Hugging Face's perplexity guide ("Perplexity of fixed-length models"): windows
  * [begin, begin + P) for begin = 0, stride, 2 stride, ... until one reaches the end; in each
  * only the tokens past the previous window's end are scored (target -100 before them), each
- * predicted from the positions before it in the window. The first token of the text has no
- * context and is not scored. */
+ * predicted from the positions before it in the window. A window's first token has nothing
+ * before it and is not scored (with stride < P that is only the text's first). */
 static int perplexity(gpt2_model *m, const bpe_ids *ids, long stride, bool quiet, ppl_result *r,
                       acem_error *err) {
     const gpt2_config *c = gpt2_config_of(m);
