@@ -195,20 +195,20 @@ static int row_len(const token_rows *rows, size_t i) {
     return (int)(rows->start[i + 1] - rows->start[i]);
 }
 
-/* The rows [i0, i0 + B) as one batch right-padded with pad_token_id (a model without one
+/* The rows order[0 .. B) as one batch right-padded with pad_token_id (a model without one
  * gets batches of one row, never padded), classified; predictions into pred. */
-static int classify_batch(gpt2_model *m, const token_rows *rows, size_t i0, int B, int *buf,
-                          int *len, int *pred, acem_error *err) {
+static int classify_batch(gpt2_model *m, const token_rows *rows, const size_t *order, int B,
+                          int *buf, int *len, int *pred, acem_error *err) {
     const gpt2_config *c = gpt2_config_of(m);
     int T = 0;
     for (int b = 0; b < B; b++) {
-        len[b] = row_len(rows, i0 + (size_t)b);
+        len[b] = row_len(rows, order[b]);
         T = len[b] > T ? len[b] : T;
     }
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++)
             buf[(size_t)b * T + t] =
-                t < len[b] ? rows->ids.v[rows->start[i0 + (size_t)b] + (size_t)t] : c->pad_token_id;
+                t < len[b] ? rows->ids.v[rows->start[order[b]] + (size_t)t] : c->pad_token_id;
     gpt2_batch batch = {B, T, buf, len, NULL};
     const float *logits;
     if (gpt2_forward(m, &batch, 0, &logits, err)) return -1;
@@ -222,29 +222,56 @@ static int classify_batch(gpt2_model *m, const token_rows *rows, size_t i0, int 
     return 0;
 }
 
+/* Examples by length, then by position: batches of similar lengths waste little on padding
+ * (GLUE's sentences run from 3 to over 100 tokens), and the order is the same every run. */
+typedef struct by_len {
+    int len;
+    size_t i;
+} by_len;
+static int cmp_len(const void *a, const void *b) {
+    const by_len *x = a, *y = b;
+    return x->len != y->len ? (x->len > y->len) - (x->len < y->len) : (x->i > y->i) - (x->i < y->i);
+}
+
+/* The examples' indexes, shortest first; *T the longest length. */
+static size_t *length_order(const token_rows *rows, size_t n, int *T) {
+    by_len *k = malloc(n * sizeof *k);
+    size_t *order = malloc(n * sizeof *order);
+    *T = 0;
+    for (size_t i = 0; k && order && i < n; i++) {
+        k[i] = (by_len){row_len(rows, i), i};
+        *T = k[i].len > *T ? k[i].len : *T;
+    }
+    if (k && order) qsort(k, n, sizeof *k, cmp_len);
+    for (size_t i = 0; k && order && i < n; i++)
+        order[i] = k[i].i;
+    if (!k) free(order), order = NULL;
+    free(k);
+    return order;
+}
+
 static int run_batches(gpt2_model *m, const token_rows *rows, const eval_dataset *d, long batch,
                        bool quiet, class_result *r, acem_error *err) {
     const gpt2_config *c = gpt2_config_of(m);
-    int B = c->pad_token_id < 0 ? 1 : (int)batch, T = 0;
-    for (size_t i = 0; i < d->n; i++)
-        T = row_len(rows, i) > T ? row_len(rows, i) : T;
-    int *buf = malloc((size_t)B * (size_t)T * sizeof *buf), *len = malloc((size_t)B * sizeof *len);
-    int *pred = malloc((size_t)B * sizeof *pred);
-    int rc = buf && len && pred ? 0 : fail(err, "out of memory for a batch");
+    int B = c->pad_token_id < 0 ? 1 : (int)batch, T;
+    size_t *order = length_order(rows, d->n, &T);
+    int *buf = order ? malloc((size_t)B * (size_t)T * sizeof *buf) : NULL;
+    int *len = malloc((size_t)B * sizeof *len), *pred = malloc((size_t)B * sizeof *pred);
+    int rc = order && buf && len && pred ? 0 : fail(err, "out of memory for a batch");
     progress_bar bar;
     progress_init(&bar, quiet);
     for (size_t i = 0; i < d->n && !rc; i += (size_t)B) {
         int n = d->n - i < (size_t)B ? (int)(d->n - i) : B;
-        if ((rc = classify_batch(m, rows, i, n, buf, len, pred, err))) break;
+        if ((rc = classify_batch(m, rows, order + i, n, buf, len, pred, err))) break;
         for (int b = 0; b < n; b++) {
-            int y = d->label[i + (size_t)b];
+            int y = d->label[order[i + (size_t)b]];
             r->confusion[(size_t)y * (size_t)r->K + (size_t)pred[b]]++;
             r->correct += pred[b] == y;
         }
         progress_count(&bar, "examples", i + (size_t)n, d->n);
     }
     progress_clear(&bar);
-    free(buf), free(len), free(pred);
+    free(order), free(buf), free(len), free(pred);
     return rc;
 }
 
