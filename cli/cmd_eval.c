@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <yaml.h>
 
 static const char *help =
@@ -602,6 +603,22 @@ static int tasks_read(const char *path, task_list *l, acem_error *err) {
 
 /* ---- the command ----------------------------------------------------------------- */
 
+static double seconds_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The run's last line: n items in how long, and acem's peak memory. */
+static void print_summary(double start, size_t n, const char *what) {
+    double s = seconds_now() - start;
+    char peak[32] = "unknown (no /proc)";
+    unsigned long long rss = cli_peak_rss();
+    if (rss) acem_format_bytes(rss, peak, sizeof peak);
+    printf("  %zu %s in %.2f s (%.1f/s), peak RSS %s\n", n, what, s, s > 0 ? (double)n / s : 0.0,
+           peak);
+}
+
 /* The model for one task: the folder's, with the task's head when it names one. */
 static int load_model(const char *dir, const char *head, gpt2_model **m, acem_error *err) {
     if (gpt2_load(dir, m, err)) return -1;
@@ -644,6 +661,7 @@ static int run_single(const eval_opts *o, bpe_tokenizer *tok, acem_error *err) {
     acem_outputs *outs;
     gpt2_model *m = NULL;
     class_result r = {0, 0, 0, NULL, NULL};
+    double start = seconds_now();
     int rc = claim_json(o, inputs, 3, &outs, err) || load_model(o->model, o->head, &m, err) ||
              classify_task(m, tok, &t, o->batch, o->quiet, &r, err);
     if (!rc) {
@@ -652,6 +670,7 @@ static int run_single(const eval_opts *o, bpe_tokenizer *tok, acem_error *err) {
         printf("acem eval: %s: accuracy %.2f%% (%zu of %zu)\n", cli_printable(data),
                100 * accuracy(&r), r.correct, r.n);
         print_classes(&r);
+        print_summary(start, r.n, "examples");
         if (outs) {
             cJSON *j = result_json(&r);
             json_header(j, o);
@@ -715,6 +734,7 @@ static int run_tasks(const eval_opts *o, bpe_tokenizer *tok, acem_error *err) {
     task_list l;
     class_result *r = NULL;
     acem_outputs *outs = NULL;
+    double start = seconds_now();
     int rc = tasks_read(o->tasks, &l, err);
     if (!rc && !(r = calloc(l.n, sizeof *r))) rc = fail(err, "out of memory");
     const char **inputs = rc ? NULL : calloc(2 * l.n + 2, sizeof *inputs);
@@ -736,7 +756,13 @@ static int run_tasks(const eval_opts *o, bpe_tokenizer *tok, acem_error *err) {
             fail(err, "task \"%s\": %s", l.t[i].name, why);
         }
     }
-    if (!rc) print_table(&l, r);
+    if (!rc) {
+        size_t n = 0;
+        for (size_t i = 0; i < l.n; i++)
+            n += r[i].n;
+        print_table(&l, r);
+        print_summary(start, n, "examples");
+    }
     if (!rc && outs) rc = write_json(outs, o->json, tasks_json(o, &l, r), err);
     for (size_t i = 0; r && i < l.n; i++)
         result_free(&r[i]);
@@ -752,6 +778,7 @@ static int run_perplexity(const eval_opts *o, bpe_tokenizer *tok, acem_error *er
     acem_outputs *outs;
     gpt2_model *m = NULL;
     ppl_result r;
+    double start = seconds_now();
     int rc = claim_json(o, inputs, 2, &outs, err) || load_model(o->model, NULL, &m, err) ||
              perplexity_file(m, tok, o, &r, err);
     if (!rc) {
@@ -761,6 +788,7 @@ static int run_perplexity(const eval_opts *o, bpe_tokenizer *tok, acem_error *er
         printf("acem eval: %s: %zu tokens scored, perplexity %.4f, %.4f bits per byte (%zu "
                "bytes)\n",
                cli_printable(name), r.tokens, ppl, bpb, r.bytes);
+        print_summary(start, r.tokens, "tokens scored");
         if (outs) {
             cJSON *j = cJSON_CreateObject();
             json_header(j, o);

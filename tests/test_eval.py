@@ -264,6 +264,8 @@ def group_single(d):
     same_eval("SST-2 layout, single sentences, 3 classes", r, f"{d}/out.json", conf, gap)
     check("per-class lines printed (label, examples, correct, predicted)",
           all(f"LABEL_{k}" in r.stdout for k in range(3)) and "confusion" in r.stdout, r.stdout)
+    check("a summary line (examples, seconds, peak RSS)",
+          re.search(r"\n  300 examples in [0-9.]+ s \([0-9.]+/s\), peak RSS ", r.stdout), r.stdout)
     with open(f"{d}/dev.tsv") as f, open(f"{d}/cola.tsv", "w") as g:
         g.write("".join(f"src{i}\t{ln.split(chr(9))[1].strip()}\t\t{ln.split(chr(9))[0]}\n"
                         for i, ln in enumerate(f.read().splitlines()[1:])))
