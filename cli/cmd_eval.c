@@ -5,6 +5,7 @@
 
 #include "bpe.h"
 #include "dataset.h"
+#include "evaluate.h"
 #include "gpt2.h"
 #include "textfile.h"
 
@@ -101,88 +102,6 @@ static void result_free(class_result *r) {
     memset(r, 0, sizeof *r);
 }
 
-/* ---- tokenising examples --------------------------------------------------------- */
-
-/* The pair rule of FusionBench's GLUE for GPT-2 (fusion_bench/dataset/gpt2_glue.py:
- * tokenizer(s1, s2, truncation=True)): GPT-2's tokenizer joins the two id lists with no
- * separator, and truncation is transformers' truncate_sequences (tokenization_utils_base.py)
- * with strategy longest_first, right side: of the tokens to remove, the excess of the longer
- * sequence goes first, then the rest is split evenly, the first sequence taking the floor
- * half. A single text (n2 = 0) keeps its first max tokens. */
-static void truncate_pair(size_t *n1, size_t *n2, size_t max) {
-    if (*n1 + *n2 <= max) return;
-    size_t remove = *n1 + *n2 - max, diff = *n1 > *n2 ? *n1 - *n2 : *n2 - *n1;
-    size_t first = diff < remove ? diff : remove, second = remove - first;
-    size_t cut1, cut2;
-    if (*n1 > *n2)
-        cut1 = first + second / 2, cut2 = second - second / 2;
-    else
-        cut1 = second / 2, cut2 = first + second - second / 2;
-    *n1 -= cut1, *n2 -= cut2;
-}
-
-/* Appends n ids to a (grown as bpe_encode grows it). */
-static int append_ids(bpe_ids *a, const int32_t *v, size_t n) {
-    if (!n) return 0;
-    if (a->n + n > a->cap) {
-        size_t cap = a->cap ? a->cap : 256;
-        while (cap < a->n + n)
-            cap *= 2;
-        int32_t *p = realloc(a->v, cap * sizeof *p);
-        if (!p) return -1;
-        a->v = p, a->cap = cap;
-    }
-    memcpy(a->v + a->n, v, n * sizeof *v);
-    a->n += n;
-    return 0;
-}
-
-/* Every example's ids, one after another: example i at ids.v[start[i] .. start[i+1]). */
-typedef struct token_rows {
-    bpe_ids ids;
-    size_t *start;
-} token_rows;
-
-/* Example i's ids appended to rows: the text's, then the pair's, cut to max together. */
-static int encode_example(bpe_tokenizer *tok, const eval_dataset *d, size_t i, size_t max,
-                          bpe_ids s[2], token_rows *rows, const char *path, acem_error *err) {
-    s[0].n = s[1].n = 0;
-    const char *text[2] = {d->text[i], d->pair ? d->pair[i] : NULL};
-    for (int k = 0; k < 2 && text[k]; k++)
-        if (bpe_encode(tok, text[k], strlen(text[k]), &s[k], err)) {
-            char why[sizeof err->msg];
-            snprintf(why, sizeof why, "%s", err->msg);
-            return fail(err, "%s:%zu: %s", path, d->line[i], why);
-        }
-    size_t n1 = s[0].n, n2 = s[1].n;
-    if (n1 + n2 == 0) return fail(err, "%s:%zu: the text has no tokens", path, d->line[i]);
-    truncate_pair(&n1, &n2, max);
-    if (append_ids(&rows->ids, s[0].v, n1) || append_ids(&rows->ids, s[1].v, n2))
-        return fail(err, "%s: out of memory", path);
-    return 0;
-}
-
-static int encode_all(bpe_tokenizer *tok, const eval_dataset *d, size_t max, const char *path,
-                      token_rows *rows, acem_error *err) {
-    memset(rows, 0, sizeof *rows);
-    if (!(rows->start = malloc((d->n + 1) * sizeof *rows->start)))
-        return fail(err, "%s: out of memory", path);
-    bpe_ids s[2] = {{0}, {0}};
-    int rc = 0;
-    for (size_t i = 0; i < d->n && !rc; i++) {
-        rows->start[i] = rows->ids.n;
-        rc = encode_example(tok, d, i, max, s, rows, path, err);
-    }
-    rows->start[d->n] = rows->ids.n;
-    free(s[0].v), free(s[1].v);
-    return rc;
-}
-
-static void rows_free(token_rows *r) {
-    free(r->ids.v);
-    free(r->start);
-}
-
 /* ---- classification -------------------------------------------------------------- */
 
 /* One task: the data file, its columns and the cut. */
@@ -192,88 +111,14 @@ typedef struct task_spec {
     double individual; /* 0: not given */
 } task_spec;
 
-static int row_len(const token_rows *rows, size_t i) {
-    return (int)(rows->start[i + 1] - rows->start[i]);
-}
-
-/* The rows order[0 .. B) as one batch right-padded with pad_token_id (a model without one
- * gets batches of one row, never padded), classified; predictions into pred. */
-static int classify_batch(gpt2_model *m, const token_rows *rows, const size_t *order, int B,
-                          int *buf, int *len, int *pred, acem_error *err) {
-    const gpt2_config *c = gpt2_config_of(m);
-    int T = 0;
-    for (int b = 0; b < B; b++) {
-        len[b] = row_len(rows, order[b]);
-        T = len[b] > T ? len[b] : T;
-    }
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++)
-            buf[(size_t)b * T + t] =
-                t < len[b] ? rows->ids.v[rows->start[order[b]] + (size_t)t] : c->pad_token_id;
-    gpt2_batch batch = {B, T, buf, len, NULL};
-    const float *logits;
-    if (gpt2_forward(m, &batch, 0, &logits, err)) return -1;
-    for (int b = 0; b < B; b++) { /* argmax, the first of equal maxima (torch.argmax) */
-        const float *l = logits + (size_t)b * c->num_labels;
-        int best = 0;
-        for (int k = 1; k < c->num_labels; k++)
-            if (l[k] > l[best]) best = k;
-        pred[b] = best;
-    }
-    return 0;
-}
-
-/* Examples by length, then by position: batches of similar lengths waste little on padding
- * (GLUE's sentences run from 3 to over 100 tokens), and the order is the same every run. */
-typedef struct by_len {
-    int len;
-    size_t i;
-} by_len;
-static int cmp_len(const void *a, const void *b) {
-    const by_len *x = a, *y = b;
-    return x->len != y->len ? (x->len > y->len) - (x->len < y->len) : (x->i > y->i) - (x->i < y->i);
-}
-
-/* The examples' indexes, shortest first; *T the longest length. */
-static size_t *length_order(const token_rows *rows, size_t n, int *T) {
-    by_len *k = malloc(n * sizeof *k);
-    size_t *order = malloc(n * sizeof *order);
-    *T = 0;
-    for (size_t i = 0; k && order && i < n; i++) {
-        k[i] = (by_len){row_len(rows, i), i};
-        *T = k[i].len > *T ? k[i].len : *T;
-    }
-    if (k && order) qsort(k, n, sizeof *k, cmp_len);
-    for (size_t i = 0; k && order && i < n; i++)
-        order[i] = k[i].i;
-    if (!k) free(order), order = NULL;
-    free(k);
-    return order;
-}
-
-static int run_batches(gpt2_model *m, const token_rows *rows, const eval_dataset *d, long batch,
-                       bool quiet, class_result *r, acem_error *err) {
-    const gpt2_config *c = gpt2_config_of(m);
-    int B = c->pad_token_id < 0 ? 1 : (int)batch, T;
-    size_t *order = length_order(rows, d->n, &T);
-    int *buf = order ? malloc((size_t)B * (size_t)T * sizeof *buf) : NULL;
-    int *len = malloc((size_t)B * sizeof *len), *pred = malloc((size_t)B * sizeof *pred);
-    int rc = order && buf && len && pred ? 0 : fail(err, "out of memory for a batch");
+/* eval_progress_fn onto the progress line; user: the bar, what: in its struct. */
+typedef struct progress_of {
     progress_bar bar;
-    progress_init(&bar, quiet);
-    for (size_t i = 0; i < d->n && !rc; i += (size_t)B) {
-        int n = d->n - i < (size_t)B ? (int)(d->n - i) : B;
-        if ((rc = classify_batch(m, rows, order + i, n, buf, len, pred, err))) break;
-        for (int b = 0; b < n; b++) {
-            int y = d->label[order[i + (size_t)b]];
-            r->confusion[(size_t)y * (size_t)r->K + (size_t)pred[b]]++;
-            r->correct += pred[b] == y;
-        }
-        progress_count(&bar, "examples", i + (size_t)n, d->n);
-    }
-    progress_clear(&bar);
-    free(order), free(buf), free(len), free(pred);
-    return rc;
+    const char *what;
+} progress_of;
+static void on_progress(void *user, size_t done, size_t total) {
+    progress_of *p = user;
+    progress_count(&p->bar, p->what, done, total);
 }
 
 /* The class names: the model's id2label, else the data's names, else the ids. */
@@ -300,6 +145,35 @@ static int check_labels(const eval_dataset *d, int K, const char *path, acem_err
     return 0;
 }
 
+/* Every example's ids, or an error naming path:line. */
+static int encode_data(bpe_tokenizer *tok, const eval_dataset *d, size_t max, const char *path,
+                       eval_rows *rows, acem_error *err) {
+    size_t bad;
+    if (!eval_encode(tok, (const char *const *)d->text, (const char *const *)d->pair, d->n, max,
+                     rows, &bad, err))
+        return 0;
+    char why[sizeof err->msg];
+    snprintf(why, sizeof why, "%s", err->msg);
+    return fail(err, "%s:%zu: %s", path, d->line[bad], why);
+}
+
+/* The predictions counted into r's confusion matrix. */
+static int classify_rows(gpt2_model *m, const eval_rows *rows, const eval_dataset *d, long batch,
+                         bool quiet, class_result *r, acem_error *err) {
+    int *pred = malloc(d->n * sizeof *pred);
+    if (!pred) return fail(err, "out of memory");
+    progress_of p = {.what = "examples"};
+    progress_init(&p.bar, quiet);
+    int rc = eval_classify(m, rows, (int)batch, pred, on_progress, &p, err);
+    progress_clear(&p.bar);
+    for (size_t i = 0; i < d->n && !rc; i++) {
+        r->confusion[(size_t)d->label[i] * (size_t)r->K + (size_t)pred[i]]++;
+        r->correct += pred[i] == d->label[i];
+    }
+    free(pred);
+    return rc;
+}
+
 static int classify_task(gpt2_model *m, bpe_tokenizer *tok, const task_spec *t, long batch,
                          bool quiet, class_result *r, acem_error *err) {
     const gpt2_config *c = gpt2_config_of(m);
@@ -316,19 +190,20 @@ static int classify_task(gpt2_model *m, bpe_tokenizer *tok, const task_spec *t, 
                          (const char *const *)c->id2label,
                          c->id2label ? (size_t)c->num_labels : 0};
     eval_dataset d;
-    token_rows rows = {{0}, NULL};
+    eval_rows rows = {{0}, NULL, 0};
     memset(r, 0, sizeof *r);
     r->K = c->num_labels;
     int rc = eval_dataset_read(t->data, &cols, &d, err);
     if (!rc) rc = check_labels(&d, r->K, t->data, err);
     if (!rc)
-        rc = encode_all(tok, &d, t->max_length > 0 ? (size_t)t->max_length : (size_t)c->n_positions,
+        rc =
+            encode_data(tok, &d, t->max_length > 0 ? (size_t)t->max_length : (size_t)c->n_positions,
                         t->data, &rows, err);
     if (!rc && (!(r->confusion = calloc((size_t)r->K * (size_t)r->K, sizeof *r->confusion)) ||
                 class_names(c, &d, r)))
         rc = fail(err, "out of memory");
-    if (!rc) r->n = d.n, rc = run_batches(m, &rows, &d, batch, quiet, r, err);
-    rows_free(&rows);
+    if (!rc) r->n = d.n, rc = classify_rows(m, &rows, &d, batch, quiet, r, err);
+    eval_rows_free(&rows);
     eval_dataset_free(&d);
     return rc;
 }
@@ -400,45 +275,6 @@ typedef struct ppl_result {
     double nll;           /* their summed negative log-likelihood, nats */
 } ppl_result;
 
-/* -log softmax(l)[y] in double. */
-static double token_nll(const float *l, int V, int y) {
-    double mx = l[0], s = 0;
-    for (int v = 1; v < V; v++)
-        mx = l[v] > mx ? l[v] : mx;
-    for (int v = 0; v < V; v++)
-        s += exp((double)l[v] - mx);
-    return log(s) + mx - (double)l[y];
-}
-
-/* Hugging Face's perplexity guide ("Perplexity of fixed-length models"): windows
- * [begin, begin + P) for begin = 0, stride, 2 stride, ... until one reaches the end; in each
- * only the tokens past the previous window's end are scored (target -100 before them), each
- * predicted from the positions before it in the window. A window's first token has nothing
- * before it and is not scored (with stride < P that is only the text's first). */
-static int perplexity(gpt2_model *m, const bpe_ids *ids, long stride, bool quiet, ppl_result *r,
-                      acem_error *err) {
-    const gpt2_config *c = gpt2_config_of(m);
-    size_t P = (size_t)c->n_positions, n = ids->n, prev_end = 0;
-    progress_bar bar;
-    progress_init(&bar, quiet);
-    for (size_t begin = 0; n > 1; begin += (size_t)stride) {
-        size_t end = begin + P < n ? begin + P : n, T = end - begin;
-        int len = (int)T;
-        gpt2_batch b = {1, (int)T, ids->v + begin, &len, NULL};
-        const float *logits;
-        if (gpt2_forward(m, &b, 0, &logits, err)) return -1;
-        for (size_t t = prev_end > begin ? prev_end - begin : 1; t < T; t++)
-            r->nll += token_nll(logits + (t - 1) * (size_t)c->vocab_size, c->vocab_size,
-                                ids->v[begin + t]),
-                r->tokens++;
-        prev_end = end;
-        progress_count(&bar, "tokens", end, n);
-        if (end == n) break;
-    }
-    progress_clear(&bar);
-    return 0;
-}
-
 static int perplexity_file(gpt2_model *m, bpe_tokenizer *tok, const eval_opts *o, ppl_result *r,
                            acem_error *err) {
     memset(r, 0, sizeof *r);
@@ -462,7 +298,13 @@ static int perplexity_file(gpt2_model *m, bpe_tokenizer *tok, const eval_opts *o
     if (!rc && stride > gpt2_config_of(m)->n_positions)
         rc = fail(err, "--stride %ld is past the model's n_positions %d", stride,
                   gpt2_config_of(m)->n_positions);
-    if (!rc) rc = perplexity(m, &ids, stride, o->quiet, r, err);
+    if (!rc) {
+        progress_of p = {.what = "tokens"};
+        progress_init(&p.bar, o->quiet);
+        rc = eval_perplexity(m, ids.v, ids.n, (size_t)stride, on_progress, &p, &r->nll, &r->tokens,
+                             err);
+        progress_clear(&p.bar);
+    }
     free(ids.v);
     return rc;
 }
