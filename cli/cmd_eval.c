@@ -111,7 +111,7 @@ typedef struct task_spec {
     double individual; /* 0: not given */
 } task_spec;
 
-/* eval_progress_fn onto the progress line; user: the bar, what: in its struct. */
+/* The progress line as an eval_progress_fn (user: a progress_of). */
 typedef struct progress_of {
     progress_bar bar;
     const char *what;
