@@ -1033,11 +1033,20 @@ static uint64_t shard_size(const merge_run *r) {
     return largest;
 }
 
-/* The output's tensors as the writer takes them: names, shapes and each one's type. */
+/* The output's tensors as the writer takes them: names, shapes and each one's type (and, for
+ * a Hugging Face base written as GGUF, llama.cpp's names, shapes and layouts). */
 static void out_tensors(const merge_run *r, st_out_tensor *tensors) {
+    const hf_gguf *hf = r->plan.hf;
     for (size_t i = 0; i < r->plan.n; i++) {
         const plan_entry *e = &r->plan.entries[i];
-        tensors[i] = (st_out_tensor){e->name, e->base->ndim, e->base->shape, e->out, e->base};
+        const acem_tensor *as = hf ? &hf->view[i] : e->base;
+        tensors[i] = (st_out_tensor){hf ? as->name : e->name,
+                                     as->ndim,
+                                     as->shape,
+                                     e->out,
+                                     e->base,
+                                     hf ? hf->layout[i] : OUT_AS_FED,
+                                     hf ? hf->n_head[i] : 0};
     }
 }
 
@@ -1062,7 +1071,8 @@ static int open_writer(merge_run *r, const output *out, const acem_merge_summary
         {"config", r->config_yaml}, {"gram_fallbacks", fallbacks}};
     size_t grams = r->method->uses_grams ? 1 : 0;
     if (output_is_gguf(out->final_path))
-        return gguf_writer_open(out->tmp_path, tensors, r->plan.n, acem_checkpoint_gguf(r->base),
+        return gguf_writer_open(out->tmp_path, tensors, r->plan.n,
+                                r->plan.hf ? &r->plan.hf->kv : acem_checkpoint_gguf(r->base),
                                 r->plan.llama_ftype ? (int64_t)r->plan.llama_ftype : -1, gguf_meta,
                                 5 + grams, &r->gguf, err);
     bool file = out->kind == OUTPUT_FILE;
@@ -1088,15 +1098,19 @@ static int verify_output(const merge_run *r, const output *out, const st_out_ten
                          "committed",
                          inner);
     }
-    int rc = acem_checkpoint_count(ck) == r->plan.n
+    size_t n_written = 0;
+    for (size_t i = 0; i < r->plan.n; i++)
+        n_written += tensors[i].layout != OUT_DROPPED;
+    int rc = acem_checkpoint_count(ck) == n_written
                  ? 0
                  : acem_fail(err,
                              "%s: internal error: the output holds %zu tensors, not %zu; "
                              "nothing was committed",
-                             r->o->out, acem_checkpoint_count(ck), r->plan.n);
+                             r->o->out, acem_checkpoint_count(ck), n_written);
     const bool gguf = output_is_gguf(out->final_path);
     for (size_t i = 0; i < r->plan.n && !rc; i++) {
         const st_out_tensor *want = &tensors[i];
+        if (want->layout == OUT_DROPPED) continue;
         const acem_tensor *got = acem_checkpoint_find(ck, want->name);
         /* GGUF has no 0-D tensors: a scalar is stored as [1], as llama.cpp's converter does */
         static const uint64_t one[1] = {1};

@@ -285,17 +285,41 @@ static int open_mix(plan *p, const acem_checkpoint *base, const acem_merge_optio
                     llama_quant *lq, acem_error *err) {
     const acem_llama_ftype mix = acem_out_type_mix(o->out_type);
     if (mix == ACEM_FTYPE_NONE) return 0;
-    int rc = llama_quant_init(lq, base, o->out_type, err);
+    /* the model as llama-quantize would see it: the base, or the GGUF it is converted to */
+    const llama_model_view model =
+        p->hf ? (llama_model_view){acem_checkpoint_path(base), p->hf->view, p->hf->n, &p->hf->kv}
+              : (llama_model_view){acem_checkpoint_path(base), acem_checkpoint_at(base, 0),
+                                   acem_checkpoint_count(base), acem_checkpoint_gguf(base)};
+    int rc = llama_quant_init(lq, &model, o->out_type, err);
     if (rc < 0) return -1;
     /* Q4_0, Q8_0 and Q6_K are also plain block types; the others are mixes only */
     bool plain = acem_out_type_of_quant(acem_out_type_quant(o->out_type)) == o->out_type;
     if (rc == 0 && !plain)
         return acem_fail(err,
                          "%s: --dtype %s is llama-quantize's mix, which needs a GGUF base with "
-                         "llama.cpp's architecture keys (general.architecture, <arch>.block_count)",
+                         "llama.cpp's architecture keys (general.architecture, <arch>.block_count) "
+                         "or a Hugging Face directory written as GGUF",
                          acem_checkpoint_path(base), acem_out_type_name(o->out_type));
     p->llama_ftype = rc ? mix : ACEM_FTYPE_NONE;
     return 0;
+}
+
+/* A Hugging Face base with a GGUF output is converted as llama.cpp's converter would (not
+ * yet with slices: the converted names and key-values follow the base's own layers). */
+static int open_hf(plan *p, const acem_checkpoint *base, const acem_merge_options *o, bool slices,
+                   acem_error *err) {
+    if (!(p->hf = acem_alloc(1, sizeof *p->hf, "the GGUF conversion", err))) return -1;
+    int rc = hf_gguf_open(p->hf, o->base, base, err);
+    if (rc <= 0) {
+        free(p->hf);
+        p->hf = NULL;
+    }
+    if (rc > 0 && slices)
+        return acem_fail(err,
+                         "%s: slices of a Hugging Face model written as GGUF are not supported "
+                         "yet; write safetensors, then convert with convert_hf_to_gguf.py",
+                         o->out);
+    return rc < 0 ? -1 : 0;
 }
 
 static int output_type(const plan *p, const llama_quant *lq, const acem_tensor *b,
@@ -339,6 +363,7 @@ static int find_extras(plan *p, const acem_checkpoint *base, const acem_checkpoi
 }
 
 static const char not_float[] = "not a floating-point tensor";
+static const char not_converted[] = "not written (llama.cpp's converter drops it)";
 static const char f8_scale[] = "the scale of F8 values";
 
 void plan_describe(const plan_entry *e, const char *method, bool matrix_only, char *buf,
@@ -347,6 +372,8 @@ void plan_describe(const plan_entry *e, const char *method, bool matrix_only, ch
         snprintf(buf, len, "merged: mean of the deltas (%s merges 2-D tensors)", method);
     else if (e->action == PLAN_MERGE)
         snprintf(buf, len, "merged by %s", method);
+    else if (e->reason == not_converted)
+        snprintf(buf, len, "%s", not_converted);
     else if (e->reason == not_float || e->reason == f8_scale)
         snprintf(buf, len, "copied from the base: %s", e->reason);
     else
@@ -354,12 +381,13 @@ void plan_describe(const plan_entry *e, const char *method, bool matrix_only, ch
 }
 
 /* What happens to one tensor of the base: merged when float and not excluded; copied when
+ * not written to the output (dropped by the GGUF conversion), or
  * excluded, not float, or the scale of F8 values (the experts are then not consulted);
  * refused when F8 and not excluded. */
 static int plan_entry_for(plan_entry *e, const char *const *names, int T, bool vocab_rows,
-                          exclusion *ex, size_t n_ex, acem_error *err) {
+                          exclusion *ex, size_t n_ex, bool dropped, acem_error *err) {
     const acem_tensor *b = e->base;
-    e->reason = excluded_by(ex, n_ex, e->name);
+    e->reason = dropped ? not_converted : excluded_by(ex, n_ex, e->name);
     if (is_f8(b->dtype) && !e->reason) return f8_error(e->base_ck, b, err);
     if (!e->reason && !acem_dtype_is_mergeable(b->dtype)) e->reason = not_float;
     if (!e->reason && is_f8_scale(e->base_ck, b->name)) e->reason = f8_scale;
@@ -462,10 +490,16 @@ static int plan_alloc(plan *p, size_t n, acem_error *err) {
  * its action, output type and the bytes it reads. */
 static int finish_entry(build_ctx *b, plan_entry *e, const char *const *names, acem_error *err) {
     plan *p = b->p;
-    if (plan_entry_for(e, names, p->T, b->o->tokenizer_source != NULL, b->ex, b->n_ex, err))
+    /* a Hugging Face base converted to GGUF (no slices: entry i is the base's tensor i) */
+    const size_t i = (size_t)(e - p->entries);
+    const bool dropped = p->hf && p->hf->layout[i] == OUT_DROPPED;
+    if (plan_entry_for(e, names, p->T, b->o->tokenizer_source != NULL, b->ex, b->n_ex, dropped,
+                       err))
         return -1;
-    acem_out_type to;
-    if (output_type(p, &b->lq, e->base, b->o, b->gguf, &to, err)) return -1;
+    acem_out_type to = ACEM_OUT_KEEP; /* the types follow the output's names and shapes */
+    if (!dropped &&
+        output_type(p, &b->lq, p->hf ? &p->hf->view[i] : e->base, b->o, b->gguf, &to, err))
+        return -1;
     e->out = e->action == PLAN_COPY && to == plan_stored_type(e->base) ? ACEM_OUT_KEEP : to;
     bool merged = e->action == PLAN_MERGE;
     e->conv1d = b->gpt2 && e->base->ndim == 2 && plan_is_conv1d_name(e->base->name);
@@ -647,7 +681,7 @@ int plan_build(plan *p, const acem_checkpoint *base, const acem_checkpoint *cons
     b.gpt2 = o->covariance_axis_input &&
              ((o->preset && strcmp(o->preset, "gpt2") == 0) || base_is_gpt2(o->base));
     b.gguf = o->out && output_is_gguf(o->out);
-    if (open_mix(p, base, o, &b.lq, err) ||
+    if ((b.gguf && open_hf(p, base, o, slices, err)) || open_mix(p, base, o, &b.lq, err) ||
         !(names = acem_alloc((size_t)p->T + 1, sizeof *names, "tensor names", err)) ||
         (slices ? plan_slices(&b, err) : plan_models(&b, names, err)))
         goto out;
@@ -665,6 +699,8 @@ out:
 }
 
 void plan_free(plan *p) {
+    if (p->hf) hf_gguf_free(p->hf);
+    free(p->hf);
     for (size_t i = 0; p->names && i < p->n; i++)
         free(p->names[i]);
     free(p->names);

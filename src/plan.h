@@ -2,6 +2,7 @@
 #ifndef ACEM_PLAN_H
 #define ACEM_PLAN_H
 
+#include "arch/hf_gguf.h"
 #include "internal.h"
 
 typedef enum plan_action { PLAN_MERGE, PLAN_COPY } plan_action;
@@ -54,6 +55,9 @@ typedef struct plan {
     size_t n_extras;
     uint64_t bytes_to_read;       /* stored bytes of all inputs, for progress */
     acem_llama_ftype llama_ftype; /* the llama-quantize mix that chose the types, or NONE */
+    /* a Hugging Face base written as llama.cpp's GGUF: the names, shapes, layouts and
+     * key-values of the output (NULL otherwise) */
+    hf_gguf *hf;
 } plan;
 
 /* Experts per tensor: the models, or with slices (o->settings) the sources of every slice

@@ -22,8 +22,11 @@ int acem_save_safetensors(const char *path, const acem_tensor_data *tensors, siz
             rc = acem_fail(err, "%s: tensor \"%s\" has an impossible shape or dtype", path,
                            tensors[i].name);
         src[i].dtype = tensors[i].dtype; /* the bytes are stored as given */
-        desc[i] = (st_out_tensor){tensors[i].name, tensors[i].ndim, tensors[i].shape, ACEM_OUT_KEEP,
-                                  &src[i]};
+        desc[i] = (st_out_tensor){.name = tensors[i].name,
+                                  .ndim = tensors[i].ndim,
+                                  .shape = tensors[i].shape,
+                                  .type = ACEM_OUT_KEEP,
+                                  .src = &src[i]};
         uint64_t nbytes;
         if (!rc && !out_tensor_stored_bytes(&desc[i], &nbytes))
             rc = acem_fail(err, "%s: tensor \"%s\" has an impossible shape", path, tensors[i].name);

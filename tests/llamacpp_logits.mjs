@@ -2,7 +2,9 @@
 // $NODE_LLAMA_CPP/node_modules), evaluates the token ids given after the path in one batch
 // and prints {"file_type": general.file_type as llama.cpp reads it, "logits": [[[id, logit],
 // ...] per token]} as JSON. The KV cache is F32 and flash attention off, so that attention runs in
-// float32 like the weights' products. Used by tests/test_llamacpp.py.
+// float32 like the weights' products. With $ACEM_LLAMACPP_TEXT set, also "tokens": llama.cpp's
+// tokenisation of that text (no special tokens parsed or added). Used by tests/test_llamacpp.py
+// and tests/test_hf_gguf.py.
 import {join} from "node:path";
 import {pathToFileURL} from "node:url";
 
@@ -18,5 +20,8 @@ const context = await model.createContext({contextSize: 64, batchSize: 64, flash
 const out = await context.getSequence().controlledEvaluate(
     ids.map(t => [Number(t), {generateNext: {logits: true}}]));
 const logits = out.map(r => Array.from(r.next.logits));
-console.log(JSON.stringify({file_type: model.fileInfo.metadata.general.file_type ?? null, logits}));
+const text = process.env.ACEM_LLAMACPP_TEXT;
+const tokens = text === undefined ? undefined : Array.from(model.tokenize(text, false));
+console.log(JSON.stringify({file_type: model.fileInfo.metadata.general.file_type ?? null, logits,
+                            tokens}));
 await llama.dispose();

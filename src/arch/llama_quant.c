@@ -120,8 +120,8 @@ static bool visited_before(const char *a, const char *b) {
  * visits before t: its i_attention_wv and i_ffn_down. */
 static int visits_before(const llama_quant *q, const acem_tensor *t, bool attn_v) {
     int n = 0;
-    for (size_t i = 0; i < acem_checkpoint_count(q->base); i++) {
-        const acem_tensor *u = acem_checkpoint_at(q->base, i);
+    for (size_t i = 0; i < q->model.n; i++) {
+        const acem_tensor *u = &q->model.tensors[i];
         category c = category_of(u->name);
         bool same = attn_v ? is_attn_v(c) : c == CAT_FFN_DOWN;
         n += same && allows_quantization(u) && visited_before(u->name, t->name);
@@ -129,29 +129,25 @@ static int visits_before(const llama_quant *q, const acem_tensor *t, bool attn_v
     return n;
 }
 
-/* A GGUF key-value of the base as text, or NULL. */
-static const char *kv(const acem_checkpoint *ck, const char *key) {
-    for (size_t i = 0; i < acem_checkpoint_metadata_count(ck); i++) {
-        const char *k, *v;
-        acem_checkpoint_metadata_at(ck, i, &k, &v);
-        if (strcmp(k, key) == 0) return v;
-    }
+/* A GGUF key-value of the model as text, or NULL. */
+static const char *kv(const llama_model_view *m, const char *key) {
+    for (size_t i = 0; i < m->kv->n_meta; i++)
+        if (strcmp(m->kv->meta_keys[i], key) == 0) return m->kv->meta_values[i];
     return NULL;
 }
 
 /* <arch>.<what> as an integer (the first of a per-layer array); `none` when absent. */
-static int arch_int(const acem_checkpoint *ck, const char *arch, const char *what, long none,
+static int arch_int(const llama_model_view *m, const char *arch, const char *what, long none,
                     long *v, acem_error *err) {
     char key[160];
     snprintf(key, sizeof key, "%s.%s", arch, what);
-    const char *s = kv(ck, key);
+    const char *s = kv(m, key);
     *v = none;
     if (!s) return 0;
     char *end;
     *v = strtol(s + (*s == '['), &end, 10);
     if (end == s + (*s == '[') || *v < 0 || *v > 1 << 20)
-        return acem_fail(err, "%s: key-value %s is \"%s\", not a count", acem_checkpoint_path(ck),
-                         key, s);
+        return acem_fail(err, "%s: key-value %s is \"%s\", not a count", m->path, key, s);
     return 0;
 }
 
@@ -165,10 +161,10 @@ static bool is_70b(const char *arch, long n_layer, long n_head, long n_head_kv) 
            (strcmp(arch, "qwen2") == 0 || strcmp(arch, "deci") == 0 || strcmp(arch, "olmo") == 0);
 }
 
-int llama_quant_init(llama_quant *q, const acem_checkpoint *base, acem_out_type mix,
+int llama_quant_init(llama_quant *q, const llama_model_view *base, acem_out_type mix,
                      acem_error *err) {
     memset(q, 0, sizeof *q);
-    const char *arch = acem_checkpoint_gguf(base) ? kv(base, "general.architecture") : NULL;
+    const char *arch = base->kv ? kv(base, "general.architecture") : NULL;
     long n_layer, n_expert, n_head, n_head_kv;
     if (!arch || arch_int(base, arch, "block_count", 0, &n_layer, err)) return arch ? -1 : 0;
     if (n_layer == 0) return 0;
@@ -176,7 +172,7 @@ int llama_quant_init(llama_quant *q, const acem_checkpoint *base, acem_out_type 
         arch_int(base, arch, "attention.head_count", 0, &n_head, err) ||
         arch_int(base, arch, "attention.head_count_kv", n_head, &n_head_kv, err))
         return -1;
-    *q = (llama_quant){.base = base,
+    *q = (llama_quant){.model = *base,
                        .ftype = acem_out_type_mix(mix),
                        .n_layer = (int)n_layer,
                        .n_expert = (int)n_expert,
@@ -184,8 +180,8 @@ int llama_quant_init(llama_quant *q, const acem_checkpoint *base, acem_out_type 
                        .is_70b = is_70b(arch, n_layer, n_head, n_head_kv),
                        .tied = true};
     q->default_type = acem_out_type_quant(mix);
-    for (size_t i = 0; i < acem_checkpoint_count(base); i++) { /* init_quantize_state_counters */
-        category c = category_of(acem_checkpoint_at(base, i)->name);
+    for (size_t i = 0; i < base->n; i++) { /* init_quantize_state_counters */
+        category c = category_of(base->tensors[i].name);
         q->n_attention_wv += is_attn_v(c);
         q->tied &= c != CAT_OUTPUT;
     }
@@ -230,7 +226,7 @@ static int ffn_down_type(const llama_quant *q, const acem_tensor *t, acem_quant 
     int i = q->n_expert > 1 ? layer_of(t->name) : visits_before(q, t, false), n = q->n_layer;
     if (q->n_expert > 1 && (i < 0 || i >= n))
         return acem_fail(err, "%s: tensor \"%s\": llama-quantize cannot tell its layer in [0, %d)",
-                         acem_checkpoint_path(q->base), t->name, n);
+                         q->model.path, t->name, n);
     *type = q->default_type;
     if (q->ftype == ACEM_FTYPE_Q4_K_M && q->falcon)
         *type = i < n / 16            ? ACEM_QUANT_Q6_K

@@ -7,8 +7,17 @@
 #include "../internal.h"
 
 /* What llama-quantize knows of a model when it picks the tensor types. */
+/* A model as llama.cpp sees it: its tensors under llama.cpp's names and shapes, and its GGUF
+ * key-values (a GGUF base's own, or those hf_gguf derives from a Hugging Face checkpoint). */
+typedef struct llama_model_view {
+    const char *path; /* for messages */
+    const acem_tensor *tensors;
+    size_t n;
+    const struct st_header *kv;
+} llama_model_view;
+
 typedef struct llama_quant {
-    const acem_checkpoint *base;
+    llama_model_view model;
     acem_llama_ftype ftype;
     acem_quant default_type; /* llama_ftype_get_default_type */
     int n_layer;             /* <arch>.block_count (hparams.n_layer_all) */
@@ -19,12 +28,12 @@ typedef struct llama_quant {
     bool tied;               /* no output.weight: token_embd is the output too */
 } llama_quant;
 
-/* For the mix an output type asks for (acem_out_type_mix): 1 and q filled when base is a
- * GGUF that llama-quantize takes (general.architecture and <arch>.block_count), 0 when it is
- * not; -1 with err for a malformed count. */
-int llama_quant_init(llama_quant *q, const acem_checkpoint *base, acem_out_type mix,
+/* For the mix an output type asks for (acem_out_type_mix): 1 and q filled when the model has
+ * the key-values llama-quantize needs (general.architecture and <arch>.block_count), 0 when it
+ * has not (kv NULL: not a GGUF); -1 with err for a malformed count. */
+int llama_quant_init(llama_quant *q, const llama_model_view *model, acem_out_type mix,
                      acem_error *err);
-/* The type llama-quantize without an importance matrix gives tensor t of the base, or
+/* The type llama-quantize without an importance matrix gives tensor t of the model, or
  * ACEM_OUT_KEEP for a tensor it does not convert (1-D, norms, names it leaves alone). -1 with
  * err where llama-quantize stops (an expert tensor's layer it cannot tell). */
 int llama_quant_type(const llama_quant *q, const acem_tensor *t, acem_out_type *out,

@@ -191,12 +191,20 @@ int acem_pread_full(int fd, const char *path, void *dst, uint64_t n, uint64_t of
  * caller writes a float type's values, or F32 values for a block type, which the writer
  * quantises. Sizes follow from the type and shape alone, so the header and the data
  * cannot disagree. */
+/* How a GGUF writer lays out a tensor's values (convert_hf_to_gguf.py's changes to a Hugging
+ * Face tensor): as fed; not written at all (buffers llama.cpp has no use for); fed as the
+ * transpose of `shape` (rows x cols fed as cols x rows: GPT-2's Conv1D weights); or each of
+ * n_head groups of rows reordered from halves to adjacent pairs (LlamaModel.permute). */
+typedef enum out_layout { OUT_AS_FED, OUT_DROPPED, OUT_TRANSPOSED, OUT_ROPE_PAIRS } out_layout;
+
 typedef struct st_out_tensor {
     const char *name;
     int ndim;
-    const uint64_t *shape;
+    const uint64_t *shape; /* as stored */
     acem_out_type type;
     const acem_tensor *src; /* for ACEM_OUT_KEEP */
+    out_layout layout;      /* GGUF only */
+    uint32_t n_head;        /* OUT_ROPE_PAIRS */
 } st_out_tensor;
 
 /* Element type and block type the file declares for t (quant NONE for plain types). */

@@ -6,7 +6,9 @@
  * row-major axis and offsets at the aligned running sum of the sizes; zero padding to the
  * alignment. Data: each tensor's stored bytes, then zeros up to the alignment. Tensors
  * stored as blocks receive F32 values that are quantised here a group of blocks at a time,
- * or their blocks unchanged when prequantised. The caller writes into a temporary file;
+ * or their blocks unchanged when prequantised. A tensor with a layout (st_out_tensor.layout:
+ * llama.cpp's converter's transpose or row permutation) is gathered whole, then stored in the
+ * new order; a dropped one is received and not written. The caller writes into a temporary file;
  * making it visible is output.c's job. */
 #include "formats.h"
 
@@ -34,7 +36,10 @@ struct gguf_writer {
     float *stage;      /* F32 input on its way into blocks */
     size_t staged;     /* bytes in stage */
     unsigned char *blocks;
-    int64_t ftype; /* general.file_type given, or -1 */
+    int64_t ftype;        /* general.file_type given, or -1 */
+    unsigned char *whole; /* the current tensor's fed bytes, for a layout */
+    unsigned char *row;   /* one reordered row */
+    uint64_t whole_len;
 };
 
 static int put_bytes(gguf_writer *w, const void *p, size_t n, acem_error *err) {
@@ -64,9 +69,11 @@ static int put_zeros(gguf_writer *w, uint64_t n, acem_error *err) {
 
 static uint64_t padding(uint64_t n, uint32_t a) { return (a - n % a) % a; }
 
+static bool dropped(const st_out_tensor *t) { return t->layout == OUT_DROPPED; }
+
 static uint64_t stored_size(const st_out_tensor *t) {
     uint64_t bytes = 0;
-    out_tensor_stored_bytes(t, &bytes); /* checked by ggml_type_of before any data */
+    if (!dropped(t)) out_tensor_stored_bytes(t, &bytes); /* checked by ggml_type_of first */
     return bytes;
 }
 
@@ -128,6 +135,7 @@ static int file_type(const gguf_writer *w, int64_t *ftype, acem_error *err) {
     for (size_t i = 0; i < w->n_tensors; i++) {
         const st_out_tensor *t = &w->tensors[i];
         uint32_t type = 0;
+        if (dropped(t)) continue;
         if (ggml_type_of(w->path, t, &type, err)) return -1;
         if (gguf_n_dims(t->ndim, t->shape) < 2 || type >= GGML_TYPE_IDS) continue;
         if (++count[type] > most) {
@@ -163,11 +171,13 @@ static int write_header(gguf_writer *w, const st_header *from, const acem_param 
                         size_t n_meta, acem_error *err) {
     int64_t ftype;
     if (file_type(w, &ftype, err)) return -1;
-    uint64_t n_kv = n_meta + 1 + (ftype >= 0);
+    uint64_t n_kv = n_meta + 1 + (ftype >= 0), n_written = 0;
     for (size_t i = 0; from && i < from->n_meta; i++)
         n_kv += !rewritten(from->meta_keys[i]);
-    if (put_bytes(w, "GGUF", 4, err) || put_uint(w, 3, 4, err) ||
-        put_uint(w, w->n_tensors, 8, err) || put_uint(w, n_kv, 8, err))
+    for (size_t i = 0; i < w->n_tensors; i++)
+        n_written += !dropped(&w->tensors[i]);
+    if (put_bytes(w, "GGUF", 4, err) || put_uint(w, 3, 4, err) || put_uint(w, n_written, 8, err) ||
+        put_uint(w, n_kv, 8, err))
         return -1;
     uint64_t at = 24;
     for (size_t i = 0; from && i < from->n_meta; i++) {
@@ -189,6 +199,7 @@ static int write_header(gguf_writer *w, const st_header *from, const acem_param 
     for (size_t i = 0; i < w->n_tensors; i++) {
         const st_out_tensor *t = &w->tensors[i];
         uint32_t type = 0;
+        if (dropped(t)) continue;
         if (ggml_type_of(w->path, t, &type, err) || put_string(w, t->name, err) ||
             put_uint(w, t->ndim ? (uint64_t)t->ndim : 1, 4, err))
             return -1;
@@ -216,7 +227,7 @@ static int advance(gguf_writer *w, acem_error *err) {
                              "header declares %llu; nothing was committed",
                              w->path, t->name, (unsigned long long)w->stored,
                              (unsigned long long)stored_size(t));
-        if (put_zeros(w, padding(w->stored, w->alignment), err)) return -1;
+        if (!dropped(t) && put_zeros(w, padding(w->stored, w->alignment), err)) return -1;
         w->stored = 0;
         if (++w->cur < w->n_tensors) w->left = fed_size(&w->tensors[w->cur]);
     }
@@ -267,26 +278,94 @@ static int flush_stage(gguf_writer *w, const st_out_tensor *t, acem_error *err) 
     return put_bytes(w, w->blocks, bytes, err);
 }
 
+/* Stores n fed bytes of t (of `left` still due, these included): quantised here, or as they
+ * are. Returns the bytes taken, which for a block type may be fewer than n. */
+static int64_t store(gguf_writer *w, const st_out_tensor *t, const unsigned char *p, uint64_t n,
+                     uint64_t left, acem_error *err) {
+    if (!quantised_here(t)) {
+        if (put_bytes(w, p, (size_t)n, err)) return -1;
+        w->stored += n;
+        return (int64_t)n;
+    }
+    const size_t cap = STAGE_ELEMS * sizeof(float);
+    uint64_t take = n < cap - w->staged ? n : cap - w->staged;
+    memcpy((unsigned char *)w->stage + w->staged, p, (size_t)take);
+    w->staged += (size_t)take;
+    if ((w->staged == cap || take == left) && flush_stage(w, t, err)) return -1;
+    return (int64_t)take;
+}
+
+static int store_all(gguf_writer *w, const st_out_tensor *t, const unsigned char *p, uint64_t n,
+                     uint64_t left, acem_error *err) {
+    while (n > 0) {
+        int64_t took = store(w, t, p, n, left, err);
+        if (took < 0) return -1;
+        p += took;
+        n -= (uint64_t)took;
+        left -= (uint64_t)took;
+    }
+    return 0;
+}
+
+/* Source row of stored row r under LlamaModel.permute: within each head of hd rows,
+ * reshape(2, hd/2).swapaxes: stored row 2j + k is fed row k hd/2 + j. */
+static uint64_t rope_source(uint64_t r, uint64_t hd) {
+    uint64_t h = r / hd, i = r % hd;
+    return h * hd + (i % 2) * (hd / 2) + i / 2;
+}
+
+/* Stores the gathered tensor in its layout, row by row. The stored shape is rows x cols;
+ * a transposed tensor was fed cols x rows. */
+static int store_laid_out(gguf_writer *w, const st_out_tensor *t, acem_error *err) {
+    const size_t es = quantised_here(t) ? sizeof(float) : acem_dtype_size(out_tensor_dtype(t));
+    const uint64_t rows = t->ndim ? t->shape[0] : 1, cols = rows ? w->whole_len / es / rows : 0;
+    uint64_t left = w->whole_len;
+    for (uint64_t r = 0; r < rows; r++, left -= cols * es) {
+        const unsigned char *src = w->row;
+        if (t->layout == OUT_TRANSPOSED)
+            for (uint64_t c = 0; c < cols; c++)
+                memcpy(w->row + c * es, w->whole + (c * rows + r) * es, es);
+        else
+            src = w->whole + rope_source(r, rows / t->n_head) * cols * es;
+        if (store_all(w, t, src, cols * es, left, err)) return -1;
+    }
+    return 0;
+}
+
+/* Gathers the fed bytes of a tensor with a layout; stores it once whole. */
+static int gather(gguf_writer *w, const st_out_tensor *t, const unsigned char *p, uint64_t n,
+                  acem_error *err) {
+    if (!w->whole) {
+        w->whole_len = fed_size(t);
+        uint64_t row = t->ndim ? w->whole_len / (t->shape[0] ? t->shape[0] : 1) : w->whole_len;
+        if (!(w->whole = acem_alloc((size_t)w->whole_len, 1, "a reordered tensor", err)) ||
+            !(w->row = acem_alloc((size_t)row, 1, "a reordered tensor", err)))
+            return -1;
+    }
+    memcpy(w->whole + (w->whole_len - w->left), p, (size_t)n);
+    if (n < w->left) return 0;
+    int rc = store_laid_out(w, t, err);
+    free(w->whole);
+    free(w->row);
+    w->whole = w->row = NULL;
+    return rc;
+}
+
 int gguf_writer_write(gguf_writer *w, const void *data, uint64_t n, acem_error *err) {
     const unsigned char *p = data;
     while (n > 0) {
         if (w->cur >= w->n_tensors)
             return acem_fail(err, "internal error: more data written than the tensors hold");
         const st_out_tensor *t = &w->tensors[w->cur];
-        uint64_t take = n < w->left ? n : w->left;
-        if (quantised_here(t)) {
-            const size_t cap = STAGE_ELEMS * sizeof(float);
-            take = take < cap - w->staged ? take : cap - w->staged;
-            memcpy((unsigned char *)w->stage + w->staged, p, (size_t)take);
-            w->staged += (size_t)take;
-            if ((w->staged == cap || take == w->left) && flush_stage(w, t, err)) return -1;
-        } else {
-            if (put_bytes(w, p, (size_t)take, err)) return -1;
-            w->stored += take;
+        int64_t take = (int64_t)(n < w->left ? n : w->left);
+        if (t->layout == OUT_TRANSPOSED || t->layout == OUT_ROPE_PAIRS) {
+            if (gather(w, t, p, (uint64_t)take, err)) return -1;
+        } else if (!dropped(t) && (take = store(w, t, p, (uint64_t)take, w->left, err)) < 0) {
+            return -1;
         }
         p += take;
-        n -= take;
-        w->left -= take;
+        n -= (uint64_t)take;
+        w->left -= (uint64_t)take;
         if (advance(w, err)) return -1;
     }
     return 0;
@@ -317,5 +396,7 @@ void gguf_writer_free(gguf_writer *w) {
     if (w->f) fclose(w->f);
     free(w->stage);
     free(w->blocks);
+    free(w->whole);
+    free(w->row);
     free(w);
 }

@@ -82,7 +82,8 @@ static void test_shards_and_index(void **state) {
     for (int i = 0; i < N; i++) {
         snprintf(names[i], sizeof names[i], "t%d", i);
         shapes[i][0] = (uint64_t)(10 + i);
-        t[i] = (st_out_tensor){names[i], 1, shapes[i], ACEM_OUT_F32, NULL};
+        t[i] =
+            (st_out_tensor){.name = names[i], .ndim = 1, .shape = shapes[i], .type = ACEM_OUT_F32};
     }
     st_writer *w;
     acem_error err = {{0}};

@@ -1,0 +1,27 @@
+/* hf_gguf.h — a Hugging Face checkpoint as llama.cpp's converter (convert_hf_to_gguf.py and
+ * gguf-py) writes it: llama.cpp's tensor names, the layout changes it makes (GPT-2's Conv1D
+ * transposed, Llama's q/k rows permuted), the architecture's key-values from config.json and
+ * the tokenizer's from tokenizer.json. The one place that knows both namings. */
+#ifndef ACEM_HF_GGUF_H
+#define ACEM_HF_GGUF_H
+
+#include "../formats/formats.h"
+
+typedef struct hf_gguf {
+    const char *arch; /* general.architecture: "llama", "qwen2" or "gpt2" */
+    /* per tensor of the base, in its order: llama.cpp's name and the stored shape (name ""
+     * for a dropped tensor), with the layout the writer applies */
+    acem_tensor *view;
+    out_layout *layout;
+    uint32_t *n_head;
+    size_t n;
+    st_header kv; /* the key-values, encoded as a GGUF stores them (kv_raw, kv_at, meta_*) */
+} hf_gguf;
+
+/* For a GGUF output of the Hugging Face directory `dir` (holding config.json): 1 with h filled,
+ * 0 when dir is not such a directory (a file, or no config.json), -1 with err for a model_type
+ * acem does not convert, a tensor without a llama.cpp name, or a tokenizer it cannot read. */
+int hf_gguf_open(hf_gguf *h, const char *dir, const acem_checkpoint *base, acem_error *err);
+void hf_gguf_free(hf_gguf *h);
+
+#endif
