@@ -46,10 +46,13 @@ NLC = os.environ.get("NODE_LLAMA_CPP", os.path.join(HERE, "..", ".deps", "node-l
 HAVE_LLAMACPP = bool(shutil.which("node")) and os.path.exists(
     os.path.join(NLC, "node_modules", "node-llama-cpp", "package.json"))
 GPT2_RE = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# Qwen2's tokenizer.json Split pattern (and a ByteLevel without its own regex after it)
+QWEN2_RE = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"""
+            r"""[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
 CORPUS = ("the quick brown fox jumps over the lazy dog. the dog sleeps; the fox runs! "
           "merging models is the art of adding task vectors: theta = theta0 + lambda * tau. "
           "llama.cpp runs the merged model, and the tokenizer must agree with the model's own. "
-          "Numbers 12, 345 and 6789 appear too, as does café and naïve text.") * 3
+          "Numbers 12, 345 and 6789 appear too, as does café and naïve text. 42 is 42.") * 3
 SAMPLE = "The quick fox's merged model runs: 42 tests, don't   stop!\n  café naïve llama.cpp"
 N_MERGES = 120
 TOKENS = [5, 70, 300, 12, 33, 260, 101, 7]
@@ -76,8 +79,8 @@ def bytes_to_unicode():
 B2U = bytes_to_unicode()
 
 
-def words(text):
-    return ["".join(B2U[b] for b in w.encode()) for w in regex.findall(GPT2_RE, text)]
+def words(text, pattern=GPT2_RE):
+    return ["".join(B2U[b] for b in w.encode()) for w in regex.findall(pattern, text)]
 
 
 def train_bpe():
@@ -102,11 +105,11 @@ def train_bpe():
     return vocab, merges
 
 
-def encode(text, vocab, merges):
+def encode(text, vocab, merges, pattern=GPT2_RE):
     """GPT-2's encoder.py bpe(): merge the lowest-ranked pair until none is ranked."""
     ranks = {p: i for i, p in enumerate(merges)}
     ids = []
-    for w in words(text):
+    for w in words(text, pattern):
         s = list(w)
         while len(s) > 1:
             pair = min(zip(s, s[1:]), key=lambda p: ranks.get(p, 1 << 30))
@@ -130,14 +133,19 @@ EOT = len(VOCAB)  # <|endoftext|>, an added special token
 V = EOT + 1
 
 
-def write_tokenizer(d, pair_merges, config):
+def write_tokenizer(d, pair_merges, config, split=None):
     tok = {"version": "1.0", "truncation": None, "padding": None,
            "added_tokens": [{"id": EOT, "content": "<|endoftext|>", "single_word": False,
                              "lstrip": False, "rstrip": False, "normalized": True,
                              "special": True}],
            "normalizer": None,
            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False,
-                             "trim_offsets": True, "use_regex": True},
+                             "trim_offsets": True, "use_regex": True} if split is None else
+           {"type": "Sequence", "pretokenizers": [
+               {"type": "Split", "pattern": {"Regex": split}, "behavior": "Isolated",
+                "invert": False},
+               {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+                "use_regex": False}]},
            "post_processor": None, "decoder": {"type": "ByteLevel"},
            "model": {"type": "BPE", "dropout": None, "unk_token": None,
                      "continuing_subword_prefix": "", "end_of_word_suffix": "",
@@ -161,7 +169,7 @@ def llama_config():
             "tie_word_embeddings": False, "bos_token_id": EOT, "eos_token_id": EOT}
 
 
-def llama_shapes(e=E, ff=FF, layers=LAYERS, v=V):
+def llama_shapes(e=E, ff=FF, layers=LAYERS, v=V, qkv_bias=False):
     kv = KV_HEADS * e // HEADS
     s = [("model.embed_tokens.weight", (v, e))]
     for i in range(layers):
@@ -173,6 +181,9 @@ def llama_shapes(e=E, ff=FF, layers=LAYERS, v=V):
               (p + "post_attention_layernorm.weight", (e,)),
               (p + "mlp.gate_proj.weight", (ff, e)), (p + "mlp.up_proj.weight", (ff, e)),
               (p + "mlp.down_proj.weight", (e, ff))]
+        if qkv_bias:
+            s += [(p + "self_attn.q_proj.bias", (e,)), (p + "self_attn.k_proj.bias", (kv,)),
+                  (p + "self_attn.v_proj.bias", (kv,))]
     return s + [("model.norm.weight", (e,)), ("lm_head.weight", (v, e))]
 
 
@@ -213,7 +224,7 @@ def random_model(rng, shapes):
     return w
 
 
-def write_models(d, config, shapes, tokenizer_config, pair_merges, seed=3):
+def write_models(d, config, shapes, tokenizer_config, pair_merges, seed=3, split=None):
     """Base and two experts in d/base, d/e1, d/e2 -> (paths, the merged weights as float32:
     task_arithmetic with lambda 0.5, in float64, rounded once)."""
     rng = np.random.default_rng(seed)
@@ -229,7 +240,7 @@ def write_models(d, config, shapes, tokenizer_config, pair_merges, seed=3):
             (n, S.from_f64(w[n], "F32")) for n, _ in shapes))
         with open(os.path.join(p, "config.json"), "w") as f:
             json.dump(config, f)
-        write_tokenizer(p, pair_merges, tokenizer_config)
+        write_tokenizer(p, pair_merges, tokenizer_config, split)
         paths.append(p)
     f32 = lambda x: x.astype(np.float32).astype(np.float64)  # noqa: E731
     w = [{n: f32(v) for n, v in m.items()} for m in ws]
@@ -254,7 +265,8 @@ def attention(q, k, v):
 
 
 def hf_llama_forward(w, tokens):
-    """transformers' LlamaForCausalLM: rotate_half rotary embeddings (halves, not pairs)."""
+    """transformers' LlamaForCausalLM (and Qwen2ForCausalLM: q/k/v biases): rotate_half
+    rotary embeddings (halves, not pairs)."""
     n, dim = len(tokens), E // HEADS
     inv = 10000.0 ** (-np.arange(0, dim, 2) / dim)
     ang = np.concatenate([np.arange(n)[:, None] * inv] * 2, -1)[:, None, :]
@@ -267,9 +279,11 @@ def hf_llama_forward(w, tokens):
     for i in range(LAYERS):
         p = "model.layers.%d." % i
         h = rms(x, w[p + "input_layernorm.weight"])
-        q = rope((h @ w[p + "self_attn.q_proj.weight"].T).reshape(n, HEADS, dim))
-        k = rope((h @ w[p + "self_attn.k_proj.weight"].T).reshape(n, KV_HEADS, dim))
-        v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(n, KV_HEADS, dim)
+        def proj(m):
+            return h @ w[p + m + ".weight"].T + w.get(p + m + ".bias", 0)
+        q = rope(proj("self_attn.q_proj").reshape(n, HEADS, dim))
+        k = rope(proj("self_attn.k_proj").reshape(n, KV_HEADS, dim))
+        v = proj("self_attn.v_proj").reshape(n, KV_HEADS, dim)
         x = x + attention(q, k, v) @ w[p + "self_attn.o_proj.weight"].T
         h = rms(x, w[p + "post_attention_layernorm.weight"])
         g = h @ w[p + "mlp.gate_proj.weight"].T
@@ -367,7 +381,7 @@ def merge(paths, out, dtype):
     return run(*args, *(["--dtype", dtype] if dtype else []))
 
 
-def compare(label, path, want, tol):
+def compare(label, path, want, tol, pattern=GPT2_RE):
     """llama.cpp's logits on path against want (relative to the largest logit)."""
     if not HAVE_LLAMACPP:
         return
@@ -380,7 +394,7 @@ def compare(label, path, want, tol):
     top1 = np.mean(got["logits"].argmax(-1) == want.argmax(-1))
     check("%s: logits vs numpy: max |diff| %.2e (relative %.1e), top-1 agreement %.0f%%"
           % (label, diff, rel, 100 * top1), rel <= tol)
-    expect = encode(SAMPLE, VOCAB, MERGES)
+    expect = encode(SAMPLE, VOCAB, MERGES, pattern)
     check("%s: llama.cpp's tokenisation of the sample equals the BPE's %d ids" % (label, len(expect)),
           got["tokens"] == expect, "%s vs %s" % (got["tokens"], expect))
 
@@ -498,6 +512,28 @@ def test_gpt2(d):
     compare("gpt2 Q4_K_M", out, stored_gpt2_forward(out, TOKENS), TOL_Q)
 
 
+def test_qwen2(d):
+    """Qwen2: llama.cpp's qwen2 architecture (NEOX rotary: q/k not permuted), q/k/v biases,
+    and the Qwen2 Split pre-tokenizer ("qwen2")."""
+    cfg = dict(llama_config(), model_type="qwen2", architectures=["Qwen2ForCausalLM"])
+    paths, merged = write_models(d, cfg, llama_shapes(qkv_bias=True), {}, True, seed=5,
+                                 split=QWEN2_RE)
+    out = os.path.join(d, "f32.gguf")
+    r = merge(paths, out, "f32")
+    check("qwen2: HF directories merged to GGUF", r.returncode == 0, r.stderr)
+    if r.returncode:
+        return
+    _, kv, ts, _ = G.read(out)
+    q = G.values(ts["blk.1.attn_q.weight"]).reshape(E, E)
+    check("qwen2: architecture qwen2, pre-tokenizer qwen2, q not permuted, biases kept",
+          kv["general.architecture"][1] == "qwen2" and kv["tokenizer.ggml.pre"][1] == "qwen2"
+          and np.allclose(q, merged["model.layers.1.self_attn.q_proj.weight"], rtol=1e-6)
+          and "blk.0.attn_k.bias" in ts and "qwen2.vocab_size" not in kv)
+    check("qwen2: the sample's ids under Qwen2's pre-tokenizer differ from GPT-2's (digits "
+          "one by one)", encode(SAMPLE, VOCAB, MERGES, QWEN2_RE) != encode(SAMPLE, VOCAB, MERGES))
+    compare("qwen2 F32", out, hf_llama_forward(merged, TOKENS), TOL, QWEN2_RE)
+
+
 def test_refusals(d):
     paths, _ = write_models(d, dict(llama_config(), model_type="phi3"), llama_shapes(), {}, True)
     r = merge(paths, os.path.join(d, "x.gguf"), None)
@@ -559,7 +595,7 @@ def test_peak_rss(d):
 def main():
     if not HAVE_LLAMACPP:
         print("SKIP llama.cpp checks: node-llama-cpp is not installed under %s" % NLC)
-    return run_groups([test_llama, test_gpt2, test_refusals, test_peak_rss], "acem-hfgguf-",
+    return run_groups([test_llama, test_gpt2, test_qwen2, test_refusals, test_peak_rss], "acem-hfgguf-",
                       sys.argv[2:])
 
 
