@@ -475,6 +475,9 @@ def test_gpt2(d):
     tc = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
           "unk_token": "<|endoftext|>", "model_max_length": 64}
     paths, merged = write_models(d, gpt2_config(), gpt2_shapes(), tc, pair_merges=False)
+    jinja = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    with open(os.path.join(paths[0], "chat_template.jinja"), "w") as f:
+        f.write(jinja)
     gw = gpt2_hf_as_gguf(merged)
     want = gpt2_forward(gw, TOKENS, lambda x, n: x @ gw[n].T)
     out = os.path.join(d, "f32.gguf")
@@ -492,9 +495,10 @@ def test_gpt2(d):
                "gpt2.feed_forward_length": 4 * E, "gpt2.attention.head_count": HEADS,
                "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2",
                "tokenizer.ggml.bos_token_id": EOT, "tokenizer.ggml.eos_token_id": EOT,
-               "tokenizer.ggml.unknown_token_id": EOT}
+               "tokenizer.ggml.unknown_token_id": EOT, "tokenizer.chat_template": jinja}
     bad = {k: kv.get(k, (None, None))[1] for k, v in want_kv.items() if kv.get(k, (None, None))[1] != v}
-    check("gpt2: hyperparameter and tokenizer keys (no add_bos_token: not in the files)",
+    check("gpt2: hyperparameter and tokenizer keys (no add_bos_token: not in the files; the "
+          "chat template from chat_template.jinja)",
           not bad and "tokenizer.ggml.add_bos_token" not in kv, bad)
     compare("gpt2 F32", out, want, TOL)
     out = os.path.join(d, "q4km.gguf")
@@ -557,6 +561,31 @@ def test_refusals(d):
     r = merge(paths, os.path.join(d, "x.gguf"), None)
     check("a pre-tokenizer acem cannot name: one error line",
           one_error_line(r, "tokenizer.json", "pre-tokenizer"), r.stderr)
+    hostile = [("an id outside the vocabulary", lambda t: t["model"]["vocab"].update(x=V + 5),
+                ["tokenizer.json", "outside the vocabulary"]),
+               ("two tokens with one id", lambda t: t["model"]["vocab"].update(x=3),
+                ["tokenizer.json", "id 3 is given to two tokens"]),
+               ("a malformed merge", lambda t: t["model"]["merges"].append([1, 2]),
+                ["tokenizer.json", "merge"]),
+               ("not JSON", None, ["tokenizer.json", "not a valid JSON object"])]
+    for label, spoil, phrases in hostile:
+        write_tokenizer(paths[0], True, {})
+        path = os.path.join(paths[0], "tokenizer.json")
+        with open(path) as f:
+            tok = json.load(f)
+        if spoil:
+            spoil(tok)
+        with open(path, "w") as f:
+            f.write(json.dumps(tok) if spoil else "{\"model\": ")
+        r = merge(paths, os.path.join(d, "x.gguf"), None)
+        check("tokenizer.json with %s: one error line" % label, one_error_line(r, *phrases),
+              r.stderr)
+    write_tokenizer(paths[0], True, {})
+    with open(os.path.join(paths[0], "config.json"), "w") as f:
+        json.dump(dict(llama_config(), num_attention_heads=3), f)
+    r = merge(paths, os.path.join(d, "x.gguf"), None)
+    check("q_proj rows that do not split into the heads: one error line",
+          one_error_line(r, "q_proj", "heads"), r.stderr)
 
 
 def test_peak_rss(d):

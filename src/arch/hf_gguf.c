@@ -480,6 +480,18 @@ static int put_token(vocab *v, const cJSON *id, const char *text, int type, acem
     return 0;
 }
 
+static bool framed(const char *s, const char *open, const char *close) {
+    size_t n = strlen(s), a = strlen(open), b = strlen(close);
+    return n >= a + b && !strncmp(s, open, a) && !strcmp(s + n - b, close);
+}
+
+/* does_token_look_special: added tokens some models do not mark special but are. */
+static bool looks_special(const char *s) {
+    return !strcmp(s, "<pad>") || !strcmp(s, "<mask>") || !strcmp(s, "<2mass>") ||
+           !strcmp(s, "[@BOS@]") || framed(s, "<|", "|>") ||
+           framed(s, "<\xef\xbd\x9c", "\xef\xbd\x9c>") /* <｜...｜> */ || framed(s, "<unused", ">");
+}
+
 /* get_vocab_base: the vocabulary in id order, then the added tokens (CONTROL when special or
  * looking special, else USER_DEFINED), ids without a token "[PADi]" UNUSED. */
 static int read_vocab(vocab *v, const cJSON *tok, acem_error *err) {
@@ -499,10 +511,7 @@ static int read_vocab(vocab *v, const cJSON *tok, acem_error *err) {
         if (!cJSON_IsString(content))
             return acem_fail(err, "%s: an added token has no content", v->path);
         const char *s = content->valuestring;
-        size_t k = strlen(s);
-        bool special = json_flag(a, "special", false) || !strcmp(s, "<pad>") ||
-                       !strcmp(s, "<mask>") ||
-                       (k >= 4 && !strncmp(s, "<|", 2) && !strcmp(s + k - 2, "|>"));
+        bool special = json_flag(a, "special", false) || looks_special(s);
         if (put_token(v, cJSON_GetObjectItemCaseSensitive(a, "id"), s,
                       special ? TOK_CONTROL : TOK_USER_DEFINED, err))
             return -1;
@@ -576,6 +585,25 @@ static long special_id(const cJSON *tc, const cJSON *tok, const cJSON *cfg, cons
     return cJSON_IsNumber(id) && id->valuedouble >= 0 ? (long)id->valuedouble : -1;
 }
 
+/* SpecialVocab's fallback when tokenizer_config.json has no chat_template: the file
+ * chat_template.jinja beside it. */
+static int jinja_template(kv_builder *b, const char *dir, acem_error *err) {
+    char *path = acem_path_join(dir, "chat_template.jinja", err);
+    if (!path) return -1;
+    size_t len = 0;
+    char *text = access(path, F_OK) == 0
+                     ? acem_read_small_file(path, ACEM_GGUF_MAX_STRING, &len, err)
+                     : NULL;
+    int rc = access(path, F_OK) == 0 && !text ? -1 : 0;
+    if (text && (!acem_utf8_valid((unsigned char *)text, len) || strlen(text) != len))
+        rc = acem_fail(err, "%s: not UTF-8 text", path);
+    else if (text)
+        kv_string(b, "tokenizer.chat_template", text);
+    free(text);
+    free(path);
+    return rc;
+}
+
 static int special_kvs(kv_builder *b, const char *dir, const cJSON *tok, const cJSON *cfg,
                        long n_vocab, acem_error *err) {
     char *path = acem_path_join(dir, "tokenizer_config.json", err);
@@ -599,7 +627,10 @@ static int special_kvs(kv_builder *b, const char *dir, const cJSON *tok, const c
         if (cJSON_IsBool(v)) kv_bool(b, key, cJSON_IsTrue(v));
     }
     const cJSON *tmpl = cJSON_GetObjectItemCaseSensitive(tc, "chat_template");
-    if (!rc && cJSON_IsString(tmpl)) kv_string(b, "tokenizer.chat_template", tmpl->valuestring);
+    if (!rc && cJSON_IsString(tmpl))
+        kv_string(b, "tokenizer.chat_template", tmpl->valuestring);
+    else if (!rc && tc && !tmpl)
+        rc = jinja_template(b, dir, err);
     cJSON_Delete(tc);
     free(path);
     return rc;
