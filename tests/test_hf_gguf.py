@@ -59,6 +59,7 @@ TOKENS = [5, 70, 300, 12, 33, 260, 101, 7]
 E, FF, HEADS, KV_HEADS, LAYERS = 256, 512, 4, 2, 2
 TOL = 1e-4  # float32 arithmetic in another order, relative to the largest logit
 TOL_Q = 1e-3  # and an odd activation code rounded the other way near a boundary
+TOL_F16 = 3e-3  # F16 activations: many codes near a boundary (test_llamacpp's envelope)
 
 
 # ---- tokenizer: a byte-level BPE trained here, and an independent encoder --------------------
@@ -457,6 +458,14 @@ def test_llama(d):
     for k in ("rope.freq_base", "attention.layer_norm_rms_epsilon"):
         check("llama: llama.%s" % k, np.isclose(kv["llama." + k][1], {"rope.freq_base": 1e4}.get(k, 1e-5)))
     compare("llama F32", out, want, TOL)
+    out = os.path.join(d, "f16.gguf")
+    r = merge(paths, out, "f16")
+    ts = G.read(out)[2] if r.returncode == 0 else {}
+    check("llama: merged straight to F16, norms F32",
+          r.returncode == 0 and all((t.dtype.str == "<f4") == (len(t.shape) == 1)
+                                    for t in ts.values()), r.stderr)
+    if r.returncode == 0:
+        compare("llama F16", out, LL.forward(out, TOKENS), TOL_F16)
     out = os.path.join(d, "q4km.gguf")
     r = merge(paths, out, "Q4_K_M")
     check("llama: merged straight to Q4_K_M", r.returncode == 0, r.stderr)

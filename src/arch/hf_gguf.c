@@ -376,11 +376,11 @@ static int map_tensor(hf_gguf *h, size_t i, const arch_def *a, const hparams *hp
     const char *param = NULL;
     const name_rule *r = rule_of(a, v->name, &block, &param);
     const char *name = v->name;
-    v->name = "";
-    if (r && !r->gguf) { /* dropped */
+    if (r && !r->gguf) { /* dropped: it keeps its own name, for messages */
         h->layout[i] = OUT_DROPPED;
         return 0;
     }
+    v->name = "";
     if (!r || (strcmp(param, "weight") && strcmp(param, "bias")) || block >= hp->n_layer)
         return acem_fail(err,
                          "%s: tensor \"%s\" has no llama.cpp name for the %s architecture "
@@ -747,8 +747,9 @@ int hf_gguf_open(hf_gguf *h, const char *dir, const acem_checkpoint *base, acem_
 }
 
 void hf_gguf_free(hf_gguf *h) {
-    for (size_t i = 0; h->view && i < h->n; i++)
-        if (h->view[i].name && *h->view[i].name) free((char *)h->view[i].name);
+    for (size_t i = 0; h->view && h->layout && i < h->n; i++) /* names are set after both */
+        if (h->layout[i] != OUT_DROPPED && h->view[i].name && *h->view[i].name)
+            free((char *)h->view[i].name);
     for (size_t i = 0; i < h->kv.n_meta; i++) {
         free(h->kv.meta_keys[i]);
         free(h->kv.meta_values[i]);

@@ -9,8 +9,8 @@
 
 typedef struct hf_gguf {
     const char *arch; /* general.architecture: "llama", "qwen2" or "gpt2" */
-    /* per tensor of the base, in its order: llama.cpp's name and the stored shape (name ""
-     * for a dropped tensor), with the layout the writer applies */
+    /* per tensor of the base, in its order: llama.cpp's name and the stored shape (a dropped
+     * tensor keeps the base's name and shape), with the layout the writer applies */
     acem_tensor *view;
     out_layout *layout;
     uint32_t *n_head;
