@@ -590,6 +590,16 @@ def test_refusals(d):
         check("tokenizer.json with %s: one error line" % label, one_error_line(r, *phrases),
               r.stderr)
     write_tokenizer(paths[0], True, {})
+    cfg = llama_config()
+    del cfg["num_hidden_layers"]
+    for label, c, phrases in [("without num_hidden_layers", cfg, ['"num_hidden_layers" is missing']),
+                              ("with 2.5 layers", dict(cfg, num_hidden_layers=2.5),
+                               ['"num_hidden_layers" is not a positive integer'])]:
+        with open(os.path.join(paths[0], "config.json"), "w") as f:
+            json.dump(c, f)
+        r = merge(paths, os.path.join(d, "x.gguf"), None)
+        check("config.json %s: one error line" % label,
+              one_error_line(r, "config.json", *phrases), r.stderr)
     with open(os.path.join(paths[0], "config.json"), "w") as f:
         json.dump(dict(llama_config(), num_attention_heads=3), f)
     r = merge(paths, os.path.join(d, "x.gguf"), None)

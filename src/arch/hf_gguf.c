@@ -157,8 +157,8 @@ static int count_of(const char *path, const cJSON *cfg, const char *const *keys,
     if (!x && !required) return 0;
     if (!cJSON_IsNumber(x) || x->valuedouble != (double)(long)x->valuedouble ||
         x->valuedouble < 1 || x->valuedouble > (double)(1u << 31))
-        return acem_fail(err, "%s: \"%s\" is %s, not a positive integer", path, keys[0],
-                         x ? "something else" : "missing");
+        return acem_fail(err, "%s: \"%s\" is %s", path, keys[0],
+                         x ? "not a positive integer below 2^31" : "missing");
     *v = (long)x->valuedouble;
     return 0;
 }
