@@ -396,8 +396,15 @@ def compare(label, path, want, tol, pattern=GPT2_RE):
     check("%s: logits vs numpy: max |diff| %.2e (relative %.1e), top-1 agreement %.0f%%"
           % (label, diff, rel, 100 * top1), rel <= tol)
     expect = encode(SAMPLE, VOCAB, MERGES, pattern)
-    check("%s: llama.cpp's tokenisation of the sample equals the BPE's %d ids" % (label, len(expect)),
+    check("%s: llama.cpp's tokenisation of the sample equals the BPE's %d ids"
+          % (label, len(expect)),
           got["tokens"] == expect, "%s vs %s" % (got["tokens"], expect))
+
+
+def key_mismatches(kv, want):
+    """{key: what the file holds} for each key-value of want the file does not hold as want."""
+    return {k: kv.get(k, (None, None))[1] for k, v in want.items()
+            if kv.get(k, (None, None))[1] != v}
 
 
 def q4_k_m(name, tied=False):
@@ -419,7 +426,8 @@ def q4_k_m(name, tied=False):
 
 def test_llama(d):
     tc = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "add_bos_token": True,
-          "add_eos_token": False, "chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}"}
+          "add_eos_token": False,
+          "chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}"}
     paths, merged = write_models(d, llama_config(), llama_shapes(), tc, pair_merges=True)
     want = hf_llama_forward(merged, TOKENS)
     out = os.path.join(d, "f32.gguf")
@@ -430,7 +438,8 @@ def test_llama(d):
     _, kv, ts, _ = G.read(out)
     names = set(ts)
     check("llama: llama.cpp's tensor names, inv_freq dropped",
-          names == {n for n, _ in LL.shapes((E, FF))}, sorted(names ^ {n for n, _ in LL.shapes((E, FF))}))
+          names == {n for n, _ in LL.shapes((E, FF))},
+          sorted(names ^ {n for n, _ in LL.shapes((E, FF))}))
     q = G.values(ts["blk.0.attn_q.weight"]).reshape(E, E)
     hd = E // HEADS
     perm = merged["model.layers.0.self_attn.q_proj.weight"].reshape(
@@ -445,9 +454,11 @@ def test_llama(d):
                "llama.rope.dimension_count": E // HEADS, "tokenizer.ggml.model": "gpt2",
                "tokenizer.ggml.pre": "gpt-2", "tokenizer.ggml.bos_token_id": EOT,
                "tokenizer.ggml.eos_token_id": EOT, "tokenizer.ggml.add_bos_token": True,
-               "tokenizer.ggml.add_eos_token": False, "tokenizer.chat_template": tc["chat_template"]}
-    bad = {k: kv.get(k, (None, None))[1] for k, v in want_kv.items() if kv.get(k, (None, None))[1] != v}
-    check("llama: hyperparameter and tokenizer keys as convert_hf_to_gguf.py writes them", not bad, bad)
+               "tokenizer.ggml.add_eos_token": False,
+               "tokenizer.chat_template": tc["chat_template"]}
+    bad = key_mismatches(kv, want_kv)
+    check("llama: hyperparameter and tokenizer keys as convert_hf_to_gguf.py writes them",
+          not bad, bad)
     toks = kv["tokenizer.ggml.tokens"][1][1]
     types = kv["tokenizer.ggml.token_type"][1][1]
     merges = kv["tokenizer.ggml.merges"][1][1]
@@ -456,7 +467,8 @@ def test_llama(d):
           and types[EOT] == 3 and merges == [" ".join(p) for p in MERGES],
           (len(toks), toks[-3:], list(types[-3:]), merges[:3], MERGES[:3]))
     for k in ("rope.freq_base", "attention.layer_norm_rms_epsilon"):
-        check("llama: llama.%s" % k, np.isclose(kv["llama." + k][1], {"rope.freq_base": 1e4}.get(k, 1e-5)))
+        check("llama: llama.%s" % k,
+              np.isclose(kv["llama." + k][1], {"rope.freq_base": 1e4}.get(k, 1e-5)))
     compare("llama F32", out, want, TOL)
     out = os.path.join(d, "f16.gguf")
     r = merge(paths, out, "f16")
@@ -505,7 +517,7 @@ def test_gpt2(d):
                "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2",
                "tokenizer.ggml.bos_token_id": EOT, "tokenizer.ggml.eos_token_id": EOT,
                "tokenizer.ggml.unknown_token_id": EOT, "tokenizer.chat_template": jinja}
-    bad = {k: kv.get(k, (None, None))[1] for k, v in want_kv.items() if kv.get(k, (None, None))[1] != v}
+    bad = key_mismatches(kv, want_kv)
     check("gpt2: hyperparameter and tokenizer keys (no add_bos_token: not in the files; the "
           "chat template from chat_template.jinja)",
           not bad and "tokenizer.ggml.add_bos_token" not in kv, bad)
@@ -560,7 +572,8 @@ def test_refusals(d):
     check("a SentencePiece tokenizer.model alone: one error line",
           one_error_line(r, "no tokenizer.json", "tokenizer.model"), r.stderr)
     r = merge(paths, os.path.join(d, "x.safetensors"), None)
-    check("  the same directories merge to safetensors (no conversion)", r.returncode == 0, r.stderr)
+    check("  the same directories merge to safetensors (no conversion)", r.returncode == 0,
+          r.stderr)
     write_tokenizer(paths[0], True, {})
     with open(os.path.join(paths[0], "tokenizer.json")) as f:
         tok = json.load(f)
@@ -592,7 +605,8 @@ def test_refusals(d):
     write_tokenizer(paths[0], True, {})
     cfg = llama_config()
     del cfg["num_hidden_layers"]
-    for label, c, phrases in [("without num_hidden_layers", cfg, ['"num_hidden_layers" is missing']),
+    for label, c, phrases in [("without num_hidden_layers", cfg,
+                               ['"num_hidden_layers" is missing']),
                               ("with 2.5 layers", dict(cfg, num_hidden_layers=2.5),
                                ['"num_hidden_layers" is not a positive integer'])]:
         with open(os.path.join(paths[0], "config.json"), "w") as f:
@@ -643,8 +657,8 @@ def test_peak_rss(d):
 def main():
     if not HAVE_LLAMACPP:
         print("SKIP llama.cpp checks: node-llama-cpp is not installed under %s" % NLC)
-    return run_groups([test_llama, test_gpt2, test_qwen2, test_refusals, test_peak_rss], "acem-hfgguf-",
-                      sys.argv[2:])
+    return run_groups([test_llama, test_gpt2, test_qwen2, test_refusals, test_peak_rss],
+                      "acem-hfgguf-", sys.argv[2:])
 
 
 if __name__ == "__main__":
