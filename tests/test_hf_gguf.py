@@ -3,11 +3,12 @@
 real llama.cpp (node-llama-cpp, as tests/test_llamacpp.py; without it the llama.cpp checks
 print a SKIP line and the file checks still run).
 
-A tiny Llama (with a rotary inv_freq buffer that the converter drops) and a tiny GPT-2 (Conv1D
-weights, causal-mask buffers, tied lm_head) in Hugging Face layout: config.json,
+A tiny Llama (with a rotary inv_freq buffer that the converter drops; Llama 3's pre-tokenizer),
+a tiny Qwen2 (q/k/v biases; Qwen2's pre-tokenizer) and a tiny GPT-2 (Conv1D weights,
+causal-mask buffers, tied lm_head; GPT-2's pre-tokenizer) in Hugging Face layout: config.json,
 tokenizer.json (a byte-level BPE vocabulary and merges trained here on a small text),
 tokenizer_config.json and safetensors, a base and two experts, merged by task_arithmetic
-into GGUF as F32 and as llama-quantize's Q4_K_M.
+into GGUF as F32, F16 (the Llama) and llama-quantize's Q4_K_M (Llama and GPT-2).
 
 - F32: llama.cpp's logits equal an independent float64 numpy forward pass of the Hugging Face
   model (HF layouts: rotate_half rotary embeddings on the unpermuted q/k, Conv1D x @ W),
@@ -46,7 +47,9 @@ NLC = os.environ.get("NODE_LLAMA_CPP", os.path.join(HERE, "..", ".deps", "node-l
 HAVE_LLAMACPP = bool(shutil.which("node")) and os.path.exists(
     os.path.join(NLC, "node_modules", "node-llama-cpp", "package.json"))
 GPT2_RE = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-# Qwen2's tokenizer.json Split pattern (and a ByteLevel without its own regex after it)
+# Llama 3's and Qwen2's tokenizer.json Split patterns (a ByteLevel without its own regex after)
+LLAMA3_RE = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}"""
+             r"""\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
 QWEN2_RE = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"""
             r"""[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
 CORPUS = ("the quick brown fox jumps over the lazy dog. the dog sleeps; the fox runs! "
@@ -106,11 +109,15 @@ def train_bpe():
     return vocab, merges
 
 
-def encode(text, vocab, merges, pattern=GPT2_RE):
-    """GPT-2's encoder.py bpe(): merge the lowest-ranked pair until none is ranked."""
+def encode(text, vocab, merges, pattern=GPT2_RE, ignore_merges=False):
+    """GPT-2's encoder.py bpe(): merge the lowest-ranked pair until none is ranked; with
+    ignore_merges (Llama 3's tokenizer.json) a word the vocabulary holds is its token."""
     ranks = {p: i for i, p in enumerate(merges)}
     ids = []
     for w in words(text, pattern):
+        if ignore_merges and w in vocab:
+            ids.append(vocab[w])
+            continue
         s = list(w)
         while len(s) > 1:
             pair = min(zip(s, s[1:]), key=lambda p: ranks.get(p, 1 << 30))
@@ -151,6 +158,7 @@ def write_tokenizer(d, pair_merges, config, split=None):
            "model": {"type": "BPE", "dropout": None, "unk_token": None,
                      "continuing_subword_prefix": "", "end_of_word_suffix": "",
                      "fuse_unk": False, "byte_fallback": False,
+                     "ignore_merges": split == LLAMA3_RE,
                      "vocab": dict(VOCAB, **{"<|endoftext|>": EOT}),
                      "merges": [list(p) for p in MERGES] if pair_merges
                      else [" ".join(p) for p in MERGES]}}
@@ -383,7 +391,8 @@ def merge(paths, out, dtype):
 
 
 def compare(label, path, want, tol, pattern=GPT2_RE):
-    """llama.cpp's logits on path against want (relative to the largest logit)."""
+    """llama.cpp's logits on path against want (relative to the largest logit), and its
+    tokenisation of SAMPLE against the BPE's under pattern."""
     if not HAVE_LLAMACPP:
         return
     rc, err, got = llamacpp(path, SAMPLE)
@@ -395,7 +404,7 @@ def compare(label, path, want, tol, pattern=GPT2_RE):
     top1 = np.mean(got["logits"].argmax(-1) == want.argmax(-1))
     check("%s: logits vs numpy: max |diff| %.2e (relative %.1e), top-1 agreement %.0f%%"
           % (label, diff, rel, 100 * top1), rel <= tol)
-    expect = encode(SAMPLE, VOCAB, MERGES, pattern)
+    expect = encode(SAMPLE, VOCAB, MERGES, pattern, ignore_merges=pattern == LLAMA3_RE)
     check("%s: llama.cpp's tokenisation of the sample equals the BPE's %d ids"
           % (label, len(expect)),
           got["tokens"] == expect, "%s vs %s" % (got["tokens"], expect))
@@ -428,7 +437,8 @@ def test_llama(d):
     tc = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "add_bos_token": True,
           "add_eos_token": False,
           "chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}"}
-    paths, merged = write_models(d, llama_config(), llama_shapes(), tc, pair_merges=True)
+    paths, merged = write_models(d, llama_config(), llama_shapes(), tc, pair_merges=True,
+                                 split=LLAMA3_RE)
     want = hf_llama_forward(merged, TOKENS)
     out = os.path.join(d, "f32.gguf")
     r = merge(paths, out, "f32")
@@ -452,7 +462,7 @@ def test_llama(d):
                "llama.feed_forward_length": FF, "llama.attention.head_count": HEADS,
                "llama.attention.head_count_kv": KV_HEADS, "llama.vocab_size": V,
                "llama.rope.dimension_count": E // HEADS, "tokenizer.ggml.model": "gpt2",
-               "tokenizer.ggml.pre": "gpt-2", "tokenizer.ggml.bos_token_id": EOT,
+               "tokenizer.ggml.pre": "llama-bpe", "tokenizer.ggml.bos_token_id": EOT,
                "tokenizer.ggml.eos_token_id": EOT, "tokenizer.ggml.add_bos_token": True,
                "tokenizer.ggml.add_eos_token": False,
                "tokenizer.chat_template": tc["chat_template"]}
@@ -469,7 +479,7 @@ def test_llama(d):
     for k in ("rope.freq_base", "attention.layer_norm_rms_epsilon"):
         check("llama: llama.%s" % k,
               np.isclose(kv["llama." + k][1], {"rope.freq_base": 1e4}.get(k, 1e-5)))
-    compare("llama F32", out, want, TOL)
+    compare("llama F32", out, want, TOL, LLAMA3_RE)
     out = os.path.join(d, "f16.gguf")
     r = merge(paths, out, "f16")
     ts = G.read(out)[2] if r.returncode == 0 else {}
@@ -477,7 +487,7 @@ def test_llama(d):
           r.returncode == 0 and all((t.dtype.str == "<f4") == (len(t.shape) == 1)
                                     for t in ts.values()), r.stderr)
     if r.returncode == 0:
-        compare("llama F16", out, LL.forward(out, TOKENS), TOL_F16)
+        compare("llama F16", out, LL.forward(out, TOKENS), TOL_F16, LLAMA3_RE)
     out = os.path.join(d, "q4km.gguf")
     r = merge(paths, out, "Q4_K_M")
     check("llama: merged straight to Q4_K_M", r.returncode == 0, r.stderr)
@@ -489,7 +499,7 @@ def test_llama(d):
     check("llama Q4_K_M: llama-quantize's types on llama.cpp's names (file type %s)"
           % kv["general.file_type"][1], got == want_t and kv["general.file_type"][1] == 15,
           {n: (got.get(n), t) for n, t in want_t.items() if got.get(n) != t})
-    compare("llama Q4_K_M", out, LL.forward(out, TOKENS), TOL_Q)
+    compare("llama Q4_K_M", out, LL.forward(out, TOKENS), TOL_Q, LLAMA3_RE)
 
 
 def test_gpt2(d):
