@@ -1,8 +1,8 @@
-/* hf_gguf.c — llama.cpp's converter rules for Llama (Llama 2/3, Mistral), Qwen2 and GPT-2,
- * re-implemented from convert_hf_to_gguf.py (conversion/base.py TextModel.set_gguf_parameters,
- * get_vocab_base, _set_vocab_gpt2; conversion/llama.py LlamaModel; conversion/qwen.py
- * Qwen2Model; conversion/gpt2.py GPT2Model) and gguf-py (tensor_mapping.py, constants.py,
- * vocab.py SpecialVocab). */
+/* hf_gguf.c — llama.cpp's converter rules for Llama (Llama 2/3, Mistral: weights and keys;
+ * byte-level BPE tokenizers only), Qwen2 and GPT-2, re-implemented from convert_hf_to_gguf.py
+ * (conversion/base.py TextModel.set_gguf_parameters, get_vocab_base, _set_vocab_gpt2;
+ * conversion/llama.py LlamaModel; conversion/qwen.py Qwen2Model; conversion/gpt2.py GPT2Model)
+ * and gguf-py (tensor_mapping.py, constants.py, vocab.py SpecialVocab). */
 #include "hf_gguf.h"
 
 #include <cjson/cJSON.h>
@@ -591,10 +591,9 @@ static int jinja_template(kv_builder *b, const char *dir, acem_error *err) {
     char *path = acem_path_join(dir, "chat_template.jinja", err);
     if (!path) return -1;
     size_t len = 0;
-    char *text = access(path, F_OK) == 0
-                     ? acem_read_small_file(path, ACEM_GGUF_MAX_STRING, &len, err)
-                     : NULL;
-    int rc = access(path, F_OK) == 0 && !text ? -1 : 0;
+    const bool present = access(path, F_OK) == 0;
+    char *text = present ? acem_read_small_file(path, ACEM_GGUF_MAX_STRING, &len, err) : NULL;
+    int rc = present && !text ? -1 : 0;
     if (text && (!acem_utf8_valid((unsigned char *)text, len) || strlen(text) != len))
         rc = acem_fail(err, "%s: not UTF-8 text", path);
     else if (text)
@@ -608,8 +607,9 @@ static int special_kvs(kv_builder *b, const char *dir, const cJSON *tok, const c
                        long n_vocab, acem_error *err) {
     char *path = acem_path_join(dir, "tokenizer_config.json", err);
     if (!path) return -1;
-    cJSON *tc = access(path, F_OK) == 0 ? read_json(path, err) : NULL;
-    int rc = access(path, F_OK) == 0 && !tc ? -1 : 0;
+    const bool present = access(path, F_OK) == 0;
+    cJSON *tc = present ? read_json(path, err) : NULL;
+    int rc = present && !tc ? -1 : 0;
     for (size_t i = 0; !rc && i < sizeof specials / sizeof *specials; i++) {
         long id = special_id(tc, tok, cfg, specials[i].typ);
         if (id >= n_vocab)
