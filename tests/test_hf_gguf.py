@@ -629,6 +629,18 @@ def test_refusals(d):
     r = merge(paths, os.path.join(d, "x.gguf"), None)
     check("q_proj rows that do not split into the heads: one error line",
           one_error_line(r, "q_proj", "heads"), r.stderr)
+    with open(os.path.join(paths[0], "config.json"), "w") as f:
+        json.dump(llama_config(), f)
+    src = "".join("      - model: %s\n        layer_range: [0, %d]\n%s" % (
+        p, LAYERS, "" if i == 0 else "        parameters:\n          weight: 1.0\n")
+        for i, p in enumerate(paths))
+    cfg = os.path.join(d, "slices.yml")
+    with open(cfg, "w") as f:
+        f.write("slices:\n  - sources:\n%smerge_method: task_arithmetic\nbase_model: %s\n"
+                % (src, paths[0]))
+    r = run("merge", "-q", cfg, "-o", os.path.join(d, "x.gguf"))
+    check("mergekit slices of a Hugging Face model to GGUF: one error line (not yet)",
+          one_error_line(r, "slices of a Hugging Face model"), r.stderr)
 
 
 def test_peak_rss(d):
