@@ -305,7 +305,8 @@ static int open_mix(plan *p, const acem_checkpoint *base, const acem_merge_optio
 }
 
 /* A Hugging Face base with a GGUF output is converted as llama.cpp's converter would (not
- * yet with slices: the converted names and key-values follow the base's own layers). */
+ * yet with slices or a tokenizer_source: the converted names, key-values and vocabulary follow
+ * the base's own layers and tokenizer). */
 static int open_hf(plan *p, const acem_checkpoint *base, const acem_merge_options *o, bool slices,
                    acem_error *err) {
     if (!(p->hf = acem_alloc(1, sizeof *p->hf, "the GGUF conversion", err))) return -1;
@@ -314,11 +315,11 @@ static int open_hf(plan *p, const acem_checkpoint *base, const acem_merge_option
         free(p->hf);
         p->hf = NULL;
     }
-    if (rc > 0 && slices)
+    if (rc > 0 && (slices || o->tokenizer_source))
         return acem_fail(err,
-                         "%s: slices of a Hugging Face model written as GGUF are not supported "
-                         "yet; write safetensors, then convert with convert_hf_to_gguf.py",
-                         o->out);
+                         "%s: %s of a Hugging Face model written as GGUF %s not supported yet; "
+                         "write safetensors, then convert with convert_hf_to_gguf.py",
+                         o->out, slices ? "slices" : "a tokenizer_source", slices ? "are" : "is");
     return rc < 0 ? -1 : 0;
 }
 

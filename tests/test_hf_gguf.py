@@ -641,6 +641,14 @@ def test_refusals(d):
     r = run("merge", "-q", cfg, "-o", os.path.join(d, "x.gguf"))
     check("mergekit slices of a Hugging Face model to GGUF: one error line (not yet)",
           one_error_line(r, "slices of a Hugging Face model"), r.stderr)
+    with open(cfg, "w") as f:
+        f.write("models:\n%smerge_method: task_arithmetic\nbase_model: %s\n"
+                "tokenizer_source: base\n" % ("".join(
+                    "  - model: %s\n    parameters:\n      weight: 1.0\n" % p
+                    for p in paths[1:]), paths[0]))
+    r = run("merge", "-q", cfg, "-o", os.path.join(d, "x.gguf"))
+    check("a tokenizer_source with a GGUF output: one error line (not yet)",
+          one_error_line(r, "a tokenizer_source of a Hugging Face model"), r.stderr)
 
 
 def test_peak_rss(d):
