@@ -404,12 +404,17 @@ typedef struct acem_config acem_config;
 int acem_config_load(const char *path, acem_config **out, acem_merge_options *o, acem_error *err);
 void acem_config_free(acem_config *c);
 /* mergekit-multi: a file of several YAML documents ("---" between them), each a merge. Every
- * document but the last has a `name:`; its merge is written to stage_dir/NAME, and a model
- * reference equal to the name of an earlier document is that output (documents run in the
- * file's order). acem_config_count gives the number of documents (1 for a plain config;
- * acem_config_load refuses a file of several), acem_config_load_stage loads document i
- * (from 0) as acem_config_load loads one, acem_config_name its `name:` (or NULL). */
+ * document but the final merge has a `name:` (or an out_path of its own); a named one's merge
+ * is written to stage_dir/NAME, and a model reference equal to another document's name is
+ * that output. The final merge is the one document without a name, or else the last one
+ * that no other reads. acem_config_count gives the number of documents (1 for a plain
+ * config; acem_config_load refuses a file of several), acem_config_order the n document
+ * indices in the order they must run (each after the merges it reads, the file's order
+ * among those ready, the final merge last; a cycle is an error), acem_config_load_stage
+ * loads document i (from 0) as acem_config_load loads one, acem_config_name its `name:`
+ * (or NULL). */
 int acem_config_count(const char *path, size_t *n, acem_error *err);
+int acem_config_order(const char *path, size_t *order, size_t n, acem_error *err);
 int acem_config_load_stage(const char *path, size_t i, const char *stage_dir, acem_config **out,
                            acem_merge_options *o, acem_error *err);
 const char *acem_config_name(const acem_config *c);

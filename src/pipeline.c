@@ -927,6 +927,15 @@ static int check_settings(merge_run *r, acem_error *err) {
     return 0;
 }
 
+/* What the config reader found accepted but probably not meant (keys mergekit ignores),
+ * through the run's one channel of warnings. */
+static int warn_config(merge_run *r, acem_error *err) {
+    const acem_settings *s = r->o->settings;
+    for (int i = 0; s && i < s->n_notes; i++)
+        if (acem_warn(&r->warnings, err, "%s", s->notes[i])) return -1;
+    return 0;
+}
+
 static int open_inputs(merge_run *r, acem_error *err) {
     const acem_merge_options *o = r->o;
     if (acem_checkpoint_open(o->base, &r->base, err)) return -1;
@@ -947,7 +956,7 @@ static int open_inputs(merge_run *r, acem_error *err) {
         return acem_fail(err, "%s: holds no tensors; nothing to merge", o->base);
     r->warnings.o = o;
     const acem_checkpoint *const *experts = (const acem_checkpoint *const *)r->experts;
-    return warn_repeated_experts(r, err) ||
+    return warn_config(r, err) || warn_repeated_experts(r, err) ||
                    tok_plan_build(&r->tok, o, r->has_base, &r->warnings, err) ||
                    plan_build(&r->plan, r->base, experts, o, &r->warnings, err) ||
                    tok_plan_apply(&r->tok, &r->plan, err) || axis_used(r, err) ||
