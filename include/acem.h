@@ -347,6 +347,8 @@ int acem_check_options(const acem_merge_options *o, acem_error *err);
 
 typedef struct acem_merge_summary {
     char method[32];
+    char merged[96];  /* what was merged, in words: "3 experts", "2 models", "3 slices of 2
+                         models into 40 layers" */
     char params[512]; /* resolved parameters, "lambda=0.3 density=0.2" */
     size_t tensors_merged, tensors_copied;
     size_t shards;

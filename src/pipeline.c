@@ -1256,6 +1256,27 @@ static int resolve_refs(const acem_merge_options *o, acem_merge_options *copy, r
     return 0;
 }
 
+/* What the merge merged, for the summary line: the experts of a method of deltas (the base
+ * is not one), every model of a method of the weights, or with slices the output's layers
+ * and the distinct models the slices read (the base counted when a slice reads it). */
+static void describe_merged(const merge_run *r, acem_merge_summary *s) {
+    const acem_settings *st = r->o->settings;
+    int n = r->o->n_models;
+    if (st && st->n_slices) {
+        bool base = false;
+        for (int i = 0; i < st->n_slices; i++)
+            for (int k = 0; k < st->slices[i].n_sources; k++)
+                base |= st->slices[i].sources[k].input < 0;
+        n += base;
+        snprintf(s->merged, sizeof s->merged, "%d slice%s of %d model%s into %ld layer%s",
+                 st->n_slices, st->n_slices == 1 ? "" : "s", n, n == 1 ? "" : "s", r->plan.n_layers,
+                 r->plan.n_layers == 1 ? "" : "s");
+        return;
+    }
+    const char *what = r->method->weights ? "model" : "expert";
+    snprintf(s->merged, sizeof s->merged, "%d %s%s", n, what, n == 1 ? "" : "s");
+}
+
 int acem_merge(const acem_merge_options *o, acem_merge_summary *s, acem_error *err) {
     double t0 = acem_now();
     acem_merge_options resolved, reference;
@@ -1278,6 +1299,7 @@ int acem_merge(const acem_merge_options *o, acem_merge_summary *s, acem_error *e
         begin_outputs(&r, &outs, &model, &report, err))
         goto done;
     snprintf(s->covariance_axis, sizeof s->covariance_axis, "%s", r.axis);
+    describe_merged(&r, s);
     s->gram_fallbacks = r.gram_fallbacks;
     s->input_warnings = r.warnings.n;
     size_buffers(&r, s);
