@@ -396,6 +396,10 @@ static int merge_one(const flags *f, size_t doc, const char *stage_dir, bool int
     int rc;
     bool base_needed = !o.method || !acem_method_merges_weights(o.method);
     if ((!o.base && base_needed) || !o.out || !o.method || o.n_models < 1) {
+        size_t n = 0; /* the merge does not start: the config's warnings would go unseen */
+        const char *const *w = cfg ? acem_config_warnings(cfg, &n) : NULL;
+        for (size_t i = 0; i < n; i++)
+            cli_warning(NULL, w[i]);
         cli_error("%s", !o.base && base_needed ? "no base model (--base)"
                         : !o.method            ? "no method (--method; see acem merge --help)"
                         : !o.out               ? "no output path (-o)"

@@ -420,6 +420,10 @@ int acem_config_order(const char *path, size_t *order, size_t n, acem_error *err
 int acem_config_load_stage(const char *path, size_t i, const char *stage_dir, acem_config **out,
                            acem_merge_options *o, acem_error *err);
 const char *acem_config_name(const acem_config *c);
+/* What reading the config found accepted but probably not meant (keys mergekit ignores):
+ * acem_merge passes each to acem_merge_options.warning (an error with strict); a caller that
+ * stops before merging shows them itself. n gets the count. */
+const char *const *acem_config_warnings(const acem_config *c, size_t *n);
 
 #ifdef __cplusplus
 }

@@ -619,7 +619,7 @@ static int tokenizer_block(cfg_ctx *x, yaml_node_t *v) {
  * ignores too, warned about. */
 static int mergekit_key(cfg_ctx *x, const char *k) {
     static const char *const read[][2] = {
-        {"modules", "per-module slices (docs/config.md)"},
+        {"modules", "per-module slices"},
         {"input_model_parameters", "older mergekit's per-model parameters: give them as "
                                    "models[].parameters"},
     };
@@ -1202,3 +1202,8 @@ int acem_config_order(const char *path, size_t *order, size_t n, acem_error *err
 }
 
 const char *acem_config_name(const acem_config *c) { return c->name; }
+
+const char *const *acem_config_warnings(const acem_config *c, size_t *n) {
+    *n = (size_t)c->settings->n_notes;
+    return (const char *const *)c->settings->notes;
+}
