@@ -18,6 +18,16 @@ static int load(const char *dir, const char *yaml, acem_config **c, acem_merge_o
     return rc;
 }
 
+/* Models are resolved as the config is read (a name like "base" that is no local path is
+ * looked up as a Hugging Face id): local directories of these names. */
+static void make_models(const char *dir, const char *const *names, int n) {
+    for (int i = 0; i < n; i++) {
+        char model[4096];
+        snprintf(model, sizeof model, "%s/%s", dir, names[i]);
+        assert_int_equal(mkdir(model, 0755), 0);
+    }
+}
+
 static void test_mergekit_schema(void **state) {
     (void)state;
     char *dir = tu_mkdtemp();
@@ -89,6 +99,7 @@ static void test_refusals(void **state) {
         {"method: ties\n  bad indent: [\n", "c.yaml:"},
         {"parameters: 3\n", "must be a mapping"},
     };
+    make_models(dir, (const char *[]){"a", "b"}, 2);
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         acem_config *c = NULL;
         acem_merge_options o;
@@ -126,13 +137,7 @@ static void test_mergekit_parameters(void **state) {
                        "merge_method: ties\n"
                        "base_model: base\n"
                        "parameters: ~\n";
-    /* models are resolved as the config is read (a name like "base" that is no local path
-     * is looked up as a Hugging Face id): these ones are local */
-    for (int i = 0; i < 3; i++) {
-        char model[4096];
-        snprintf(model, sizeof model, "%s/%s", dir, (const char *[]){"base", "a", "b"}[i]);
-        assert_int_equal(mkdir(model, 0755), 0);
-    }
+    make_models(dir, (const char *[]){"base", "a", "b"}, 3);
     assert_int_equal(load(dir, yaml, &c, &o, &err), 0);
     assert_int_equal(o.n_models, 2);
     const acem_settings *s = o.settings;
@@ -165,6 +170,7 @@ static void test_ignored_keys(void **state) {
                        "    parameters:\n"
                        "      weight: [{pattern: mlp, value: 0.25}, {value: 1}]\n"
                        "base_model: base\n";
+    make_models(dir, (const char *[]){"base", "a"}, 2);
     assert_int_equal(load(dir, yaml, &c, &o, &err), 0);
     const acem_settings *s = o.settings;
     assert_int_equal(s->n_notes, 3);
