@@ -275,12 +275,31 @@ static int setting_value(cfg_ctx *x, yaml_node_t *n, const char *key, setting_co
     return 0;
 }
 
+/* A key given twice in one mapping is an error, as at the top level (check_repeated):
+ * mergekit's YAML reader keeps the last one silently, which a reader of the file cannot
+ * see. where names the mapping ("in slice 2"). Keys that are not single values are refused
+ * here too. */
+static int unique_keys(cfg_ctx *x, yaml_node_t *map, const char *where) {
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
+        const char *k = scalar(x, node(x, p->key), "key");
+        if (!k) return -1;
+        for (yaml_node_pair_t *q = map->data.mapping.pairs.start; q < p; q++)
+            if (!strcmp((const char *)node(x, q->key)->data.scalar.value, k))
+                return acem_fail(x->err, "%s: \"%s\" is given twice %s", x->path, k, where);
+    }
+    return 0;
+}
+
 /* One {filter, value} condition (mergekit's ConditionalParameter). Another key (`pattern:`
  * in an old example of mergekit's) is dropped by mergekit's model, so that a condition
  * without a filter matches every tensor: read the same, and said. */
 static int condition(cfg_ctx *x, yaml_node_t *n, const char *key, setting_cond *c) {
     yaml_node_t *value = NULL;
     bool other = false;
+    char where[96];
+    snprintf(where, sizeof where, "in a condition of parameter \"%.48s\"", key);
+    if (unique_keys(x, n, where)) return -1;
     for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
         const char *k = scalar(x, node(x, p->key), key);
         if (!k) return -1;
@@ -341,12 +360,10 @@ static int parameters(cfg_ctx *x, yaml_node_t *n, setting_list *l, const char *m
     if (is_null(n)) return 0;
     if (!n || n->type != YAML_MAPPING_NODE)
         return acem_fail(x->err, "%s: \"parameters\" must be a mapping", x->path);
+    if (unique_keys(x, n, "in parameters")) return -1;
     for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
         const char *k = scalar(x, node(x, p->key), "parameters");
         if (!k) return -1;
-        for (yaml_node_pair_t *q = n->data.mapping.pairs.start; q < p; q++)
-            if (!strcmp((const char *)node(x, q->key)->data.scalar.value, k))
-                return acem_fail(x->err, "%s: parameter \"%s\" is given twice", x->path, k);
         if (!model && !strcmp(k, "lambda")) {
             if (number(x, node(x, p->value), k, &x->o->lambda)) return -1;
             continue;
@@ -360,8 +377,11 @@ static int parameters(cfg_ctx *x, yaml_node_t *n, setting_list *l, const char *m
 static int model_entry(cfg_ctx *x, yaml_node_t *item, int i) {
     acem_settings *st = x->c->settings;
     yaml_node_t *value = item;
+    char where[48];
+    snprintf(where, sizeof where, "in models entry %d", i + 1);
     if (item && item->type == YAML_MAPPING_NODE) {
         value = NULL;
+        if (unique_keys(x, item, where)) return -1;
         for (yaml_node_pair_t *p = item->data.mapping.pairs.start; p < item->data.mapping.pairs.top;
              p++) {
             const char *k = scalar(x, node(x, p->key), "models");
@@ -374,10 +394,8 @@ static int model_entry(cfg_ctx *x, yaml_node_t *item, int i) {
                 st->mergekit = true;
             } else if (!strcmp(k, "model")) {
                 value = node(x, p->value);
-            } else {
-                char where[48];
-                snprintf(where, sizeof where, "in models entry %d", i + 1);
-                if (ignored_key(x, k, where)) return -1;
+            } else if (ignored_key(x, k, where)) {
+                return -1;
             }
         }
     }
@@ -423,12 +441,13 @@ static int slice_source_entry(cfg_ctx *x, yaml_node_t *n, int i, int k, slice_so
         return acem_fail(x->err, "%s: a slice's \"sources\" entries are {model, layer_range}",
                          x->path);
     src->end = -1;
+    char where[64];
+    snprintf(where, sizeof where, "in source %d of slice %d", k, i);
+    if (unique_keys(x, n, where)) return -1;
     for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
         const char *key = scalar(x, node(x, p->key), "sources");
         yaml_node_t *v = node(x, p->value);
         if (!key) return -1;
-        char where[64];
-        snprintf(where, sizeof where, "in source %d of slice %d", k, i);
         int rc = !strcmp(key, "model")         ? (src->model = model_scalar(x, v, key)) ? 0 : -1
                  : !strcmp(key, "layer_range") ? layer_range(x, v, src)
                  : !strcmp(key, "parameters")  ? parameters(x, v, &src->params, "model")
@@ -449,6 +468,7 @@ static int slice_entry(cfg_ctx *x, yaml_node_t *n, int i, slice_def *sl) {
         return acem_fail(x->err, "%s: \"slices\" entries are mappings with \"sources\"", x->path);
     char where[32];
     snprintf(where, sizeof where, "in slice %d", i);
+    if (unique_keys(x, n, where)) return -1;
     for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
         const char *k = scalar(x, node(x, p->key), "slices");
         yaml_node_t *v = node(x, p->value);
@@ -464,9 +484,8 @@ static int slice_entry(cfg_ctx *x, yaml_node_t *n, int i, slice_def *sl) {
                               x->path, i))
                 return -1;
         } else if (!strcmp(k, "sources")) {
-            if (v->type != YAML_SEQUENCE_NODE || !items(v) || items(v) > CONFIG_MAX_LIST ||
-                sl->sources)
-                return acem_fail(x->err, "%s: slice %d: \"sources\" must be one list of 1 to %d",
+            if (v->type != YAML_SEQUENCE_NODE || !items(v) || items(v) > CONFIG_MAX_LIST)
+                return acem_fail(x->err, "%s: slice %d: \"sources\" must be a list of 1 to %d",
                                  x->path, i, CONFIG_MAX_LIST);
             sl->n_sources = (int)items(v);
             if (!(sl->sources = acem_alloc(items(v), sizeof *sl->sources, "a slice", x->err)))
