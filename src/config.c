@@ -588,9 +588,8 @@ static int token_specs(cfg_ctx *x, yaml_node_t *v) {
                 source = node(x, q->value);
             } else if (!strcmp(k, "force")) {
                 if (boolean(x, node(x, q->value), k, &t->force)) return -1;
-            } else {
-                return acem_fail(x->err, "%s: token \"%s\" takes source and force, not \"%s\"",
-                                 x->path, t->token, k);
+            } else if (ignored_key(x, k, "in a token of tokenizer.tokens")) {
+                return -1;
             }
         }
         if (!source) /* mergekit: source None is NotImplementedError */
@@ -603,7 +602,8 @@ static int token_specs(cfg_ctx *x, yaml_node_t *v) {
 }
 
 /* mergekit's `tokenizer:` block (tokenizer/config.py, TokenizerConfig): source (default
- * union, as there), tokens and pad_to_multiple_of. */
+ * union, as there), tokens and pad_to_multiple_of; another key is ignored there (pydantic's
+ * default), warned about here. */
 static int tokenizer_block(cfg_ctx *x, yaml_node_t *v) {
     if (!v || v->type != YAML_MAPPING_NODE)
         return acem_fail(x->err, "%s: \"tokenizer\" must be a mapping (source, pad_to_multiple_of)",
@@ -623,11 +623,8 @@ static int tokenizer_block(cfg_ctx *x, yaml_node_t *v) {
             x->o->pad_to_multiple_of = (int)d;
         } else if (!strcmp(k, "tokens")) {
             if (token_specs(x, node(x, p->value))) return -1;
-        } else {
-            return acem_fail(x->err,
-                             "%s: \"tokenizer\" takes source, tokens and pad_to_multiple_of, "
-                             "not \"%s\"",
-                             x->path, k);
+        } else if (ignored_key(x, k, "in tokenizer")) {
+            return -1;
         }
     }
     return 0;

@@ -81,7 +81,7 @@ static void test_refusals(void **state) {
         const char *yaml, *expect;
     } cases[] = {
         {"modules: {text: {models: [a]}}\n", "\"modules\" is read by mergekit"},
-        {"tokenizer: {source: union}\n", "not yet by acem"},
+        {"input_model_parameters: {a: {weight: 1}}\n", "not yet by acem"},
         {"base_model: b\nslices:\n  - base_model: a\n    sources: [{model: a, layer_range: [0, "
          "1]}]\n",
          "slice 1's base_model"},
@@ -174,15 +174,17 @@ static void test_ignored_keys(void **state) {
                        "    weight: 0.5\n"
                        "    parameters:\n"
                        "      weight: [{pattern: mlp, value: 0.25}, {value: 1}]\n"
-                       "base_model: base\n";
+                       "base_model: base\n"
+                       "tokenizer: {source: union, padding: 8}\n";
     make_models(dir, (const char *[]){"base", "a"}, 2);
     assert_int_equal(load(dir, yaml, &c, &o, &err), 0);
     const acem_settings *s = o.settings;
-    assert_int_equal(s->n_notes, 3);
+    assert_int_equal(s->n_notes, 4);
     assert_non_null(strstr(s->notes[0], "unknown key \"merge_methd\" at the top level"));
     assert_non_null(strstr(s->notes[1], "unknown key \"weight\" in models entry 1"));
     assert_non_null(strstr(s->notes[2], "\"pattern\" in a condition of parameter \"weight\""));
     assert_non_null(strstr(s->notes[2], "matches every tensor"));
+    assert_non_null(strstr(s->notes[3], "unknown key \"padding\" in tokenizer"));
     double v;
     const setting *w = settings_find(&s->models[0], "weight");
     assert_true(setting_eval(w, "model.layers.0.self_attn.q_proj.weight", 0, &v) && v == 0.25);
