@@ -396,6 +396,10 @@ static int merge_one(const flags *f, size_t doc, const char *stage_dir, bool int
     int rc;
     bool base_needed = !o.method || !acem_method_merges_weights(o.method);
     if ((!o.base && base_needed) || !o.out || !o.method || o.n_models < 1) {
+        size_t n = 0; /* the merge does not start: the config's warnings would go unseen */
+        const char *const *w = cfg ? acem_config_warnings(cfg, &n) : NULL;
+        for (size_t i = 0; i < n; i++)
+            cli_warning(NULL, w[i]);
         cli_error("%s", !o.base && base_needed ? "no base model (--base)"
                         : !o.method            ? "no method (--method; see acem merge --help)"
                         : !o.out               ? "no output path (-o)"
@@ -413,10 +417,10 @@ static int merge_one(const flags *f, size_t doc, const char *stage_dir, bool int
     return rc;
 }
 
-/* mergekit-multi (and mergekit-mega): the documents in turn, the named ones into the stage
- * directory (made by acem, or one it made before; never a directory of the user's), those
- * with an out_path to it, the last into -o. Flags that name models apply to one merge, not
- * to every stage. */
+/* mergekit-multi (and mergekit-mega): the documents in the order of what they read
+ * (acem_config_order), the named ones into the stage directory (made by acem, or one it made
+ * before; never a directory of the user's), those with an out_path to it, the final into -o. Flags
+ * that name models apply to one merge, not to every stage. */
 static int merge_stages(flags *f, size_t n) {
     if (f->base || f->method || f->n_models || f->n_grams || f->report || f->dry_run) {
         cli_error("%s: a config of %zu merges takes no --base, --method, --model, --gram, "
@@ -429,9 +433,19 @@ static int merge_stages(flags *f, size_t n) {
         cli_error("out of memory");
         return EXIT_FAIL;
     }
+    size_t *order = dir || f->stage_dir ? calloc(n, sizeof *order) : NULL;
+    acem_error err = {{0}};
     int rc = EXIT_OK;
+    if (!order) {
+        cli_error("out of memory");
+        rc = EXIT_FAIL;
+    } else if (acem_config_order(f->config, order, n, &err)) {
+        cli_error("%s", err.msg);
+        rc = EXIT_FAIL;
+    }
     for (size_t i = 0; i < n && rc == EXIT_OK; i++)
-        rc = merge_one(f, i, f->stage_dir ? f->stage_dir : dir, i + 1 < n);
+        rc = merge_one(f, order[i], f->stage_dir ? f->stage_dir : dir, i + 1 < n);
+    free(order);
     free(dir);
     return rc;
 }

@@ -28,7 +28,7 @@ void cli_print_plan_line(void *user, const acem_plan_line *l) {
 
 void cli_print_dry_summary(const acem_merge_options *o, const acem_merge_summary *s) {
     char wb[32], bb[32], nn[32];
-    printf("acem: dry run of %s on %d experts (%s)\n", s->method, o->n_models, s->params);
+    printf("acem: dry run of %s on %s (%s)\n", s->method, s->merged, s->params);
     printf("  tensors    %zu merged, %zu copied from the base\n", s->tensors_merged,
            s->tensors_copied);
     printf("  output     %s (%zu weight file%s, %s of tensors)\n", o->out, s->shards,

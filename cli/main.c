@@ -127,7 +127,7 @@ int cli_run_merge(const acem_merge_options *opts, bool quiet) {
             acem_format_bytes(rss, peak, sizeof peak);
         else
             snprintf(peak, sizeof peak, "unknown (no /proc)");
-        printf("acem: merged %d experts with %s (%s)\n", o.n_models, s.method, s.params);
+        printf("acem: merged %s with %s (%s)\n", s.merged, s.method, s.params);
         printf("  tensors    %zu merged, %zu copied from the base\n", s.tensors_merged,
                s.tensors_copied);
         printf("  output     %s (%zu weight file%s, %s on disk)\n", o.out, s.shards,

@@ -347,6 +347,8 @@ int acem_check_options(const acem_merge_options *o, acem_error *err);
 
 typedef struct acem_merge_summary {
     char method[32];
+    char merged[96];  /* what was merged, in words: "3 experts", "2 models", "3 slices of 2
+                         models into 40 layers" */
     char params[512]; /* resolved parameters, "lambda=0.3 density=0.2" */
     size_t tensors_merged, tensors_copied;
     size_t shards;
@@ -404,15 +406,24 @@ typedef struct acem_config acem_config;
 int acem_config_load(const char *path, acem_config **out, acem_merge_options *o, acem_error *err);
 void acem_config_free(acem_config *c);
 /* mergekit-multi: a file of several YAML documents ("---" between them), each a merge. Every
- * document but the last has a `name:`; its merge is written to stage_dir/NAME, and a model
- * reference equal to the name of an earlier document is that output (documents run in the
- * file's order). acem_config_count gives the number of documents (1 for a plain config;
- * acem_config_load refuses a file of several), acem_config_load_stage loads document i
- * (from 0) as acem_config_load loads one, acem_config_name its `name:` (or NULL). */
+ * document but the final merge has a `name:` (or an out_path of its own); a named one's merge
+ * is written to stage_dir/NAME, and a model reference equal to another document's name is
+ * that output. The final merge is the one document without a name, or else the last one
+ * that no other reads. acem_config_count gives the number of documents (1 for a plain
+ * config; acem_config_load refuses a file of several), acem_config_order the n document
+ * indices in the order they must run (each after the merges it reads, the file's order
+ * among those ready, the final merge last; a cycle is an error), acem_config_load_stage
+ * loads document i (from 0) as acem_config_load loads one, acem_config_name its `name:`
+ * (or NULL). */
 int acem_config_count(const char *path, size_t *n, acem_error *err);
+int acem_config_order(const char *path, size_t *order, size_t n, acem_error *err);
 int acem_config_load_stage(const char *path, size_t i, const char *stage_dir, acem_config **out,
                            acem_merge_options *o, acem_error *err);
 const char *acem_config_name(const acem_config *c);
+/* What reading the config found accepted but probably not meant (keys mergekit ignores):
+ * acem_merge passes each to acem_merge_options.warning (an error with strict); a caller that
+ * stops before merging shows them itself. n gets the count. */
+const char *const *acem_config_warnings(const acem_config *c, size_t *n);
 
 #ifdef __cplusplus
 }

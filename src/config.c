@@ -12,9 +12,11 @@
  *   chat_template: chatml         # auto or Jinja text (tokenizer_merge.c)
  *
  * Parameter values are read as mergekit's config.py reads them (params.h): numbers,
- * gradients, {filter, value} conditions. Unknown top-level keys are errors, so a typo never
- * silently changes a merge; a parameter the method does not read is warned about when the
- * merge starts (mergekit ignores both). A relative path in
+ * gradients, {filter, value} conditions. A key mergekit ignores (its pydantic models drop
+ * unknown keys) is warned about, naming it and where, and the merge goes on (an error with
+ * --strict); a key mergekit reads that acem does not is refused, since ignoring it would
+ * change the merge. A parameter the method does not read is warned about when the merge
+ * starts. A relative path in
  * the file (models, base, grams, output, report) is relative to the file's directory, so
  * that a config means the same merge from wherever it is run. */
 #include "internal.h"
@@ -60,6 +62,14 @@ void acem_config_free(acem_config *c) {
     free(c);
 }
 
+/* One document of a mergekit-multi file, as the first pass reads it. */
+typedef struct doc_info {
+    char *name;  /* its `name:`, or NULL */
+    char *out;   /* its own output as written (output, out, mergekit-mega's out_path), or NULL */
+    char **refs; /* its model references (base_model, models, slice sources), as written */
+    size_t n_refs;
+} doc_info;
+
 typedef struct cfg_ctx {
     const char *path;
     char *dir; /* the file's directory, or NULL when that is the working directory */
@@ -69,11 +79,10 @@ typedef struct cfg_ctx {
     /* dtype and out_dtype as given (ACEM_OUT_INVALID: not), resolved by read_dtypes */
     acem_out_type dtype, out_dtype;
     bool precision_given;
-    /* a mergekit-multi file: every document's name (NULL: none), this one's index, and the
-     * directory the named ones are written to */
-    char **names;
-    bool *outputs; /* the document names its own output (output, out, mergekit-mega's out_path) */
-    size_t n_docs, doc;
+    /* a mergekit-multi file: every document (scan_documents), this one's index, the one
+     * written to -o, and the directory the named ones are written to */
+    doc_info *docs;
+    size_t n_docs, doc, final;
     const char *stage_dir;
 } cfg_ctx;
 
@@ -187,20 +196,15 @@ static const char *reference_scalar(cfg_ctx *x, yaml_node_t *n, const char *key)
     return keep_path(x, resolved);
 }
 
-/* A model reference: the name of an earlier document of a mergekit-multi file is that
- * merge's output (mergekit-multi's patched_config), stage_dir/NAME; any other value is a
- * reference (reference_scalar). Documents run in the file's order, so a later one's name is
- * refused. */
+/* A model reference: the name of another document of a mergekit-multi file is that
+ * merge's output (mergekit-multi's patched_config), stage_dir/NAME, made before this one
+ * (acem_config_order); any other value is a reference (reference_scalar). */
 static const char *model_scalar(cfg_ctx *x, yaml_node_t *n, const char *key) {
     const char *s = n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
     for (size_t i = 0; s && i < x->n_docs; i++) {
-        if (!x->names[i] || strcmp(x->names[i], s) != 0) continue;
-        if (i >= x->doc)
-            return acem_fail(x->err,
-                             "%s: \"%s\" is the merge of document %zu, which runs after this "
-                             "one (document %zu): documents run in the file's order",
-                             x->path, s, i + 1, x->doc + 1),
-                   NULL;
+        if (!x->docs[i].name || strcmp(x->docs[i].name, s) != 0) continue;
+        if (i == x->final) /* acem_config_order refused it before any merge ran */
+            return acem_fail(x->err, "%s: \"%s\" is the final merge's name", x->path, s), NULL;
         acem_config *c = x->c;
         char *joined = acem_path_join(x->stage_dir, s, x->err);
         char **grown = joined ? realloc(c->paths, (c->n_paths + 1) * sizeof *grown) : NULL;
@@ -271,9 +275,31 @@ static int setting_value(cfg_ctx *x, yaml_node_t *n, const char *key, setting_co
     return 0;
 }
 
-/* One {filter, value} condition (mergekit's ConditionalParameter). */
+/* A key given twice in one mapping is an error, as at the top level (check_repeated):
+ * mergekit's YAML reader keeps the last one silently, which a reader of the file cannot
+ * see. where names the mapping ("in slice 2"). Keys that are not single values are refused
+ * here too. */
+static int unique_keys(cfg_ctx *x, yaml_node_t *map, const char *where) {
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
+        const char *k = scalar(x, node(x, p->key), "key");
+        if (!k) return -1;
+        for (yaml_node_pair_t *q = map->data.mapping.pairs.start; q < p; q++)
+            if (!strcmp((const char *)node(x, q->key)->data.scalar.value, k))
+                return acem_fail(x->err, "%s: \"%s\" is given twice %s", x->path, k, where);
+    }
+    return 0;
+}
+
+/* One {filter, value} condition (mergekit's ConditionalParameter). Another key (`pattern:`
+ * in an old example of mergekit's) is dropped by mergekit's model, so that a condition
+ * without a filter matches every tensor: read the same, and said. */
 static int condition(cfg_ctx *x, yaml_node_t *n, const char *key, setting_cond *c) {
     yaml_node_t *value = NULL;
+    bool other = false;
+    char where[96];
+    snprintf(where, sizeof where, "in a condition of parameter \"%.48s\"", key);
+    if (unique_keys(x, n, where)) return -1;
     for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
         const char *k = scalar(x, node(x, p->key), key);
         if (!k) return -1;
@@ -282,11 +308,19 @@ static int condition(cfg_ctx *x, yaml_node_t *n, const char *key, setting_cond *
         } else if (!strcmp(k, "value")) {
             value = node(x, p->value);
         } else {
-            return acem_fail(x->err,
-                             "%s: parameter \"%s\": a condition takes filter and value, "
-                             "not \"%s\"",
-                             x->path, key, k);
+            other = true;
         }
+    }
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; other && p < n->data.mapping.pairs.top;
+         p++) {
+        const char *k = (const char *)node(x, p->key)->data.scalar.value;
+        if (strcmp(k, "filter") && strcmp(k, "value") &&
+            settings_note(x->c->settings, x->err,
+                          "%s: unknown key \"%s\" in a condition of parameter \"%s\" (mergekit "
+                          "ignores it%s)",
+                          x->path, k, key,
+                          c->filter ? "" : ": without a filter the condition matches every tensor"))
+            return -1;
     }
     if (!value)
         return acem_fail(x->err, "%s: parameter \"%s\": a condition needs a value", x->path, key);
@@ -313,18 +347,23 @@ static int setting_of(cfg_ctx *x, const char *key, yaml_node_t *n, setting_list 
     return 0;
 }
 
+/* A key mergekit's pydantic models drop silently (their default extra="ignore"): kept as a
+ * warning for the merge (settings_note), which goes on. where: "at the top level", ... */
+static int ignored_key(cfg_ctx *x, const char *k, const char *where) {
+    return settings_note(x->c->settings, x->err, "%s: unknown key \"%s\" %s (mergekit ignores it)",
+                         x->path, k, where);
+}
+
 /* A `parameters:` mapping (empty or null allowed, as in mergekit) into l; at the top level
  * (model NULL) `lambda` is a plain number that sets lambda. */
 static int parameters(cfg_ctx *x, yaml_node_t *n, setting_list *l, const char *model) {
     if (is_null(n)) return 0;
     if (!n || n->type != YAML_MAPPING_NODE)
         return acem_fail(x->err, "%s: \"parameters\" must be a mapping", x->path);
+    if (unique_keys(x, n, "in parameters")) return -1;
     for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
         const char *k = scalar(x, node(x, p->key), "parameters");
         if (!k) return -1;
-        for (yaml_node_pair_t *q = n->data.mapping.pairs.start; q < p; q++)
-            if (!strcmp((const char *)node(x, q->key)->data.scalar.value, k))
-                return acem_fail(x->err, "%s: parameter \"%s\" is given twice", x->path, k);
         if (!model && !strcmp(k, "lambda")) {
             if (number(x, node(x, p->value), k, &x->o->lambda)) return -1;
             continue;
@@ -338,8 +377,11 @@ static int parameters(cfg_ctx *x, yaml_node_t *n, setting_list *l, const char *m
 static int model_entry(cfg_ctx *x, yaml_node_t *item, int i) {
     acem_settings *st = x->c->settings;
     yaml_node_t *value = item;
+    char where[48];
+    snprintf(where, sizeof where, "in models entry %d", i + 1);
     if (item && item->type == YAML_MAPPING_NODE) {
         value = NULL;
+        if (unique_keys(x, item, where)) return -1;
         for (yaml_node_pair_t *p = item->data.mapping.pairs.start; p < item->data.mapping.pairs.top;
              p++) {
             const char *k = scalar(x, node(x, p->key), "models");
@@ -352,11 +394,8 @@ static int model_entry(cfg_ctx *x, yaml_node_t *item, int i) {
                 st->mergekit = true;
             } else if (!strcmp(k, "model")) {
                 value = node(x, p->value);
-            } else {
-                return acem_fail(x->err,
-                                 "%s: \"models\" entries take \"model\", \"parameters\" and "
-                                 "\"gram\", not \"%s\"",
-                                 x->path, k);
+            } else if (ignored_key(x, k, where)) {
+                return -1;
             }
         }
     }
@@ -396,24 +435,23 @@ static int layer_range(cfg_ctx *x, yaml_node_t *n, slice_source *src) {
     return 0;
 }
 
-/* One source of a slice: {model, layer_range[, parameters]}. */
-static int slice_source_entry(cfg_ctx *x, yaml_node_t *n, slice_source *src) {
+/* One source (number k of slice i, from 1) of a slice: {model, layer_range[, parameters]}. */
+static int slice_source_entry(cfg_ctx *x, yaml_node_t *n, int i, int k, slice_source *src) {
     if (!n || n->type != YAML_MAPPING_NODE)
         return acem_fail(x->err, "%s: a slice's \"sources\" entries are {model, layer_range}",
                          x->path);
     src->end = -1;
+    char where[64];
+    snprintf(where, sizeof where, "in source %d of slice %d", k, i);
+    if (unique_keys(x, n, where)) return -1;
     for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
-        const char *k = scalar(x, node(x, p->key), "sources");
+        const char *key = scalar(x, node(x, p->key), "sources");
         yaml_node_t *v = node(x, p->value);
-        if (!k) return -1;
-        int rc = !strcmp(k, "model")         ? (src->model = model_scalar(x, v, k)) ? 0 : -1
-                 : !strcmp(k, "layer_range") ? layer_range(x, v, src)
-                 : !strcmp(k, "parameters")
-                     ? parameters(x, v, &src->params, "model")
-                     : acem_fail(x->err,
-                                 "%s: slice sources take \"model\", \"layer_range\" and "
-                                 "\"parameters\", not \"%s\"",
-                                 x->path, k);
+        if (!key) return -1;
+        int rc = !strcmp(key, "model")         ? (src->model = model_scalar(x, v, key)) ? 0 : -1
+                 : !strcmp(key, "layer_range") ? layer_range(x, v, src)
+                 : !strcmp(key, "parameters")  ? parameters(x, v, &src->params, "model")
+                                               : ignored_key(x, key, where);
         if (rc) return -1;
     }
     if (!src->model || src->end < 0)
@@ -421,31 +459,43 @@ static int slice_source_entry(cfg_ctx *x, yaml_node_t *n, slice_source *src) {
     return 0;
 }
 
-/* One output slice: {sources[, parameters]}. mergekit's slice-level base_model and
- * residual_weight are not read by its merge methods' tensors here; refused, not ignored. */
-static int slice_entry(cfg_ctx *x, yaml_node_t *n, slice_def *sl) {
+/* Output slice i (from 1): {sources[, parameters][, base_model]}. The slice's base_model is
+ * the base of its tensors in mergekit (ConfigReader.base_model; slice_inputs checks it);
+ * residual_weight is declared by mergekit's OutputSliceDefinition and read by none of its
+ * code, so it is ignored, and said. */
+static int slice_entry(cfg_ctx *x, yaml_node_t *n, int i, slice_def *sl) {
     if (!n || n->type != YAML_MAPPING_NODE)
         return acem_fail(x->err, "%s: \"slices\" entries are mappings with \"sources\"", x->path);
+    char where[32];
+    snprintf(where, sizeof where, "in slice %d", i);
+    if (unique_keys(x, n, where)) return -1;
     for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
         const char *k = scalar(x, node(x, p->key), "slices");
         yaml_node_t *v = node(x, p->value);
         if (!k) return -1;
         if (!strcmp(k, "parameters")) {
             if (parameters(x, v, &sl->params, "slice")) return -1;
-        } else if (!strcmp(k, "sources") && v->type == YAML_SEQUENCE_NODE && items(v) &&
-                   items(v) <= CONFIG_MAX_LIST && !sl->sources) {
+        } else if (!strcmp(k, "base_model")) {
+            if (!(sl->base = model_scalar(x, v, k))) return -1;
+        } else if (!strcmp(k, "residual_weight")) {
+            if (settings_note(x->c->settings, x->err,
+                              "%s: \"residual_weight\" in slice %d is not read by mergekit "
+                              "(declared, used by no merge); ignored",
+                              x->path, i))
+                return -1;
+        } else if (!strcmp(k, "sources")) {
+            if (v->type != YAML_SEQUENCE_NODE || !items(v) || items(v) > CONFIG_MAX_LIST)
+                return acem_fail(x->err, "%s: slice %d: \"sources\" must be a list of 1 to %d",
+                                 x->path, i, CONFIG_MAX_LIST);
             sl->n_sources = (int)items(v);
             if (!(sl->sources = acem_alloc(items(v), sizeof *sl->sources, "a slice", x->err)))
                 return -1;
-            for (int i = 0; i < sl->n_sources; i++)
-                if (slice_source_entry(x, node(x, v->data.sequence.items.start[i]),
-                                       &sl->sources[i]))
+            for (int k = 0; k < sl->n_sources; k++)
+                if (slice_source_entry(x, node(x, v->data.sequence.items.start[k]), i, k + 1,
+                                       &sl->sources[k]))
                     return -1;
-        } else {
-            return acem_fail(x->err,
-                             "%s: a slice takes \"sources\" (a list, once) and \"parameters\", "
-                             "not \"%s\"",
-                             x->path, k);
+        } else if (ignored_key(x, k, where)) {
+            return -1;
         }
     }
     if (!sl->sources) return acem_fail(x->err, "%s: a slice without sources", x->path);
@@ -459,7 +509,8 @@ static int slice_list(cfg_ctx *x, yaml_node_t *n) {
     acem_settings *st = x->c->settings;
     if (settings_set_slices(st, (int)items(n), x->err)) return -1;
     for (int i = 0; i < st->n_slices; i++)
-        if (slice_entry(x, node(x, n->data.sequence.items.start[i]), &st->slices[i])) return -1;
+        if (slice_entry(x, node(x, n->data.sequence.items.start[i]), i + 1, &st->slices[i]))
+            return -1;
     st->mergekit = true; /* `slices:` is mergekit's dialect */
     return 0;
 }
@@ -537,9 +588,8 @@ static int token_specs(cfg_ctx *x, yaml_node_t *v) {
                 source = node(x, q->value);
             } else if (!strcmp(k, "force")) {
                 if (boolean(x, node(x, q->value), k, &t->force)) return -1;
-            } else {
-                return acem_fail(x->err, "%s: token \"%s\" takes source and force, not \"%s\"",
-                                 x->path, t->token, k);
+            } else if (ignored_key(x, k, "in a token of tokenizer.tokens")) {
+                return -1;
             }
         }
         if (!source) /* mergekit: source None is NotImplementedError */
@@ -552,7 +602,8 @@ static int token_specs(cfg_ctx *x, yaml_node_t *v) {
 }
 
 /* mergekit's `tokenizer:` block (tokenizer/config.py, TokenizerConfig): source (default
- * union, as there), tokens and pad_to_multiple_of. */
+ * union, as there), tokens and pad_to_multiple_of; another key is ignored there (pydantic's
+ * default), warned about here. */
 static int tokenizer_block(cfg_ctx *x, yaml_node_t *v) {
     if (!v || v->type != YAML_MAPPING_NODE)
         return acem_fail(x->err, "%s: \"tokenizer\" must be a mapping (source, pad_to_multiple_of)",
@@ -572,14 +623,29 @@ static int tokenizer_block(cfg_ctx *x, yaml_node_t *v) {
             x->o->pad_to_multiple_of = (int)d;
         } else if (!strcmp(k, "tokens")) {
             if (token_specs(x, node(x, p->value))) return -1;
-        } else {
-            return acem_fail(x->err,
-                             "%s: \"tokenizer\" takes source, tokens and pad_to_multiple_of, "
-                             "not \"%s\"",
-                             x->path, k);
+        } else if (ignored_key(x, k, "in tokenizer")) {
+            return -1;
         }
     }
     return 0;
+}
+
+/* A top-level key acem does not read: one mergekit reads, which changes the merge, is
+ * refused (ignoring it would give another model than mergekit's); any other is one mergekit
+ * ignores too, warned about. */
+static int mergekit_key(cfg_ctx *x, const char *k) {
+    static const char *const read[][2] = {
+        {"modules", "per-module slices"},
+        {"input_model_parameters", "older mergekit's per-model parameters: give them as "
+                                   "models[].parameters"},
+    };
+    for (size_t i = 0; i < sizeof read / sizeof *read; i++)
+        if (!strcmp(k, read[i][0]))
+            return acem_fail(x->err,
+                             "%s: \"%s\" is read by mergekit (%s) and not yet by acem; "
+                             "refused rather than ignored",
+                             x->path, k, read[i][1]);
+    return ignored_key(x, k, "at the top level");
 }
 
 static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
@@ -652,7 +718,7 @@ static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
             return acem_fail(x->err, "%s: max_shard_size \"%s\" is not a size like 5G", x->path, s);
         return 0;
     }
-    return acem_fail(x->err, "%s: unknown key \"%s\" (see docs/config.md)", x->path, k);
+    return mergekit_key(x, k);
 }
 
 /* The key a spelling stands for: mergekit's names and acem's short ones are one key. */
@@ -722,6 +788,34 @@ static void base_to_front(acem_config *c, acem_merge_options *o) {
     c->grams[0] = gram;
 }
 
+/* A slice's own base_model is, in mergekit, the base of that slice's tensors and of the
+ * embeddings (first slice) or the head (last) read with it. acem merges every tensor against
+ * one base: a slice's base_model is read when it is the top level's, or, without one, when
+ * every slice names the same; a slice of another base is refused. */
+static int slice_bases(cfg_ctx *x) {
+    const acem_settings *st = x->c->settings;
+    acem_merge_options *o = x->o;
+    for (int i = 0; i < st->n_slices; i++) {
+        const char *b = st->slices[i].base;
+        if (!b) continue;
+        if (!o->base && i == 0) {
+            for (int k = 1; k < st->n_slices; k++)
+                if (!st->slices[k].base || !same_model(st->slices[k].base, b))
+                    return acem_fail(x->err,
+                                     "%s: slice 1 has base_model %s and slice %d %s: acem "
+                                     "merges every slice against one base (not yet per slice)",
+                                     x->path, b, k + 1, st->slices[k].base ? "another" : "none");
+            o->base = b;
+        } else if (!o->base || !same_model(b, o->base)) {
+            return acem_fail(x->err,
+                             "%s: slice %d's base_model %s is not the config's (%s): acem merges "
+                             "every slice against one base (not yet per slice)",
+                             x->path, i + 1, b, o->base ? o->base : "none");
+        }
+    }
+    return 0;
+}
+
 /* The models the slices name: each source is the base (same_model) or one of the distinct
  * others, which become the options' models in order of first use, each without
  * parameters of its own (the sources hold them). */
@@ -732,6 +826,7 @@ static int slice_inputs(cfg_ctx *x) {
     if (c->models)
         return acem_fail(x->err, "%s: give \"models\" or \"slices\", not both (as mergekit)",
                          x->path);
+    if (slice_bases(x)) return -1;
     size_t total = 0;
     for (int i = 0; i < st->n_slices; i++)
         total += (size_t)st->slices[i].n_sources;
@@ -801,47 +896,172 @@ static int config_dir(const char *path, char **dir, acem_error *err) {
     return 0;
 }
 
-/* A document's top-level `name:` (mergekit-multi), malloc'ed (NULL without one), and whether
- * it names its own output. */
-static char *document_name(yaml_document_t *doc, bool *output) {
-    yaml_node_t *root = yaml_document_get_root_node(doc);
-    char *name = NULL;
-    *output = false;
-    if (!root || root->type != YAML_MAPPING_NODE) return NULL;
-    for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top;
-         p++) {
-        yaml_node_t *k = yaml_document_get_node(doc, p->key);
-        yaml_node_t *v = yaml_document_get_node(doc, p->value);
-        const char *key = k->type == YAML_SCALAR_NODE ? (const char *)k->data.scalar.value : "";
-        if (!strcmp(key, "name") && v->type == YAML_SCALAR_NODE && !name)
-            name = strdup((const char *)v->data.scalar.value);
-        *output |= !strcmp(canonical_key(key), "out");
-    }
-    return name;
+static const char *doc_scalar(yaml_document_t *doc, int id) {
+    yaml_node_t *n = yaml_document_get_node(doc, id);
+    return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
 }
 
-/* A stage's name becomes a directory in the stage directory: one plain, new file name. */
-static int check_names(cfg_ctx *x) {
+/* The value of key in a mapping node (NULL: none, or not a mapping). */
+static yaml_node_t *doc_value(yaml_document_t *doc, yaml_node_t *map, const char *key) {
+    for (yaml_node_pair_t *p = map && map->type == YAML_MAPPING_NODE ? map->data.mapping.pairs.start
+                                                                     : NULL;
+         p && p < map->data.mapping.pairs.top; p++) {
+        const char *k = doc_scalar(doc, p->key);
+        if (k && !strcmp(canonical_key(k), canonical_key(key)))
+            return yaml_document_get_node(doc, p->value);
+    }
+    return NULL;
+}
+
+/* Keeps a scalar model reference of document d (a non-scalar is load_document's to refuse). */
+static int add_ref(doc_info *d, yaml_node_t *n) {
+    if (!n || n->type != YAML_SCALAR_NODE) return 0;
+    char **grown = realloc(d->refs, (d->n_refs + 1) * sizeof *grown);
+    if (!grown) return -1;
+    d->refs = grown;
+    if (!(d->refs[d->n_refs] = strdup((const char *)n->data.scalar.value))) return -1;
+    d->n_refs++;
+    return 0;
+}
+
+static yaml_node_t *seq_item(yaml_document_t *doc, yaml_node_t *seq, size_t i) {
+    return yaml_document_get_node(doc, seq->data.sequence.items.start[i]);
+}
+
+/* A document's name, own output and model references: where load_document reads models
+ * (base_model, models and their `model`, slices' base_model and sources' `model`). */
+static int document_info(yaml_document_t *doc, doc_info *d) {
+    yaml_node_t *root = yaml_document_get_root_node(doc), *v;
+    if (!root || root->type != YAML_MAPPING_NODE) return 0;
+    const char *name = NULL, *out = NULL;
+    if ((v = doc_value(doc, root, "name")) && v->type == YAML_SCALAR_NODE)
+        name = (const char *)v->data.scalar.value;
+    if ((v = doc_value(doc, root, "out")) && v->type == YAML_SCALAR_NODE)
+        out = (const char *)v->data.scalar.value;
+    if ((name && !(d->name = strdup(name))) || (out && !(d->out = strdup(out))) ||
+        add_ref(d, doc_value(doc, root, "base")))
+        return -1;
+    yaml_node_t *models = doc_value(doc, root, "models"), *slices = doc_value(doc, root, "slices");
+    for (size_t i = 0; models && models->type == YAML_SEQUENCE_NODE && i < items(models); i++) {
+        yaml_node_t *m = seq_item(doc, models, i);
+        if (add_ref(d, m->type == YAML_MAPPING_NODE ? doc_value(doc, m, "model") : m)) return -1;
+    }
+    for (size_t i = 0; slices && slices->type == YAML_SEQUENCE_NODE && i < items(slices); i++) {
+        yaml_node_t *sl = seq_item(doc, slices, i), *src = doc_value(doc, sl, "sources");
+        if (add_ref(d, doc_value(doc, sl, "base_model"))) return -1;
+        for (size_t k = 0; src && src->type == YAML_SEQUENCE_NODE && k < items(src); k++)
+            if (add_ref(d, doc_value(doc, seq_item(doc, src, k), "model"))) return -1;
+    }
+    return 0;
+}
+
+static void docs_free(cfg_ctx *x) {
     for (size_t i = 0; i < x->n_docs; i++) {
-        const char *n = x->names[i];
-        if (!n && !x->outputs[i] && i + 1 < x->n_docs)
-            return acem_fail(x->err,
-                             "%s: document %zu has no \"name\" (nor \"out_path\"): in a file "
-                             "of several merges every one but the last names its output",
-                             x->path, i + 1);
+        for (size_t k = 0; k < x->docs[i].n_refs; k++)
+            free(x->docs[i].refs[k]);
+        free(x->docs[i].refs);
+        free(x->docs[i].name);
+        free(x->docs[i].out);
+    }
+    free(x->docs);
+}
+
+static bool reads(const cfg_ctx *x, size_t d, size_t e);
+
+/* A stage's name becomes a directory in the stage directory: one plain, new file name. At
+ * most one document has neither a name nor an output of its own (mergekit-multi: "Multiple
+ * unnamed merge configurations are not supported"): it is the final merge, written to -o;
+ * without one, the last document that no other reads is. */
+static int check_names(cfg_ctx *x) {
+    x->final = x->n_docs ? x->n_docs - 1 : 0;
+    for (size_t i = x->n_docs; i-- > 0;) {
+        size_t d = 0;
+        while (d < x->n_docs && !reads(x, d, i))
+            d++;
+        if (d == x->n_docs) {
+            x->final = i;
+            break;
+        }
+    }
+    bool unnamed = false;
+    for (size_t i = 0; i < x->n_docs; i++) {
+        const char *n = x->docs[i].name;
+        if (!n && !x->docs[i].out && x->n_docs > 1) {
+            if (unnamed)
+                return acem_fail(x->err,
+                                 "%s: documents %zu and %zu have no \"name\" (nor \"out_path\"): "
+                                 "in a file of several merges one at most is unnamed, the final "
+                                 "merge",
+                                 x->path, x->final + 1, i + 1);
+            unnamed = true;
+            x->final = i;
+        }
         if (n && (!*n || strchr(n, '/') || !strcmp(n, ".") || !strcmp(n, "..")))
             return acem_fail(x->err, "%s: document %zu: name \"%s\" must be a plain file name",
                              x->path, i + 1, n);
         for (size_t j = 0; n && j < i; j++)
-            if (x->names[j] && !strcmp(x->names[j], n))
+            if (x->docs[j].name && !strcmp(x->docs[j].name, n))
                 return acem_fail(x->err, "%s: documents %zu and %zu are both named \"%s\"", x->path,
                                  j + 1, i + 1, n);
     }
     return 0;
 }
 
-/* Every document's name, read in a first pass (a reference to a name must know whether it is
- * an earlier document's). */
+/* Whether document d reads document e's merge: a model reference equal to e's name, or to
+ * e's own output path as written (mergekit-mega). */
+static bool reads(const cfg_ctx *x, size_t d, size_t e) {
+    const doc_info *de = &x->docs[e];
+    for (size_t k = 0; d != e && k < x->docs[d].n_refs; k++) {
+        const char *r = x->docs[d].refs[k];
+        if ((de->name && !strcmp(r, de->name)) || (de->out && !strcmp(r, de->out))) return true;
+    }
+    return false;
+}
+
+/* The order the documents run in, as mergekit-multi's task graph runs them: every merge after
+ * the merges it reads; among those ready, the file's order; the final merge last. A cycle,
+ * a document reading itself or the final merge, is refused before anything runs. */
+static int order_documents(cfg_ctx *x, size_t *order) {
+    bool *done = acem_alloc(x->n_docs + 1, sizeof *done, "the document order", x->err);
+    if (!done) return -1;
+    int rc = 0;
+    for (size_t i = 0; i < x->n_docs && !rc; i++) {
+        if (reads(x, i, x->final))
+            rc = acem_fail(x->err, "%s: document %zu reads the final merge (document %zu)", x->path,
+                           i + 1, x->final + 1);
+        for (size_t r = 0; r < x->docs[i].n_refs && !rc; r++)
+            if (x->docs[i].name && !strcmp(x->docs[i].refs[r], x->docs[i].name))
+                rc = acem_fail(x->err, "%s: document %zu (\"%s\") reads its own merge", x->path,
+                               i + 1, x->docs[i].name);
+    }
+    for (size_t n = 0; n + 1 < x->n_docs && !rc; n++) {
+        size_t pick = 0;
+        for (; pick < x->n_docs; pick++) {
+            bool ready = !done[pick] && pick != x->final;
+            for (size_t e = 0; ready && e < x->n_docs; e++)
+                ready = done[e] || !reads(x, pick, e);
+            if (ready) break;
+        }
+        if (pick == x->n_docs) {
+            size_t i = 0;
+            while (done[i] || i == x->final)
+                i++;
+            rc = acem_fail(x->err,
+                           "%s: document %zu is in a cycle of merges that read each other's "
+                           "outputs",
+                           x->path, i + 1);
+            break;
+        }
+        done[pick] = true;
+        if (order) order[n] = pick;
+    }
+    if (!rc && order) order[x->n_docs - 1] = x->final;
+    free(done);
+    return rc;
+}
+
+/* Every document's name, output and references, read in a first pass (a reference to a name
+ * must know which document it is), then checked: names, and an order that exists. */
 static int scan_documents(cfg_ctx *x, acem_error *err) {
     FILE *f = open_config(x->path, err);
     if (!f) return -1;
@@ -857,25 +1077,25 @@ static int scan_documents(cfg_ctx *x, acem_error *err) {
             break;
         }
         bool end = !yaml_document_get_root_node(&doc);
-        char **grown = end || x->n_docs >= CONFIG_MAX_LIST
-                           ? NULL
-                           : realloc(x->names, (x->n_docs + 1) * sizeof *grown);
-        bool *outs = grown ? realloc(x->outputs, (x->n_docs + 1) * sizeof *outs) : NULL;
-        if (grown) x->names = grown;
-        if (outs) {
-            x->outputs = outs;
-            x->names[x->n_docs] = document_name(&doc, &x->outputs[x->n_docs]);
-            x->n_docs++;
+        doc_info *grown = end || x->n_docs >= CONFIG_MAX_LIST
+                              ? NULL
+                              : realloc(x->docs, (x->n_docs + 1) * sizeof *grown);
+        if (grown) {
+            x->docs = grown;
+            memset(&x->docs[x->n_docs], 0, sizeof *grown);
+            if (document_info(&doc, &x->docs[x->n_docs++]))
+                rc = acem_fail(err, "out of memory reading the config");
+        } else if (!end) {
+            rc = x->n_docs >= CONFIG_MAX_LIST
+                     ? acem_fail(err, "%s: too many YAML documents", x->path)
+                     : acem_fail(err, "out of memory reading the config");
         }
-        grown = outs ? grown : NULL;
         yaml_document_delete(&doc);
-        if (end || !grown) break;
+        if (end || rc) break;
     }
-    if (!rc && x->n_docs >= CONFIG_MAX_LIST)
-        rc = acem_fail(err, "%s: too many YAML documents", x->path);
     yaml_parser_delete(&parser);
     fclose(f);
-    return rc ? rc : check_names(x);
+    return rc || check_names(x) || order_documents(x, NULL) ? -1 : 0;
 }
 
 /* Document x->doc of the file into c and the options. */
@@ -912,16 +1132,16 @@ static int load_document(cfg_ctx *x, yaml_parser_t *parser) {
     return 0;
 }
 
-/* A named document before the last one is written to stage_dir/NAME (one with only an
- * out_path, mergekit-mega's, to that path). */
+/* A named document other than the final merge is written to stage_dir/NAME (one with only
+ * an out_path, mergekit-mega's, to that path). */
 static int stage_output(cfg_ctx *x) {
-    if (x->doc + 1 == x->n_docs || !x->names[x->doc]) return 0;
+    if (x->doc == x->final || !x->docs[x->doc].name) return 0;
     if (x->o->out)
         return acem_fail(x->err, "%s: document %zu (\"%s\"): its output is %s/%s, not \"%s\"",
-                         x->path, x->doc + 1, x->names[x->doc], x->stage_dir, x->names[x->doc],
-                         x->o->out);
+                         x->path, x->doc + 1, x->docs[x->doc].name, x->stage_dir,
+                         x->docs[x->doc].name, x->o->out);
     acem_config *c = x->c;
-    char *joined = acem_path_join(x->stage_dir, x->names[x->doc], x->err);
+    char *joined = acem_path_join(x->stage_dir, x->docs[x->doc].name, x->err);
     char **grown = joined ? realloc(c->paths, (c->n_paths + 1) * sizeof *grown) : NULL;
     if (!grown) {
         free(joined);
@@ -965,10 +1185,7 @@ int acem_config_load_stage(const char *path, size_t doc, const char *stage_dir, 
     }
     if (f) fclose(f);
     free(x.dir);
-    for (size_t i = 0; i < x.n_docs; i++)
-        free(x.names[i]);
-    free(x.names);
-    free(x.outputs);
+    docs_free(&x);
     if (rc) {
         acem_config_free(c);
         return acem_fail_naming(err, path);
@@ -986,11 +1203,23 @@ int acem_config_count(const char *path, size_t *n, acem_error *err) {
     cfg_ctx x = {.path = path, .err = err};
     int rc = scan_documents(&x, err);
     *n = x.n_docs;
-    for (size_t i = 0; i < x.n_docs; i++)
-        free(x.names[i]);
-    free(x.names);
-    free(x.outputs);
+    docs_free(&x);
+    return rc ? acem_fail_naming(err, path) : 0;
+}
+
+int acem_config_order(const char *path, size_t *order, size_t n, acem_error *err) {
+    cfg_ctx x = {.path = path, .err = err};
+    int rc = scan_documents(&x, err);
+    if (!rc && x.n_docs != n)
+        rc = acem_fail(err, "%s: holds %zu YAML documents, not %zu", path, x.n_docs, n);
+    if (!rc) rc = order_documents(&x, order);
+    docs_free(&x);
     return rc ? acem_fail_naming(err, path) : 0;
 }
 
 const char *acem_config_name(const acem_config *c) { return c->name; }
+
+const char *const *acem_config_warnings(const acem_config *c, size_t *n) {
+    *n = (size_t)c->settings->n_notes;
+    return (const char *const *)c->settings->notes;
+}

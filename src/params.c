@@ -2,6 +2,8 @@
  * layer position of a tensor. */
 #include "params.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -54,7 +56,24 @@ void settings_free(acem_settings *s) {
         list_free(&s->models[i]);
     free(s->models);
     free(s->model_path);
+    for (int i = 0; i < s->n_notes; i++)
+        free(s->notes[i]);
+    free(s->notes);
     free(s);
+}
+
+int settings_note(acem_settings *s, acem_error *err, const char *fmt, ...) {
+    acem_error msg;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg.msg, sizeof msg.msg, fmt, ap);
+    va_end(ap);
+    char **grown = realloc(s->notes, ((size_t)s->n_notes + 1) * sizeof *grown);
+    if (!grown) return acem_fail(err, "out of memory for a warning");
+    s->notes = grown;
+    if (!(s->notes[s->n_notes] = acem_strdup(msg.msg, err))) return -1;
+    s->n_notes++;
+    return 0;
 }
 
 setting *settings_add(setting_list *l, const char *name, int n_cond, acem_error *err) {

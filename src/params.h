@@ -41,6 +41,7 @@ typedef struct slice_def {
     int n_sources;
     slice_source *sources;
     setting_list params;
+    const char *base; /* the slice's own base_model (ConfigReader.base_model), or NULL */
 } slice_def;
 
 /* The parameters of one YAML config: the top-level mapping and one per model, or with
@@ -54,6 +55,11 @@ struct acem_settings {
     setting_list *models;
     int n_slices; /* 0: the config has `models:` (one slice over every layer, as mergekit) */
     slice_def *slices;
+    /* What reading the config found accepted but probably not meant (a key mergekit ignores):
+     * the merge passes each through acem_warn before it starts, so that --strict and the
+     * report see them as any other warning. */
+    char **notes;
+    int n_notes;
 };
 
 acem_settings *settings_new(int n_models, acem_error *err);
@@ -69,6 +75,8 @@ void settings_drop_model(acem_settings *s, int i);
  * first appends a model without parameters at path (settings_set_models left room). */
 void settings_model_to_front(acem_settings *s, int i, const char *path);
 bool settings_has_model_params(const acem_settings *s);
+/* Keeps a warning of the config for the merge (notes above); -1 (err set) out of memory. */
+int settings_note(acem_settings *s, acem_error *err, const char *fmt, ...) ACEM_PRINTF(3, 4);
 /* n empty slices (their sources are allocated by the caller, freed by settings_free). */
 int settings_set_slices(acem_settings *s, int n, acem_error *err);
 

@@ -927,6 +927,15 @@ static int check_settings(merge_run *r, acem_error *err) {
     return 0;
 }
 
+/* What the config reader found accepted but probably not meant (keys mergekit ignores),
+ * through the run's one channel of warnings. */
+static int warn_config(merge_run *r, acem_error *err) {
+    const acem_settings *s = r->o->settings;
+    for (int i = 0; s && i < s->n_notes; i++)
+        if (acem_warn(&r->warnings, err, "%s", s->notes[i])) return -1;
+    return 0;
+}
+
 static int open_inputs(merge_run *r, acem_error *err) {
     const acem_merge_options *o = r->o;
     if (acem_checkpoint_open(o->base, &r->base, err)) return -1;
@@ -947,7 +956,7 @@ static int open_inputs(merge_run *r, acem_error *err) {
         return acem_fail(err, "%s: holds no tensors; nothing to merge", o->base);
     r->warnings.o = o;
     const acem_checkpoint *const *experts = (const acem_checkpoint *const *)r->experts;
-    return warn_repeated_experts(r, err) ||
+    return warn_config(r, err) || warn_repeated_experts(r, err) ||
                    tok_plan_build(&r->tok, o, r->has_base, &r->warnings, err) ||
                    plan_build(&r->plan, r->base, experts, o, &r->warnings, err) ||
                    tok_plan_apply(&r->tok, &r->plan, err) || axis_used(r, err) ||
@@ -1261,6 +1270,27 @@ static int resolve_refs(const acem_merge_options *o, acem_merge_options *copy, r
     return 0;
 }
 
+/* What the merge merged, for the summary line: the experts of a method of deltas (the base
+ * is not one), every model of a method of the weights, or with slices the output's layers
+ * and the distinct models the slices read (the base counted when a slice reads it). */
+static void describe_merged(const merge_run *r, acem_merge_summary *s) {
+    const acem_settings *st = r->o->settings;
+    int n = r->o->n_models;
+    if (st && st->n_slices) {
+        bool base = false;
+        for (int i = 0; i < st->n_slices; i++)
+            for (int k = 0; k < st->slices[i].n_sources; k++)
+                base |= st->slices[i].sources[k].input < 0;
+        n += base;
+        snprintf(s->merged, sizeof s->merged, "%d slice%s of %d model%s into %ld layer%s",
+                 st->n_slices, st->n_slices == 1 ? "" : "s", n, n == 1 ? "" : "s", r->plan.n_layers,
+                 r->plan.n_layers == 1 ? "" : "s");
+        return;
+    }
+    const char *what = r->method->weights ? "model" : "expert";
+    snprintf(s->merged, sizeof s->merged, "%d %s%s", n, what, n == 1 ? "" : "s");
+}
+
 int acem_merge(const acem_merge_options *o, acem_merge_summary *s, acem_error *err) {
     double t0 = acem_now();
     acem_merge_options resolved, reference;
@@ -1283,6 +1313,7 @@ int acem_merge(const acem_merge_options *o, acem_merge_summary *s, acem_error *e
         begin_outputs(&r, &outs, &model, &report, err))
         goto done;
     snprintf(s->covariance_axis, sizeof s->covariance_axis, "%s", r.axis);
+    describe_merged(&r, s);
     s->gram_fallbacks = r.gram_fallbacks;
     s->input_warnings = r.warnings.n;
     size_buffers(&r, s);

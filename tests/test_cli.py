@@ -99,7 +99,10 @@ def test_yaml_equivalence(d):
     with open(bad, "w") as f:
         f.write("merge_methd: ties\n")
     r = run("merge", bad, "-o", os.path.join(d, "x.safetensors"))
-    check("unknown YAML key: exit 1 naming the key", r.returncode == 1 and "merge_methd" in r.stderr)
+    check("unknown YAML key: warned about, naming it, before the usage error it leads to",
+          r.returncode == 2 and r.stderr.startswith(
+              f'acem: warning: {bad}: unknown key "merge_methd" at the top level')
+          and "acem: error: no " in r.stderr, r.stderr)
 
 
 def test_usage_errors(d):

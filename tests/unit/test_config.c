@@ -18,6 +18,16 @@ static int load(const char *dir, const char *yaml, acem_config **c, acem_merge_o
     return rc;
 }
 
+/* Models are resolved as the config is read (a name like "base" that is no local path is
+ * looked up as a Hugging Face id): local directories of these names. */
+static void make_models(const char *dir, const char *const *names, int n) {
+    for (int i = 0; i < n; i++) {
+        char model[4096];
+        snprintf(model, sizeof model, "%s/%s", dir, names[i]);
+        assert_int_equal(mkdir(model, 0755), 0);
+    }
+}
+
 static void test_mergekit_schema(void **state) {
     (void)state;
     char *dir = tu_mkdtemp();
@@ -70,12 +80,20 @@ static void test_refusals(void **state) {
     static const struct {
         const char *yaml, *expect;
     } cases[] = {
-        {"merge_methd: ties\n", "unknown key \"merge_methd\""},
-        {"models:\n  - model: a\n    weight: 0.5\n", "not \"weight\""},
+        {"modules: {text: {models: [a]}}\n", "\"modules\" is read by mergekit"},
+        {"input_model_parameters: {a: {weight: 1}}\n", "not yet by acem"},
+        {"base_model: b\nslices:\n  - base_model: a\n    sources: [{model: a, layer_range: [0, "
+         "1]}]\n",
+         "slice 1's base_model"},
         {"parameters:\n  weight: [1, x]\n", "must be a number"},
         {"parameters:\n  weight: {filter: mlp}\n", "needs a value"},
         {"parameters:\n  weight: [{filter: mlp, value: 1}, 2]\n", "only {filter, value}"},
-        {"parameters:\n  weight: 1\n  weight: 2\n", "given twice"},
+        {"parameters:\n  weight: 1\n  weight: 2\n", "\"weight\" is given twice in parameters"},
+        {"models:\n  - model: a\n    model: b\n", "\"model\" is given twice in models entry 1"},
+        {"slices:\n  - sources: [{model: a, layer_range: [0, 1], model: b}]\n",
+         "\"model\" is given twice in source 1 of slice 1"},
+        {"parameters:\n  t: [{filter: a, value: 1, filter: b}]\n",
+         "\"filter\" is given twice in a condition of parameter \"t\""},
         {"lambda: abc\n", "must be a number"},
         {"dtype: f8\n", "unknown dtype"},
         {"models: a\n", "must be a list"},
@@ -86,6 +104,7 @@ static void test_refusals(void **state) {
         {"method: ties\n  bad indent: [\n", "c.yaml:"},
         {"parameters: 3\n", "must be a mapping"},
     };
+    make_models(dir, (const char *[]){"a", "b"}, 2);
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         acem_config *c = NULL;
         acem_merge_options o;
@@ -123,13 +142,7 @@ static void test_mergekit_parameters(void **state) {
                        "merge_method: ties\n"
                        "base_model: base\n"
                        "parameters: ~\n";
-    /* models are resolved as the config is read (a name like "base" that is no local path
-     * is looked up as a Hugging Face id): these ones are local */
-    for (int i = 0; i < 3; i++) {
-        char model[4096];
-        snprintf(model, sizeof model, "%s/%s", dir, (const char *[]){"base", "a", "b"}[i]);
-        assert_int_equal(mkdir(model, 0755), 0);
-    }
+    make_models(dir, (const char *[]){"base", "a", "b"}, 3);
     assert_int_equal(load(dir, yaml, &c, &o, &err), 0);
     assert_int_equal(o.n_models, 2);
     const acem_settings *s = o.settings;
@@ -142,6 +155,68 @@ static void test_mergekit_parameters(void **state) {
     assert_true(setting_eval(d, "model.layers.0.self_attn.q_proj.weight", 0.25, &v) && v == 0.75);
     assert_true(setting_eval(settings_find(&s->models[1], "normalize"), "x", 0, &v) && v == 1);
     acem_config_free(c);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* Keys mergekit ignores are kept as warnings for the merge, in the file's order, naming the
+ * key and where; a condition whose only other key is `pattern:` has no filter, as in
+ * mergekit, and so matches every tensor. */
+static void test_ignored_keys(void **state) {
+    (void)state;
+    char *dir = tu_mkdtemp();
+    acem_config *c;
+    acem_merge_options o;
+    acem_error err = {{0}};
+    const char *yaml = "merge_methd: ties\n"
+                       "models:\n"
+                       "  - model: a\n"
+                       "    weight: 0.5\n"
+                       "    parameters:\n"
+                       "      weight: [{pattern: mlp, value: 0.25}, {value: 1}]\n"
+                       "base_model: base\n"
+                       "tokenizer: {source: union, padding: 8}\n";
+    make_models(dir, (const char *[]){"base", "a"}, 2);
+    assert_int_equal(load(dir, yaml, &c, &o, &err), 0);
+    const acem_settings *s = o.settings;
+    assert_int_equal(s->n_notes, 4);
+    assert_non_null(strstr(s->notes[0], "unknown key \"merge_methd\" at the top level"));
+    assert_non_null(strstr(s->notes[1], "unknown key \"weight\" in models entry 1"));
+    assert_non_null(strstr(s->notes[2], "\"pattern\" in a condition of parameter \"weight\""));
+    assert_non_null(strstr(s->notes[2], "matches every tensor"));
+    assert_non_null(strstr(s->notes[3], "unknown key \"padding\" in tokenizer"));
+    double v;
+    const setting *w = settings_find(&s->models[0], "weight");
+    assert_true(setting_eval(w, "model.layers.0.self_attn.q_proj.weight", 0, &v) && v == 0.25);
+    assert_null(o.method); /* the misspelt key set nothing */
+    acem_config_free(c);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* mergekit-multi: documents in the order of what they read, the unnamed final merge last;
+ * a cycle is refused. */
+static void test_document_order(void **state) {
+    (void)state;
+    char *dir = tu_mkdtemp();
+    const char *yaml = "merge_method: linear\nmodels: [b, c]\n"
+                       "---\nname: c\nmerge_method: linear\nmodels: [b, x]\n"
+                       "---\nname: b\nmerge_method: linear\nmodels: [x, y]\n";
+    char *p = tu_write(dir, "m.yaml", yaml, strlen(yaml));
+    acem_error err = {{0}};
+    size_t n = 0, order[3];
+    assert_int_equal(acem_config_count(p, &n, &err), 0);
+    assert_int_equal(n, 3);
+    assert_int_equal(acem_config_order(p, order, n, &err), 0);
+    assert_true(order[0] == 2 && order[1] == 1 && order[2] == 0);
+    free(p);
+    const char *cycle = "name: a\nmerge_method: linear\nmodels: [b]\n"
+                        "---\nname: b\nmerge_method: linear\nmodels: [a]\n"
+                        "---\nmerge_method: linear\nmodels: [a]\n";
+    p = tu_write(dir, "cycle.yaml", cycle, strlen(cycle));
+    assert_int_equal(acem_config_count(p, &n, &err), -1);
+    assert_non_null(strstr(err.msg, "cycle"));
+    free(p);
     tu_rmtree(dir);
     free(dir);
 }
@@ -190,7 +265,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mergekit_schema),     cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_mergekit_parameters), cmocka_unit_test(test_gradient_position),
-        cmocka_unit_test(test_layer_rename),
+        cmocka_unit_test(test_layer_rename),        cmocka_unit_test(test_ignored_keys),
+        cmocka_unit_test(test_document_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
