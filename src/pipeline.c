@@ -264,7 +264,8 @@ static int resolve_params(merge_run *r, const plan_entry *e, acem_error *err) {
         for (int t = 0; t < r->T; t++) {
             double *v = &r->expert_p[(size_t)t * (size_t)m->n_params + (size_t)i];
             bool found = per_model ? lookup(r, e, t, i, v) : (*v = r->tensor_p[i], true);
-            if (!found && r->mergekit && !strcmp(m->params[i].name, "weight"))
+            bool is_base = m->base_optional && t == 0 && r->T == m->max_models;
+            if (!found && r->mergekit && !is_base && !strcmp(m->params[i].name, "weight"))
                 return acem_fail(err,
                                  "tensor \"%s\": no weight for %s (mergekit requires a weight "
                                  "for every model but the base)",
@@ -726,7 +727,7 @@ static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
     run_wide_params(r);
     char desc[384];
     method_describe_params(r->method, r->params, desc, sizeof desc);
-    r->lambda = r->method->weights || isnan(o->lambda)
+    r->lambda = r->method->weights || r->method->no_lambda || isnan(o->lambda)
                     ? method_default_lambda(r->method, r->mergekit)
                     : o->lambda;
     set_compute(r);
@@ -739,8 +740,7 @@ static int check_options(merge_run *r, acem_merge_summary *s, acem_error *err) {
     char lambda[32];
     snprintf(s->params, sizeof s->params, "lambda=%s%s%s",
              acem_format_double(r->lambda, lambda, sizeof lambda), desc[0] ? " " : "", desc);
-    if (r->method->merge == method_dare_linear.merge ||
-        r->method->merge == method_dare_ties.merge) {
+    if (r->method->random) {
         size_t k = strlen(s->params);
         snprintf(s->params + k, sizeof s->params - k, " seed=%llu", (unsigned long long)o->seed);
     }
@@ -908,9 +908,9 @@ static int warn_unread(merge_run *r, const setting_list *l, const char *model, a
 static int check_settings(merge_run *r, acem_error *err) {
     const acem_settings *s = r->o->settings;
     if (!r->expert_p) return 0; /* acem_stats: no method runs */
-    if (r->method->weights && !isnan(r->o->lambda) &&
-        acem_warn(&r->warnings, err, "%s merges the models' weights: lambda is not read; ignored",
-                  r->method->name))
+    if ((r->method->weights || r->method->no_lambda) && !isnan(r->o->lambda) &&
+        acem_warn(&r->warnings, err, "%s does not read lambda (%s); ignored", r->method->name,
+                  r->method->weights ? "it merges the models' weights" : "nor does mergekit's"))
         return -1;
     if (s && warn_unread(r, &s->top, NULL, err)) return -1;
     for (int t = 0; s && t < s->n_models; t++)

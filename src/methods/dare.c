@@ -113,6 +113,7 @@ const method_def method_dare_linear = {
                 "et al. 2024); p 0.9, lambda 0.3 (1 in a mergekit config)",
     .default_lambda = 0.3,
     .mergekit_lambda = 1.0,
+    .random = true,
     .params = dare_linear_params,
     .n_params = N_DARE,
     .elementwise = dare_elementwise,
@@ -125,6 +126,7 @@ const method_def method_dare_ties = {
     .describe = "drop with probability p (or keep density), rescale, TIES sign election and "
                 "disjoint mean (sum in a mergekit config); p 0.9, lambda 1",
     .default_lambda = 1.0,
+    .random = true,
     .params = dare_ties_params,
     .n_params = N_DARE,
     .elementwise = dare_elementwise,

@@ -3,7 +3,7 @@
 
 #include <stdlib.h>
 
-static bool always(const double *p) {
+bool method_always_elementwise(const double *p) {
     (void)p;
     return true;
 }
@@ -81,7 +81,7 @@ const method_def method_average = {
     .min_models = 1,
     .describe = "mean of the deltas (uniform soup); lambda 1",
     .default_lambda = 1.0,
-    .elementwise = always,
+    .elementwise = method_always_elementwise,
     .merge = merge_average,
     .linear_scale = mean_scale,
 };
@@ -95,7 +95,7 @@ const method_def method_task_arithmetic = {
     .mergekit_lambda = 1.0,
     .params = task_arithmetic_params,
     .n_params = 3,
-    .elementwise = always,
+    .elementwise = method_always_elementwise,
     .merge = merge_task_arithmetic,
     .linear_scale = task_arithmetic_scale,
 };
@@ -108,7 +108,7 @@ const method_def method_linear = {
     .default_lambda = 1.0,
     .params = linear_params,
     .n_params = 2,
-    .elementwise = always,
+    .elementwise = method_always_elementwise,
     .weights = true,
     .merge = merge_linear_weights,
     .linear_scale = task_arithmetic_scale,

@@ -46,7 +46,7 @@ double weight_sum_scale(const double *w, int T, bool normalize) {
 void gta_mix(const method_ctx *c, void *const *d, const double *w, bool consensus, bool normalize,
              void *out) {
     if (consensus)
-        ties_disjoint_merge(c, d, (ties_rule){w, normalize, c->mergekit}, out);
+        ties_disjoint_merge(c, d, (ties_rule){w, normalize, c->mergekit, false}, out);
     else
         deltas_weighted_sum(c, d, w, out, weight_sum_scale(w, c->T, normalize));
 }

@@ -86,6 +86,15 @@ typedef struct method_def {
     /* True when model 0 is the base (slerp's t = 0): a config's base_model is moved to the
      * front of its models, or put there when not listed (mergekit adds it as an input). */
     bool base_first;
+    /* With base_first: the base is optional (nuslerp), model 0 being the base exactly when
+     * there are max_models models; in a mergekit config that model needs no weight. */
+    bool base_optional;
+    /* True for a method of the deltas whose result is the whole change, lambda not read, as
+     * mergekit defines it (sce, model_stock); a method of the weights never reads it. */
+    bool no_lambda;
+    /* True when the method draws random masks from --seed (DARE, DELLA): the summary
+     * names the seed. */
+    bool random;
     /* True when the method reads Gram matrices given with --gram (regmean). */
     bool uses_grams;
     /* How many models it merges: at least min_models (0: 2, what the covariance and spectral
@@ -140,12 +149,21 @@ void deltas_weighted_sum(const method_ctx *c, void *const *deltas, const double 
  * zeros) are summed, and with normalize divided by the sum of their w_t (when it is 0, by
  * 1). S_i = 0 elects + when zero_plus (mergekit's get_mask), else nothing (acem's rule for
  * its own configs and the command line). w NULL: every w_t is 1. Shared by ties and
- * dare_ties. */
+ * dare_ties; elect_unweighted elects on sum_t d_ti instead, the w_t weighting the merge only
+ * (sce.py's get_erase_mask). */
 typedef struct ties_rule {
     const double *w;
-    bool normalize, zero_plus;
+    bool normalize, zero_plus, elect_unweighted;
 } ties_rule;
 void ties_disjoint_merge(const method_ctx *c, void *const *deltas, ties_rule rule, void *out);
+
+/* Entries of d outside its k largest magnitudes (1 <= k <= numel) become 0: exactly k
+ * remain, of those tied with the k-th largest the first in index order (ties.c's trim and
+ * exact-k rule, as mergekit's argsort / topk keep k). */
+int keep_top_k(const method_ctx *c, void *d, uint64_t k, acem_error *err);
+
+/* The elementwise test of a method that is elementwise whatever its parameters. */
+bool method_always_elementwise(const double *p);
 
 /* mergekit's shared steps (gta.c, generalized_task_arithmetic.py and sparsify.py): the
  * L1 norm of a delta; a masked delta scaled back to the L1 norm `before` it had (left alone
@@ -166,6 +184,7 @@ double ace_heterogeneity(const method_ctx *c, void *const *deltas, double *sq);
 extern const method_def method_average, method_task_arithmetic, method_linear, method_ties,
     method_breadcrumbs, method_breadcrumbs_ties, method_dare_linear, method_dare_ties, method_slerp,
     method_passthrough, method_ace, method_wudi, method_actmat, method_tsv, method_iso_c,
-    method_iso_cts, method_cart, method_regmean;
+    method_iso_cts, method_cart, method_regmean, method_della, method_della_linear,
+    method_model_stock, method_sce, method_nuslerp, method_karcher;
 
 #endif

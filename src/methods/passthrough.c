@@ -10,11 +10,6 @@ static const method_param passthrough_params[] = {
      0},
 };
 
-static bool always(const double *p) {
-    (void)p;
-    return true;
-}
-
 static double passthrough_scale(const method_ctx *c, double *w) {
     w[0] = expert_param(c, 0, P_PT_SCALE);
     return 1.0;
@@ -30,12 +25,12 @@ static int merge_passthrough(const method_ctx *c, void *const *d, void *out, ace
 
 const method_def method_passthrough = {
     .name = "passthrough",
-    .describe = "the one model's tensor times its scale (mergekit's passthrough: frankenmerges "
-                "with slices)",
+    .describe = "exactly 1 model's tensors, times its scale (mergekit's passthrough: "
+                "frankenmerges with slices); no base needed",
     .default_lambda = 1.0,
     .params = passthrough_params,
     .n_params = 1,
-    .elementwise = always,
+    .elementwise = method_always_elementwise,
     .weights = true,
     .min_models = 1,
     .max_models = 1,

@@ -18,6 +18,12 @@ static const method_def *const methods[] = {
     &method_dare_linear,
     &method_dare_ties,
     &method_slerp,
+    &method_della,
+    &method_della_linear,
+    &method_sce,
+    &method_model_stock,
+    &method_nuslerp,
+    &method_karcher,
     &method_passthrough,
     /* covariance family */
     &method_ace,

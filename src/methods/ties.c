@@ -160,6 +160,13 @@ static void keep_exactly(const method_ctx *c, void *d, uint64_t k, uint64_t kth)
         if (magnitude_key(d, i, c->f64) == kth && tied++ >= k - above) wr(d, i, 0.0, c->f64);
 }
 
+int keep_top_k(const method_ctx *c, void *d, uint64_t k, acem_error *err) {
+    uint64_t kth;
+    if (trim(c, d, k, &kth, err)) return -1;
+    keep_exactly(c, d, k, kth);
+    return 0;
+}
+
 /* The k largest magnitudes of d become 0 (k >= 1; of those tied with the k-th largest,
  * the first in index order): the k-th largest selected over every bit of the keys. */
 static void drop_largest(const method_ctx *c, void *d, uint64_t k) {
@@ -186,7 +193,7 @@ void ties_disjoint_merge(const method_ctx *c, void *const *d, ties_rule rule, vo
         for (uint64_t j = 0; j < len; j++)
             sum[j] = acc[j] = div[j] = 0;
         for (int t = 0; t < c->T; t++) {
-            const double w = rule.w ? rule.w[t] : 1.0;
+            const double w = rule.w && !rule.elect_unweighted ? rule.w[t] : 1.0;
             for (uint64_t j = 0; j < len; j++)
                 sum[j] += w * rd(d[t], i0 + j, f64);
         }

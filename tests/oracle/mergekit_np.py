@@ -54,6 +54,8 @@ METHODS = {  # (sparsification, consensus, normalize default, rescale default)
     "dare_ties": ("random", True, False, True),
     "breadcrumbs": ("magnitude_outliers", False, False, False),
     "breadcrumbs_ties": ("magnitude_outliers", True, False, False),
+    "della": ("della_magprune", True, True, True),
+    "della_linear": ("della_magprune", False, False, True),
 }
 
 
@@ -132,8 +134,26 @@ def random(d, density, name, t, seed, **_):
     return np.where(u < 1.0 - density, 0.0, d)
 
 
+def della_magprune(d, density, epsilon, name, t, seed, **_):
+    """sparsify.py's della_magprune: per row (a 1-D tensor one row) rank r = 0 (smallest
+    |d|, ties by index) .. n - 1 kept with p = density - epsilon + 2 epsilon r / (n - 1),
+    drawn with acem's uniforms (dropped iff u < 1 - p); density <= 0 zeroes."""
+    if density <= 0:
+        return np.zeros_like(d)
+    if not (density - epsilon > 0 and density + epsilon < 1):
+        raise ValueError("Epsilon must be chosen such that density +/- epsilon is in (0, 1)")
+    rows = d.reshape(1, -1) if d.ndim < 2 else d.reshape(d.shape[0], -1)
+    u = dare_uniforms(seed, name, t, d.size).reshape(rows.shape)
+    n = rows.shape[1]
+    ranks = np.empty(rows.shape)
+    for r, row in enumerate(rows):
+        ranks[r, np.argsort(np.abs(row), kind="stable")] = np.arange(n)
+    p = density - epsilon + (ranks / (n - 1) if n > 1 else 0.0) * 2 * epsilon
+    return np.where(u < 1.0 - p, 0.0, rows).reshape(d.shape)
+
+
 SPARSIFY = {"magnitude": magnitude, "magnitude_outliers": magnitude_outliers,
-            "random": random}
+            "random": random, "della_magprune": della_magprune}
 
 
 def sparsify(method, d, density, rescale, **kw):
@@ -147,12 +167,13 @@ def sparsify(method, d, density, rescale, **kw):
 
 
 def gta(method, base, deltas, weights, densities, normalize, lam, rescale=False, gammas=None,
-        name="", seed=0):
+        name="", seed=0, epsilons=None):
     kind, consensus = METHODS[method][:2]
     if kind:
         gammas = gammas or [0.01] * len(deltas)
-        deltas = [sparsify(kind, d, p, rescale, gamma=g, name=name, t=t, seed=seed)
-                  for t, (d, p, g) in enumerate(zip(deltas, densities, gammas))]
+        epsilons = epsilons or [0.15] * len(deltas)
+        deltas = [sparsify(kind, d, p, rescale, gamma=g, epsilon=e, name=name, t=t, seed=seed)
+                  for t, (d, p, g, e) in enumerate(zip(deltas, densities, gammas, epsilons))]
     D = np.stack(deltas)
     w = np.array(weights, dtype=np.float64).reshape((-1,) + (1,) * base.ndim)
     wd = D * w
@@ -214,7 +235,155 @@ def slerp(cfg, models, n_layers):
             for name, a in models[base].items()}
 
 
-TRANSCRIBED = set(METHODS) | {"linear", "slerp"}
+def per_tensor(cfg, models, n_layers, fn):
+    """fn(name, t, top, base or None, [(model parameters, tensor)] of the other inputs) for
+    every tensor of the first input (the base when there is one)."""
+    base = cfg.get("base_model")
+    top = cfg.get("parameters") or {}
+    others = [m for m in cfg["models"] if m["model"] != base]
+    ref = models[base] if base else models[others[0]["model"]]
+    return {name: fn(name, position(name, n_layers), top, models[base][name] if base else None,
+                     [(m.get("parameters") or {}, models[m["model"]][name], m["model"])
+                      for m in others])
+            for name in ref}
+
+
+def model_stock_tensor(name, t, top, w0, inputs):
+    """model_stock.py: cosines of the deltas (flattened, or per row with filter_wise; a
+    1-D tensor one row), norm product clamped >= 1e-6, cosine to [-1, 1], mean over pairs;
+    t = N cos / (1 + (N - 1) cos); t * mean(Wi) + (1 - t) * W0."""
+    assert len(inputs) >= 2, "ModelStockMerge requires at least 3 models"
+    ws = [w for _, w, _ in inputs]
+    fw = parameter("filter_wise", None, top, name, t, False)
+    shape = w0.shape
+    if fw:
+        w0v = w0.reshape(1, -1) if w0.ndim == 1 else w0.reshape(w0.shape[0], -1)
+    else:
+        w0v = w0.reshape(1, -1)
+    offs = [w.reshape(w0v.shape) - w0v for w in ws]
+    cos = []
+    for i in range(len(offs)):
+        for j in range(i + 1, len(offs)):
+            norms = np.linalg.norm(offs[i], axis=-1) * np.linalg.norm(offs[j], axis=-1)
+            cos.append(np.clip((offs[i] * offs[j]).sum(-1) / np.maximum(norms, 1e-6), -1, 1))
+    c = np.mean(cos, axis=0)[:, None]
+    n = len(ws)
+    tt = n * c / (1 + (n - 1) * c)
+    avg = sum(w.reshape(w0v.shape) for w in ws) / n
+    return (tt * avg + (1 - tt) * w0v).reshape(shape)
+
+
+def nuslerp_pair(t, v0, v1, flatten, row_wise):
+    """nuslerp.py's nuslerp(t, v0, v1, dim=0 if row_wise else -1, flatten)."""
+    shape = v0.shape
+    if flatten:
+        v0, v1 = v0.reshape(1, -1), v1.reshape(1, -1)
+    elif row_wise:
+        v0, v1 = v0.T, v1.T
+    if v0.ndim == 1:
+        v0, v1 = v0[None], v1[None]
+
+    def unit(x):
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-7)
+    cos = np.sum(unit(v0) * unit(v1), axis=-1, keepdims=True)
+    theta = np.arccos(np.clip(cos, -1, 1))
+    s = np.sin(theta)
+    lerp = np.abs(s) < 1e-8
+    with np.errstate(divide="ignore", invalid="ignore"):
+        res = (np.sin((1 - t) * theta) * v0 + np.sin(t * theta) * v1) / s
+    res = np.where(lerp, (1 - t) * v0 + t * v1, res)
+    if row_wise and not flatten and len(shape) > 1:
+        res = res.T
+    return res.reshape(shape)
+
+
+def nuslerp_tensor(name, t, top, w0, inputs):
+    """NuSlerpTask: exactly two inputs besides the base, t = w2 / (w1 + w2) (0.5 when
+    |sum| < 1e-6); with a base the task vectors are interpolated and added to it."""
+    assert len(inputs) == 2, "NuSlerp merge expects exactly two models"
+    w = [parameter("weight", own, top, name, t, required=True, model=m) for own, _, m in inputs]
+    tt = 0.5 if abs(sum(w)) < 1e-6 else w[1] / sum(w)
+    flatten = parameter("nuslerp_flatten", None, top, name, t, True)
+    row_wise = parameter("nuslerp_row_wise", None, top, name, t, False)
+    a, b = inputs[0][1], inputs[1][1]
+    if w0 is None:
+        return nuslerp_pair(tt, a, b, flatten, row_wise)
+    return w0 + nuslerp_pair(tt, a - w0, b - w0, flatten, row_wise)
+
+
+def sce_tensor(name, t, top, w0, inputs):
+    """sce.py: variance mask (select_topk < 1: the k = int(topk * #nonzero variances)
+    largest, ties by index), weights = mean squares normalised (1/T if all 0), sign of the
+    plain sum elected (0 -> +), sum of the agreeing w_t d_t / sum of their w_t (0 -> 1)."""
+    D = np.stack([w - w0 for _, w, _ in inputs])
+    topk = parameter("select_topk", None, top, name, t, 1.0)
+    if topk < 1:
+        var = D.var(axis=0)
+        k = int(abs(topk) * np.count_nonzero(var))
+        mask = np.zeros(var.size)
+        if k:
+            mask[np.argsort(-var.ravel(), kind="stable")[:k]] = 1
+        D = D * mask.reshape(var.shape)
+    w = np.array([np.sum(d ** 2) / d.size for d in D])
+    w = np.full(len(D), 1.0 / len(D)) if w.sum() == 0 else w / w.sum()
+    w = w.reshape((-1,) + (1,) * w0.ndim)
+    majority = np.where(D.sum(axis=0) >= 0, 1.0, -1.0)
+    ew = w * (np.sign(D) == majority)
+    div = ew.sum(axis=0)
+    div[div == 0] = 1
+    return w0 + (D * ew).sum(axis=0) / div
+
+
+def karcher_tensor(name, t, top, w0, inputs):
+    """karcher.py's karcher_merge_tensors over every input (the base too, when listed),
+    alphas 1/N."""
+    ts = ([] if w0 is None else [w0]) + [w for _, w, _ in inputs]
+    if len(ts) == 1:
+        return ts[0]
+    max_iter = int(parameter("max_iter", None, top, name, t, 10))
+    tol = parameter("tol", None, top, name, t, 1e-5)
+    alphas = [1.0 / len(ts)] * len(ts)
+    norms = [np.linalg.norm(x) for x in ts]
+    units = [x / n if n else np.zeros_like(x) for x, n in zip(ts, norms)]
+    valid = [i for i, n in enumerate(norms) if n > tol]
+    if not valid:
+        return np.zeros_like(ts[0])
+    a = [alphas[i] / sum(alphas[i] for i in valid) for i in valid]
+    us = [units[i] for i in valid]
+    mean = sum(ai * u for ai, u in zip(a, us))
+    mn = np.linalg.norm(mean)
+    mean = us[0].copy() if mn < tol else mean / mn
+    for _ in range(max_iter):
+        tangent = np.zeros_like(mean)
+        for ai, u in zip(a, us):
+            dot = np.clip(np.sum(mean * u), -1, 1)
+            theta = np.arccos(dot)
+            if theta < tol:
+                continue
+            tangent += ai * (theta / np.sin(theta)) * (u - dot * mean)
+        tn = np.linalg.norm(tangent)
+        if tn < tol:
+            break
+        mean = np.cos(tn) * mean + np.sin(tn) * (tangent / tn)
+        un = np.linalg.norm(mean)
+        if un > tol:
+            mean = mean / un
+    return sum(al * n for al, n in zip(alphas, norms)) * mean
+
+
+def passthrough_tensor(name, t, top, w0, inputs):
+    """passthrough.py: exactly one tensor, times the model's scale when set."""
+    ts = ([] if w0 is None else [({}, w0)]) + [(own, w) for own, w, _ in inputs]
+    assert len(ts) == 1, "Passthrough merge expects exactly one tensor"
+    own, w = ts[0]
+    scale = parameter("scale", own, top, name, t)
+    return w if scale is None else w * scale
+
+
+PER_TENSOR = {"model_stock": model_stock_tensor, "nuslerp": nuslerp_tensor,
+              "sce": sce_tensor, "karcher": karcher_tensor,
+              "passthrough": passthrough_tensor}
+TRANSCRIBED = set(METHODS) | {"linear", "slerp"} | set(PER_TENSOR)
 
 
 def merge(cfg, models, n_layers, seed=0):
@@ -232,6 +401,8 @@ def merge(cfg, models, n_layers, seed=0):
         return linear(cfg, models, n_layers)
     if method == "slerp":
         return slerp(cfg, models, n_layers)
+    if method in PER_TENSOR:
+        return per_tensor(cfg, models, n_layers, PER_TENSOR[method])
     base_ref = cfg["base_model"]
     top = cfg.get("parameters") or {}
     experts = [m for m in cfg["models"] if m["model"] != base_ref]
@@ -246,9 +417,10 @@ def merge(cfg, models, n_layers, seed=0):
                    for o, m in zip(own, experts)]
         dens = [parameter("density", o, top, name, t, 1.0) for o in own]
         gammas = [parameter("gamma", o, top, name, t, 0.01) for o in own]
+        eps = [parameter("epsilon", o, top, name, t, 0.15) for o in own]
         deltas = [models[m["model"]][name] - b for m in experts]
         out[name] = gta(method, b, deltas, weights, dens, bool(normalize), lam, bool(rescale),
-                        gammas, name, seed)
+                        gammas, name, seed, eps)
     return out
 
 
