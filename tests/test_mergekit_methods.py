@@ -234,6 +234,34 @@ def test_scale_zero(d):
           ok, r.stderr)
 
 
+def test_cli(d):
+    """The command line: -M nuslerp with three --model is the base and the two; -M della
+    -p density=0.5 gives every expert that density; -M passthrough -p scale=0.5."""
+    models = make_models(d, ["base", "a", "b"], "F32", seed=45)
+    paths = {n: os.path.join(d, n) for n in models}
+    for label, args, cfg in (
+            ("-M nuslerp --model base --model a --model b -p weight=1", [
+                "-M", "nuslerp", "--model", paths["base"], "--model", paths["a"], "--model",
+                paths["b"], "-p", "weight=1"],
+             {"merge_method": "nuslerp", "base_model": "base",
+              "models": [model("a", weight=1), model("b", weight=1)]}),
+            ("-M della --base base -p density=0.5", [
+                "-M", "della", "--base", paths["base"], "--model", paths["a"], "--model",
+                paths["b"], "-p", "density=0.5"],
+             {"merge_method": "della", "base_model": "base",
+              "models": [model("a", weight=1, density=0.5), model("b", weight=1, density=0.5)]}),
+            ("-M passthrough --model a -p scale=0.5", [
+                "-M", "passthrough", "--model", paths["a"], "-p", "scale=0.5"],
+             {"merge_method": "passthrough", "models": [model("a", scale=0.5)]})):
+        out = os.path.join(d, label.split()[1] + ".safetensors")
+        r = run("merge", "-q", *args, "-o", out)
+        got = ST.read_file(out)[0] if r.returncode == 0 else {}
+        want = MK.merge(cfg, models, N_LAYERS)
+        worst = max((np.max(np.abs(got[k].to_f64() - v)) / np.max(np.abs(v)) for k, v in
+                     want.items()), default=1.0) if got else 1.0
+        check(f"{label}: max relative error {worst:.2e}", worst <= 1e-4, r.stderr)
+
+
 # ------------------------------------------------------------------ verbatim configs
 # Each config as published (text unchanged), with its parse transcribed for the oracle
 # (checked against PyYAML's where it is installed).
@@ -358,5 +386,5 @@ def test_verbatim(d):
 
 if __name__ == "__main__":
     sys.exit(run_groups([test_generated, test_della_mask, test_seed_and_lambda,
-                         test_model_counts, test_scale_zero, test_verbatim],
+                         test_model_counts, test_scale_zero, test_cli, test_verbatim],
                         "acem-mkmethods-", sys.argv[2:]))
