@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""mergekit's della, della_linear, model_stock, nuslerp, sce, karcher and passthrough run by
+"""mergekit's della, della_linear, model_stock, nuslerp, sce, karcher, passthrough and
+arcee_fusion run by
 `acem merge` from mergekit configurations, compared with the float64 numpy transcription of
 mergekit's code (tests/oracle/mergekit_np.py), in f32 and bf16; and one real configuration
 per method, verbatim, on tiny stand-in models.
@@ -114,6 +115,10 @@ def cases():
             "parameters": {"max_iter": 3, "tol": 1e-7}}),
         ("karcher/base not listed (an input, as mergekit adds it)", {
             "merge_method": "karcher", "base_model": b, "models": [model("a")]}),
+        ("arcee_fusion/base listed second", {
+            "merge_method": "arcee_fusion", "base_model": b, "models": [model("a"), model(b)]}),
+        ("arcee_fusion/base not listed", {
+            "merge_method": "arcee_fusion", "base_model": b, "models": [model("c")]}),
         ("passthrough/filtered scale", {
             "merge_method": "passthrough",
             "models": [model("a", scale=[{"filter": "mlp", "value": [0.5, 2.0]},
@@ -234,6 +239,22 @@ def test_scale_zero(d):
           ok, r.stderr)
 
 
+def test_fusion_mask(d):
+    """arcee_fusion takes the other model's value at the outliers of importance only: some
+    entries of every matrix, far from all (median + 1.5 IQR; a norm vector of 16 entries may
+    have none), the rest the base's exactly."""
+    models = make_models(d, ["base", "a"], "F32", seed=46)
+    r, got = merge_cfg(d, "fusion", {"merge_method": "arcee_fusion", "base_model": "base",
+                                     "models": [model("a")]})
+    fractions = [np.mean(got[k].to_f64() == v) for k, v in models["a"].items()
+                 if v.ndim == 2] if got else [0]
+    rest_base = bool(got) and all(np.all((got[k].to_f64() == models["a"][k]) |
+                                         (got[k].to_f64() == models["base"][k])) for k in got)
+    check(f"arcee_fusion takes {min(fractions):.0%} to {max(fractions):.0%} of each matrix from "
+          "the other model, the rest from the base", 0 < min(fractions) and max(fractions) < 0.4
+          and rest_base, r.stderr)
+
+
 def test_cli(d):
     """The command line: -M nuslerp with three --model is the base and the two; -M della
     -p density=0.5 gives every expert that density; -M passthrough -p scale=0.5."""
@@ -336,6 +357,15 @@ dtype: float16""", {"models": [{"model": HERMES, "parameters": {"weight": 0.3}},
                                {"model": R1, "parameters": {"weight": 0.7}}],
                     "merge_method": "sce", "base_model": LLAMA,
                     "parameters": {"lambda": 0.5, "select_topk": 0.7}, "dtype": "float16"}),
+    ("mergekit's examples/arcee_fusion.yml (arcee-ai/mergekit, commit 86c30b6)", "BF16",
+     """models:
+  - model: model_a
+  - model: model_b
+merge_method: arcee_fusion
+base_model: model_a
+dtype: bfloat16
+""", {"models": [{"model": "model_a"}, {"model": "model_b"}], "merge_method": "arcee_fusion",
+      "base_model": "model_a", "dtype": "bfloat16"}),
     ("model card of a karcher merge of a Llama-3.1-8B fine-tune and SauerkrautLM, stored page "
      "id 41572828170 in the search tool's corpus", "BF16", """models:
   - model: "D:/Uni/Masterarbeit Code/jakob_finetuning/finetuned_models/meta_llama_full_colab_remerge_2"
@@ -386,5 +416,6 @@ def test_verbatim(d):
 
 if __name__ == "__main__":
     sys.exit(run_groups([test_generated, test_della_mask, test_seed_and_lambda,
-                         test_model_counts, test_scale_zero, test_cli, test_verbatim],
+                         test_model_counts, test_scale_zero, test_fusion_mask, test_cli,
+                         test_verbatim],
                         "acem-mkmethods-", sys.argv[2:]))

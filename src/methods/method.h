@@ -161,6 +161,8 @@ void ties_disjoint_merge(const method_ctx *c, void *const *deltas, ties_rule rul
  * remain, of those tied with the k-th largest the first in index order (ties.c's trim and
  * exact-k rule, as mergekit's argsort / topk keep k). */
 int keep_top_k(const method_ctx *c, void *d, uint64_t k, acem_error *err);
+/* The k-th largest |d_i| (1 <= k <= numel) by the same radix select, d unchanged. */
+double kth_largest_magnitude(const method_ctx *c, const void *d, uint64_t k);
 
 /* The elementwise test of a method that is elementwise whatever its parameters. */
 bool method_always_elementwise(const double *p);
@@ -185,6 +187,7 @@ extern const method_def method_average, method_task_arithmetic, method_linear, m
     method_breadcrumbs, method_breadcrumbs_ties, method_dare_linear, method_dare_ties, method_slerp,
     method_passthrough, method_ace, method_wudi, method_actmat, method_tsv, method_iso_c,
     method_iso_cts, method_cart, method_regmean, method_della, method_della_linear,
-    method_model_stock, method_sce, method_nuslerp, method_karcher;
+    method_model_stock, method_sce, method_nuslerp, method_karcher,
+    method_arcee_fusion;
 
 #endif

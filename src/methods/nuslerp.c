@@ -35,8 +35,13 @@ static double value(const method_ctx *c, const pair_view *v, int m, uint64_t j) 
     return rd(v->w[m], i, c->f64) - (v->base >= 0 ? rd(v->w[v->base], i, c->f64) : 0.0);
 }
 
-static void nuslerp_pair(const method_ctx *c, const pair_view *v, double t, void *out) {
+/* The pair's interpolation into out; parallel for the one vector of a flattened tensor,
+ * serial within each of many rows or columns. */
+static void nuslerp_pair(const method_ctx *c, const pair_view *v, double t, void *out,
+                         bool parallel) {
     double aa = 0, bb = 0, ab = 0;
+#pragma omp parallel for num_threads(c->threads) schedule(static) reduction(+ : aa, bb, ab) \
+    if (parallel)
     for (uint64_t j = 0; j < v->n; j++) {
         double x = value(c, v, v->a, j), y = value(c, v, v->b, j);
         aa += x * x;
@@ -50,6 +55,7 @@ static void nuslerp_pair(const method_ctx *c, const pair_view *v, double t, void
         s0 = sin((1 - t) * theta) / s;
         s1 = sin(t * theta) / s;
     }
+#pragma omp parallel for num_threads(c->threads) schedule(static) if (parallel)
     for (uint64_t j = 0; j < v->n; j++) {
         const uint64_t i = v->from + j * v->stride;
         double w0 = v->base >= 0 ? rd(v->w[v->base], i, c->f64) : 0.0;
@@ -65,10 +71,14 @@ static int merge_nuslerp(const method_ctx *c, void *const *w, void *out, acem_er
     const bool whole = c->p[P_FLATTEN] || c->ndim < 2, cols = !whole && c->p[P_ROW_WISE];
     const uint64_t vectors = whole ? 1 : cols ? c->cols : c->rows;
     pair_view v = {w, a, b, base, 0, cols ? c->cols : 1, whole ? c->numel : c->numel / vectors};
+    if (whole) {
+        nuslerp_pair(c, &v, t, out, true);
+    } else {
 #pragma omp parallel for num_threads(c->threads) schedule(static) firstprivate(v)
-    for (uint64_t k = 0; k < vectors; k++) {
-        v.from = cols ? k : k * v.n;
-        nuslerp_pair(c, &v, t, out);
+        for (uint64_t k = 0; k < vectors; k++) {
+            v.from = cols ? k : k * v.n;
+            nuslerp_pair(c, &v, t, out, false);
+        }
     }
     info_add(c->info, "t", t);
     return 0;

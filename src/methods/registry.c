@@ -25,6 +25,7 @@ static const method_def *const methods[] = {
     &method_nuslerp,
     &method_karcher,
     &method_passthrough,
+    &method_arcee_fusion,
     /* covariance family */
     &method_ace,
     &method_wudi,

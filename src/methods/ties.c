@@ -160,6 +160,19 @@ static void keep_exactly(const method_ctx *c, void *d, uint64_t k, uint64_t kth)
         if (magnitude_key(d, i, c->f64) == kth && tied++ >= k - above) wr(d, i, 0.0, c->f64);
 }
 
+double kth_largest_magnitude(const method_ctx *c, const void *d, uint64_t k) {
+    const uint64_t key = kth_among(d, NULL, c->numel, k, 0, c->f64 ? 64 : 32, c->f64);
+    if (c->f64) {
+        double v;
+        memcpy(&v, &key, 8);
+        return v;
+    }
+    const uint32_t bits = (uint32_t)key;
+    float v;
+    memcpy(&v, &bits, 4);
+    return v;
+}
+
 int keep_top_k(const method_ctx *c, void *d, uint64_t k, acem_error *err) {
     uint64_t kth;
     if (trim(c, d, k, &kth, err)) return -1;

@@ -1,6 +1,7 @@
 """A float64 numpy transcription of what mergekit computes for a `models:` config of
-task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties, linear or
-slerp,
+task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties, della,
+della_linear, linear, slerp, model_stock, nuslerp, sce, karcher, passthrough or
+arcee_fusion,
 written from mergekit's own source (arcee-ai/mergekit):
 
 - config.py: evaluate_setting (numbers, gradients interpolated at t * (n - 1), the first
@@ -27,6 +28,9 @@ written from mergekit's own source (arcee-ai/mergekit):
   theta; |cos| > DOT_THRESHOLD = 0.9995 lerps, else sin((1 - t) theta) / sin theta * A +
   sin(t theta) / sin theta * B on the unnormalised tensors (mergekit computes in numpy
   f32, this in float64);
+- sparsify.py's della_magprune (della, della_linear: registry.py's normalize true / false,
+  rescale true; epsilon 0.15 per model), model_stock.py, nuslerp.py, sce.py, karcher.py,
+  passthrough.py and arcee_fusion.py: each transcribed in its function below;
 - sparsify.py: magnitude keeps k = int(density * numel) largest |d| (density >= 1: all);
   magnitude_outliers drops the n_top = int(gamma * numel) largest and the smallest down to
   int(density * numel) kept; bernoulli keeps each entry with probability density; with
@@ -39,7 +43,8 @@ torch's RNG cannot be reproduced), and magnitude_outliers with n_top = 0 drops n
 entry (mergekit's slice indices[n_bot:-0] keeps none). A linear normalize by a zero sum
 divides by 1 (mergekit: non-finite values).
 
-Independent of acem's C code; used by tests/test_mergekit.py."""
+Independent of acem's C code; used by tests/test_mergekit.py and
+tests/test_mergekit_methods.py."""
 
 import re
 
@@ -380,9 +385,28 @@ def passthrough_tensor(name, t, top, w0, inputs):
     return w if scale is None else w * scale
 
 
+def arcee_fusion_tensor(name, t, top, w0, inputs):
+    """arcee_fusion.py: the base and one other model; per row (last axis) KL(softmax(W1) +
+    1e-8 || softmax(W0) + 1e-8), importance |W1 - W0| * KL, threshold median + 1.5 IQR from
+    the sorted importances at int(q * (n - 1)) (mergekit samples 1e6 entries of larger
+    tensors at random: none of these is that large), W0 + (W1 - W0) * [importance >= it]."""
+    assert w0 is not None and len(inputs) == 1
+    w1 = inputs[0][1]
+
+    def softmax(x):
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+    p, q = softmax(w1) + 1e-8, softmax(w0) + 1e-8
+    kl = np.sum(p * np.log(p / q), axis=-1)
+    imp = np.abs(w1 - w0) * (kl[..., None] if w0.ndim > 1 else kl)
+    s = np.sort(imp.ravel())
+    q1, med, q3 = (s[int(x * (s.size - 1))] for x in (0.25, 0.5, 0.75))
+    return w0 + (w1 - w0) * (imp >= med + 1.5 * (q3 - q1))
+
+
 PER_TENSOR = {"model_stock": model_stock_tensor, "nuslerp": nuslerp_tensor,
               "sce": sce_tensor, "karcher": karcher_tensor,
-              "passthrough": passthrough_tensor}
+              "passthrough": passthrough_tensor, "arcee_fusion": arcee_fusion_tensor}
 TRANSCRIBED = set(METHODS) | {"linear", "slerp"} | set(PER_TENSOR)
 
 
