@@ -72,9 +72,9 @@ static int merge_arcee_fusion(const method_ctx *c, void *const *w, void *out, ac
 
 const method_def method_arcee_fusion = {
     .name = "arcee_fusion",
-    .describe = "the base, with the other model's values where |W1 - W0| times the KL of the "
-                "rows' softmaxes is an outlier (above median + 1.5 IQR; mergekit's "
-                "arcee_fusion); exactly 2 models, the first the base",
+    .describe = "of 2 models the first (the base), with the other's values where |W1 - W0| "
+                "times the KL of the rows' softmaxes is an outlier (above median + 1.5 IQR; "
+                "mergekit's arcee_fusion)",
     .default_lambda = 1.0,
     .weights = true,
     .base_first = true,
