@@ -65,7 +65,7 @@ static void nuslerp_pair(const method_ctx *c, const pair_view *v, double t, void
 
 static int merge_nuslerp(const method_ctx *c, void *const *w, void *out, acem_error *err) {
     (void)err;
-    const int base = c->T == 3 ? 0 : -1, a = base + 1, b = base + 2;
+    const int base = c->T == method_nuslerp.max_models ? 0 : -1, a = base + 1, b = base + 2;
     const double wa = expert_param(c, a, P_WEIGHT), wb = expert_param(c, b, P_WEIGHT);
     const double t = fabs(wa + wb) < 1e-6 ? 0.5 : wb / (wa + wb);
     const bool whole = c->p[P_FLATTEN] || c->ndim < 2, cols = !whole && c->p[P_ROW_WISE];
