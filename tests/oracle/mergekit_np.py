@@ -65,8 +65,10 @@ METHODS = {  # (sparsification, consensus, normalize default, rescale default)
 
 
 def evaluate(setting, tensor, t):
-    """config.py's evaluate_setting; None when no condition matches."""
-    if isinstance(setting, (int, float, bool)):
+    """config.py's evaluate_setting; None when no condition matches. A string is read as
+    pydantic's lax mode reads it into ScalarOrGradient's float (PyYAML, YAML 1.1, leaves
+    1e-5 without a dot a string)."""
+    if isinstance(setting, (int, float, bool, str)):
         return float(setting)
     if isinstance(setting, dict):
         setting = [setting]
