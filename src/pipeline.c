@@ -912,6 +912,16 @@ static int check_settings(merge_run *r, acem_error *err) {
         acem_warn(&r->warnings, err, "%s does not read lambda (%s); ignored", r->method->name,
                   r->method->weights ? "it merges the models' weights" : "nor does mergekit's"))
         return -1;
+    /* On the command line a method of the weights merges the --models alone; a --base given
+     * there only names the tensors (with_reference), which a user of nuslerp's or slerp's
+     * base would not expect. */
+    if (r->method->weights && !s && r->o->n_models && r->o->base != r->o->models[0] &&
+        acem_warn(&r->warnings, err,
+                  "%s merges the --model weights only: --base %s is not merged (it names the "
+                  "tensors and gives the other files); give it as a --model%s",
+                  r->method->name, r->o->base,
+                  r->method->base_first ? ", the first, to make it the base" : ""))
+        return -1;
     if (s && warn_unread(r, &s->top, NULL, err)) return -1;
     for (int t = 0; s && t < s->n_models; t++)
         if (warn_unread(r, &s->models[t], r->o->models[t], err)) return -1;

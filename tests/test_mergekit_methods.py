@@ -281,6 +281,11 @@ def test_cli(d):
         worst = max((np.max(np.abs(got[k].to_f64() - v)) / np.max(np.abs(v)) for k, v in
                      want.items()), default=1.0) if got else 1.0
         check(f"{label}: max relative error {worst:.2e}", worst <= 1e-4, r.stderr)
+    r = run("merge", "-q", "-M", "nuslerp", "--base", paths["base"], "--model", paths["a"],
+            "--model", paths["b"], "-o", os.path.join(d, "based.safetensors"))
+    check("-M nuslerp --base: a warning that the base is not merged and how to make it the base",
+          r.returncode == 0 and "--base" in r.stderr and "the first, to make it the base"
+          in r.stderr, r.stderr)
 
 
 # ------------------------------------------------------------------ verbatim configs
