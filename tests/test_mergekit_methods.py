@@ -271,10 +271,15 @@ def test_cli(d):
                 paths["b"], "-p", "density=0.5"],
              {"merge_method": "della", "base_model": "base",
               "models": [model("a", weight=1, density=0.5), model("b", weight=1, density=0.5)]}),
+            ("-M della_linear --precision f64 -p density=0.3 -p epsilon=0.2 (f64 keys)", [
+                "-M", "della_linear", "--precision", "f64", "--base", paths["base"], "--model",
+                paths["a"], "--model", paths["b"], "-p", "density=0.3", "-p", "epsilon=0.2"],
+             {"merge_method": "della_linear", "base_model": "base",
+              "models": [model(x, weight=1, density=0.3, epsilon=0.2) for x in "ab"]}),
             ("-M passthrough --model a -p scale=0.5", [
                 "-M", "passthrough", "--model", paths["a"], "-p", "scale=0.5"],
              {"merge_method": "passthrough", "models": [model("a", scale=0.5)]})):
-        out = os.path.join(d, label.split()[1] + ".safetensors")
+        out = os.path.join(d, "-".join(label.split()[:3]) + ".safetensors")
         r = run("merge", "-q", *args, "-o", out)
         got = ST.read_file(out)[0] if r.returncode == 0 else {}
         want = MK.merge(cfg, models, N_LAYERS)

@@ -38,29 +38,44 @@ static const method_param della_params[] = {
 static const method_param della_linear_params[] = {
     DELLA_PARAMS(0, "divide by the sum of the weights")};
 
-typedef struct ranked {
-    double mag;
-    uint64_t i;
-} ranked;
-
-/* Ascending magnitude; equal magnitudes in index order (torch's argsort leaves them
- * unspecified). */
-static int by_magnitude(const void *a, const void *b) {
-    const ranked *x = a, *y = b;
-    if (x->mag != y->mag) return x->mag < y->mag ? -1 : 1;
-    return x->i < y->i ? -1 : x->i > y->i;
+/* order[0..n) = the row's entries from `from` in ascending magnitude, equal magnitudes in
+ * index order (torch's argsort leaves them unspecified): an LSD radix sort of the
+ * magnitude keys, 8 bits a pass (a pass whose digit is the same for all is skipped), stable,
+ * so that ties keep the index order. tmp: n more entries of scratch. Returns the array that
+ * holds the order (order or tmp). */
+static uint64_t *rank_row(const method_ctx *c, const void *d, uint64_t from, uint64_t n,
+                          uint64_t *order, uint64_t *tmp) {
+    const int bits = c->f64 ? 64 : 32;
+    for (uint64_t j = 0; j < n; j++)
+        order[j] = from + j;
+    for (int shift = 0; shift < bits; shift += 8) {
+        uint64_t count[257] = {0};
+        for (uint64_t j = 0; j < n; j++)
+            count[((magnitude_key(d, order[j], c->f64) >> shift) & 255) + 1]++;
+        bool one_digit = false;
+        for (int b = 1; b <= 256 && !one_digit; b++)
+            one_digit = count[b] == n;
+        if (one_digit) continue;
+        for (int b = 1; b <= 256; b++)
+            count[b] += count[b - 1];
+        for (uint64_t j = 0; j < n; j++)
+            tmp[count[(magnitude_key(d, order[j], c->f64) >> shift) & 255]++] = order[j];
+        uint64_t *swap = order;
+        order = tmp;
+        tmp = swap;
+    }
+    return order;
 }
 
-/* One row of n entries starting at `from`: ranked into buf, each dropped with probability
- * 1 - p_r. A row of one entry has r / (n - 1) taken as 0 (mergekit's 0 / 0 is NaN). */
+/* One row of n entries starting at `from`, ranked with buf (2n entries), each dropped with
+ * probability 1 - p_r. A row of one entry has r / (n - 1) taken as 0 (mergekit's 0 / 0 is
+ * NaN). */
 static void prune_row(const method_ctx *c, void *d, uint64_t from, uint64_t n, double density,
-                      double epsilon, uint64_t key, ranked *buf) {
-    for (uint64_t j = 0; j < n; j++)
-        buf[j] = (ranked){fabs(rd(d, from + j, c->f64)), from + j};
-    qsort(buf, n, sizeof *buf, by_magnitude);
+                      double epsilon, uint64_t key, uint64_t *buf) {
+    const uint64_t *order = rank_row(c, d, from, n, buf, buf + n);
     for (uint64_t r = 0; r < n; r++) {
         double p = density - epsilon + (n > 1 ? (double)r / (double)(n - 1) : 0.0) * 2 * epsilon;
-        if (acem_rng_uniform(key, c->offset + buf[r].i) < 1.0 - p) wr(d, buf[r].i, 0.0, c->f64);
+        if (acem_rng_uniform(key, c->offset + order[r]) < 1.0 - p) wr(d, order[r], 0.0, c->f64);
     }
 }
 
@@ -84,7 +99,7 @@ static int magprune(const method_ctx *c, int t, void *d, acem_error *err) {
     int failed = 0;
 #pragma omp parallel num_threads(c->threads) reduction(| : failed)
     {
-        ranked *buf = malloc((size_t)n * sizeof *buf);
+        uint64_t *buf = malloc(2 * (size_t)n * sizeof *buf);
         failed = !buf;
 #pragma omp for schedule(dynamic, 16)
         for (uint64_t row = 0; row < rows; row++)

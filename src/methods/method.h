@@ -7,6 +7,8 @@
 
 #include "internal.h"
 
+#include <string.h>
+
 #define METHOD_MAX_PARAMS 8
 
 /* method_param.flags */
@@ -137,6 +139,19 @@ static inline void wr(void *p, size_t i, double v, bool f64) {
         ((double *)p)[i] = v;
     else
         ((float *)p)[i] = (float)v;
+}
+
+/* The IEEE bit pattern of |p[i]|: for non-negative floats it orders like the value, so
+ * magnitudes are ranked and selected as integers (ties.c, della.c). */
+static inline uint64_t magnitude_key(const void *p, size_t i, bool f64) {
+    if (f64) {
+        uint64_t x;
+        memcpy(&x, (const double *)p + i, 8);
+        return x & 0x7fffffffffffffffULL;
+    }
+    uint32_t x;
+    memcpy(&x, (const float *)p + i, 4);
+    return x & 0x7fffffffu;
 }
 
 /* out_i = scale * sum_t w_t d_ti (w NULL: every w_t is 1). */

@@ -10,17 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static inline uint64_t magnitude_key(const void *p, size_t i, bool f64) {
-    if (f64) {
-        uint64_t x;
-        memcpy(&x, (const double *)p + i, 8);
-        return x & 0x7fffffffffffffffULL;
-    }
-    uint32_t x;
-    memcpy(&x, (const float *)p + i, 4);
-    return x & 0x7fffffffu;
-}
-
 enum { DIGIT_BITS = 16, DIGITS = 1 << DIGIT_BITS, MAX_THREADS = 64 };
 
 /* Walks a histogram from the largest digit down to the one holding the k-th largest key;
