@@ -410,19 +410,22 @@ PER_TENSOR = {"model_stock": model_stock_tensor, "nuslerp": nuslerp_tensor,
               "sce": sce_tensor, "karcher": karcher_tensor,
               "passthrough": passthrough_tensor, "arcee_fusion": arcee_fusion_tensor}
 TRANSCRIBED = set(METHODS) | {"linear", "slerp"} | set(PER_TENSOR)
+SLICED = set(METHODS) | {"linear", "slerp", "passthrough"}  # merge_slices' methods
 
 
 def merge(cfg, models, n_layers, seed=0):
     """cfg: the parsed YAML (dict); models: path -> {tensor: float64 array}; seed: acem's
     --seed, for the random mask."""
     method = cfg["merge_method"]
-    if "slices" in cfg and method in TRANSCRIBED | {"passthrough"}:
+    if "slices" in cfg and method in SLICED:
         return merge_slices(cfg, models, seed)[0]
     if "models" not in cfg or method not in TRANSCRIBED:
-        # what this file does not transcribe (modules, other methods) is said so, for
-        # callers that measure a corpus (tests/test_mergekit_corpus.py)
+        # what this file does not transcribe (modules, slices of the per-tensor methods,
+        # other methods) is said so, for callers that measure a corpus
+        # (tests/test_mergekit_corpus.py)
         raise NotImplementedError("no transcription of %s%s" % (
-            method, "" if "models" in cfg else " with modules"))
+            method, "" if "models" in cfg else " with slices" if "slices" in cfg
+            else " with modules"))
     if method == "linear":
         return linear(cfg, models, n_layers)
     if method == "slerp":
@@ -545,7 +548,9 @@ def merge_slices(cfg, models, seed=0):
                  for m, _ in experts]
             dens = [slice_parameter("density", cfg, sl, m, inputs[m], t, 1.0) for m, _ in experts]
             gam = [slice_parameter("gamma", cfg, sl, m, inputs[m], t, 0.01) for m, _ in experts]
+            eps = [slice_parameter("epsilon", cfg, sl, m, inputs[m], t, 0.15)
+                   for m, _ in experts]
             out[name] = gta(method, b, [v - b for _, v in experts], w, dens,
                             bool(glob["normalize"]), glob["lambda"], bool(glob["rescale"]), gam,
-                            name, seed)
+                            name, seed, eps)
     return out, n_layers
