@@ -243,25 +243,33 @@ def slerp(cfg, models, n_layers):
 
 
 def per_tensor(cfg, models, n_layers, fn):
-    """fn(name, t, top, base or None, [(model parameters, tensor)] of the other inputs) for
-    every tensor of the first input (the base when there is one)."""
+    """fn(P, base tensor or None, [(model, tensor)] of the other inputs) for every tensor of
+    the first input (the base when there is one); P(key, model=None, default=None,
+    required=False) is ConfigReader.parameter for that tensor (merge_slices gives its own)."""
     base = cfg.get("base_model")
     top = cfg.get("parameters") or {}
-    others = [m for m in cfg["models"] if m["model"] != base]
-    ref = models[base] if base else models[others[0]["model"]]
-    return {name: fn(name, position(name, n_layers), top, models[base][name] if base else None,
-                     [(m.get("parameters") or {}, models[m["model"]][name], m["model"])
-                      for m in others])
-            for name in ref}
+    own = {m["model"]: m.get("parameters") or {} for m in cfg["models"]}
+    others = [m["model"] for m in cfg["models"] if m["model"] != base]
+    ref = models[base] if base else models[others[0]]
+
+    def one(name):
+        t = position(name, n_layers)
+
+        def P(key, model=None, default=None, required=False):
+            return parameter(key, own.get(model) if model else None, top, name, t, default,
+                             required, model or "")
+        return fn(P, models[base][name] if base else None,
+                  [(m, models[m][name]) for m in others])
+    return {name: one(name) for name in ref}
 
 
-def model_stock_tensor(name, t, top, w0, inputs):
+def model_stock_tensor(P, w0, inputs):
     """model_stock.py: cosines of the deltas (flattened, or per row with filter_wise; a
     1-D tensor one row), norm product clamped >= 1e-6, cosine to [-1, 1], mean over pairs;
     t = N cos / (1 + (N - 1) cos); t * mean(Wi) + (1 - t) * W0."""
     assert len(inputs) >= 2, "ModelStockMerge requires at least 3 models"
-    ws = [w for _, w, _ in inputs]
-    fw = parameter("filter_wise", None, top, name, t, False)
+    ws = [w for _, w in inputs]
+    fw = P("filter_wise", default=False)
     shape = w0.shape
     if fw:
         w0v = w0.reshape(1, -1) if w0.ndim == 1 else w0.reshape(w0.shape[0], -1)
@@ -304,26 +312,26 @@ def nuslerp_pair(t, v0, v1, flatten, row_wise):
     return res.reshape(shape)
 
 
-def nuslerp_tensor(name, t, top, w0, inputs):
+def nuslerp_tensor(P, w0, inputs):
     """NuSlerpTask: exactly two inputs besides the base, t = w2 / (w1 + w2) (0.5 when
     |sum| < 1e-6); with a base the task vectors are interpolated and added to it."""
     assert len(inputs) == 2, "NuSlerp merge expects exactly two models"
-    w = [parameter("weight", own, top, name, t, required=True, model=m) for own, _, m in inputs]
+    w = [P("weight", m, required=True) for m, _ in inputs]
     tt = 0.5 if abs(sum(w)) < 1e-6 else w[1] / sum(w)
-    flatten = parameter("nuslerp_flatten", None, top, name, t, True)
-    row_wise = parameter("nuslerp_row_wise", None, top, name, t, False)
+    flatten = P("nuslerp_flatten", default=True)
+    row_wise = P("nuslerp_row_wise", default=False)
     a, b = inputs[0][1], inputs[1][1]
     if w0 is None:
         return nuslerp_pair(tt, a, b, flatten, row_wise)
     return w0 + nuslerp_pair(tt, a - w0, b - w0, flatten, row_wise)
 
 
-def sce_tensor(name, t, top, w0, inputs):
+def sce_tensor(P, w0, inputs):
     """sce.py: variance mask (select_topk < 1: the k = int(topk * #nonzero variances)
     largest, ties by index), weights = mean squares normalised (1/T if all 0), sign of the
     plain sum elected (0 -> +), sum of the agreeing w_t d_t / sum of their w_t (0 -> 1)."""
-    D = np.stack([w - w0 for _, w, _ in inputs])
-    topk = parameter("select_topk", None, top, name, t, 1.0)
+    D = np.stack([w - w0 for _, w in inputs])
+    topk = P("select_topk", default=1.0)
     if topk < 1:
         var = D.var(axis=0)
         k = int(abs(topk) * np.count_nonzero(var))
@@ -341,14 +349,14 @@ def sce_tensor(name, t, top, w0, inputs):
     return w0 + (D * ew).sum(axis=0) / div
 
 
-def karcher_tensor(name, t, top, w0, inputs):
+def karcher_tensor(P, w0, inputs):
     """karcher.py's karcher_merge_tensors over every input (the base too, when listed),
     alphas 1/N."""
-    ts = ([] if w0 is None else [w0]) + [w for _, w, _ in inputs]
+    ts = ([] if w0 is None else [w0]) + [w for _, w in inputs]
     if len(ts) == 1:
         return ts[0]
-    max_iter = int(parameter("max_iter", None, top, name, t, 10))
-    tol = parameter("tol", None, top, name, t, 1e-5)
+    max_iter = int(P("max_iter", default=10))
+    tol = P("tol", default=1e-5)
     alphas = [1.0 / len(ts)] * len(ts)
     norms = [np.linalg.norm(x) for x in ts]
     units = [x / n if n else np.zeros_like(x) for x, n in zip(ts, norms)]
@@ -378,16 +386,16 @@ def karcher_tensor(name, t, top, w0, inputs):
     return sum(al * n for al, n in zip(alphas, norms)) * mean
 
 
-def passthrough_tensor(name, t, top, w0, inputs):
+def passthrough_tensor(P, w0, inputs):
     """passthrough.py: exactly one tensor, times the model's scale when set."""
-    ts = ([] if w0 is None else [({}, w0)]) + [(own, w) for own, w, _ in inputs]
+    ts = ([] if w0 is None else [(None, w0)]) + inputs
     assert len(ts) == 1, "Passthrough merge expects exactly one tensor"
-    own, w = ts[0]
-    scale = parameter("scale", own, top, name, t)
+    m, w = ts[0]
+    scale = P("scale", m)
     return w if scale is None else w * scale
 
 
-def arcee_fusion_tensor(name, t, top, w0, inputs):
+def arcee_fusion_tensor(P, w0, inputs):
     """arcee_fusion.py: the base and one other model; per row (last axis) KL(softmax(W1) +
     1e-8 || softmax(W0) + 1e-8), importance |W1 - W0| * KL, threshold median + 1.5 IQR from
     the sorted importances at int(q * (n - 1)) (mergekit samples 1e6 entries of larger
@@ -410,22 +418,19 @@ PER_TENSOR = {"model_stock": model_stock_tensor, "nuslerp": nuslerp_tensor,
               "sce": sce_tensor, "karcher": karcher_tensor,
               "passthrough": passthrough_tensor, "arcee_fusion": arcee_fusion_tensor}
 TRANSCRIBED = set(METHODS) | {"linear", "slerp"} | set(PER_TENSOR)
-SLICED = set(METHODS) | {"linear", "slerp", "passthrough"}  # merge_slices' methods
 
 
 def merge(cfg, models, n_layers, seed=0):
     """cfg: the parsed YAML (dict); models: path -> {tensor: float64 array}; seed: acem's
     --seed, for the random mask."""
     method = cfg["merge_method"]
-    if "slices" in cfg and method in SLICED:
+    if "slices" in cfg and method in TRANSCRIBED:
         return merge_slices(cfg, models, seed)[0]
     if "models" not in cfg or method not in TRANSCRIBED:
-        # what this file does not transcribe (modules, slices of the per-tensor methods,
-        # other methods) is said so, for callers that measure a corpus
-        # (tests/test_mergekit_corpus.py)
+        # what this file does not transcribe (modules, other methods) is said so, for
+        # callers that measure a corpus (tests/test_mergekit_corpus.py)
         raise NotImplementedError("no transcription of %s%s" % (
-            method, "" if "models" in cfg else " with slices" if "slices" in cfg
-            else " with modules"))
+            method, "" if "models" in cfg else " with modules"))
     if method == "linear":
         return linear(cfg, models, n_layers)
     if method == "slerp":
@@ -528,6 +533,12 @@ def merge_slices(cfg, models, seed=0):
             (m, w), = srcs
             scale = slice_parameter("scale", cfg, sl, m, inputs[m], t)
             out[name] = w if scale is None else w * scale
+        elif method in PER_TENSOR:
+            def P(key, model=None, default=None, required=False):
+                return slice_parameter(key, cfg, sl, model, inputs[model] if model else name,
+                                       t, default, required)
+            out[name] = PER_TENSOR[method](P, dict(srcs).get(base) if base else None,
+                                           [(m, v) for m, v in srcs if m != base])
         elif method == "slerp":
             other = [w for m, w in srcs if m != base]
             tt = slice_parameter("t", cfg, sl, None, name, t, required=True)
