@@ -119,6 +119,23 @@ def cases():
             "merge_method": "arcee_fusion", "base_model": b, "models": [model("a"), model(b)]}),
         ("arcee_fusion/base not listed", {
             "merge_method": "arcee_fusion", "base_model": b, "models": [model("c")]}),
+        ("della/slices (a gradient over each slice, a slice's own epsilon)", {
+            "merge_method": "della", "base_model": b,
+            "slices": [{"sources": [{"model": b, "layer_range": [0, 2]},
+                                    {"model": "a", "layer_range": [0, 2],
+                                     "parameters": {"weight": 0.7, "density": [0.3, 0.6]}},
+                                    {"model": "b", "layer_range": [0, 2],
+                                     "parameters": {"weight": 0.4, "density": 0.5}}]},
+                       {"sources": [{"model": b, "layer_range": [2, 4]},
+                                    {"model": "a", "layer_range": [2, 4],
+                                     "parameters": {"weight": 0.5, "density": 0.6}},
+                                    {"model": "b", "layer_range": [2, 4],
+                                     "parameters": {"weight": 0.5, "density": 0.4}}],
+                        "parameters": {"epsilon": 0.05}}]}),
+        ("model_stock/slices, filter_wise", {
+            "merge_method": "model_stock", "base_model": b, "parameters": {"filter_wise": True},
+            "slices": [{"sources": [{"model": m, "layer_range": [0, 4]}
+                                    for m in (b, "a", "b", "c")]}]}),
         ("passthrough/filtered scale", {
             "merge_method": "passthrough",
             "models": [model("a", scale=[{"filter": "mlp", "value": [0.5, 2.0]},
