@@ -330,7 +330,11 @@ class World:
             b = ST.from_f64(0.1 * self.rng.standard_normal((out_f, r)), self.dtype)
             stem = "base_model.model." + name[:-len(".weight")]
             tensors[stem + ".lora_A.weight"], tensors[stem + ".lora_B.weight"] = a, b
-            w[name] = w[name] + (alpha / r) * b.to_f64() @ a.to_f64()
+            # rounded to the model's type once, as peft's merge_and_unload stores it (and
+            # acem's checkpoint.c reads it): a variance or magnitude selection (sce's
+            # select_topk) is not stable under a change of the base at 2^-9
+            w[name] = ST.from_f64(w[name] + (alpha / r) * b.to_f64() @ a.to_f64(),
+                                  self.dtype).to_f64()
         cfg = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "fan_in_fan_out": False,
                "target_modules": ["qkv_proj"] if self.arch == "phi3" else ["q_proj", "v_proj"],
                "base_model_name_or_path": base_ref, "task_type": "CAUSAL_LM"}
