@@ -240,6 +240,9 @@ def test_model_counts(d):
                                 "models": [model("a", weight=1), model("b")]})
     check("nuslerp without a model's weight is refused, naming it (the base needs none)",
           one_error_line(r, "no weight", "/b"), r.stderr)
+    r, _ = merge_cfg(d, "nuw0", {"merge_method": "nuslerp", "models": [model("a"), model("b")]})
+    check("nuslerp without any weight is refused, as mergekit ('Missing required parameter "
+          "weight')", one_error_line(r, "nuslerp needs each model's weight"), r.stderr)
 
 
 def test_scale_zero(d):
@@ -304,7 +307,7 @@ def test_cli(d):
                      want.items()), default=1.0) if got else 1.0
         check(f"{label}: max relative error {worst:.2e}", worst <= 1e-4, r.stderr)
     r = run("merge", "-q", "-M", "nuslerp", "--base", paths["base"], "--model", paths["a"],
-            "--model", paths["b"], "-o", os.path.join(d, "based.safetensors"))
+            "--model", paths["b"], "-p", "weight=1", "-o", os.path.join(d, "based.safetensors"))
     check("-M nuslerp --base: a warning that the base is not merged and how to make it the base",
           r.returncode == 0 and "--base" in r.stderr and "the first, to make it the base"
           in r.stderr, r.stderr)
