@@ -255,7 +255,8 @@ static const char *expert_model(const merge_run *r, const plan_entry *e, int t) 
 
 /* Every parameter for one tensor: global ones once, per-model ones per expert. mergekit
  * requires each model's weight (merge_methods/generalized_task_arithmetic.py declares it
- * required; the base is not an input there); so does a mergekit config here. */
+ * required; the base is not an input there); so does a mergekit config here, and any config
+ * for a parameter marked PARAM_CONFIG_REQUIRED (nuslerp's weight). */
 static int resolve_params(merge_run *r, const plan_entry *e, acem_error *err) {
     const method_def *m = r->method;
     for (int i = 0; i < m->n_params; i++) {
@@ -265,11 +266,14 @@ static int resolve_params(merge_run *r, const plan_entry *e, acem_error *err) {
             double *v = &r->expert_p[(size_t)t * (size_t)m->n_params + (size_t)i];
             bool found = per_model ? lookup(r, e, t, i, v) : (*v = r->tensor_p[i], true);
             bool is_base = m->base_optional && t == 0 && r->T == m->max_models;
-            if (!found && r->mergekit && !is_base && !strcmp(m->params[i].name, "weight"))
+            bool required = (r->mergekit && !strcmp(m->params[i].name, "weight")) ||
+                            (r->o->settings && m->params[i].flags & PARAM_CONFIG_REQUIRED);
+            if (!found && required && !is_base)
                 return acem_fail(err,
-                                 "tensor \"%s\": no weight for %s (mergekit requires a weight "
-                                 "for every model but the base)",
-                                 e->name, expert_model(r, e, t));
+                                 "tensor \"%s\": no %s for %s (mergekit requires a %s for "
+                                 "every model but the base)",
+                                 e->name, m->params[i].name, expert_model(r, e, t),
+                                 m->params[i].name);
         }
     }
     return 0;

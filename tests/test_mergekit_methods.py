@@ -241,8 +241,8 @@ def test_model_counts(d):
     check("nuslerp without a model's weight is refused, naming it (the base needs none)",
           one_error_line(r, "no weight", "/b"), r.stderr)
     r, _ = merge_cfg(d, "nuw0", {"merge_method": "nuslerp", "models": [model("a"), model("b")]})
-    check("nuslerp without any weight is refused, as mergekit ('Missing required parameter "
-          "weight')", one_error_line(r, "nuslerp needs each model's weight"), r.stderr)
+    check("nuslerp without any weight is refused in any config, as mergekit ('Missing "
+          "required parameter weight')", one_error_line(r, "no weight for", "/a"), r.stderr)
 
 
 def test_scale_zero(d):

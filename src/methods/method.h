@@ -13,9 +13,11 @@
 
 /* method_param.flags */
 enum {
-    PARAM_PER_MODEL = 1, /* each expert has its own value (mergekit's tensor_parameters) */
-    PARAM_BOOL = 2,      /* true / false, read as 1 / 0 */
-    PARAM_MK_DEFAULT = 4 /* a mergekit config's default is mk_def, not def */
+    PARAM_PER_MODEL = 1,      /* each expert has its own value (mergekit's tensor_parameters) */
+    PARAM_BOOL = 2,           /* true / false, read as 1 / 0 */
+    PARAM_MK_DEFAULT = 4,     /* a mergekit config's default is mk_def, not def */
+    PARAM_CONFIG_REQUIRED = 8 /* a config must give it for every model but the base, as
+                                 mergekit requires it (the command line: the default) */
 };
 
 typedef struct method_param {
@@ -202,7 +204,6 @@ extern const method_def method_average, method_task_arithmetic, method_linear, m
     method_breadcrumbs, method_breadcrumbs_ties, method_dare_linear, method_dare_ties, method_slerp,
     method_passthrough, method_ace, method_wudi, method_actmat, method_tsv, method_iso_c,
     method_iso_cts, method_cart, method_regmean, method_della, method_della_linear,
-    method_model_stock, method_sce, method_nuslerp, method_karcher,
-    method_arcee_fusion;
+    method_model_stock, method_sce, method_nuslerp, method_karcher, method_arcee_fusion;
 
 #endif

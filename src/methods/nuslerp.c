@@ -15,8 +15,9 @@
 
 enum { P_WEIGHT, P_FLATTEN, P_ROW_WISE };
 static const method_param nuslerp_params[] = {
-    {"weight", NAN, -1e9, 1e9, NULL,
-     "each model's weight, required (as mergekit): t = w_2 / (w_1 + w_2)", PARAM_PER_MODEL, 0},
+    {"weight", 1.0, -1e9, 1e9, NULL,
+     "each model's weight (a config must give it, as mergekit): t = w_2 / (w_1 + w_2)",
+     PARAM_PER_MODEL | PARAM_CONFIG_REQUIRED, 0},
     {"nuslerp_flatten", 1, 0, 1, NULL, "each tensor one vector (else rows or columns)", PARAM_BOOL,
      0},
     {"nuslerp_row_wise", 0, 0, 1, NULL, "without flatten: columns as the vectors, not rows",
@@ -63,15 +64,10 @@ static void nuslerp_pair(const method_ctx *c, const pair_view *v, double t, void
     }
 }
 
-/* mergekit's nuslerp requires each model's weight (NuSlerpMerge.tensor_parameters), in any
- * config; unset it is NaN here. */
 static int merge_nuslerp(const method_ctx *c, void *const *w, void *out, acem_error *err) {
+    (void)err;
     const int base = c->T == method_nuslerp.max_models ? 0 : -1, a = base + 1, b = base + 2;
     const double wa = expert_param(c, a, P_WEIGHT), wb = expert_param(c, b, P_WEIGHT);
-    if (isnan(wa) || isnan(wb))
-        return acem_fail(err,
-                         "nuslerp needs each model's weight (mergekit requires it; -p weight=1 "
-                         "on the command line gives both the same)");
     const double t = fabs(wa + wb) < 1e-6 ? 0.5 : wb / (wa + wb);
     const bool whole = c->p[P_FLATTEN] || c->ndim < 2, cols = !whole && c->p[P_ROW_WISE];
     const uint64_t vectors = whole ? 1 : cols ? c->cols : c->rows;
