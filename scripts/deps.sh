@@ -5,6 +5,8 @@ set -euo pipefail
 packages=(build-essential cmake pkg-config libopenblas-dev liblapacke-dev libcjson-dev
           libyaml-dev libcmocka-dev zlib1g-dev python3 python3-numpy python3-sklearn
           python3-torch libpcre2-dev python3-regex valgrind
+          # tokenizer.model (SentencePiece): acem's reader and the test's trainer/oracle
+          libprotobuf-c-dev protobuf-c-compiler python3-sentencepiece
           # acem lab --suite text: its tasks' sources (docs/lab.md, "The text suite")
           fortunes wordnet-base wamerican wngerman wfrench wspanish witalian manpages
           manpages-dev libc6-dev libpython3.11-stdlib perl-modules-5.36 cmake-data "$@")

@@ -363,7 +363,7 @@ def stored_gpt2_forward(path, tokens):
 
 # ---- llama.cpp ----------------------------------------------------------------------------------
 
-def llamacpp(path, text=None):
+def llamacpp(path, text=None, v=V):
     """(returncode, stderr, {"file_type", "logits", "tokens"}) of llama.cpp on path."""
     env = dict(os.environ, NODE_LLAMA_CPP=NLC, GGML_NO_BACKTRACE="1")
     if text is not None:
@@ -377,7 +377,7 @@ def llamacpp(path, text=None):
     if r.returncode:
         return r.returncode, r.stderr, None
     got = json.loads(r.stdout)
-    logits = np.full((len(TOKENS), V), np.nan)
+    logits = np.full((len(TOKENS), v), np.nan)
     for i, pairs in enumerate(got["logits"]):
         for tok, v in pairs:
             logits[i, tok] = v
@@ -390,12 +390,12 @@ def merge(paths, out, dtype):
     return run(*args, *(["--dtype", dtype] if dtype else []))
 
 
-def compare(label, path, want, tol, pattern=GPT2_RE):
+def compare(label, path, want, tol, pattern=GPT2_RE, expect=None):
     """llama.cpp's logits on path against want (relative to the largest logit), and its
-    tokenisation of SAMPLE against the BPE's under pattern."""
+    tokenisation of SAMPLE against expect (by default the BPE's under pattern)."""
     if not HAVE_LLAMACPP:
         return
-    rc, err, got = llamacpp(path, SAMPLE)
+    rc, err, got = llamacpp(path, SAMPLE, want.shape[1])
     check("%s: llama.cpp loads it" % label, rc == 0, err[-600:])
     if rc:
         return
@@ -404,8 +404,9 @@ def compare(label, path, want, tol, pattern=GPT2_RE):
     top1 = np.mean(got["logits"].argmax(-1) == want.argmax(-1))
     check("%s: logits vs numpy: max |diff| %.2e (relative %.1e), top-1 agreement %.0f%%"
           % (label, diff, rel, 100 * top1), rel <= tol)
-    expect = encode(SAMPLE, VOCAB, MERGES, pattern, ignore_merges=pattern == LLAMA3_RE)
-    check("%s: llama.cpp's tokenisation of the sample equals the BPE's %d ids"
+    if expect is None:
+        expect = encode(SAMPLE, VOCAB, MERGES, pattern, ignore_merges=pattern == LLAMA3_RE)
+    check("%s: llama.cpp's tokenisation of the sample equals the oracle's %d ids"
           % (label, len(expect)),
           got["tokens"] == expect, "%s vs %s" % (got["tokens"], expect))
 
@@ -568,6 +569,116 @@ def test_qwen2(d):
           "one by one)", encode(SAMPLE, VOCAB, MERGES, QWEN2_RE) != encode(SAMPLE, VOCAB, MERGES))
     compare("qwen2 F32", out, hf_llama_forward(merged, TOKENS), TOL, QWEN2_RE)
 
+# ---- SentencePiece (tokenizer.model) ------------------------------------------------------------
+
+def train_spm(model_type):
+    """A SentencePiece model of about 400 pieces trained on Debian's Apache-2.0 text with byte
+    fallback, normalised as Llama 2's (identity, spaces kept, a dummy prefix) -> its bytes."""
+    import io
+
+    import sentencepiece as spm
+    with open("/usr/share/common-licenses/Apache-2.0", encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=out, vocab_size=400, model_type=model_type,
+        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        add_dummy_prefix=True, character_coverage=1.0, hard_vocab_limit=False, minloglevel=2)
+    return out.getvalue()
+
+
+def write_spm_models(d, blob, n_pad):
+    """The tiny Llama of test_llama with tokenizer.model (no tokenizer.json), vocab_size n_pad
+    past the pieces, one added token in added_tokens.json -> (paths, merged, processor)."""
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_proto=blob)
+    v = sp.vocab_size() + n_pad
+    cfg = dict(llama_config(), vocab_size=v, bos_token_id=sp.bos_id(), eos_token_id=sp.eos_id())
+    tc = {"add_bos_token": True, "add_eos_token": False}
+    paths, merged = write_models(d, cfg, llama_shapes(v=v), tc, True)
+    for p in paths:
+        os.remove(os.path.join(p, "tokenizer.json"))
+        with open(os.path.join(p, "tokenizer.model"), "wb") as f:
+            f.write(blob)
+        with open(os.path.join(p, "added_tokens.json"), "w") as f:
+            json.dump({"<extra>": sp.vocab_size()}, f)
+    return paths, merged, sp
+
+
+def spm_key_checks(label, kv, sp, v):
+    """The converter's _create_vocab_sentencepiece keys, from sentencepiece's own accessors."""
+    n = sp.vocab_size()
+    types = [2 if sp.IsUnknown(i) else 3 if sp.IsControl(i) else 5 if sp.IsUnused(i) else
+             6 if sp.IsByte(i) else 1 for i in range(n)] + [4] + [5] * (v - n - 1)
+    toks = [sp.IdToPiece(i) for i in range(n)] + ["<extra>"] + \
+        ["[PAD%d]" % i for i in range(n + 1, v)]
+    scores = [sp.GetScore(i) for i in range(n)] + [-1000.0] + [-10000.0] * (v - n - 1)
+    bad = key_mismatches(kv, {"tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "default",
+                              "tokenizer.ggml.bos_token_id": sp.bos_id(),
+                              "tokenizer.ggml.eos_token_id": sp.eos_id(),
+                              "tokenizer.ggml.add_bos_token": True})
+    got_t, got_s = kv["tokenizer.ggml.token_type"][1][1], kv["tokenizer.ggml.scores"][1][1]
+    check("%s: tokens, scores and types as _create_vocab_sentencepiece (%d pieces, %d byte, "
+          "1 added, %d [PAD])" % (label, n, types.count(6), v - n - 1),
+          not bad and kv["tokenizer.ggml.tokens"][1][1] == toks and list(got_t) == types
+          and np.array_equal(np.float32(got_s), np.float32(scores)),
+          (bad, [(i, a, b) for i, (a, b) in enumerate(zip(got_t, types)) if a != b][:5]))
+
+
+def test_spm(d):
+    for model_type, dtypes in (("bpe", ("f32", "Q4_K_M")), ("unigram", ("f32",))):
+        sub = os.path.join(d, model_type)
+        os.mkdir(sub)
+        paths, merged, sp = write_spm_models(sub, train_spm(model_type), 3)
+        v = sp.vocab_size() + 3
+        # llama.cpp's tokenize() here adds no BOS; sentencepiece's encode adds none either
+        expect = sp.encode(SAMPLE)
+        for dtype in dtypes:
+            out = os.path.join(sub, dtype + ".gguf")
+            r = merge(paths, out, dtype)
+            label = "llama spm %s %s" % (model_type, dtype)
+            check("%s: merged straight to GGUF" % label, r.returncode == 0, r.stderr)
+            if r.returncode:
+                continue
+            spm_key_checks(label, G.read(out)[1], sp, v)
+            want = hf_llama_forward(merged, TOKENS) if dtype == "f32" else LL.forward(out, TOKENS)
+            compare(label, out, want, TOL if dtype == "f32" else TOL_Q, expect=expect)
+
+
+def write_varint(n):
+    b = bytearray()
+    while True:
+        b.append((n & 0x7f) | (0x80 if n > 0x7f else 0))
+        n >>= 7
+        if not n:
+            return bytes(b)
+
+
+def spm_piece(text, score_bits=b"\x00\x00\x80\xbf", typ=1):
+    """One ModelProto.pieces entry on the wire: piece 1, score 2 (float), type 3 (varint)."""
+    body = b"\x0a" + write_varint(len(text)) + text + b"\x15" + score_bits + b"\x18" + \
+        write_varint(typ)
+    return b"\x0a" + write_varint(len(body)) + body
+
+
+def test_spm_refusals(d):
+    paths, _, _ = write_spm_models(d, train_spm("bpe"), 0)
+    good = spm_piece(b"<unk>", typ=2) + spm_piece(b"a")
+    hostile = [("an empty file", b"", "without pieces"),
+               ("a truncated varint", good + b"\x0a\xff", "not a SentencePiece model"),
+               ("a wrong wire type for pieces", good + b"\x08\x01", "not a SentencePiece model"),
+               ("a piece length past the end", good + b"\x0a\x40\x0a\x02ab",
+                "not a SentencePiece model"),
+               ("a piece type out of range", good + spm_piece(b"b", typ=9), "type 9"),
+               ("a piece not UTF-8", good + spm_piece(b"\xff\xfe"), "not UTF-8"),
+               ("a word model", good + b"\x12\x02\x18\x03", "model type 3")]
+    for label, blob, what in hostile:
+        with open(os.path.join(paths[0], "tokenizer.model"), "wb") as f:
+            f.write(blob)
+        r = merge(paths, os.path.join(d, "x.gguf"), None)
+        check("tokenizer.model with %s: one error line" % label,
+              one_error_line(r, "tokenizer.model", what), r.stderr)
+
 
 def test_refusals(d):
     paths, _ = write_models(d, dict(llama_config(), model_type="phi3"), llama_shapes(), {}, True)
@@ -577,9 +688,8 @@ def test_refusals(d):
     with open(os.path.join(paths[0], "config.json"), "w") as f:
         json.dump(llama_config(), f)
     os.remove(os.path.join(paths[0], "tokenizer.json"))
-    open(os.path.join(paths[0], "tokenizer.model"), "wb").close()
     r = merge(paths, os.path.join(d, "x.gguf"), None)
-    check("a SentencePiece tokenizer.model alone: one error line",
+    check("neither tokenizer.json nor tokenizer.model: one error line",
           one_error_line(r, "no tokenizer.json", "tokenizer.model"), r.stderr)
     r = merge(paths, os.path.join(d, "x.safetensors"), None)
     check("  the same directories merge to safetensors (no conversion)", r.returncode == 0,
@@ -687,7 +797,8 @@ def test_peak_rss(d):
 def main():
     if not HAVE_LLAMACPP:
         print("SKIP llama.cpp checks: node-llama-cpp is not installed under %s" % NLC)
-    return run_groups([test_llama, test_gpt2, test_qwen2, test_refusals, test_peak_rss],
+    return run_groups([test_llama, test_gpt2, test_qwen2, test_spm, test_spm_refusals,
+                       test_refusals, test_peak_rss],
                       "acem-hfgguf-", sys.argv[2:])
 
 

@@ -1,9 +1,11 @@
-/* hf_gguf.c — llama.cpp's converter rules for Llama (Llama 2/3, Mistral: weights and keys;
- * byte-level BPE tokenizers only), Qwen2 and GPT-2, re-implemented from convert_hf_to_gguf.py
- * (conversion/base.py TextModel.set_gguf_parameters, get_vocab_base, _set_vocab_gpt2;
+/* hf_gguf.c — llama.cpp's converter rules for Llama (Llama 2/3, Mistral), Qwen2 and GPT-2:
+ * weights, keys, byte-level BPE (tokenizer.json) and SentencePiece (tokenizer.model, read by
+ * hf_spm.c) vocabularies, re-implemented from convert_hf_to_gguf.py (conversion/base.py
+ * TextModel.set_gguf_parameters, get_vocab_base, _set_vocab_gpt2, _create_vocab_sentencepiece;
  * conversion/llama.py LlamaModel; conversion/qwen.py Qwen2Model; conversion/gpt2.py GPT2Model)
  * and gguf-py (tensor_mapping.py, constants.py, vocab.py SpecialVocab). */
 #include "hf_gguf.h"
+#include "hf_spm.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -636,18 +638,9 @@ static int special_kvs(kv_builder *b, const char *dir, const cJSON *tok, const c
     return rc;
 }
 
-static int tokenizer_kvs(kv_builder *b, const char *dir, const cJSON *cfg, hparams *hp,
-                         acem_error *err) {
-    char *path = acem_path_join(dir, "tokenizer.json", err);
-    if (!path) return -1;
-    if (access(path, F_OK) != 0) {
-        acem_fail(err,
-                  "%s: no tokenizer.json; acem converts byte-level BPE tokenizers from "
-                  "tokenizer.json only (not SentencePiece's tokenizer.model)",
-                  dir);
-        free(path);
-        return -1;
-    }
+/* _set_vocab_gpt2: a byte-level BPE tokenizer.json. */
+static int bpe_kvs(kv_builder *b, const char *dir, const char *path, const cJSON *cfg, hparams *hp,
+                   acem_error *err) {
     cJSON *tok = read_json(path, err);
     vocab v = {.path = path};
     int rc = -1;
@@ -657,7 +650,8 @@ static int tokenizer_kvs(kv_builder *b, const char *dir, const cJSON *cfg, hpara
     if (!is_type(model, "BPE") || !pre) {
         acem_fail(err,
                   "%s: %s; acem names GPT-2's ByteLevel, Llama 3's and Qwen2's byte-level BPE "
-                  "(convert SentencePiece and other tokenizers with convert_hf_to_gguf.py)",
+                  "(a tokenizer.model beside it is read as SentencePiece; convert other tokenizers "
+                  "with convert_hf_to_gguf.py)",
                   path,
                   is_type(model, "BPE") ? "a pre-tokenizer acem cannot name for llama.cpp"
                                         : "not a BPE tokenizer");
@@ -688,7 +682,167 @@ out:
     free(v.types);
     free(v.pads);
     cJSON_Delete(tok);
+    return rc;
+}
+
+/* ---- SentencePiece (tokenizer.model) ----------------------------------------------------- */
+
+#define SPM_USER_SCORE (-1000.0f)  /* added tokens and the padding past the vocabulary */
+#define SPM_PAD_SCORE  (-10000.0f) /* ids no piece has */
+
+typedef struct spm_vocab {
+    vocab v; /* tokens and types, [PADi] in pads; v.path is tokenizer.model */
+    float *scores;
+    char **owned; /* per id: an added token's text this file allocated, else NULL */
+} spm_vocab;
+
+/* An added token over id `id` (the converter ignores ids past the vocabulary). */
+static int spm_put(spm_vocab *s, double id, const char *text, int type, acem_error *err) {
+    if (id != (double)(long)id || id < 0)
+        return acem_fail(err, "%s: added token \"%.64s\" has id %g, not a count", s->v.path, text,
+                         id);
+    if (id >= (double)s->v.n) return 0;
+    long i = (long)id;
+    free(s->owned[i]);
+    if (!(s->owned[i] = acem_strdup(text, err))) return -1;
+    s->v.tokens[i] = s->owned[i];
+    s->v.types[i] = type;
+    s->scores[i] = SPM_USER_SCORE;
+    return 0;
+}
+
+/* added_tokens.json: {"text": id}, USER_DEFINED. */
+static int spm_added_json(spm_vocab *s, const char *dir, acem_error *err) {
+    char *path = acem_path_join(dir, "added_tokens.json", err);
+    if (!path) return -1;
+    const bool present = access(path, F_OK) == 0;
+    cJSON *a = present ? read_json(path, err) : NULL;
+    int rc = present && !a ? -1 : 0;
+    if (a && !cJSON_IsObject(a)) rc = acem_fail(err, "%s: not an object of ids", path);
+    for (const cJSON *e = a && !rc ? a->child : NULL; e && !rc; e = e->next)
+        rc = !cJSON_IsNumber(e) ? acem_fail(err, "%s: \"%.64s\" has no id", path, e->string)
+                                : spm_put(s, e->valuedouble, e->string, TOK_USER_DEFINED, err);
+    cJSON_Delete(a);
     free(path);
+    return rc;
+}
+
+/* The text of a non-special added token with U+2581 (SentencePiece's space) as a space: the
+ * converter's "pre-normalize user-defined spaces". */
+static char *unspaced(const char *text, acem_error *err) {
+    char *t = acem_strdup(text, err), *w = t;
+    for (const char *r = text; t && *r;)
+        if (!strncmp(r, "\xe2\x96\x81", 3)) {
+            *w++ = ' ';
+            r += 3;
+        } else {
+            *w++ = *r++;
+        }
+    if (t) *w = 0;
+    return t;
+}
+
+/* tokenizer_config.json's added_tokens_decoder: {"id": {"content", "special"}}, CONTROL when
+ * special or looking special, else USER_DEFINED with spaces restored. */
+static int spm_added_decoder(spm_vocab *s, const cJSON *tc, acem_error *err) {
+    const cJSON *dec = cJSON_GetObjectItemCaseSensitive(tc, "added_tokens_decoder");
+    for (const cJSON *e = cJSON_IsObject(dec) ? dec->child : NULL; e; e = e->next) {
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(e, "content");
+        char *end = NULL;
+        double id = strtod(e->string, &end);
+        if (!cJSON_IsString(content) || !*e->string || *end)
+            return acem_fail(err, "%s: added_tokens_decoder \"%.32s\" is not an id with content",
+                             s->v.path, e->string);
+        bool special = json_flag(e, "special", false) || looks_special(content->valuestring);
+        char *text =
+            special ? acem_strdup(content->valuestring, err) : unspaced(content->valuestring, err);
+        int rc = text ? spm_put(s, id, text, special ? TOK_CONTROL : TOK_USER_DEFINED, err) : -1;
+        free(text);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
+/* _create_vocab_sentencepiece: vocab_size ids (config.json, else the pieces), each piece's
+ * text, score and type, then the added tokens. */
+static int spm_fill(spm_vocab *s, const spm_model *m, const char *dir, acem_error *err) {
+    vocab *v = &s->v;
+    if (!(v->tokens = acem_alloc((size_t)v->n, sizeof *v->tokens, "the vocabulary", err)) ||
+        !(v->types = acem_alloc((size_t)v->n, sizeof *v->types, "the vocabulary", err)) ||
+        !(v->pads = acem_alloc((size_t)v->n, 24, "the vocabulary", err)) ||
+        !(s->scores = acem_alloc((size_t)v->n, sizeof *s->scores, "the vocabulary", err)) ||
+        !(s->owned = acem_alloc((size_t)v->n, sizeof *s->owned, "the vocabulary", err)))
+        return -1;
+    for (long i = 0; i < v->n; i++) {
+        const bool piece = (size_t)i < m->n;
+        if (!piece) snprintf(v->pads + 24 * i, 24, "[PAD%d]", (int)i); /* ids fit in 31 bits */
+        v->tokens[i] = piece ? (char *)m->pieces[i].text : v->pads + 24 * i;
+        v->types[i] = piece ? m->pieces[i].type : TOK_UNUSED;
+        s->scores[i] = piece ? m->pieces[i].score : SPM_PAD_SCORE;
+    }
+    char *tc_path = acem_path_join(dir, "tokenizer_config.json", err);
+    if (!tc_path) return -1;
+    const bool present = access(tc_path, F_OK) == 0;
+    cJSON *tc = present ? read_json(tc_path, err) : NULL;
+    int rc = (present && !tc) || spm_added_json(s, dir, err) || spm_added_decoder(s, tc, err);
+    cJSON_Delete(tc);
+    free(tc_path);
+    return rc ? -1 : 0;
+}
+
+/* _set_vocab_sentencepiece: tokenizer.ggml.model "llama", pre "default", tokens, scores and
+ * types; SpecialVocab's ids from tokenizer.json's added tokens when there is one (a Llama 2
+ * repository has both files), else tokenizer_config.json / config.json. */
+static int spm_kvs(kv_builder *b, const char *dir, const char *path, const cJSON *cfg, hparams *hp,
+                   acem_error *err) {
+    spm_model m;
+    if (spm_model_read(&m, path, err)) return -1;
+    spm_vocab s = {.v = {.path = path, .n = hp->vocab ? hp->vocab : (long)m.n}};
+    char *json_path = acem_path_join(dir, "tokenizer.json", err);
+    const bool has_json = json_path && access(json_path, F_OK) == 0;
+    cJSON *tok = has_json ? read_json(json_path, err) : NULL;
+    int rc = -1;
+    if (json_path && (!has_json || tok) && !spm_fill(&s, &m, dir, err)) {
+        kv_string(b, "tokenizer.ggml.model", "llama");
+        kv_string(b, "tokenizer.ggml.pre", "default");
+        kv_array_head(b, "tokenizer.ggml.tokens", KV_STRING, (size_t)s.v.n);
+        for (long i = 0; i < s.v.n; i++)
+            put_str(b, s.v.tokens[i]);
+        kv_array_head(b, "tokenizer.ggml.scores", KV_F32, (size_t)s.v.n);
+        for (long i = 0; i < s.v.n; i++)
+            put(b, &s.scores[i], 4); /* little-endian hosts only, as the GGUF writer */
+        kv_array_head(b, "tokenizer.ggml.token_type", KV_I32, (size_t)s.v.n);
+        for (long i = 0; i < s.v.n; i++)
+            put_le(b, (uint32_t)s.v.types[i], 4);
+        rc = special_kvs(b, dir, tok, cfg, s.v.n, err);
+    }
+    for (long i = 0; s.owned && i < s.v.n; i++)
+        free(s.owned[i]);
+    free(s.owned);
+    free(s.scores);
+    free(s.v.tokens);
+    free(s.v.types);
+    free(s.v.pads);
+    cJSON_Delete(tok);
+    free(json_path);
+    spm_model_free(&m);
+    return rc;
+}
+
+/* The converter's set_vocab: Llama and Qwen2 read tokenizer.model when there is one
+ * (_set_vocab_sentencepiece), else tokenizer.json's byte-level BPE; GPT-2 only the latter. */
+static int tokenizer_kvs(kv_builder *b, const char *dir, const cJSON *cfg, const arch_def *a,
+                         hparams *hp, acem_error *err) {
+    char *spm = a->gpt2 ? NULL : acem_path_join(dir, "tokenizer.model", err);
+    char *json = acem_path_join(dir, "tokenizer.json", err);
+    int rc = -1;
+    if (json && (a->gpt2 || spm))
+        rc = spm && access(spm, F_OK) == 0 ? spm_kvs(b, dir, spm, cfg, hp, err)
+             : access(json, F_OK) == 0     ? bpe_kvs(b, dir, json, cfg, hp, err)
+                                           : acem_fail(err, "%s: no tokenizer.json%s", dir,
+                                                   a->gpt2 ? "" : " or tokenizer.model");
+    free(spm);
+    free(json);
     return rc;
 }
 
@@ -713,7 +867,7 @@ static int convert(hf_gguf *h, const char *dir, const char *cfg_path, const cJSO
     kv_string(&b, "general.architecture", a->arch);
     if ((a->gpt2 ? gpt2_kvs(&b, cfg_path, cfg, &hp, err)
                  : llama_kvs(&b, cfg_path, cfg, a, &hp, err)) ||
-        b.failed || tokenizer_kvs(&b, dir, cfg, &hp, err) || b.failed)
+        b.failed || tokenizer_kvs(&b, dir, cfg, a, &hp, err) || b.failed)
         return -1;
     h->kv.kv_at[h->kv.n_meta] = h->kv.kv_len;
     h->kv.alignment = ACEM_GGUF_ALIGNMENT;
