@@ -20,7 +20,11 @@ into GGUF as F32, F16 (the Llama) and llama-quantize's Q4_K_M (Llama and GPT-2).
 - The tokenizer keys: llama.cpp's tokenisation of a text sample equals an independent Python
   byte-level BPE (GPT-2's encoder.py algorithm, python3-regex for the pre-tokeniser), and the
   special ids, add_bos_token and chat template are those of the files.
-- Refusals: another model_type, a SentencePiece-only tokenizer, one line each.
+- SentencePiece: the Llama with a tokenizer.model (BPE and unigram, trained here by
+  python3-sentencepiece on Debian's Apache-2.0 text, byte fallback), F32 and Q4_K_M: the keys
+  equal sentencepiece's accessors mapped as the converter maps them, llama.cpp's tokenisation
+  equals SentencePieceProcessor.encode; malformed tokenizer.model files refused in one line.
+- Refusals: another model_type, no tokenizer file, one line each.
 - Peak RSS of a larger HF-to-GGUF merge (Q4_K_M, permuted q/k) against its inputs.
 
 usage: /usr/bin/python3 tests/test_hf_gguf.py PATH_TO_acem
