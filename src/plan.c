@@ -310,7 +310,8 @@ static int open_mix(plan *p, const acem_checkpoint *base, const acem_merge_optio
 static int open_hf(plan *p, const acem_checkpoint *base, const acem_merge_options *o, bool slices,
                    acem_error *err) {
     if (!(p->hf = acem_alloc(1, sizeof *p->hf, "the GGUF conversion", err))) return -1;
-    int rc = hf_gguf_open(p->hf, acem_checkpoint_path(base), base, err); /* a resolved id too */
+    int rc =
+        hf_gguf_open(p->hf, acem_checkpoint_path(base), o->out, base, err); /* a resolved id too */
     if (rc <= 0) {
         free(p->hf);
         p->hf = NULL;

@@ -462,7 +462,8 @@ def test_llama(d):
     q_hf = merged["model.layers.0.self_attn.q_proj.weight"]
     check("llama: attn_q holds q_proj with LlamaModel.permute's row order",
           np.allclose(q, perm, rtol=1e-6, atol=1e-7) and not np.allclose(q, q_hf, rtol=1e-2))
-    want_kv = {"general.architecture": "llama", "llama.block_count": LAYERS,
+    want_kv = {"general.architecture": "llama", "general.type": "model", "general.name": "f32",
+               "llama.block_count": LAYERS,
                "llama.context_length": 64, "llama.embedding_length": E,
                "llama.feed_forward_length": FF, "llama.attention.head_count": HEADS,
                "llama.attention.head_count_kv": KV_HEADS, "llama.vocab_size": V,

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #define JSON_MAX_BYTES (256ULL << 20) /* tokenizer.json of a 256k vocabulary is ~20 MB */
@@ -848,8 +849,26 @@ static int tokenizer_kvs(kv_builder *b, const char *dir, const cJSON *cfg, const
 
 /* ---- all of it ------------------------------------------------------------------------- */
 
-static int convert(hf_gguf *h, const char *dir, const char *cfg_path, const cJSON *cfg,
-                   const acem_checkpoint *base, acem_error *err) {
+/* general.type and general.name: the converter names the model after its directory when no
+ * model card or --model-name says otherwise (prepare_metadata); the merged model's is the
+ * output's file name without ".gguf". The model card heuristics (basename, size_label,
+ * finetune, license, ...) are not re-implemented. */
+static void general_kvs(kv_builder *b, const char *out_path, acem_error *err) {
+    const char *slash = strrchr(out_path, '/');
+    char *name = acem_strdup(slash ? slash + 1 : out_path, err);
+    if (!name) {
+        b->failed = 1;
+        return;
+    }
+    size_t n = strlen(name);
+    if (n > 5 && !strcasecmp(name + n - 5, ".gguf")) name[n - 5] = 0;
+    kv_string(b, "general.type", "model");
+    kv_string(b, "general.name", name);
+    free(name);
+}
+
+static int convert(hf_gguf *h, const char *dir, const char *cfg_path, const char *out_path,
+                   const cJSON *cfg, const acem_checkpoint *base, acem_error *err) {
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(cfg, "model_type");
     const arch_def *a = NULL;
     for (size_t i = 0; cJSON_IsString(mt) && i < sizeof arches / sizeof *arches; i++)
@@ -865,6 +884,7 @@ static int convert(hf_gguf *h, const char *dir, const char *cfg_path, const cJSO
     hparams hp = {0};
     if (count_of(cfg_path, cfg, KEYS("vocab_size"), false, &hp.vocab, err)) return -1;
     kv_string(&b, "general.architecture", a->arch);
+    general_kvs(&b, out_path, err);
     if ((a->gpt2 ? gpt2_kvs(&b, cfg_path, cfg, &hp, err)
                  : llama_kvs(&b, cfg_path, cfg, a, &hp, err)) ||
         b.failed || tokenizer_kvs(&b, dir, cfg, a, &hp, err) || b.failed)
@@ -883,7 +903,8 @@ static int convert(hf_gguf *h, const char *dir, const char *cfg_path, const cJSO
     return 0;
 }
 
-int hf_gguf_open(hf_gguf *h, const char *dir, const acem_checkpoint *base, acem_error *err) {
+int hf_gguf_open(hf_gguf *h, const char *dir, const char *out_path, const acem_checkpoint *base,
+                 acem_error *err) {
     memset(h, 0, sizeof *h);
     if (!acem_is_dir(dir)) return 0;
     char *cfg_path = acem_path_join(dir, "config.json", err);
@@ -893,7 +914,7 @@ int hf_gguf_open(hf_gguf *h, const char *dir, const acem_checkpoint *base, acem_
         return 0;
     }
     cJSON *cfg = read_json(cfg_path, err);
-    int rc = cfg && convert(h, dir, cfg_path, cfg, base, err) == 0 ? 1 : -1;
+    int rc = cfg && convert(h, dir, cfg_path, out_path, cfg, base, err) == 0 ? 1 : -1;
     cJSON_Delete(cfg);
     free(cfg_path);
     if (rc < 0) hf_gguf_free(h);

@@ -18,10 +18,12 @@ typedef struct hf_gguf {
     st_header kv; /* the key-values, encoded as a GGUF stores them (kv_raw, kv_at, meta_*) */
 } hf_gguf;
 
-/* For a GGUF output of the Hugging Face directory `dir` (holding config.json): 1 with h filled,
- * 0 when dir is not such a directory (a file, or no config.json), -1 with err for a model_type
- * acem does not convert, a tensor without a llama.cpp name, or a tokenizer it cannot read. */
-int hf_gguf_open(hf_gguf *h, const char *dir, const acem_checkpoint *base, acem_error *err);
+/* For the GGUF output out_path of the Hugging Face directory `dir` (holding config.json): 1
+ * with h filled, 0 when dir is not such a directory (a file, or no config.json), -1 with err
+ * for a model_type acem does not convert, a tensor without a llama.cpp name, or a tokenizer it
+ * cannot read. */
+int hf_gguf_open(hf_gguf *h, const char *dir, const char *out_path, const acem_checkpoint *base,
+                 acem_error *err);
 void hf_gguf_free(hf_gguf *h);
 
 #endif
