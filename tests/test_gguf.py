@@ -415,7 +415,7 @@ def test_quantised_outputs(d):
 
 
 def test_kquant_outputs(d):
-    """--dtype q4_k / q5_k / q6_k against tests/oracle/kquant_np.py (ggml's reference quantisers in
+    """--dtype q2_k / q3_k / q4_k / q5_k / q6_k / q8_k against tests/oracle/kquant_np.py (ggml's reference quantisers in
     float32 numpy): identical blocks, on rows of 256 and 512 values with outliers, a block of
     zeros and a block with one non-zero sub-block; 1-D tensors and rows that do not split
     into 256 stay F32."""
@@ -441,7 +441,10 @@ def test_kquant_outputs(d):
     want = {n: t.to_f64().astype(np.float32).reshape(t.shape) for n, t in st.read_file(ref)[0].items()}
     for q, gt, oracle, loose in (("q4_k", G.GGML_Q4_K, KQ.quantize_q4_k, 1 / 12),
                                  ("q5_k", G.GGML_Q5_K, KQ.quantize_q5_k, 1 / 24),
-                                 ("q6_k", G.GGML_Q6_K, KQ.quantize_q6_k, 1 / 48)):
+                                 ("q6_k", G.GGML_Q6_K, KQ.quantize_q6_k, 1 / 48),
+                                 ("q2_k", G.GGML_Q2_K, KQ.quantize_q2_k, 1 / 2),
+                                 ("q3_k", G.GGML_Q3_K, KQ.quantize_q3_k, 1 / 5),
+                                 ("q8_k", G.GGML_Q8_K, KQ.quantize_q8_k, 1 / 250)):
         out = os.path.join(d, "kq-%s.gguf" % q)
         r = merge(paths[0], paths[1:], "ties", out, "--dtype", q)
         if r.returncode:
@@ -483,7 +486,8 @@ def mix_shapes(tied=False):
 
 def oracle_blocks(name, x):
     """The numpy oracle's bytes of x as type `name`."""
-    kq = {"Q4_K": KQ.quantize_q4_k, "Q5_K": KQ.quantize_q5_k, "Q6_K": KQ.quantize_q6_k}
+    kq = {"Q4_K": KQ.quantize_q4_k, "Q5_K": KQ.quantize_q5_k, "Q6_K": KQ.quantize_q6_k,
+          "Q2_K": KQ.quantize_q2_k, "Q3_K": KQ.quantize_q3_k}
     if name in kq:
         return kq[name](x.ravel())
     if name in ("F16", "F32"):

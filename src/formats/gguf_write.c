@@ -119,7 +119,8 @@ static int64_t ftype_of(uint32_t type) {
         {30 /* BF16 */, 32 /* BF16 */},      {2 /* Q4_0 */, 2 /* MOSTLY_Q4_0 */},
         {8 /* Q8_0 */, 7 /* Q8_0 */},        {12 /* Q4_K */, 15 /* MOSTLY_Q4_K_M */},
         {6 /* Q5_0 */, 8 /* MOSTLY_Q5_0 */}, {7 /* Q5_1 */, 9 /* MOSTLY_Q5_1 */},
-        {13 /* Q5_K */, 17 /* Q5_K_M */},    {14 /* Q6_K */, 18 /* MOSTLY_Q6_K */}};
+        {13 /* Q5_K */, 17 /* Q5_K_M */},    {14 /* Q6_K */, 18 /* MOSTLY_Q6_K */},
+        {10 /* Q2_K */, 10 /* MOSTLY_Q2_K */}, {11 /* Q3_K */, 12 /* MOSTLY_Q3_K_M */}};
     for (size_t i = 0; i < sizeof ftypes / sizeof *ftypes; i++)
         if (ftypes[i][0] == type) return ftypes[i][1];
     return -1;
