@@ -279,7 +279,11 @@ static int parse_flags(int argc, char **argv, flags *f) {
         case O_DTYPE:
             f->out_type = acem_out_type_parse(optarg);
             if (f->out_type == ACEM_OUT_INVALID) {
-                cli_error("--dtype: unknown type \"%s\"", optarg);
+                const char *why = acem_out_type_refused(optarg);
+                if (why)
+                    cli_error("--dtype %s: %s", optarg, why);
+                else
+                    cli_error("--dtype: unknown type \"%s\"", optarg);
                 return -1;
             }
             break;

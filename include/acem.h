@@ -108,6 +108,9 @@ typedef enum acem_out_type {
 /* "f16", "bf16", "float32", "q4_k", "Q8_0", "q4_k_m", ... as a user types them;
  * ACEM_OUT_INVALID if unknown. */
 acem_out_type acem_out_type_parse(const char *s);
+/* Why a name acem_out_type_parse does not take is refused, for the mixes llama-quantize
+ * itself runs only with an importance matrix (Q2_K_S); NULL for other names. */
+const char *acem_out_type_refused(const char *s);
 const char *acem_out_type_name(acem_out_type t); /* "F16", "Q4_K", ...; "as the base" */
 /* The float type an output type stores, or ACEM_DT_NONE for a block type / KEEP. */
 acem_dtype acem_out_type_dtype(acem_out_type t);

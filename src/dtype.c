@@ -284,12 +284,8 @@ static const struct {
 
 /* llama-quantize's names of the mix-only values. */
 static const char *const mix_names[ACEM_OUT_COUNT] = {
-    [ACEM_OUT_Q4_K_S] = "Q4_K_S",
-    [ACEM_OUT_Q4_K_M] = "Q4_K_M",
-    [ACEM_OUT_Q5_K_S] = "Q5_K_S",
-    [ACEM_OUT_Q5_K_M] = "Q5_K_M",
-    [ACEM_OUT_Q3_K_S] = "Q3_K_S",
-    [ACEM_OUT_Q3_K_M] = "Q3_K_M",
+    [ACEM_OUT_Q4_K_S] = "Q4_K_S", [ACEM_OUT_Q4_K_M] = "Q4_K_M", [ACEM_OUT_Q5_K_S] = "Q5_K_S",
+    [ACEM_OUT_Q5_K_M] = "Q5_K_M", [ACEM_OUT_Q3_K_S] = "Q3_K_S", [ACEM_OUT_Q3_K_M] = "Q3_K_M",
     [ACEM_OUT_Q3_K_L] = "Q3_K_L",
 };
 
@@ -330,4 +326,13 @@ acem_out_type acem_out_type_parse(const char *s) {
             return (acem_out_type)t;
     }
     return ACEM_OUT_INVALID;
+}
+
+/* llama-quantize's mixes acem does not write, and why: Q2_K_S quantises its Q2_K tensors with
+ * an importance matrix only (src/llama-quant.cpp, tensor_requires_imatrix). */
+const char *acem_out_type_refused(const char *s) {
+    if (strcasecmp(s, "Q2_K_S") == 0)
+        return "llama-quantize's Q2_K_S needs an importance matrix (it refuses to run without "
+               "one) and acem quantises without one; Q2_K is the mix without";
+    return NULL;
 }

@@ -259,9 +259,9 @@ static int ffn_down_type(const llama_quant *q, const acem_tensor *t, acem_quant 
     if (q->ftype == ACEM_FTYPE_Q2_K)
         *type = ACEM_QUANT_Q3_K;
     else if (q->ftype == ACEM_FTYPE_Q3_K_M)
-        *type = i < n / 16                            ? ACEM_QUANT_Q5_K
+        *type = i < n / 16                          ? ACEM_QUANT_Q5_K
                 : !q->falcon || use_more_bits(i, n) ? ACEM_QUANT_Q4_K
-                                                      : ACEM_QUANT_Q3_K;
+                                                    : ACEM_QUANT_Q3_K;
     else if (q->ftype == ACEM_FTYPE_Q3_K_L)
         *type = q->falcon ? ACEM_QUANT_Q4_K : ACEM_QUANT_Q5_K;
     else if (q->ftype == ACEM_FTYPE_Q4_K_M && q->falcon)

@@ -253,9 +253,8 @@ int64_t acem_quant_first_nonfinite(acem_quant q, const void *blocks, size_t n_bl
     /* The integer codes are finite: a value is NaN/Inf exactly when a scale is (Q8_K's is
      * a float32). */
     for (size_t i = 0; i < n_blocks; i++, b += bb) {
-        bool bad = q == ACEM_QUANT_Q8_K
-                       ? !isfinite(f32_at(b))
-                       : (b[at + 1] & 0x7C) == 0x7C || (b[at2 + 1] & 0x7C) == 0x7C;
+        bool bad = q == ACEM_QUANT_Q8_K ? !isfinite(f32_at(b))
+                                        : (b[at + 1] & 0x7C) == 0x7C || (b[at2 + 1] & 0x7C) == 0x7C;
         if (bad) return (int64_t)(i * quant_table[q].block_elems);
     }
     return -1;
