@@ -51,14 +51,16 @@ static void print_help(FILE *to) {
         "                             llama, clip-vit\n"
         "      --dtype D              output dtype of float tensors: f32, f16, bf16, f64\n"
         "                             (default: as the base); with a .gguf output also\n"
-        "                             q8_0, q4_0, q5_0, q5_1, q4_k, q5_k or q6_k (tensors of 2+\n"
-        "                             axes whose rows split into the type's 32- or 256-value\n"
-        "                             blocks); a .gguf output keeps 1-D tensors and norms F32\n"
+        "                             q8_0, q4_0, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k or\n"
+        "                             q8_k (tensors of 2+ axes whose rows split into the\n"
+        "                             type's 32- or 256-value blocks); a .gguf output keeps\n"
+        "                             1-D tensors and norms F32\n"
         "                             under f16, bf16 and block types, as llama.cpp does;\n"
         "                             llama-quantize's mixes Q4_K_M, Q4_K_S, Q5_K_M, Q5_K_S,\n"
-        "                             Q6_K, Q8_0, Q4_0 on a GGUF base with llama.cpp's\n"
-        "                             architecture keys: each tensor's type as llama-quantize\n"
-        "                             picks it (docs/formats.md)\n"
+        "                             Q6_K, Q8_0, Q4_0, Q2_K, Q3_K_S, Q3_K_M (Q3_K), Q3_K_L\n"
+        "                             on a GGUF base with llama.cpp's architecture keys:\n"
+        "                             each tensor's type as llama-quantize picks it\n"
+        "                             (docs/formats.md)\n"
         "      --precision P          compute precision f32 (default, as the ACE reference) or "
         "f64\n"
         "      --covariance-axis A    stored (default, as the ACE reference): covariances over "
@@ -279,7 +281,11 @@ static int parse_flags(int argc, char **argv, flags *f) {
         case O_DTYPE:
             f->out_type = acem_out_type_parse(optarg);
             if (f->out_type == ACEM_OUT_INVALID) {
-                cli_error("--dtype: unknown type \"%s\"", optarg);
+                const char *why = acem_out_type_refused(optarg);
+                if (why)
+                    cli_error("--dtype %s: %s", optarg, why);
+                else
+                    cli_error("--dtype: unknown type \"%s\"", optarg);
                 return -1;
             }
             break;

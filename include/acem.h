@@ -64,6 +64,9 @@ typedef enum acem_quant {
     ACEM_QUANT_Q5_K, /* as Q4_K with 5-bit codes */
     ACEM_QUANT_Q5_0, /* 32 values: f16 d, 32 fifth bits, 16 bytes of nibbles; x = (q - 16) * d */
     ACEM_QUANT_Q5_1, /* 32 values: f16 d, f16 m, fifth bits, nibbles; x = q * d + m */
+    ACEM_QUANT_Q2_K, /* 256 values in 16 sub-blocks with 4-bit scales and mins; 2-bit codes */
+    ACEM_QUANT_Q3_K, /* 256 values in 16 sub-blocks with 6-bit scales; 3-bit codes */
+    ACEM_QUANT_Q8_K, /* 256 values: f32 d, 256 int8, 16 int16 sums; x = q * d */
     ACEM_QUANT_COUNT
 } acem_quant;
 
@@ -86,12 +89,18 @@ typedef enum acem_out_type {
     ACEM_OUT_Q6_K,
     ACEM_OUT_Q5_0,
     ACEM_OUT_Q5_1,
+    ACEM_OUT_Q2_K,
+    ACEM_OUT_Q3_K,
+    ACEM_OUT_Q8_K,
     /* llama-quantize's mixes (see acem_out_type_mix): an option value only, which the plan
      * turns into each tensor's type; never the type of a tensor. */
     ACEM_OUT_Q4_K_S,
     ACEM_OUT_Q4_K_M,
     ACEM_OUT_Q5_K_S,
     ACEM_OUT_Q5_K_M,
+    ACEM_OUT_Q3_K_S,
+    ACEM_OUT_Q3_K_M,
+    ACEM_OUT_Q3_K_L,
     ACEM_OUT_COUNT,
     ACEM_OUT_INVALID = -1
 } acem_out_type;
@@ -99,6 +108,9 @@ typedef enum acem_out_type {
 /* "f16", "bf16", "float32", "q4_k", "Q8_0", "q4_k_m", ... as a user types them;
  * ACEM_OUT_INVALID if unknown. */
 acem_out_type acem_out_type_parse(const char *s);
+/* Why a name acem_out_type_parse does not take is refused, for the mixes llama-quantize
+ * itself runs only with an importance matrix (Q2_K_S); NULL for other names. */
+const char *acem_out_type_refused(const char *s);
 const char *acem_out_type_name(acem_out_type t); /* "F16", "Q4_K", ...; "as the base" */
 /* The float type an output type stores, or ACEM_DT_NONE for a block type / KEEP. */
 acem_dtype acem_out_type_dtype(acem_out_type t);
@@ -114,6 +126,10 @@ typedef enum acem_llama_ftype {
     ACEM_FTYPE_NONE = 0,
     ACEM_FTYPE_Q4_0 = 2, /* LLAMA_FTYPE_MOSTLY_Q4_0 */
     ACEM_FTYPE_Q8_0 = 7, /* LLAMA_FTYPE_MOSTLY_Q8_0 */
+    ACEM_FTYPE_Q2_K = 10,
+    ACEM_FTYPE_Q3_K_S = 11,
+    ACEM_FTYPE_Q3_K_M = 12,
+    ACEM_FTYPE_Q3_K_L = 13,
     ACEM_FTYPE_Q4_K_S = 14,
     ACEM_FTYPE_Q4_K_M = 15,
     ACEM_FTYPE_Q5_K_S = 16,

@@ -690,7 +690,9 @@ static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
         acem_out_type *t = !strcmp(k, "dtype") ? &x->dtype : &x->out_dtype;
         if (!(s = scalar(x, v, k))) return -1;
         if ((*t = acem_out_type_parse(s)) == ACEM_OUT_INVALID)
-            return acem_fail(x->err, "%s: unknown %s \"%s\"", x->path, k, s);
+            return acem_out_type_refused(s)
+                       ? acem_fail(x->err, "%s: %s %s: %s", x->path, k, s, acem_out_type_refused(s))
+                       : acem_fail(x->err, "%s: unknown %s \"%s\"", x->path, k, s);
         return 0;
     }
     if (!strcmp(k, "precision")) {

@@ -269,18 +269,24 @@ static const struct {
     [ACEM_OUT_Q6_K] = {ACEM_DT_NONE, ACEM_QUANT_Q6_K, ACEM_FTYPE_Q6_K, false},
     [ACEM_OUT_Q5_0] = {ACEM_DT_NONE, ACEM_QUANT_Q5_0, ACEM_FTYPE_NONE, false},
     [ACEM_OUT_Q5_1] = {ACEM_DT_NONE, ACEM_QUANT_Q5_1, ACEM_FTYPE_NONE, false},
+    [ACEM_OUT_Q2_K] = {ACEM_DT_NONE, ACEM_QUANT_Q2_K, ACEM_FTYPE_Q2_K, false},
+    /* llama-quantize's Q3_K is its alias for Q3_K_M */
+    [ACEM_OUT_Q3_K] = {ACEM_DT_NONE, ACEM_QUANT_Q3_K, ACEM_FTYPE_Q3_K_M, false},
+    [ACEM_OUT_Q8_K] = {ACEM_DT_NONE, ACEM_QUANT_Q8_K, ACEM_FTYPE_NONE, false},
     [ACEM_OUT_Q4_K_S] = {ACEM_DT_NONE, ACEM_QUANT_Q4_K, ACEM_FTYPE_Q4_K_S, true},
     [ACEM_OUT_Q4_K_M] = {ACEM_DT_NONE, ACEM_QUANT_Q4_K, ACEM_FTYPE_Q4_K_M, true},
     [ACEM_OUT_Q5_K_S] = {ACEM_DT_NONE, ACEM_QUANT_Q5_K, ACEM_FTYPE_Q5_K_S, true},
     [ACEM_OUT_Q5_K_M] = {ACEM_DT_NONE, ACEM_QUANT_Q5_K, ACEM_FTYPE_Q5_K_M, true},
+    [ACEM_OUT_Q3_K_S] = {ACEM_DT_NONE, ACEM_QUANT_Q3_K, ACEM_FTYPE_Q3_K_S, true},
+    [ACEM_OUT_Q3_K_M] = {ACEM_DT_NONE, ACEM_QUANT_Q3_K, ACEM_FTYPE_Q3_K_M, true},
+    [ACEM_OUT_Q3_K_L] = {ACEM_DT_NONE, ACEM_QUANT_Q3_K, ACEM_FTYPE_Q3_K_L, true},
 };
 
 /* llama-quantize's names of the mix-only values. */
 static const char *const mix_names[ACEM_OUT_COUNT] = {
-    [ACEM_OUT_Q4_K_S] = "Q4_K_S",
-    [ACEM_OUT_Q4_K_M] = "Q4_K_M",
-    [ACEM_OUT_Q5_K_S] = "Q5_K_S",
-    [ACEM_OUT_Q5_K_M] = "Q5_K_M",
+    [ACEM_OUT_Q4_K_S] = "Q4_K_S", [ACEM_OUT_Q4_K_M] = "Q4_K_M", [ACEM_OUT_Q5_K_S] = "Q5_K_S",
+    [ACEM_OUT_Q5_K_M] = "Q5_K_M", [ACEM_OUT_Q3_K_S] = "Q3_K_S", [ACEM_OUT_Q3_K_M] = "Q3_K_M",
+    [ACEM_OUT_Q3_K_L] = "Q3_K_L",
 };
 
 static bool valid(acem_out_type t) { return t > ACEM_OUT_KEEP && t < ACEM_OUT_COUNT; }
@@ -320,4 +326,13 @@ acem_out_type acem_out_type_parse(const char *s) {
             return (acem_out_type)t;
     }
     return ACEM_OUT_INVALID;
+}
+
+/* llama-quantize's mixes acem does not write, and why: Q2_K_S quantises its Q2_K tensors with
+ * an importance matrix only (src/llama-quant.cpp, tensor_requires_imatrix). */
+const char *acem_out_type_refused(const char *s) {
+    if (strcasecmp(s, "Q2_K_S") == 0)
+        return "llama-quantize's Q2_K_S needs an importance matrix (it refuses to run without "
+               "one) and acem quantises without one; Q2_K is the mix without";
+    return NULL;
 }

@@ -287,6 +287,12 @@ def random_kquant(rng, gtype, shape):
     d = rng.uniform(0.001, 0.01, size=(n, 2)).astype("<f2").view(np.uint8)
     if gtype in (G.GGML_Q4_K, G.GGML_Q5_K):
         raw[:, 0:4] = d
+    elif gtype == G.GGML_Q2_K:
+        raw[:, 80:84] = d
+    elif gtype == G.GGML_Q3_K:
+        raw[:, 108:110] = d[:, :2]
+    elif gtype == G.GGML_Q8_K:  # a float32 d
+        raw[:, 0:4] = rng.uniform(0.001, 0.01, size=n).astype("<f4").view(np.uint8).reshape(n, 4)
     else:
         raw[:, 208:210] = d[:, :2]
     return (shape, raw.tobytes())
@@ -297,7 +303,9 @@ def test_quantised_inputs(d):
     qshapes = [("q8", (8, 64), G.GGML_Q8_0), ("q4", (8, 64), G.GGML_Q4_0),
                ("q4k", (4, 256), G.GGML_Q4_K), ("q6k", (2, 512), G.GGML_Q6_K),
                ("q5k", (3, 256), G.GGML_Q5_K), ("q50", (8, 64), G.GGML_Q5_0),
-               ("q51", (8, 64), G.GGML_Q5_1), ("norm", (64,), G.GGML_F32)]
+               ("q51", (8, 64), G.GGML_Q5_1), ("q2k", (2, 256), G.GGML_Q2_K),
+               ("q3k", (2, 512), G.GGML_Q3_K), ("q8k", (1, 256), G.GGML_Q8_K),
+               ("norm", (64,), G.GGML_F32)]
     paths, inputs = [], []
     for t in range(3):
         ts = []
@@ -317,7 +325,8 @@ def test_quantised_inputs(d):
             want = G.values(inputs[0][n]).astype(np.float32)
             if got[n].tobytes() != want.tobytes():
                 ok, detail = False, "%s: max |diff| %g" % (n, np.max(np.abs(got[n] - want)))
-    check("Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K tensors dequantise bit for bit as the numpy "
+    check("Q8_0, Q4_0, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K tensors dequantise bit for "
+          "bit as the numpy "
           "oracle", ok,
           detail)
     r = acem("inspect", paths[0])
@@ -408,14 +417,14 @@ def test_quantised_outputs(d):
     r = merge(b[1], [e[1] for e in es], "ties", os.path.join(d, "x.safetensors"), "--dtype", "q8_0")
     check("--dtype q8_0 with a safetensors output is refused", r.returncode != 0
           and "gguf" in r.stderr and not os.path.exists(os.path.join(d, "x.safetensors")), r.stderr)
-    r = merge(b[1], [e[1] for e in es], "ties", os.path.join(d, "x.gguf"), "--dtype", "q3_k")
-    check("--dtype q3_k (not a type acem writes) is refused", r.returncode != 0
+    r = merge(b[1], [e[1] for e in es], "ties", os.path.join(d, "x.gguf"), "--dtype", "q4_1")
+    check("--dtype q4_1 (not a type acem writes) is refused", r.returncode != 0
           and not os.path.exists(os.path.join(d, "x.gguf")), r.stderr)
     test_kquant_outputs(d)
 
 
 def test_kquant_outputs(d):
-    """--dtype q4_k / q5_k / q6_k against tests/oracle/kquant_np.py (ggml's reference quantisers in
+    """--dtype q2_k / q3_k / q4_k / q5_k / q6_k / q8_k against tests/oracle/kquant_np.py (ggml's reference quantisers in
     float32 numpy): identical blocks, on rows of 256 and 512 values with outliers, a block of
     zeros and a block with one non-zero sub-block; 1-D tensors and rows that do not split
     into 256 stay F32."""
@@ -441,7 +450,10 @@ def test_kquant_outputs(d):
     want = {n: t.to_f64().astype(np.float32).reshape(t.shape) for n, t in st.read_file(ref)[0].items()}
     for q, gt, oracle, loose in (("q4_k", G.GGML_Q4_K, KQ.quantize_q4_k, 1 / 12),
                                  ("q5_k", G.GGML_Q5_K, KQ.quantize_q5_k, 1 / 24),
-                                 ("q6_k", G.GGML_Q6_K, KQ.quantize_q6_k, 1 / 48)):
+                                 ("q6_k", G.GGML_Q6_K, KQ.quantize_q6_k, 1 / 48),
+                                 ("q2_k", G.GGML_Q2_K, KQ.quantize_q2_k, 1 / 2),
+                                 ("q3_k", G.GGML_Q3_K, KQ.quantize_q3_k, 1 / 5),
+                                 ("q8_k", G.GGML_Q8_K, KQ.quantize_q8_k, 1 / 250)):
         out = os.path.join(d, "kq-%s.gguf" % q)
         r = merge(paths[0], paths[1:], "ties", out, "--dtype", q)
         if r.returncode:
@@ -483,7 +495,8 @@ def mix_shapes(tied=False):
 
 def oracle_blocks(name, x):
     """The numpy oracle's bytes of x as type `name`."""
-    kq = {"Q4_K": KQ.quantize_q4_k, "Q5_K": KQ.quantize_q5_k, "Q6_K": KQ.quantize_q6_k}
+    kq = {"Q4_K": KQ.quantize_q4_k, "Q5_K": KQ.quantize_q5_k, "Q6_K": KQ.quantize_q6_k,
+          "Q2_K": KQ.quantize_q2_k, "Q3_K": KQ.quantize_q3_k}
     if name in kq:
         return kq[name](x.ravel())
     if name in ("F16", "F32"):
@@ -500,9 +513,11 @@ def test_llama_mixes(d):
     for tied in (False, True):
         shapes, tag = mix_shapes(tied), "tied" if tied else "untied"
         paths = []
+        # tied: 4 heads over 1 KV head, n_gqa 4 (Q2_K's attn_v rule)
+        mix_kv = MIX_KV[:3] + [("llama.attention.head_count_kv", G.U32, 1 if tied else 2)]
         for t in range(3):
             paths.append(os.path.join(d, "mix-%s-%d.gguf" % (tag, t)))
-            G.write(paths[-1], MIX_KV, [(n, G.GGML_F32, 0.1 * rng.standard_normal(s))
+            G.write(paths[-1], mix_kv, [(n, G.GGML_F32, 0.1 * rng.standard_normal(s))
                                          for n, s in shapes])
         ref = os.path.join(d, "mix-%s-f32.gguf" % tag)
         r = merge(paths[0], paths[1:], "task_arithmetic", ref, "--dtype", "f32")
@@ -510,10 +525,10 @@ def test_llama_mixes(d):
             check("%s F32 reference merge" % tag, False, r.stderr)
             continue
         want = {n: G.values(t).astype(np.float32) for n, t in G.read(ref)[2].items()}
-        kv = {k: v for k, _, v in MIX_KV}
-        for mix in (["Q4_K_M"] if tied else list(LQ.FTYPES)):
+        kv = {k: v for k, _, v in mix_kv}
+        for mix in (["Q4_K_M", "Q2_K"] if tied else list(LQ.FTYPES)):
             out = os.path.join(d, "mix-%s-%s.gguf" % (tag, mix))
-            spelled = mix.lower() if mix in ("Q4_K_M", "Q8_0") else mix
+            spelled = mix.lower() if mix in ("Q4_K_M", "Q8_0", "Q3_K") else mix
             r = merge(paths[0], paths[1:], "task_arithmetic", out, "--dtype", spelled)
             if r.returncode:
                 check("--dtype %s (%s embeddings)" % (spelled, tag), False, r.stderr)
@@ -527,7 +542,7 @@ def test_llama_mixes(d):
                   types == expect, {n: (types.get(n), expect[n]) for n in expect
                                     if types.get(n) != expect[n]})
             check("--dtype %s: general.file_type %d (LLAMA_FTYPE_MOSTLY_%s)" % (
-                spelled, LQ.FTYPES[mix], mix), got_kv.get("general.file_type") == (G.U32, LQ.FTYPES[mix]),
+                spelled, LQ.FTYPES[mix], LQ.ALIAS.get(mix, mix)), got_kv.get("general.file_type") == (G.U32, LQ.FTYPES[mix]),
                 got_kv.get("general.file_type"))
             if types != expect:
                 continue
@@ -553,6 +568,11 @@ def test_llama_mixes(d):
               os.path.join(d, "mix-st.gguf"), "--dtype", "q4_k_m")
     check("--dtype Q4_K_M on a base without llama.cpp's architecture keys is refused",
           r.returncode != 0 and "architecture" in r.stderr, r.stderr)
+    r = merge(paths[0], paths[1:], "task_arithmetic", os.path.join(d, "mix-q2ks.gguf"), "--dtype",
+              "Q2_K_S")
+    check("--dtype Q2_K_S (llama-quantize refuses it without an importance matrix) is refused "
+          "with one line", r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
+          and "importance matrix" in r.stderr, r.stderr)
 
 
 def ulp16(x):

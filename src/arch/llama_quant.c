@@ -178,6 +178,7 @@ int llama_quant_init(llama_quant *q, const llama_model_view *base, acem_out_type
                        .n_expert = (int)n_expert,
                        .falcon = strcmp(arch, "falcon") == 0,
                        .is_70b = is_70b(arch, n_layer, n_head, n_head_kv),
+                       .n_gqa = n_head_kv > 0 ? (int)(n_head / n_head_kv) : 0,
                        .tied = true};
     q->default_type = acem_out_type_quant(mix);
     for (size_t i = 0; i < base->n; i++) { /* init_quantize_state_counters */
@@ -208,15 +209,42 @@ static bool ftype_is(const llama_quant *q, acem_llama_ftype a, acem_llama_ftype 
     return q->ftype == a || q->ftype == b;
 }
 
+/* attn_v (and attn_qkv, attn_kv_b, which share its branch and counter). */
 static acem_quant attn_v_type(const llama_quant *q, const acem_tensor *t) {
     acem_quant type = q->default_type;
     int i = visits_before(q, t, true);
-    if (ftype_is(q, ACEM_FTYPE_Q4_K_M, ACEM_FTYPE_Q5_K_M) && use_more_bits(i, q->n_attention_wv))
+    if (q->ftype == ACEM_FTYPE_Q2_K)
+        type = q->n_gqa >= 4 ? ACEM_QUANT_Q4_K : ACEM_QUANT_Q3_K;
+    else if (q->ftype == ACEM_FTYPE_Q3_K_M)
+        type = i < 2 ? ACEM_QUANT_Q5_K : ACEM_QUANT_Q4_K;
+    else if (q->ftype == ACEM_FTYPE_Q3_K_L)
+        type = ACEM_QUANT_Q5_K;
+    else if (ftype_is(q, ACEM_FTYPE_Q4_K_M, ACEM_FTYPE_Q5_K_M) &&
+             use_more_bits(i, q->n_attention_wv))
         type = ACEM_QUANT_Q6_K;
     else if (q->ftype == ACEM_FTYPE_Q4_K_S && i < 4)
         type = ACEM_QUANT_Q5_K;
-    if (q->is_70b && type == ACEM_QUANT_Q4_K) type = ACEM_QUANT_Q5_K; /* 8 heads share attn_v */
+    /* 70B: 8 heads share attn_v */
+    if (q->is_70b && (type == ACEM_QUANT_Q3_K || type == ACEM_QUANT_Q4_K)) type = ACEM_QUANT_Q5_K;
     return q->n_expert == 8 ? ACEM_QUANT_Q8_0 : type;
+}
+
+/* attn_output: with 8 experts Q5_K for the 2- to 4-bit mixes (not Q3_K_L), else more bits
+ * for Q2_K, Q3_K_M and Q3_K_L; Falcon only for Q3_K_L. */
+static acem_quant attn_output_type(const llama_quant *q) {
+    if (q->falcon) return q->ftype == ACEM_FTYPE_Q3_K_L ? ACEM_QUANT_Q4_K : q->default_type;
+    if (q->n_expert == 8)
+        return q->ftype == ACEM_FTYPE_Q2_K || q->ftype == ACEM_FTYPE_Q3_K_S ||
+                       q->ftype == ACEM_FTYPE_Q3_K_M || q->ftype == ACEM_FTYPE_Q4_K_S ||
+                       q->ftype == ACEM_FTYPE_Q4_K_M
+                   ? ACEM_QUANT_Q5_K
+                   : q->default_type;
+    switch (q->ftype) {
+    case ACEM_FTYPE_Q2_K: return ACEM_QUANT_Q3_K;
+    case ACEM_FTYPE_Q3_K_M: return ACEM_QUANT_Q4_K;
+    case ACEM_FTYPE_Q3_K_L: return ACEM_QUANT_Q5_K;
+    default: return q->default_type;
+    }
 }
 
 /* ffn_down by its layer: the visit count, or for experts the layer of its name
@@ -228,7 +256,15 @@ static int ffn_down_type(const llama_quant *q, const acem_tensor *t, acem_quant 
         return acem_fail(err, "%s: tensor \"%s\": llama-quantize cannot tell its layer in [0, %d)",
                          q->model.path, t->name, n);
     *type = q->default_type;
-    if (q->ftype == ACEM_FTYPE_Q4_K_M && q->falcon)
+    if (q->ftype == ACEM_FTYPE_Q2_K)
+        *type = ACEM_QUANT_Q3_K;
+    else if (q->ftype == ACEM_FTYPE_Q3_K_M)
+        *type = i < n / 16                          ? ACEM_QUANT_Q5_K
+                : !q->falcon || use_more_bits(i, n) ? ACEM_QUANT_Q4_K
+                                                    : ACEM_QUANT_Q3_K;
+    else if (q->ftype == ACEM_FTYPE_Q3_K_L)
+        *type = q->falcon ? ACEM_QUANT_Q4_K : ACEM_QUANT_Q5_K;
+    else if (q->ftype == ACEM_FTYPE_Q4_K_M && q->falcon)
         *type = i < n / 16            ? ACEM_QUANT_Q6_K
                 : use_more_bits(i, n) ? ACEM_QUANT_Q5_K
                                       : ACEM_QUANT_Q4_K;
@@ -243,7 +279,6 @@ static int ffn_down_type(const llama_quant *q, const acem_tensor *t, acem_quant 
  * apply to them). */
 static int mix_type(const llama_quant *q, const acem_tensor *t, acem_quant *type, acem_error *err) {
     category c = category_of(t->name);
-    bool k_mix = ftype_is(q, ACEM_FTYPE_Q4_K_S, ACEM_FTYPE_Q4_K_M);
     *type = q->default_type;
     if (c == CAT_OUTPUT || (q->tied && c == CAT_TOKEN_EMBD))
         *type = output_type(q, t);
@@ -253,15 +288,18 @@ static int mix_type(const llama_quant *q, const acem_tensor *t, acem_quant *type
         *type = ACEM_QUANT_Q8_0;
     else if (c == CAT_FFN_DOWN)
         return ffn_down_type(q, t, type, err);
-    else if (c == CAT_ATTN_OUTPUT && !q->falcon && q->n_expert == 8 && k_mix)
-        *type = ACEM_QUANT_Q5_K;
+    else if (c == CAT_ATTN_OUTPUT)
+        *type = attn_output_type(q);
     return 0;
 }
 
 /* tensor_type_fallback: rows that do not split into the blocks take a 32-value type
- * (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0), and F16 when they do not split into 32. */
+ * (Q2_K, Q3_K -> Q4_0, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0), and F16 when they do not
+ * split into 32. */
 static acem_out_type fallback(const acem_tensor *t, acem_quant type) {
-    static const acem_quant to[ACEM_QUANT_COUNT] = {[ACEM_QUANT_Q4_K] = ACEM_QUANT_Q5_0,
+    static const acem_quant to[ACEM_QUANT_COUNT] = {[ACEM_QUANT_Q2_K] = ACEM_QUANT_Q4_0,
+                                                    [ACEM_QUANT_Q3_K] = ACEM_QUANT_Q4_0,
+                                                    [ACEM_QUANT_Q4_K] = ACEM_QUANT_Q5_0,
                                                     [ACEM_QUANT_Q5_K] = ACEM_QUANT_Q5_1,
                                                     [ACEM_QUANT_Q6_K] = ACEM_QUANT_Q8_0};
     if (row_length(t) % acem_quant_block_elems(type) != 0 && to[type] != ACEM_QUANT_NONE)

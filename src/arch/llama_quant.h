@@ -23,6 +23,7 @@ typedef struct llama_quant {
     int n_layer;             /* <arch>.block_count (hparams.n_layer_all) */
     int n_expert;            /* <arch>.expert_count, 0 when absent */
     int n_attention_wv;      /* tensors of the attn_v category */
+    int n_gqa;               /* hparams.n_gqa(): head_count / head_count_kv, 0 without KV heads */
     bool falcon;             /* LLM_ARCH_FALCON */
     bool is_70b;             /* LLM_TYPE_70B, as the model's load_hparams sets it */
     bool tied;               /* no output.weight: token_embd is the output too */

@@ -317,7 +317,8 @@ static int read_tensor_info(cursor *c, uint64_t i, acem_tensor *t, uint64_t *sto
     if (t->dtype == ACEM_DT_NONE || type > UINT32_MAX)
         return acem_fail(c->err,
                          "%s: %s has ggml type %llu, which acem does not read (F32, F16, BF16, "
-                         "F64, I8-I64, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)",
+                         "F64, I8-I64, Q8_0, Q4_0, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, "
+                         "Q8_K)",
                          c->path, what, (unsigned long long)type);
     uint64_t row = t->shape[t->ndim - 1];
     if (t->quant != ACEM_QUANT_NONE && row % acem_quant_block_elems(t->quant) != 0)

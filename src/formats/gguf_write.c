@@ -115,11 +115,12 @@ static bool quantised_here(const st_out_tensor *t) {
  * as their _M mixes); -1 for types no llama_ftype names (F64, integers). */
 static int64_t ftype_of(uint32_t type) {
     static const uint32_t ftypes[][2] = {
-        {0 /* F32 */, 0 /* ALL_F32 */},      {1 /* F16 */, 1 /* MOSTLY_F16 */},
-        {30 /* BF16 */, 32 /* BF16 */},      {2 /* Q4_0 */, 2 /* MOSTLY_Q4_0 */},
-        {8 /* Q8_0 */, 7 /* Q8_0 */},        {12 /* Q4_K */, 15 /* MOSTLY_Q4_K_M */},
-        {6 /* Q5_0 */, 8 /* MOSTLY_Q5_0 */}, {7 /* Q5_1 */, 9 /* MOSTLY_Q5_1 */},
-        {13 /* Q5_K */, 17 /* Q5_K_M */},    {14 /* Q6_K */, 18 /* MOSTLY_Q6_K */}};
+        {0 /* F32 */, 0 /* ALL_F32 */},        {1 /* F16 */, 1 /* MOSTLY_F16 */},
+        {30 /* BF16 */, 32 /* BF16 */},        {2 /* Q4_0 */, 2 /* MOSTLY_Q4_0 */},
+        {8 /* Q8_0 */, 7 /* Q8_0 */},          {12 /* Q4_K */, 15 /* MOSTLY_Q4_K_M */},
+        {6 /* Q5_0 */, 8 /* MOSTLY_Q5_0 */},   {7 /* Q5_1 */, 9 /* MOSTLY_Q5_1 */},
+        {13 /* Q5_K */, 17 /* Q5_K_M */},      {14 /* Q6_K */, 18 /* MOSTLY_Q6_K */},
+        {10 /* Q2_K */, 10 /* MOSTLY_Q2_K */}, {11 /* Q3_K */, 12 /* MOSTLY_Q3_K_M */}};
     for (size_t i = 0; i < sizeof ftypes / sizeof *ftypes; i++)
         if (ftypes[i][0] == type) return ftypes[i][1];
     return -1;

@@ -14,10 +14,19 @@
  *                                qh[l] is the fifth bit of value l of sub-block 2k (2k + 1)
  *   Q6_K 210 bytes / 256 values: u8 ql[128], u8 qh[64], int8 scales[16], f16 d; sixteen
  *                                sub-blocks of 16: x = d * scale * (6-bit q - 32)
+ *   Q2_K  84 bytes / 256 values: u8 scales[16], u8 qs[64], f16 d, f16 dmin; sixteen sub-blocks
+ *                                of 16, scale in the low and min in the high nibble of
+ *                                scales[j]: x = d * scale * q - dmin * min, 2-bit q
+ *   Q3_K 110 bytes / 256 values: u8 hmask[32], u8 qs[64], u8 scales[12], f16 d; sixteen
+ *                                sub-blocks of 16 with 6-bit scales s (stored s + 32):
+ *                                x = d * s * (q - 4), q's third bit set = 4 not subtracted
+ *   Q8_K 292 bytes / 256 values: f32 d, int8 q[256], int16 bsums[16] (sums of 16 codes);
+ *                                x = d * q
+ *   Q2_K and Q3_K pack value v's two low bits in qs[v / 128 * 32 + v % 32] at bit
+ *   2 * (v % 128 / 32); Q3_K's third bit is bit v / 32 of hmask[v % 32].
  *
- * The quantisers follow ggml's reference ones (quantize_row_*_ref): Q8_0, Q4_0, Q5_0 and Q5_1
- * directly,
- * Q4_K, Q5_K and Q6_K with their least-squares searches over trial scales. */
+ * The quantisers follow ggml's reference ones (quantize_row_*_ref): Q8_0, Q4_0, Q5_0, Q5_1 and
+ * Q8_K directly, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K with their searches over trial scales. */
 #include "formats.h"
 
 #include <math.h>
@@ -32,6 +41,8 @@ static const struct {
     [ACEM_QUANT_Q4_0] = {"Q4_0", 2, 32, 18},    [ACEM_QUANT_Q4_K] = {"Q4_K", 12, 256, 144},
     [ACEM_QUANT_Q6_K] = {"Q6_K", 14, 256, 210}, [ACEM_QUANT_Q5_K] = {"Q5_K", 13, 256, 176},
     [ACEM_QUANT_Q5_0] = {"Q5_0", 6, 32, 22},    [ACEM_QUANT_Q5_1] = {"Q5_1", 7, 32, 24},
+    [ACEM_QUANT_Q2_K] = {"Q2_K", 10, 256, 84},  [ACEM_QUANT_Q3_K] = {"Q3_K", 11, 256, 110},
+    [ACEM_QUANT_Q8_K] = {"Q8_K", 15, 256, 292},
 };
 
 const char *acem_quant_name(acem_quant q) {
@@ -135,6 +146,43 @@ static void dequant_q6k(const unsigned char *b, float *y) {
     }
 }
 
+/* Value v's two low bits in Q2_K / Q3_K (the layout in the header). */
+static inline int low2(const unsigned char *qs, int v) {
+    return qs[v / 128 * 32 + v % 32] >> (2 * (v % 128 / 32)) & 3;
+}
+
+/* Q3_K's 6-bit scale of sub-block j, stored s + 32: low nibbles in scales[0..7] (j >= 8 the
+ * high ones), the two high bits in scales[8 + j % 4] at bit 2 * (j / 4). */
+static inline int q3k_scale(const unsigned char *s, int j) {
+    int lo = j < 8 ? s[j] & 0x0F : s[j - 8] >> 4;
+    return (lo | (s[8 + j % 4] >> (2 * (j / 4)) & 3) << 4) - 32;
+}
+
+/* ggml's dequantize_row_q2_K: x = (d * scale) * q - dmin * min. */
+static void dequant_q2k(const unsigned char *b, float *y) {
+    float d = half_at(b + 80), dmin = half_at(b + 82);
+    for (int v = 0; v < 256; v++) {
+        int sc = b[v / 16];
+        y[v] = d * (float)(sc & 0x0F) * (float)low2(b + 16, v) - dmin * (float)(sc >> 4);
+    }
+}
+
+/* ggml's dequantize_row_q3_K: x = (d * s) * (q - 4 unless the high bit is set). */
+static void dequant_q3k(const unsigned char *b, float *y) {
+    float d = half_at(b + 108);
+    for (int v = 0; v < 256; v++) {
+        int q = low2(b + 32, v) - (b[v % 32] >> (v / 32) & 1 ? 0 : 4);
+        y[v] = d * (float)q3k_scale(b + 96, v / 16) * (float)q;
+    }
+}
+
+static inline float f32_at(const unsigned char *p) {
+    float f;
+    uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
 /* Q5_0 (m NULL) and Q5_1: the fifth bit of value j is bit j of the u32 qh (ggml's
  * dequantize_row_q5_0 / _q5_1). */
 static void dequant_q5(const unsigned char *b, const unsigned char *m, float *y) {
@@ -171,21 +219,44 @@ void acem_dequantize(acem_quant q, const void *blocks, float *dst, size_t n_bloc
         case ACEM_QUANT_Q5_1: dequant_q5(b, b + 2, dst); break;
         case ACEM_QUANT_Q4_K: dequant_q45k(b, NULL, b + 16, dst); break;
         case ACEM_QUANT_Q5_K: dequant_q45k(b, b + 16, b + 48, dst); break;
+        case ACEM_QUANT_Q2_K: dequant_q2k(b, dst); break;
+        case ACEM_QUANT_Q3_K: dequant_q3k(b, dst); break;
+        case ACEM_QUANT_Q8_K: {
+            float d = f32_at(b);
+            for (int j = 0; j < 256; j++)
+                dst[j] = d * (float)(signed char)b[4 + j];
+            break;
+        }
         default: dequant_q6k(b, dst); break;
         }
+    }
+}
+
+/* The byte offsets of a block's f16 scales (the second equal to the first for one scale). */
+static void half_scales(acem_quant q, size_t *at, size_t *at2) {
+    switch (q) {
+    case ACEM_QUANT_Q6_K: *at = *at2 = 208; break;
+    case ACEM_QUANT_Q3_K: *at = *at2 = 108; break;
+    case ACEM_QUANT_Q2_K: *at = 80, *at2 = 82; break;
+    case ACEM_QUANT_Q4_K:
+    case ACEM_QUANT_Q5_K:
+    case ACEM_QUANT_Q5_1: *at = 0, *at2 = 2; break;
+    default: *at = *at2 = 0; break;
     }
 }
 
 int64_t acem_quant_first_nonfinite(acem_quant q, const void *blocks, size_t n_blocks) {
     const unsigned char *b = blocks;
     const size_t bb = quant_table[q].block_bytes;
-    /* The integer codes are finite: a value is NaN/Inf exactly when a scale is. */
-    const size_t at = q == ACEM_QUANT_Q6_K ? 208 : 0,
-                 at2 =
-                     q == ACEM_QUANT_Q4_K || q == ACEM_QUANT_Q5_K || q == ACEM_QUANT_Q5_1 ? 2 : at;
-    for (size_t i = 0; i < n_blocks; i++, b += bb)
-        if ((b[at + 1] & 0x7C) == 0x7C || (b[at2 + 1] & 0x7C) == 0x7C)
-            return (int64_t)(i * quant_table[q].block_elems);
+    size_t at, at2;
+    half_scales(q, &at, &at2);
+    /* The integer codes are finite: a value is NaN/Inf exactly when a scale is (Q8_K's is
+     * a float32). */
+    for (size_t i = 0; i < n_blocks; i++, b += bb) {
+        bool bad = q == ACEM_QUANT_Q8_K ? !isfinite(f32_at(b))
+                                        : (b[at + 1] & 0x7C) == 0x7C || (b[at2 + 1] & 0x7C) == 0x7C;
+        if (bad) return (int64_t)(i * quant_table[q].block_elems);
+    }
     return -1;
 }
 
@@ -324,11 +395,15 @@ static float symmetric_codes(int n, int nmax, const float *x, int8_t *L) {
     return scale;
 }
 
-/* Affine codes L in [0, nmax] for n values, x ~ scale L - min with min >= 0: the best of the
- * plain fit and nstep + 1 trial scales by weighted least squares (ggml's make_qkx2_quants,
- * squared error). Returns the scale; *the_min gets min. */
+/* The error of one value in make_qkx2_quants: absolute (use_mad, Q2_K) or squared. */
+static inline float fit_error(float diff, bool mad) { return mad ? fabsf(diff) : diff * diff; }
+
+/* Affine codes L in [0, nmax] for n <= 32 values, x ~ scale L - min with min >= 0: the best of
+ * the plain fit and nstep + 1 trial scales, each a weighted least-squares fit, compared by
+ * weighted squared or (mad) absolute error (ggml's make_qkx2_quants). Returns the scale;
+ * *the_min gets min. */
 static float affine_codes(int n, int nmax, const float *x, const float *w, uint8_t *L,
-                          float *the_min, float rmin, float rdelta, int nstep) {
+                          float *the_min, float rmin, float rdelta, int nstep, bool mad) {
     uint8_t trial[32];
     float min = x[0], max = x[0], sum_w = w[0], sum_x = w[0] * x[0];
     for (int i = 1; i < n; i++) {
@@ -346,8 +421,7 @@ static float affine_codes(int n, int nmax, const float *x, const float *w, uint8
     float iscale = (float)nmax / (max - min), scale = 1 / iscale, best_error = 0;
     for (int i = 0; i < n; i++) {
         L[i] = (uint8_t)clamp_int(round_even(iscale * (x[i] - min)), 0, nmax);
-        float diff = scale * (float)L[i] + min - x[i];
-        best_error += w[i] * (diff * diff);
+        best_error += w[i] * fit_error(scale * (float)L[i] + min - x[i], mad);
     }
     for (int is = 0; is <= nstep; is++) {
         iscale = (rmin + rdelta * (float)is + (float)nmax) / (max - min);
@@ -369,8 +443,7 @@ static float affine_codes(int n, int nmax, const float *x, const float *w, uint8
         }
         float error = 0;
         for (int i = 0; i < n; i++) {
-            float diff = this_scale * (float)trial[i] + this_min - x[i];
-            error += w[i] * (diff * diff);
+            error += w[i] * fit_error(this_scale * (float)trial[i] + this_min - x[i], mad);
         }
         if (error < best_error) {
             memcpy(L, trial, (size_t)n);
@@ -398,7 +471,7 @@ static void kquant_affine(const float *x, int nmax, float rmin, int nstep, unsig
         float av_x = sqrtf(sum_x2 / 32);
         for (int l = 0; l < 32; l++)
             w[l] = av_x + fabsf(xj[l]);
-        scales[j] = affine_codes(32, nmax, xj, w, L + 32 * j, &mins[j], rmin, 0.1f, nstep);
+        scales[j] = affine_codes(32, nmax, xj, w, L + 32 * j, &mins[j], rmin, 0.1f, nstep, false);
         max_scale = scales[j] > max_scale ? scales[j] : max_scale;
         max_min = mins[j] > max_min ? mins[j] : max_min;
     }
@@ -492,12 +565,158 @@ static void quant_q6_k(const float *x, unsigned char *b) {
         }
 }
 
+/* Symmetric 3-bit codes L in [0, 8) for 16 values (ggml's make_q3_quants with do_rmse): the
+ * codes at scale max / -4, then up to five passes that move single codes to the value that
+ * maximises (sum w x l)^2 / (sum w l^2), w = x^2, while that improves. Returns the scale
+ * sum w x l / sum w l^2; an all-zero group gets codes 0 (not 4) and scale 0, as in ggml. */
+static float q3_codes(const float *x, int8_t *L) {
+    const int n = 16, nmax = 4;
+    float amax = 0.0f, max = 0.0f, sumlx, suml2;
+    for (int i = 0; i < n; i++)
+        if (fabsf(x[i]) > amax) {
+            amax = fabsf(x[i]);
+            max = x[i];
+        }
+    if (amax < KQ_EPS) {
+        memset(L, 0, (size_t)n);
+        return 0.0f;
+    }
+    symmetric_trial(n, nmax, x, (float)-nmax / max, &sumlx, &suml2, L);
+    for (int itry = 0; itry < 5; itry++) {
+        int n_changed = 0;
+        for (int i = 0; i < n; i++) {
+            float w = x[i] * x[i], l = (float)(L[i] - nmax), slx = sumlx - w * x[i] * l;
+            if (!(slx > 0)) continue;
+            float sl2 = suml2 - w * l * l;
+            int new_l = clamp_int(round_even(x[i] * sl2 / slx), -nmax, nmax - 1);
+            if (new_l == L[i] - nmax) continue;
+            slx += w * x[i] * (float)new_l;
+            sl2 += w * (float)new_l * (float)new_l;
+            if (sl2 > 0 && slx * slx * suml2 > sumlx * sumlx * sl2) {
+                L[i] = (int8_t)(new_l + nmax);
+                sumlx = slx;
+                suml2 = sl2;
+                n_changed++;
+            }
+        }
+        if (!n_changed) break;
+    }
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+/* Q2_K's and Q3_K's two low bits of each code L[v] (< 4) into qs (the header's layout). */
+static void put_low2(const uint8_t *L, unsigned char *qs) {
+    memset(qs, 0, 64);
+    for (int v = 0; v < 256; v++)
+        qs[v / 128 * 32 + v % 32] |= (unsigned char)(L[v] << (2 * (v % 128 / 32)));
+}
+
+/* Q2_K: per 16-value sub-block an affine fit of 2-bit codes weighted by |x| and compared by
+ * absolute error; scales and mins to 4 bits relative to the largest of each; then the codes
+ * again against the stored scales (quantize_row_q2_K_ref). */
+static void quant_q2_k(const float *x, unsigned char *b) {
+    uint8_t L[256], *sc = b;
+    float scales[16], mins[16], w[16], max_scale = 0, max_min = 0;
+    for (int j = 0; j < 16; j++) {
+        for (int l = 0; l < 16; l++)
+            w[l] = fabsf(x[16 * j + l]);
+        scales[j] = affine_codes(16, 3, x + 16 * j, w, L + 16 * j, &mins[j], -0.5f, 0.1f, 15, true);
+        max_scale = scales[j] > max_scale ? scales[j] : max_scale;
+        max_min = mins[j] > max_min ? mins[j] : max_min;
+    }
+    memset(sc, 0, 16);
+    float iscale = max_scale > 0 ? 15.0f / max_scale : 0.0f;
+    float imin = max_min > 0 ? 15.0f / max_min : 0.0f;
+    for (int j = 0; j < 16; j++) /* ggml stores the ints as uint8: no clamp */
+        sc[j] = (uint8_t)((unsigned)round_even(iscale * scales[j]) |
+                          (unsigned)round_even(imin * mins[j]) << 4);
+    put_half(b + 80, max_scale > 0 ? max_scale / 15.0f : 0.0f);
+    put_half(b + 82, max_min > 0 ? max_min / 15.0f : 0.0f);
+    float d_all = half_at(b + 80), dmin_all = half_at(b + 82);
+    for (int j = 0; j < 16; j++) {
+        float d = d_all * (float)(sc[j] & 0x0F);
+        if (d == 0.0f) continue;
+        float dm = dmin_all * (float)(sc[j] >> 4);
+        for (int l = 0; l < 16; l++)
+            L[16 * j + l] = (uint8_t)clamp_int(round_even((x[16 * j + l] + dm) / d), 0, 3);
+    }
+    put_low2(L, b + 16);
+}
+
+/* Q3_K: per 16-value sub-block a symmetric 3-bit fit (q3_codes); the scales to 6 bits
+ * relative to the largest in magnitude (which becomes -32 times d); then the codes again
+ * against the stored scales, their third bits into hmask (quantize_row_q3_K_ref). */
+static void quant_q3_k(const float *x, unsigned char *b) {
+    int8_t L[256];
+    uint8_t low[256], *hm = b, *sc = b + 96;
+    float scales[16], max_scale = 0, amax = 0;
+    for (int j = 0; j < 16; j++) {
+        scales[j] = q3_codes(x + 16 * j, L + 16 * j);
+        if (fabsf(scales[j]) > amax) {
+            amax = fabsf(scales[j]);
+            max_scale = scales[j];
+        }
+    }
+    memset(sc, 0, 12);
+    float iscale = max_scale != 0 ? -32.0f / max_scale : 0.0f;
+    for (int j = 0; j < 16 && max_scale != 0; j++) {
+        int l = clamp_int(round_even(iscale * scales[j]), -32, 31) + 32;
+        sc[j % 8] |= (uint8_t)((l & 0x0F) << (j < 8 ? 0 : 4));
+        sc[8 + j % 4] |= (uint8_t)((l >> 4) << (2 * (j / 4)));
+    }
+    put_half(b + 108, max_scale != 0 ? 1 / iscale : 0.0f);
+    float d_all = half_at(b + 108);
+    for (int j = 0; j < 16; j++) {
+        float d = d_all * (float)q3k_scale(sc, j);
+        if (d == 0.0f) continue;
+        for (int l = 0; l < 16; l++)
+            L[16 * j + l] = (int8_t)(clamp_int(round_even(x[16 * j + l] / d), -4, 3) + 4);
+    }
+    memset(hm, 0, 32);
+    for (int v = 0; v < 256; v++) {
+        hm[v % 32] |= (uint8_t)((L[v] > 3) << (v / 32));
+        low[v] = (uint8_t)(L[v] & 3);
+    }
+    put_low2(low, b + 32);
+}
+
+/* Q8_K: d = max / -127 in float32 with max the value of largest magnitude, q = min(127,
+ * round(x / d)), bsums the sums of each 16 codes (quantize_row_q8_K_ref). For an all-zero
+ * block ggml leaves bsums as they were; acem writes them 0, the sums of its codes. */
+static void quant_q8_k(const float *x, unsigned char *b) {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < 256; j++)
+        if (fabsf(x[j]) > amax) {
+            amax = fabsf(x[j]);
+            max = x[j];
+        }
+    memset(b, 0, 292);
+    if (amax == 0.0f) return;
+    float iscale = -127.0f / max, d = 1 / iscale;
+    int sums[16] = {0};
+    for (int j = 0; j < 256; j++) {
+        int v = round_even(iscale * x[j]);
+        v = v < 127 ? v : 127;
+        b[4 + j] = (unsigned char)(signed char)v;
+        sums[j / 16] += v;
+    }
+    uint32_t u;
+    memcpy(&u, &d, sizeof u);
+    for (int k = 0; k < 4; k++)
+        b[k] = (unsigned char)(u >> (8 * k));
+    for (int j = 0; j < 16; j++) {
+        b[260 + 2 * j] = (unsigned char)(uint16_t)sums[j];
+        b[261 + 2 * j] = (unsigned char)((uint16_t)sums[j] >> 8);
+    }
+}
+
 void acem_quantize(acem_quant q, const float *src, void *blocks, size_t n_blocks) {
     static void (*const quantiser[ACEM_QUANT_COUNT])(const float *, unsigned char *) = {
         [ACEM_QUANT_Q8_0] = quant_q8_0, [ACEM_QUANT_Q4_0] = quant_q4_0,
         [ACEM_QUANT_Q4_K] = quant_q4_k, [ACEM_QUANT_Q6_K] = quant_q6_k,
         [ACEM_QUANT_Q5_K] = quant_q5_k, [ACEM_QUANT_Q5_0] = quant_q5_0,
-        [ACEM_QUANT_Q5_1] = quant_q5_1,
+        [ACEM_QUANT_Q5_1] = quant_q5_1, [ACEM_QUANT_Q2_K] = quant_q2_k,
+        [ACEM_QUANT_Q3_K] = quant_q3_k, [ACEM_QUANT_Q8_K] = quant_q8_k,
     };
     const size_t be = quant_table[q].block_elems, bb = quant_table[q].block_bytes;
     float finite[256];

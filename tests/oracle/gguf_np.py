@@ -25,15 +25,17 @@ _SCALAR = {U8: "<B", I8: "<b", U16: "<H", I16: "<h", U32: "<I", I32: "<i", F32: 
 # ggml types
 GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q8_0, GGML_Q4_K, GGML_Q5_K, GGML_Q6_K = 0, 1, 2, 8, 12, 13, 14
 GGML_Q5_0, GGML_Q5_1 = 6, 7
+GGML_Q2_K, GGML_Q3_K, GGML_Q8_K = 10, 11, 15
 GGML_I8, GGML_I16, GGML_I32, GGML_I64, GGML_F64, GGML_BF16 = 24, 25, 26, 27, 28, 30
 PLAIN = {GGML_F32: "<f4", GGML_F16: "<f2", GGML_BF16: "<u2", GGML_F64: "<f8",
          GGML_I8: "i1", GGML_I16: "<i2", GGML_I32: "<i4", GGML_I64: "<i8"}
 # (values per block, bytes per block)
 BLOCK = {GGML_Q8_0: (32, 34), GGML_Q4_0: (32, 18), GGML_Q5_0: (32, 22), GGML_Q5_1: (32, 24), GGML_Q4_K: (256, 144), GGML_Q5_K: (256, 176),
-         GGML_Q6_K: (256, 210)}
+         GGML_Q6_K: (256, 210), GGML_Q2_K: (256, 84), GGML_Q3_K: (256, 110), GGML_Q8_K: (256, 292)}
 NAMES = {GGML_F32: "F32", GGML_F16: "F16", GGML_BF16: "BF16", GGML_F64: "F64", GGML_Q8_0: "Q8_0",
          GGML_Q4_0: "Q4_0", GGML_Q4_K: "Q4_K", GGML_Q5_K: "Q5_K", GGML_Q6_K: "Q6_K", GGML_I8: "I8",
-         GGML_I16: "I16", GGML_I32: "I32", GGML_I64: "I64", GGML_Q5_0: "Q5_0", GGML_Q5_1: "Q5_1"}
+         GGML_I16: "I16", GGML_I32: "I32", GGML_I64: "I64", GGML_Q5_0: "Q5_0", GGML_Q5_1: "Q5_1",
+         GGML_Q2_K: "Q2_K", GGML_Q3_K: "Q3_K", GGML_Q8_K: "Q8_K"}
 
 
 class FormatError(Exception):
@@ -94,6 +96,31 @@ def dequantize(gtype, raw):
         scale = (d * sc.astype(np.float32))[:, :, None]
         mins = (dmin * mn.astype(np.float32))[:, :, None]
         return (scale * q - mins).ravel()
+    if gtype in (GGML_Q2_K, GGML_Q3_K):
+        # 2 low bits: value 128*h + 32*k + l (h = 0, 1; k = 0..3; l < 32) at bits 2k of
+        # qs[32*h + l]
+        qs = b[:, 16:80] if gtype == GGML_Q2_K else b[:, 32:96]
+        qs = qs.reshape(-1, 2, 1, 32).astype(np.int32)
+        q = ((qs >> (2 * np.arange(4))[None, None, :, None]) & 3).reshape(-1, 256)
+        if gtype == GGML_Q2_K:  # scales[j]: scale in the low, min in the high nibble
+            sc = b[:, 0:16].astype(np.int32)
+            dl = _half(b, 80)[:, None] * (sc & 15).astype(np.float32)
+            ml = _half(b, 82)[:, None] * (sc >> 4).astype(np.float32)
+            return (np.repeat(dl, 16, axis=1) * q.astype(np.float32) - np.repeat(ml, 16, axis=1)).ravel()
+        # Q3_K: third bit of value v: bit v // 32 of hmask[v % 32]; set means q, clear q - 4
+        hm = b[:, 0:32].astype(np.int32)
+        v = np.arange(256)
+        high = (hm[:, v % 32] >> (v // 32)) & 1
+        q = q - np.where(high == 1, 0, 4)
+        s = b[:, 96:108].astype(np.int32)
+        j = np.arange(16)
+        low = np.where(j < 8, s[:, j % 8] & 15, s[:, j % 8] >> 4)
+        sc = (low | ((s[:, 8 + j % 4] >> (2 * (j // 4))) & 3) << 4) - 32
+        dl = _half(b, 108)[:, None] * sc.astype(np.float32)
+        return (np.repeat(dl, 16, axis=1) * q.astype(np.float32)).ravel()
+    if gtype == GGML_Q8_K:
+        d = b[:, 0:4].copy().view("<f4")[:, 0][:, None]
+        return (d * b[:, 4:260].view(np.int8).astype(np.float32)).ravel()
     # Q6_K: two halves of 128 values; within a half, value 32*k + l (k = 0..3, l < 32)
     ql, qh = b[:, :128].reshape(-1, 2, 64), b[:, 128:192].reshape(-1, 2, 32)
     sc = b[:, 192:208].view(np.int8).astype(np.float32).reshape(-1, 2, 8)

@@ -7,7 +7,7 @@ ggml's CPU backend multiplies a weight with activations first rounded to that ty
 dot-product partner (ggml-cpu.c, type_traits_cpu[].vec_dot_type): F16 for F16, BF16 for
 BF16, Q8_0 blocks of 32 for Q8_0, Q4_0 and Q5_0, Q8_1 blocks of 32 for Q5_1 (Q8_0's codes and
 scale, plus s = f16(d * sum of the codes), which multiplies the weight block's min), Q8_K
-blocks of 256 for Q4_K, Q5_K and Q6_K (quantize_row_q8_K_ref: iscale = -127 / max with max
+blocks of 256 for Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (quantize_row_q8_K_ref: iscale = -127 / max with max
 the value of largest magnitude, codes nearest_int(iscale * x) capped at 127, d = 1 / iscale
 in float32; the K-quant dot products use the codes' exact block sums, so they multiply the
 dequantised weight by codes * d). forward(emulate=True) rounds the activations the same way,
@@ -138,7 +138,8 @@ def _q8_k(x):
 
 _PARTNER = {G.GGML_F16: lambda x: x.astype(np.float16).astype(np.float64), G.GGML_BF16: _bf16,
             G.GGML_Q8_0: _q8_0, G.GGML_Q4_0: _q8_0, G.GGML_Q5_0: _q8_0,
-            G.GGML_Q4_K: _q8_k, G.GGML_Q5_K: _q8_k, G.GGML_Q6_K: _q8_k}
+            G.GGML_Q4_K: _q8_k, G.GGML_Q5_K: _q8_k, G.GGML_Q6_K: _q8_k, G.GGML_Q2_K: _q8_k,
+            G.GGML_Q3_K: _q8_k}
 
 
 def _q5_1_mins(t):

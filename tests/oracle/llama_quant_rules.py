@@ -1,5 +1,5 @@
-"""llama-quantize's choice of tensor type for its mixes Q4_0, Q8_0, Q4_K_S, Q4_K_M, Q5_K_S,
-Q5_K_M, Q6_K without an importance matrix (test oracle), transcribed from llama.cpp's
+"""llama-quantize's choice of tensor type for its mixes Q2_K, Q3_K_S, Q3_K_M (alias Q3_K),
+Q3_K_L, Q4_0, Q8_0, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K without an importance matrix (test oracle), transcribed from llama.cpp's
 src/llama-quant.cpp (llama_model_quantize_impl's visit order, tensor_allows_quantization,
 tensor_get_category, llama_tensor_get_type_impl, tensor_type_fallback); it shares no code
 with acem.
@@ -10,12 +10,14 @@ llama-quantize does not convert maps to None (it keeps its input type).
 import re
 
 FTYPES = {"Q4_0": 2, "Q8_0": 7, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17,
-          "Q6_K": 18}
+          "Q6_K": 18, "Q2_K": 10, "Q3_K_S": 11, "Q3_K_M": 12, "Q3_K_L": 13, "Q3_K": 12}
+ALIAS = {"Q3_K": "Q3_K_M"}  # tools/quantize/quantize.cpp: "alias for Q3_K_M"
 DEFAULT = {"Q4_0": "Q4_0", "Q8_0": "Q8_0", "Q4_K_S": "Q4_K", "Q4_K_M": "Q4_K",
-           "Q5_K_S": "Q5_K", "Q5_K_M": "Q5_K", "Q6_K": "Q6_K"}
-BLOCK = {"Q4_0": 32, "Q8_0": 32, "Q5_0": 32, "Q5_1": 32, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256,
-         "F16": 1}
-FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+           "Q5_K_S": "Q5_K", "Q5_K_M": "Q5_K", "Q6_K": "Q6_K", "Q2_K": "Q2_K", "Q3_K_S": "Q3_K",
+           "Q3_K_M": "Q3_K", "Q3_K_L": "Q3_K"}
+BLOCK = {"Q4_0": 32, "Q8_0": 32, "Q5_0": 32, "Q5_1": 32, "Q2_K": 256, "Q3_K": 256, "Q4_K": 256,
+         "Q5_K": 256, "Q6_K": 256, "F16": 1}
+FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 NOT_QUANTISED = ["_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup",
                  "laurel", "per_layer_model_proj", "ssm_conv1d", "shortconv.conv.weight",
                  "indexer.k_proj.weight", "indexer.q_proj.weight", "attn_rel_b.weight",
@@ -68,12 +70,14 @@ def kv_int(kv, key, default=0):
 
 
 def types(tensors, kv, ftype):
+    ftype = ALIAS.get(ftype, ftype)
     arch = kv["general.architecture"]
     n_layer = kv_int(kv, arch + ".block_count")
     n_expert = kv_int(kv, arch + ".expert_count")
     n_head = kv_int(kv, arch + ".attention.head_count")
     n_head_kv = kv_int(kv, arch + ".attention.head_count_kv", n_head)
     falcon = arch == "falcon"
+    n_gqa = n_head // n_head_kv if n_head_kv else 0  # hparams.n_gqa(0)
     big = {"llama": n_layer == 80 and n_head != n_head_kv, "qwen2": n_layer == 80,
            "deci": n_layer == 80, "olmo": n_layer == 80, "jais2": n_layer == 68}.get(arch, False)
     tied = not any(category(n) == "output" for n, _ in tensors)
@@ -92,7 +96,13 @@ def types(tensors, kv, ftype):
             elif new != "Q8_0":
                 new = "Q6_K"
         elif cat == "attn_v":
-            if ftype in ("Q4_K_M", "Q5_K_M") and more_bits(i_wv, n_wv):
+            if ftype == "Q2_K":
+                new = "Q4_K" if n_gqa >= 4 else "Q3_K"
+            elif ftype == "Q3_K_M":
+                new = "Q5_K" if i_wv < 2 else "Q4_K"
+            elif ftype == "Q3_K_L":
+                new = "Q5_K"
+            elif ftype in ("Q4_K_M", "Q5_K_M") and more_bits(i_wv, n_wv):
                 new = "Q6_K"
             elif ftype == "Q4_K_S" and i_wv < 4:
                 new = "Q5_K"
@@ -106,7 +116,14 @@ def types(tensors, kv, ftype):
                 new = "Q8_0"
         elif cat == "ffn_down":
             i, n = (layer(name) if n_expert > 1 else i_down), n_layer
-            if ftype == "Q4_K_M":
+            if ftype == "Q2_K":
+                new = "Q3_K"
+            elif ftype == "Q3_K_M":
+                new = ("Q5_K" if i < n // 16 else "Q4_K" if not falcon or more_bits(i, n)
+                       else "Q3_K")
+            elif ftype == "Q3_K_L":
+                new = "Q4_K" if falcon else "Q5_K"
+            elif ftype == "Q4_K_M":
                 if falcon:
                     new = "Q6_K" if i < n // 16 else "Q5_K" if more_bits(i, n) else "Q4_K"
                 elif more_bits(i, n):
@@ -117,8 +134,14 @@ def types(tensors, kv, ftype):
                 new = "Q5_K"
             i_down += 1
         elif cat == "attn_output":
-            if not falcon and n_expert == 8 and ftype in ("Q4_K_S", "Q4_K_M"):
-                new = "Q5_K"
+            if falcon:
+                if ftype == "Q3_K_L":
+                    new = "Q4_K"
+            elif n_expert == 8:
+                if ftype in ("Q2_K", "Q3_K_S", "Q3_K_M", "Q4_K_S", "Q4_K_M"):
+                    new = "Q5_K"
+            else:
+                new = {"Q2_K": "Q3_K", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K"}.get(ftype, new)
         if nx % BLOCK[new]:
             new = FALLBACK.get(new, new)
             if nx % BLOCK[new]:

@@ -90,13 +90,26 @@ static void test_nonfinite(void **state) {
     assert_int_equal(acem_quant_first_nonfinite(ACEM_QUANT_Q8_0, b, 2), -1);
     b[34 + 1] = 0x7c; /* block 1's scale is +Inf */
     assert_int_equal(acem_quant_first_nonfinite(ACEM_QUANT_Q8_0, b, 2), 32);
+    unsigned char k[2 * 292] = {0};
+    assert_int_equal(acem_quant_first_nonfinite(ACEM_QUANT_Q2_K, k, 2), -1);
+    k[84 + 83] = 0x7e; /* block 1's dmin (bytes 82, 83) is NaN */
+    assert_int_equal(acem_quant_first_nonfinite(ACEM_QUANT_Q2_K, k, 2), 256);
+    memset(k, 0, sizeof k);
+    k[109] = 0xfc; /* block 0's d (bytes 108, 109) is -Inf */
+    assert_int_equal(acem_quant_first_nonfinite(ACEM_QUANT_Q3_K, k, 2), 0);
+    memset(k, 0, sizeof k);
+    k[292 + 3] = 0x7f; /* block 1's float32 d is +Inf (0x7f800000) */
+    k[292 + 2] = 0x80;
+    assert_int_equal(acem_quant_first_nonfinite(ACEM_QUANT_Q8_K, k, 2), 256);
+    k[292 + 2] = 0x00; /* 0x7f000000: finite */
+    assert_int_equal(acem_quant_first_nonfinite(ACEM_QUANT_Q8_K, k, 2), -1);
 }
 
 /* K-quant blocks of awkward values: no undefined behaviour (UBSan build), and where the
  * values are representable the round trip stays close: constant blocks, one outlier, values
  * near FLT_MAX and near the smallest normals, sign flips, zeros and non-finite values. */
 static void check_kquant_block(acem_quant q, const float *x, double tol) {
-    unsigned char b[210];
+    unsigned char b[292]; /* the largest 256-value block, Q8_K */
     float y[256];
     acem_quantize(q, x, b, 1);
     acem_dequantize(q, b, y, 1);
@@ -113,10 +126,14 @@ static void check_kquant_block(acem_quant q, const float *x, double tol) {
 static void test_kquant_edges(void **state) {
     (void)state;
     float x[256];
-    const acem_quant kquants[] = {ACEM_QUANT_Q4_K, ACEM_QUANT_Q5_K, ACEM_QUANT_Q6_K};
-    for (int k = 0; k < 3; k++) {
+    const acem_quant kquants[] = {ACEM_QUANT_Q4_K, ACEM_QUANT_Q5_K, ACEM_QUANT_Q6_K,
+                                  ACEM_QUANT_Q2_K, ACEM_QUANT_Q3_K, ACEM_QUANT_Q8_K};
+    /* 15, 31, 63 levels with 6- or 8-bit scales; 3 and 7 levels with 4- and 6-bit scales;
+     * 255 levels with a float32 scale */
+    const double tols[] = {1.0 / 8, 1.0 / 16, 1.0 / 32, 1.0 / 2, 1.0 / 4, 1.0 / 200};
+    for (int k = 0; k < 6; k++) {
         const acem_quant q = kquants[k];
-        const double tol = 1.0 / (8 << k); /* 15, 31, 63 levels, 6- or 8-bit scales */
+        const double tol = tols[k];
         for (int j = 0; j < 256; j++)
             x[j] = 0.0f;
         check_kquant_block(q, x, 0); /* all zero: exactly zero back */
