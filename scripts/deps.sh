@@ -3,7 +3,7 @@
 # packages: fuzz/run.sh's clang), and where it can, llama.cpp from npm for one optional test.
 set -euo pipefail
 packages=(build-essential cmake pkg-config libopenblas-dev liblapacke-dev libcjson-dev
-          libyaml-dev libcmocka-dev zlib1g-dev python3 python3-numpy python3-sklearn
+          libyaml-dev libcmocka-dev zlib1g-dev python3 python3-numpy python3-sklearn python3-jinja2
           python3-torch libpcre2-dev python3-regex valgrind
           # tokenizer.model (SentencePiece): acem's reader and the test's trainer/oracle
           libprotobuf-c-dev protobuf-c-compiler python3-sentencepiece

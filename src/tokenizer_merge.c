@@ -19,6 +19,7 @@
 #include "tokenizer_merge.h"
 
 #include "card.h"
+#include "chat_templates.h"
 #include "plan.h"
 
 #include <cjson/cJSON.h>
@@ -497,18 +498,22 @@ static int auto_template(tok_build *b, acem_error *err) {
 }
 
 /* merge.py's _set_chat_template: auto, or Jinja text (at least 20 characters with a brace).
- * A builtin name (short, one line, no brace) names one of the template files mergekit ships
- * (mergekit/_data/chat_templates); those files are mergekit's own and acem does not bundle
- * them, so the name is refused with the way out: the template's text, or auto. */
+ * A builtin name (short, one line, no brace) names one of the formats mergekit ships a file
+ * for (mergekit/_data/chat_templates): acem writes its own template for it
+ * (chat_templates.c); a name it has none for is refused with the way out. */
 static int chat_template(tok_build *b, acem_error *err) {
     const char *s = b->o->chat_template;
     if (!s || !*s) return 0;
     if (!strcmp(s, "auto")) return auto_template(b, err);
-    if (strlen(s) < 256 && !strchr(s, '\n') && !strchr(s, '{'))
-        return acem_fail(err,
-                         "chat_template \"%.60s\" names a template file that mergekit ships and "
-                         "acem does not bundle: give the template's Jinja text, or auto",
-                         s);
+    if (strlen(s) < 256 && !strchr(s, '\n') && !strchr(s, '{')) {
+        const char *named = acem_chat_template_named(s);
+        if (!named)
+            return acem_fail(err,
+                             "chat_template \"%.60s\" is not a format acem has a template for "
+                             "(chatml, llama3, alpaca): give the template's Jinja text, or auto",
+                             s);
+        s = named;
+    }
     if (strlen(s) < 20)
         return acem_fail(err, "chat_template \"%.60s\" is neither auto nor a Jinja template", s);
     return (b->tp->chat_template = acem_strdup(s, err)) ? 0 : -1;

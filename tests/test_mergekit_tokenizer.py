@@ -301,6 +301,36 @@ def template_of(out):
     return json.load(open(os.path.join(out, "tokenizer_config.json"))).get("chat_template")
 
 
+# One conversation for every format: system, user, assistant, user (contents with the
+# surrounding spaces the llama3 and alpaca specifications trim).
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " Hi "},
+                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "2+2?"}]
+
+
+def render(template, gen):
+    """transformers' apply_chat_template: a sandboxed Jinja environment with trim_blocks and
+    lstrip_blocks (Debian's python3-jinja2)."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(messages=CONVERSATION, add_generation_prompt=gen,
+                                            bos_token="<|begin_of_text|>")
+
+
+def named_formats():
+    """Each format's string from its specification: {name: {add_generation_prompt: text}}."""
+    # ChatML (OpenAI's chatml.md): <|im_start|>ROLE\nCONTENT<|im_end|>\n per message
+    chatml = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in CONVERSATION)
+    # Llama 3 (Meta's prompt format page): begin_of_text, then header, blank line, content, eot
+    llama3 = "<|begin_of_text|>" + "".join(
+        f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content'].strip()}<|eot_id|>"
+        for m in CONVERSATION)
+    # Alpaca (Stanford Alpaca's prompt): preamble, then ### blocks separated by blank lines
+    alpaca = "Be brief.\n\n### Instruction:\nHi\n\n### Response:\nHello.\n\n### Instruction:\n2+2?"
+    return {"chatml": {False: chatml, True: chatml + "<|im_start|>assistant\n"},
+            "llama3": {False: llama3, True: llama3 + "<|start_header_id|>assistant<|end_header_id|>\n\n"},
+            "alpaca": {False: alpaca, True: alpaca + "\n\n### Response:\n"}}
+
+
 def group_chat_template(d):
     dirs, _ = setup(d)
     b, x, y = dirs["base"], dirs["x"], dirs["y"]
@@ -322,11 +352,21 @@ def group_chat_template(d):
             kept = json.load(open(os.path.join(out, "tokenizer_config.json")))
             check(f"chat_template {label}: the rest of tokenizer_config.json kept",
                   kept.get("model_max_length") == 128)
-    # a builtin name: mergekit's own template files, which acem does not bundle
-    r = run("merge", config(d, "n.yml", ta + "tokenizer_source: base\nchat_template: chatml\n"),
+    # a format name: acem's own template, rendered as transformers renders it, against the
+    # string each format's specification gives (built by hand in named_formats)
+    for name, want in named_formats().items():
+        out = os.path.join(d, "named-" + name)
+        r = run("merge", config(d, "n.yml", ta + f"tokenizer_source: base\nchat_template: {name}\n"),
+                "-o", out)
+        check(f"chat_template {name}: runs", r.returncode == 0, r.stderr)
+        for gen in (False, True):
+            got = render(template_of(out), gen) if r.returncode == 0 else None
+            check(f"chat_template {name}, add_generation_prompt {gen}: the format's own string",
+                  got == want[gen], f"got {got!r}, want {want[gen]!r}")
+    r = run("merge", config(d, "n.yml", ta + "tokenizer_source: base\nchat_template: exaone\n"),
             "-o", os.path.join(d, "named"))
-    check("chat_template chatml (a file mergekit ships): refused in one line with the way out",
-          one_error_line(r, "does not bundle", "Jinja text") and not os.path.exists(os.path.join(d, "named")), r.stderr)
+    check("chat_template exaone (a name acem has no template for): refused in one line with the way out",
+          one_error_line(r, "exaone", "Jinja text") and not os.path.exists(os.path.join(d, "named")), r.stderr)
     # without a tokenizer source: the base's files, the template set (merge.py's _copy_tokenizer)
     out = os.path.join(d, "plain")
     r = run("merge", config(d, "p.yml", f"merge_method: task_arithmetic\nbase_model: {b}\n"
