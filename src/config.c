@@ -84,6 +84,7 @@ typedef struct cfg_ctx {
     doc_info *docs;
     size_t n_docs, doc, final;
     const char *stage_dir;
+    bool modules; /* the document gave `modules:` */
 } cfg_ctx;
 
 static yaml_node_t *node(cfg_ctx *x, int id) { return yaml_document_get_node(&x->c->doc, id); }
@@ -630,12 +631,69 @@ static int tokenizer_block(cfg_ctx *x, yaml_node_t *v) {
     return 0;
 }
 
+/* mergekit's `modules:` (config.py, OutputModuleDefinition): one {slices | models} per
+ * module of the architecture. acem's architectures have one module, which mergekit names
+ * `default`, so `modules: {default: M}` is M's slices or models given at the top level
+ * (plan.py plans the one module over the whole model). A module's own `parameters` (a level
+ * between the slice's and the top's in ConfigReader.parameter) are refused, not folded. */
+static int exclusive_inputs(cfg_ctx *x) {
+    if (x->c->models || x->c->settings->n_slices || x->modules)
+        return acem_fail(x->err,
+                         "%s: give exactly one of \"models\", \"slices\" and \"modules\" (as "
+                         "mergekit)",
+                         x->path);
+    return 0;
+}
+
+/* One key of module default: its slices or models, read as at the top level. */
+static int module_key(cfg_ctx *x, const char *k, yaml_node_t *v, bool *inputs) {
+    if (strcmp(k, "slices") && strcmp(k, "models")) {
+        if (strcmp(k, "parameters")) return ignored_key(x, k, "in module default");
+        return acem_fail(x->err,
+                         "%s: module \"default\": its own \"parameters\" are not read by acem "
+                         "yet: give them at the top level or per slice",
+                         x->path);
+    }
+    if (*inputs)
+        return acem_fail(x->err,
+                         "%s: module \"default\": give \"slices\" or \"models\", not both "
+                         "(as mergekit)",
+                         x->path);
+    *inputs = true;
+    return !strcmp(k, "slices") ? slice_list(x, v) : model_list(x, v);
+}
+
+static int module_list(cfg_ctx *x, yaml_node_t *n) {
+    if (exclusive_inputs(x)) return -1;
+    x->modules = true;
+    if (!n || n->type != YAML_MAPPING_NODE || items(n) != 1)
+        return acem_fail(x->err, "%s: \"modules\" must map one module, \"default\"", x->path);
+    const char *name = scalar(x, node(x, n->data.mapping.pairs.start->key), "modules");
+    yaml_node_t *m = node(x, n->data.mapping.pairs.start->value);
+    if (!name) return -1;
+    if (strcmp(name, "default"))
+        return acem_fail(x->err,
+                         "%s: module \"%.40s\": acem's architectures have one module, "
+                         "\"default\"",
+                         x->path, name);
+    if (!m || m->type != YAML_MAPPING_NODE)
+        return acem_fail(x->err, "%s: module \"default\" must be a mapping", x->path);
+    if (unique_keys(x, m, "in module default")) return -1;
+    bool inputs = false;
+    for (yaml_node_pair_t *p = m->data.mapping.pairs.start; p < m->data.mapping.pairs.top; p++) {
+        const char *k = scalar(x, node(x, p->key), "modules");
+        if (!k || module_key(x, k, node(x, p->value), &inputs)) return -1;
+    }
+    if (!inputs)
+        return acem_fail(x->err, "%s: module \"default\" needs \"slices\" or \"models\"", x->path);
+    return 0;
+}
+
 /* A top-level key acem does not read: one mergekit reads, which changes the merge, is
  * refused (ignoring it would give another model than mergekit's); any other is one mergekit
  * ignores too, warned about. */
 static int mergekit_key(cfg_ctx *x, const char *k) {
     static const char *const read[][2] = {
-        {"modules", "per-module slices"},
         {"input_model_parameters", "older mergekit's per-model parameters: give them as "
                                    "models[].parameters"},
     };
@@ -661,8 +719,9 @@ static int top_level_key(cfg_ctx *x, const char *k, yaml_node_t *v) {
         return (o->out = path_scalar(x, v, k)) ? 0 : -1;
     if (!strcmp(k, "preset")) return (o->preset = scalar(x, v, k)) ? 0 : -1;
     if (!strcmp(k, "report")) return (o->report_path = path_scalar(x, v, k)) ? 0 : -1;
-    if (!strcmp(k, "models")) return model_list(x, v);
-    if (!strcmp(k, "slices")) return slice_list(x, v);
+    if (!strcmp(k, "models")) return x->modules && exclusive_inputs(x) ? -1 : model_list(x, v);
+    if (!strcmp(k, "slices")) return x->modules && exclusive_inputs(x) ? -1 : slice_list(x, v);
+    if (!strcmp(k, "modules")) return module_list(x, v);
     if (!strcmp(k, "exclude")) {
         int rc = string_list(x, v, k, &x->c->excludes, &o->n_excludes);
         o->excludes = x->c->excludes;
@@ -930,20 +989,9 @@ static yaml_node_t *seq_item(yaml_document_t *doc, yaml_node_t *seq, size_t i) {
     return yaml_document_get_node(doc, seq->data.sequence.items.start[i]);
 }
 
-/* A document's name, own output and model references: where load_document reads models
- * (base_model, models and their `model`, slices' base_model and sources' `model`). */
-static int document_info(yaml_document_t *doc, doc_info *d) {
-    yaml_node_t *root = yaml_document_get_root_node(doc), *v;
-    if (!root || root->type != YAML_MAPPING_NODE) return 0;
-    const char *name = NULL, *out = NULL;
-    if ((v = doc_value(doc, root, "name")) && v->type == YAML_SCALAR_NODE)
-        name = (const char *)v->data.scalar.value;
-    if ((v = doc_value(doc, root, "out")) && v->type == YAML_SCALAR_NODE)
-        out = (const char *)v->data.scalar.value;
-    if ((name && !(d->name = strdup(name))) || (out && !(d->out = strdup(out))) ||
-        add_ref(d, doc_value(doc, root, "base")))
-        return -1;
-    yaml_node_t *models = doc_value(doc, root, "models"), *slices = doc_value(doc, root, "slices");
+/* The models a mapping's models and slices name (the top level's, or module default's). */
+static int input_refs(yaml_document_t *doc, yaml_node_t *map, doc_info *d) {
+    yaml_node_t *models = doc_value(doc, map, "models"), *slices = doc_value(doc, map, "slices");
     for (size_t i = 0; models && models->type == YAML_SEQUENCE_NODE && i < items(models); i++) {
         yaml_node_t *m = seq_item(doc, models, i);
         if (add_ref(d, m->type == YAML_MAPPING_NODE ? doc_value(doc, m, "model") : m)) return -1;
@@ -955,6 +1003,28 @@ static int document_info(yaml_document_t *doc, doc_info *d) {
             if (add_ref(d, doc_value(doc, seq_item(doc, src, k), "model"))) return -1;
     }
     return 0;
+}
+
+/* A document's name, own output and model references: where load_document reads models
+ * (base_model, models and their `model`, slices' base_model and sources' `model`, at the
+ * top level or in module default). */
+static int document_info(yaml_document_t *doc, doc_info *d) {
+    yaml_node_t *root = yaml_document_get_root_node(doc), *v;
+    if (!root || root->type != YAML_MAPPING_NODE) return 0;
+    const char *name = NULL, *out = NULL;
+    if ((v = doc_value(doc, root, "name")) && v->type == YAML_SCALAR_NODE)
+        name = (const char *)v->data.scalar.value;
+    if ((v = doc_value(doc, root, "out")) && v->type == YAML_SCALAR_NODE)
+        out = (const char *)v->data.scalar.value;
+    if ((name && !(d->name = strdup(name))) || (out && !(d->out = strdup(out))) ||
+        add_ref(d, doc_value(doc, root, "base")))
+        return -1;
+    if (input_refs(doc, root, d)) return -1;
+    yaml_node_t *modules = doc_value(doc, root, "modules"), *m;
+    return modules && modules->type == YAML_MAPPING_NODE &&
+                   (m = doc_value(doc, modules, "default")) && m->type == YAML_MAPPING_NODE
+               ? input_refs(doc, m, d)
+               : 0;
 }
 
 static void docs_free(cfg_ctx *x) {

@@ -227,6 +227,15 @@ def slice_cases():
                              {"model": "b", "layer_range": [0, 4],
                               "parameters": {"weight": 0.4, "density": 0.5}}],
                  "parameters": {"normalize": False}}]}, "F32"),
+        ("della_linear/modules: default (one module): its slices, gradients per source", {
+            "merge_method": "della_linear", "base_model": "base", "modules": {"default": {
+                "slices": [{"sources": [
+                    {"model": "a", "layer_range": [0, 4],
+                     "parameters": {"weight": [0.9, 0.2, 0.95], "density": 0.5, "epsilon": 0.4}},
+                    {"model": "b", "layer_range": [0, 4],
+                     "parameters": {"weight": [0.1, 0.9, 0.3], "density": 0.5, "epsilon": 0.4}},
+                    {"model": "base", "layer_range": [0, 4]}]}]}},
+            "parameters": {"lambda": 1.0, "normalize": 1.0}}, "F32"),
         ("linear/slices without a base", {
             "merge_method": "linear", "slices": [
                 {"sources": [{"model": "a", "layer_range": [0, 3],
@@ -273,6 +282,19 @@ def test_refusals(d):
     refused("models and slices together are refused (mergekit: exactly one)",
             {"merge_method": "passthrough", "models": [{"model": "a"}],
              "slices": [{"sources": [src("a", 0, 4)]}]}, "not both")
+    module = {"slices": [{"sources": [src("a", 0, 4)]}]}
+    refused("a module other than default is refused (acem's architectures have one)",
+            {"merge_method": "passthrough", "modules": {"vision_tower": module}},
+            "vision_tower", "default")
+    refused("a module's own parameters are refused, not ignored",
+            {"merge_method": "passthrough", "modules": {"default": {**module,
+                                                                   "parameters": {"scale": 2}}}},
+            "module", "parameters")
+    refused("modules and slices together are refused (mergekit: exactly one)",
+            {"merge_method": "passthrough", "modules": {"default": module}, **module},
+            "exactly one", "modules")
+    refused("a module without slices or models is refused",
+            {"merge_method": "passthrough", "modules": {"default": {}}}, "default", "slices")
     refused("a layer_range that is not [start, end) with start < end is refused",
             {"merge_method": "passthrough", "slices": [{"sources": [src("a", 3, 3)]}]},
             "layer_range")

@@ -420,9 +420,25 @@ PER_TENSOR = {"model_stock": model_stock_tensor, "nuslerp": nuslerp_tensor,
 TRANSCRIBED = set(METHODS) | {"linear", "slerp"} | set(PER_TENSOR)
 
 
+def single_module(cfg):
+    """mergekit's `modules:` for an architecture of one module, `default` (config.py,
+    OutputModuleDefinition; plan.py plans each module of the architecture): the module's
+    slices or models stand for the config's, and its parameters come between a slice's and
+    the top level's (ConfigReader.parameter). Other module names are left as they are."""
+    module = (cfg.get("modules") or {}).get("default")
+    if not module or len(cfg["modules"]) != 1:
+        return cfg
+    out = {k: v for k, v in cfg.items() if k != "modules"}
+    out.update({k: module[k] for k in ("slices", "models") if k in module})
+    if module.get("parameters"):
+        out["parameters"] = {**(cfg.get("parameters") or {}), **module["parameters"]}
+    return out
+
+
 def merge(cfg, models, n_layers, seed=0):
     """cfg: the parsed YAML (dict); models: path -> {tensor: float64 array}; seed: acem's
     --seed, for the random mask."""
+    cfg = single_module(cfg)
     method = cfg["merge_method"]
     if "slices" in cfg and method in TRANSCRIBED:
         return merge_slices(cfg, models, seed)[0]
@@ -430,7 +446,7 @@ def merge(cfg, models, n_layers, seed=0):
         # what this file does not transcribe (modules, other methods) is said so, for
         # callers that measure a corpus (tests/test_mergekit_corpus.py)
         raise NotImplementedError("no transcription of %s%s" % (
-            method, "" if "models" in cfg else " with modules"))
+            method, "" if "models" in cfg else " with other modules"))
     if method == "linear":
         return linear(cfg, models, n_layers)
     if method == "slerp":
@@ -523,6 +539,7 @@ def slice_parameter(name, cfg, sl, model, tensor, t, default=None, required=Fals
 
 def merge_slices(cfg, models, seed=0):
     """A `slices:` config: {output name: float64 values} and the output's layer count."""
+    cfg = single_module(cfg)
     method, base = cfg["merge_method"], cfg.get("base_model")
     plan, n_layers = slice_plan(cfg, models)
     out = {}
