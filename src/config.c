@@ -9,7 +9,7 @@
  *   parameters: {density: 0.2, lambda: 1.0}
  *   dtype: bf16                   # output dtype (q8_0 / q4_0 for .gguf outputs)
  *   tokenizer_source: union       # or tokenizer: {source, tokens, pad_to_multiple_of}
- *   chat_template: chatml         # auto or Jinja text (tokenizer_merge.c)
+ *   chat_template: chatml         # auto, a format name or Jinja text (tokenizer_merge.c)
  *
  * Parameter values are read as mergekit's config.py reads them (params.h): numbers,
  * gradients, {filter, value} conditions. A key mergekit ignores (its pydantic models drop

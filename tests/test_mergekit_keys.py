@@ -84,10 +84,12 @@ def test_unknown_keys(d):
           r.returncode == 0 and len(where) == 3 and '"shard" at the top level ' in where[0]
           and '"note" in source 1 of slice 1 ' in where[1]
           and '"comment" in slice 1 ' in where[2], r.stderr)
-    for key, phrase in (("modules", "per-module"), ("input_model_parameters", "models[]")):
-        r, _ = merged(d, "refused", as_yaml({**TIES, key: {}}))
-        check(f"{key}: mergekit reads it and acem does not: refused, not ignored",
-              one_error_line(r, f'"{key}"', "read by mergekit", phrase), r.stderr)
+    r, _ = merged(d, "refused", as_yaml({**TIES, "input_model_parameters": {}}))
+    check("input_model_parameters: mergekit reads it and acem does not: refused, not ignored",
+          one_error_line(r, '"input_model_parameters"', "read by mergekit", "models[]"), r.stderr)
+    r, _ = merged(d, "refused", as_yaml({**TIES, "modules": {}}))
+    check("modules beside models: refused as mergekit refuses it (exactly one)",
+          one_error_line(r, "exactly one", '"modules"'), r.stderr)
     text = as_yaml(TIES).rstrip().rstrip("}") + ', "merge_method": "ties"\n}\n'
     r, _ = merged(d, "twice", text)
     check("a key given twice stays refused (mergekit's reader keeps the last silently)",
