@@ -80,7 +80,7 @@ static void test_refusals(void **state) {
     static const struct {
         const char *yaml, *expect;
     } cases[] = {
-        {"modules: {text: {models: [a]}}\n", "\"modules\" is read by mergekit"},
+        {"modules: {text: {models: [a]}}\n", "module \"text\": acem's architectures have one"},
         {"input_model_parameters: {a: {weight: 1}}\n", "not yet by acem"},
         {"base_model: b\nslices:\n  - base_model: a\n    sources: [{model: a, layer_range: [0, "
          "1]}]\n",
