@@ -137,8 +137,8 @@ int cmd_lab(int argc, char **argv) {
         return EXIT_USAGE;
     }
     if (strcmp(suite, "all")) {
-        if (strcmp(suite, "synthetic") && strcmp(suite, "digits")) {
-            cli_error("unknown suite \"%s\" (synthetic, digits, all)", suite);
+        if (strcmp(suite, "synthetic") && strcmp(suite, "digits") && strcmp(suite, "text")) {
+            cli_error("unknown suite \"%s\" (synthetic, digits, text, all)", suite);
             return EXIT_USAGE;
         }
         return run_suite(&o, suite, o.out);
