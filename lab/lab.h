@@ -253,11 +253,11 @@ int lab_evaluate(const lab_net *backbone, const lab_net *heads, const lab_suite 
                  acem_error *err);
 
 /* Every method's merge of a suite's experts, evaluated by the suite: evaluate(user, path,
- * test, val) scores the merged checkpoint at path on the test split (and on validation
- * when val is not NULL). Outputs go to merged_dir/METHOD (suffix appended: ".safetensors"
+ * validation, row) scores the merged checkpoint at path on the test split (on the
+ * validation split when validation is set). Outputs go to merged_dir/METHOD (suffix appended: ".safetensors"
  * for one file, "" for a folder). grams: each expert's X^T X file for the regmean
  * reference row, or NULL to skip it (named in the log). */
-typedef int (*lab_merged_fn)(void *user, const char *path, lab_row *test, lab_row *val,
+typedef int (*lab_merged_fn)(void *user, const char *path, bool validation, lab_row *row,
                              acem_error *err);
 typedef struct lab_merge_job {
     const lab_suite *suite; /* names and T, for the log */

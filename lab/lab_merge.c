@@ -129,7 +129,7 @@ int lab_evaluate(const lab_net *backbone, const lab_net *heads, const lab_suite 
 
 /* Merges the experts with `method` into out and lets the suite evaluate the result. */
 static int merge_and_evaluate(const lab_merge_job *j, const char *method, double lambda,
-                              const char *out, lab_row *test, lab_row *val, acem_error *err) {
+                              const char *out, bool validation, lab_row *row, acem_error *err) {
     acem_merge_options mo;
     acem_merge_options_init(&mo);
     mo.base = j->base;
@@ -145,7 +145,7 @@ static int merge_and_evaluate(const lab_merge_job *j, const char *method, double
     mo.grams = strcmp(method, "regmean") ? NULL : j->grams;
     mo.covariance_axis_input = mo.grams ? j->grams_input_axis : 0;
     acem_merge_summary summary;
-    return acem_merge(&mo, &summary, err) || j->evaluate(j->user, out, test, val, err) ? -1 : 0;
+    return acem_merge(&mo, &summary, err) || j->evaluate(j->user, out, validation, row, err) ? -1 : 0;
 }
 
 static int merged_path(char *buf, const lab_merge_job *j, const char *name, acem_error *err) {
@@ -155,30 +155,24 @@ static int merged_path(char *buf, const lab_merge_job *j, const char *name, acem
 }
 
 /* Task arithmetic at the lambda with the best mean validation accuracy (the first of
- * equals), as papers report it. */
+ * equals), as papers report it: the sweep on validation, then that lambda on test. */
 static int task_arithmetic_on_val(const lab_merge_job *j, lab_row *row, double *best_lambda,
                                   acem_error *err) {
     char out[LAB_PATH];
     double best_val = -1.0;
-    if (merged_path(out, j, "task_arithmetic_sweep", err)) return -1;
+    if (merged_path(out, j, "task_arithmetic_val", err)) return -1;
     for (int i = 1; i <= TA_SWEEP_STEPS; i++) {
         double lambda = (double)i / TA_SWEEP_STEPS;
-        lab_row test, val;
-        if (merge_and_evaluate(j, "task_arithmetic", lambda, out, &test, &val, err)) return -1;
+        lab_row val;
+        if (merge_and_evaluate(j, "task_arithmetic", lambda, out, true, &val, err)) return -1;
         if (val.avg > best_val) {
             best_val = val.avg;
             *best_lambda = lambda;
-            memcpy(row->acc, test.acc, sizeof row->acc);
-            row->avg = test.avg;
         }
     }
     snprintf(row->name, sizeof row->name, "task_arithmetic_val");
     snprintf(row->about, sizeof row->about, "lambda chosen on validation");
-    /* A single file is removed; a folder (several files acem_merge wrote) stays, holding
-     * the last lambda's merge, since the lab removes nothing but single files. */
-    if (!j->suffix[0] || remove(out) == 0) return 0;
-    snprintf(err->msg, sizeof err->msg, "%.900s: cannot remove", out);
-    return -1;
+    return merge_and_evaluate(j, "task_arithmetic", *best_lambda, out, false, row, err);
 }
 
 int lab_merge_all(const lab_merge_job *j, lab_results *r, acem_error *err) {
@@ -207,7 +201,7 @@ int lab_merge_all(const lab_merge_job *j, lab_results *r, acem_error *err) {
                                : "default parameters");
             lab_log(s, "merging with %s", row->name);
             if (merged_path(out, j, method, err) ||
-                merge_and_evaluate(j, method, NAN, out, row, NULL, err))
+                merge_and_evaluate(j, method, NAN, out, false, row, err))
                 return -1;
             if (!strcmp(method, "task_arithmetic")) {
                 lab_log(s, "task arithmetic, lambda 0.05 .. 1.0 on the validation split");
@@ -224,14 +218,13 @@ typedef struct mlp_eval {
     const lab_models *m;
 } mlp_eval;
 
-static int evaluate_mlp(void *user, const char *path, lab_row *test, lab_row *val,
+static int evaluate_mlp(void *user, const char *path, bool validation, lab_row *row,
                         acem_error *err) {
     const mlp_eval *e = user;
     lab_net merged;
     if (lab_net_clone(&merged, &e->m->base, err)) return -1;
     int rc = lab_load_backbone(path, &merged, err) ||
-             evaluate_on(&merged, e->m->head, e->s, false, test, err) ||
-             (val && evaluate_on(&merged, e->m->head, e->s, true, val, err));
+             evaluate_on(&merged, e->m->head, e->s, validation, row, err);
     lab_net_free(&merged);
     return rc ? -1 : 0;
 }
