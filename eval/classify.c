@@ -28,8 +28,8 @@ int token_rows_batch(const token_rows *rows, size_t i0, int B, int pad, int *buf
     return T;
 }
 
-int gpt2_classify_batch(gpt2_model *m, const token_rows *rows, size_t i0, int B, int *buf,
-                        int *len, int *pred, acem_error *err) {
+int gpt2_classify_batch(gpt2_model *m, const token_rows *rows, size_t i0, int B, int *buf, int *len,
+                        int *pred, acem_error *err) {
     const gpt2_config *c = gpt2_config_of(m);
     int T = token_rows_batch(rows, i0, B, c->pad_token_id, buf, len);
     gpt2_batch batch = {B, T, buf, len, NULL};

@@ -22,8 +22,8 @@ int token_rows_batch(const token_rows *rows, size_t i0, int B, int pad, int *buf
 /* The rows [i0, i0 + B) as one batch right-padded with pad_token_id, classified: pred[b]
  * the argmax of row i0 + b's logits (the first of equal maxima, as torch.argmax). buf
  * holds B x (the longest row) ids, len B. A model without a pad token must take B = 1. */
-int gpt2_classify_batch(gpt2_model *m, const token_rows *rows, size_t i0, int B, int *buf,
-                        int *len, int *pred, acem_error *err);
+int gpt2_classify_batch(gpt2_model *m, const token_rows *rows, size_t i0, int B, int *buf, int *len,
+                        int *pred, acem_error *err);
 /* Every row classified, in batches of up to `batch` rows (1 without a pad token). */
 int gpt2_classify(gpt2_model *m, const token_rows *rows, int batch, int *pred, acem_error *err);
 

@@ -46,7 +46,7 @@ void lab_log(const lab_suite *s, const char *fmt, ...) {
     va_end(ap);
 }
 
-static int make_dir(const char *dir, const char *sub, acem_error *err) {
+int lab_make_dir(const char *dir, const char *sub, acem_error *err) {
     char path[LAB_PATH];
     if (lab_path(path, sizeof path, dir, sub, err)) return -1;
     if (mkdir(sub[0] ? path : dir, 0755) == 0 || errno == EEXIST) return 0;
@@ -150,8 +150,8 @@ int lab_run(const lab_options *o, acem_error *err) {
     if (!rc) {
         r->suite = s;
         /* Its files are regenerated in place by every run: the directory must be the lab's. */
-        rc = acem_workdir_claim(o->out, "acem lab", err) || make_dir(o->out, "experts", err) ||
-             make_dir(o->out, "grams", err) || make_dir(o->out, "merged", err) ||
+        rc = acem_workdir_claim(o->out, "acem lab", err) || lab_make_dir(o->out, "experts", err) ||
+             lab_make_dir(o->out, "grams", err) || lab_make_dir(o->out, "merged", err) ||
              lab_paths_init(&m->paths, o->out, s, err) || train_models(o, s, m, err) ||
              reference_rows(o, s, m, r, err);
     }

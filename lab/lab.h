@@ -200,8 +200,8 @@ typedef struct lab_row {
 #define LAB_MAX_LAYERS 32
 typedef struct lab_cov_match {
     int layers;
-    char name[LAB_MAX_LAYERS][64];               /* the checkpoint's tensor name */
-    int out[LAB_MAX_LAYERS], in[LAB_MAX_LAYERS]; /* the layer's map: in -> out */
+    char name[LAB_MAX_LAYERS][64];                /* the checkpoint's tensor name */
+    int out[LAB_MAX_LAYERS], in[LAB_MAX_LAYERS];  /* the layer's map: in -> out */
     double own[LAB_MAX_LAYERS][LAB_MAX_TASKS];    /* cos(Dt^T Dt, Xt^T Xt) */
     double other[LAB_MAX_LAYERS][LAB_MAX_TASKS];  /* mean over s != t of cos(Dt^T Dt, Xs^T Xs) */
     double random[LAB_MAX_LAYERS][LAB_MAX_TASKS]; /* cos(R^T R, Xt^T Xt), R Gaussian, D's shape */
@@ -254,8 +254,8 @@ int lab_evaluate(const lab_net *backbone, const lab_net *heads, const lab_suite 
 
 /* Every method's merge of a suite's experts, evaluated by the suite: evaluate(user, path,
  * validation, row) scores the merged checkpoint at path on the test split (on the
- * validation split when validation is set). Outputs go to merged_dir/METHOD (suffix appended: ".safetensors"
- * for one file, "" for a folder). grams: each expert's X^T X file for the regmean
+ * validation split when validation is set). Outputs go to merged_dir/METHOD (suffix appended:
+ * ".safetensors" for one file, "" for a folder). grams: each expert's X^T X file for the regmean
  * reference row, or NULL to skip it (named in the log). */
 typedef int (*lab_merged_fn)(void *user, const char *path, bool validation, lab_row *row,
                              acem_error *err);
@@ -282,6 +282,8 @@ int lab_write_reports(const char *dir, const lab_results *r, const lab_options *
 
 /* "lab: [suite] MESSAGE" on stderr. */
 void lab_log(const lab_suite *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Creates dir/sub (dir itself when sub is ""), or finds it there. */
+int lab_make_dir(const char *dir, const char *sub, acem_error *err);
 /* Joins dir and name into buf; an error if it does not fit. */
 int lab_path(char *buf, size_t len, const char *dir, const char *name, acem_error *err);
 

@@ -145,7 +145,8 @@ static int merge_and_evaluate(const lab_merge_job *j, const char *method, double
     mo.grams = strcmp(method, "regmean") ? NULL : j->grams;
     mo.covariance_axis_input = mo.grams ? j->grams_input_axis : 0;
     acem_merge_summary summary;
-    return acem_merge(&mo, &summary, err) || j->evaluate(j->user, out, validation, row, err) ? -1 : 0;
+    return acem_merge(&mo, &summary, err) || j->evaluate(j->user, out, validation, row, err) ? -1
+                                                                                             : 0;
 }
 
 static int merged_path(char *buf, const lab_merge_job *j, const char *name, acem_error *err) {
@@ -205,8 +206,7 @@ int lab_merge_all(const lab_merge_job *j, lab_results *r, acem_error *err) {
                 return -1;
             if (!strcmp(method, "task_arithmetic")) {
                 lab_log(s, "task arithmetic, lambda 0.05 .. 1.0 on the validation split");
-                if (task_arithmetic_on_val(j, &r->row[r->rows++], &r->best_lambda, err))
-                    return -1;
+                if (task_arithmetic_on_val(j, &r->row[r->rows++], &r->best_lambda, err)) return -1;
             }
         }
     return 0;

@@ -81,8 +81,7 @@ static int write_markdown(FILE *f, const lab_results *r, const lab_options *o) {
                 i < r->references ? "*" : "");
         for (int t = 0; t < s->T; t++)
             fprintf(f, " %.1f |", 100.0 * row->acc[t]);
-        fprintf(f, " %.1f | %.1f | %s |\n", 100.0 * row->avg, 100.0 * row->norm,
-                row->about);
+        fprintf(f, " %.1f | %.1f | %s |\n", 100.0 * row->avg, 100.0 * row->norm, row->about);
     }
     fprintf(
         f,
@@ -134,9 +133,9 @@ static int write_covariance_csv(FILE *f, const lab_results *r, const lab_options
     fprintf(f, "layer,task,heads,gamma,hetero,cos_own,cos_other,cos_random\n");
     for (int l = 0; l < r->cov.layers; l++)
         for (int t = 0; t < r->suite->T; t++)
-            fprintf(f, "%s,%s,%s,%.4f,%d,%.4f,%.4f,%.4f\n", r->cov.name[l],
-                    r->suite->task[t].name, lab_heads_name(o->heads), r->cov.gamma[l],
-                    r->cov.hetero[l], r->cov.own[l][t], r->cov.other[l][t], r->cov.random[l][t]);
+            fprintf(f, "%s,%s,%s,%.4f,%d,%.4f,%.4f,%.4f\n", r->cov.name[l], r->suite->task[t].name,
+                    lab_heads_name(o->heads), r->cov.gamma[l], r->cov.hetero[l], r->cov.own[l][t],
+                    r->cov.other[l][t], r->cov.random[l][t]);
     return 0;
 }
 

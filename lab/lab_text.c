@@ -15,12 +15,10 @@
 #include "gpt2.h"
 
 #include <cblas.h>
-#include <errno.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #define CRITERION_NORM 0.70 /* docs/lab.md: zero-shot Norm must stay below it */
 #define TEXT_SPLITS    3    /* train, val, test */
@@ -41,8 +39,7 @@ typedef struct text_sizes {
 } text_sizes;
 
 static text_sizes text_sizes_for(bool quick) {
-    if (quick)
-        return (text_sizes){2, 2, 32, 64, 64, 16, 60, 40, 3e-3, 1e-3};
+    if (quick) return (text_sizes){2, 2, 32, 64, 64, 16, 60, 40, 3e-3, 1e-3};
     return (text_sizes){2, 4, 64, 128, 128, 16, 800, 200, 2e-3, 1e-3};
 }
 
@@ -61,12 +58,6 @@ typedef struct text_lab {
 
 static int fail(acem_error *err, const char *what, const char *path) {
     snprintf(err->msg, sizeof err->msg, "%.900s: %s", path, what);
-    return -1;
-}
-
-static int make_dir(const char *path, acem_error *err) {
-    if (mkdir(path, 0755) == 0 || errno == EEXIST) return 0;
-    snprintf(err->msg, sizeof err->msg, "%.900s: cannot create: %s", path, strerror(errno));
     return -1;
 }
 
@@ -201,11 +192,11 @@ static int finetune(text_lab *L, gpt2_model *m, int t, acem_error *err) {
     int B = L->z.batch, T = L->z.max_len;
     int *ids = malloc((size_t)B * T * sizeof *ids), *len = malloc((size_t)B * sizeof *len);
     int *labels = malloc((size_t)B * sizeof *labels);
-    int rc = ids && len && labels ? 0 : fail(err, "out of memory", "lab text");
+    size_t *pick = malloc((size_t)B * sizeof *pick);
+    int rc = ids && len && labels && pick ? 0 : fail(err, "out of memory", "lab text");
     lab_rng rng = lab_rng_for(L->o->seed, "text-finetune", t);
     for (int step = 0; !rc && step < L->z.finetune_steps; step++) {
         int Tb = 1;
-        size_t pick[64];
         for (int b = 0; b < B; b++) {
             pick[b] = lab_rng_next(&rng) % rows->n;
             len[b] = token_rows_len(rows, pick[b]);
@@ -219,7 +210,7 @@ static int finetune(text_lab *L, gpt2_model *m, int t, acem_error *err) {
         gpt2_batch batch = {B, Tb, ids, len, labels};
         rc = train_step(m, &batch, L->z.finetune_lr, err);
     }
-    free(ids), free(len), free(labels);
+    free(ids), free(len), free(labels), free(pick);
     return rc;
 }
 
@@ -234,7 +225,8 @@ static int accuracy(text_lab *L, gpt2_model *m, int t, int s, bool own_head, dou
     if (!own_head) {
         size_t n;
         if (gpt2_new_head(m, k->classes, 0, err)) return -1;
-        memcpy(gpt2_param(m, GPT2_SCORE, &n), L->head[t], (size_t)k->classes * L->z.n_embd * 4);
+        memcpy(gpt2_param(m, GPT2_SCORE, &n), L->head[t],
+               (size_t)k->classes * L->z.n_embd * sizeof(float));
     }
     int *pred = malloc((size_t)set->n * sizeof *pred);
     if (!pred) return fail(err, "out of memory", "lab text");
@@ -270,8 +262,8 @@ static int evaluate_merged(void *user, const char *path, bool validation, lab_ro
 
 /* X^T X of every matmul's inputs in expert m on GRAM_EXAMPLES of task t's training rows
  * (real tokens only), into gx[layer] (in x in), and saved as regmean's Gram file. */
-static int input_grams(text_lab *L, gpt2_model *m, int t, const lab_cov_match *cov,
-                       double **gx, acem_error *err) {
+static int input_grams(text_lab *L, gpt2_model *m, int t, const lab_cov_match *cov, double **gx,
+                       acem_error *err) {
     const token_rows *rows = &L->rows[t][0];
     int B = L->z.batch, T = L->z.max_len, C = L->z.n_embd;
     int n = rows->n < GRAM_EXAMPLES ? (int)rows->n : GRAM_EXAMPLES;
@@ -288,8 +280,8 @@ static int input_grams(text_lab *L, gpt2_model *m, int t, const lab_cov_match *c
         if ((rc = gpt2_forward(m, &batch, 1, &logits, err))) break;
         for (int l = 0; l < cov->layers; l++) {
             int in = cov->in[l], rowsx = 0;
-            const float *a = gpt2_matmul_input(m, matmul_params[l % TEXT_MATMULS],
-                                               l / TEXT_MATMULS);
+            const float *a =
+                gpt2_matmul_input(m, matmul_params[l % TEXT_MATMULS], l / TEXT_MATMULS);
             for (int b = 0; b < nb; b++) /* real tokens only */
                 for (int i = 0; i < len[b]; i++, rowsx++)
                     for (int j = 0; j < in; j++)
@@ -337,8 +329,8 @@ static void delta_map(const lab_cov_match *cov, int l, gpt2_model *expert, gpt2_
                 *w0 = gpt2_param(base, p, &n) + (size_t)block * size;
     for (int i = 0; i < cov->in[l]; i++)
         for (int o = 0; o < cov->out[l]; o++)
-            D[(size_t)o * cov->in[l] + i] = (double)we[(size_t)i * cov->out[l] + o] -
-                                            (double)w0[(size_t)i * cov->out[l] + o];
+            D[(size_t)o * cov->in[l] + i] =
+                (double)we[(size_t)i * cov->out[l] + o] - (double)w0[(size_t)i * cov->out[l] + o];
 }
 
 static int covariance_match(text_lab *L, lab_cov_match *cov, acem_error *err) {
@@ -405,11 +397,10 @@ static gpt2_config base_config(const text_sizes *z) {
 
 static int paths(text_lab *L, acem_error *err) {
     const char *out = L->o->out;
-    char dir[LAB_PATH];
     if (lab_path(L->base, LAB_PATH, out, "base", err) ||
-        lab_path(L->merged, LAB_PATH, out, "merged", err) ||
-        lab_path(dir, LAB_PATH, out, "experts", err) || make_dir(L->base, err) ||
-        make_dir(L->merged, err) || make_dir(dir, err))
+        lab_path(L->merged, LAB_PATH, out, "merged", err) || lab_make_dir(out, "base", err) ||
+        lab_make_dir(out, "merged", err) || lab_make_dir(out, "experts", err) ||
+        lab_make_dir(out, "grams", err))
         return -1;
     for (int t = 0; t < LAB_TEXT_TASKS; t++) {
         char name[64];
@@ -418,7 +409,7 @@ static int paths(text_lab *L, acem_error *err) {
         snprintf(name, sizeof name, "grams/%s.safetensors", L->data.task[t].name);
         if (lab_path(L->gram[t], LAB_PATH, out, name, err)) return -1;
     }
-    return lab_path(dir, LAB_PATH, out, "grams", err) || make_dir(dir, err);
+    return 0;
 }
 
 /* Base (saved as the LM it is) and the seven experts (saved as classifiers); the
@@ -468,8 +459,7 @@ static void criterion(text_lab *L, lab_results *r, size_t at) {
                   100.0 * zero->norm, 100.0 * zero->avg, 100.0 * ind->avg, 100.0 * CRITERION_NORM,
                   zero->norm < CRITERION_NORM ? "held" : "not held");
     for (int t = 0; t < LAB_TEXT_TASKS && p < end; t++)
-        p += snprintf(p, (size_t)(end - p), "%s %s %.1f%%", t ? "," : "",
-                      L->data.task[t].name,
+        p += snprintf(p, (size_t)(end - p), "%s %s %.1f%%", t ? "," : "", L->data.task[t].name,
                       ind->acc[t] > 0 ? 100.0 * zero->acc[t] / ind->acc[t] : 0.0);
     if (p < end) snprintf(p, (size_t)(end - p), ".\n\n");
     lab_log(L->suite, "criterion: zero-shot Norm %.1f, Avg %.1f; individual Avg %.1f: %s",
@@ -493,9 +483,9 @@ static size_t describe(text_lab *L) {
         z->pretrain_lr, z->finetune_steps, z->batch, z->max_len, z->finetune_lr);
     for (int t = 0; t < LAB_TEXT_TASKS && n < sizeof L->intro; t++) {
         const lab_text_task *k = &L->data.task[t];
-        n += (size_t)snprintf(L->intro + n, sizeof L->intro - n, "| %s | %d | %d / %d / %d | %.1f |\n",
-                              k->name, k->classes, k->train.n, k->val.n, k->test.n,
-                              100.0 / k->classes);
+        n += (size_t)snprintf(L->intro + n, sizeof L->intro - n,
+                              "| %s | %d | %d / %d / %d | %.1f |\n", k->name, k->classes,
+                              k->train.n, k->val.n, k->test.n, 100.0 / k->classes);
     }
     if (n < sizeof L->intro) n += (size_t)snprintf(L->intro + n, sizeof L->intro - n, "\n");
     return n < sizeof L->intro ? n : sizeof L->intro - 1;
@@ -518,8 +508,7 @@ static int run(text_lab *L, lab_results *r, acem_error *err) {
     if (lab_text_load(&L->data, "", sizes, L->o->seed, err)) return -1;
     L->suite->T = LAB_TEXT_TASKS;
     for (int t = 0; t < LAB_TEXT_TASKS; t++) {
-        snprintf(L->suite->task[t].name, sizeof L->suite->task[t].name, "%s",
-                 L->data.task[t].name);
+        snprintf(L->suite->task[t].name, sizeof L->suite->task[t].name, "%s", L->data.task[t].name);
         L->suite->task[t].classes = L->data.task[t].classes;
     }
     if (acem_workdir_claim(L->o->out, "acem lab", err) || paths(L, err) ||
