@@ -11,7 +11,7 @@
 #include "lab_text.h"
 
 #include "bpe.h"
-#include "classify.h"
+#include "evaluate.h"
 #include "gpt2.h"
 
 #include <cblas.h>
@@ -24,6 +24,7 @@
 #define TEXT_SPLITS    3    /* train, val, test */
 #define GRAM_EXAMPLES  512  /* training examples whose layer inputs give each X^T X */
 #define TEXT_MATMULS   4    /* c_attn, attn.c_proj, c_fc, mlp.c_proj per block */
+#define EVAL_BATCH     32   /* rows per evaluation batch */
 
 static const int matmul_params[TEXT_MATMULS] = {GPT2_QKV_W, GPT2_ATTPROJ_W, GPT2_FC_W,
                                                 GPT2_FCPROJ_W};
@@ -48,11 +49,10 @@ typedef struct text_lab {
     text_sizes z;
     lab_text_data data;
     lab_suite *suite; /* task names and T, for the log and lab_report.c */
-    token_rows rows[LAB_TEXT_TASKS][TEXT_SPLITS];
+    eval_rows rows[LAB_TEXT_TASKS][TEXT_SPLITS];
     bpe_ids corpus; /* every document's ids, each followed by <|endoftext|> */
     char base[LAB_PATH], merged[LAB_PATH], expert[LAB_TEXT_TASKS][LAB_PATH];
     char gram[LAB_TEXT_TASKS][LAB_PATH];
-    float *head[LAB_TEXT_TASKS]; /* expert t's score.weight, classes x n_embd */
     char intro[4096];
 } text_lab;
 
@@ -74,61 +74,23 @@ static int push_id(bpe_ids *ids, int32_t id) {
     return 0;
 }
 
-/* A split's texts as token rows, each cut to its first max_len ids (docs/lab.md). */
-static int tokenise_set(bpe_tokenizer *tok, const lab_text_set *set, int max_len, token_rows *rows,
-                        acem_error *err) {
-    rows->n = (size_t)set->n;
-    if (!(rows->start = malloc((rows->n + 1) * sizeof *rows->start)))
-        return fail(err, "out of memory", "lab text");
-    rows->start[0] = 0;
-    for (int i = 0; i < set->n; i++) {
-        if (bpe_encode(tok, set->text[i], strlen(set->text[i]), &rows->ids, err)) return -1;
-        if (rows->ids.n - rows->start[i] > (size_t)max_len)
-            rows->ids.n = rows->start[i] + (size_t)max_len;
-        rows->start[i + 1] = rows->ids.n;
-    }
-    return 0;
+static int row_len(const eval_rows *rows, size_t i) {
+    return (int)(rows->start[i + 1] - rows->start[i]);
 }
 
-static const token_rows *sort_rows;
-static int by_length(const void *a, const void *b) {
-    int i = *(const int *)a, j = *(const int *)b;
-    int li = token_rows_len(sort_rows, (size_t)i), lj = token_rows_len(sort_rows, (size_t)j);
-    return li != lj ? li - lj : i - j;
-}
-
-/* An evaluation split's rows, texts and labels in order of length (ties by position), so
- * that a batch pads little; accuracy does not depend on the order. */
-static int sort_by_length(token_rows *rows, lab_text_set *set, acem_error *err) {
-    int n = (int)rows->n, *order = malloc((size_t)n * sizeof *order), *y2 = NULL;
-    char **text2 = malloc((size_t)n * sizeof *text2);
-    token_rows sorted = {{0}, malloc(((size_t)n + 1) * sizeof(size_t)), rows->n};
-    sorted.ids.v = malloc((rows->ids.n + 1) * sizeof *sorted.ids.v);
-    y2 = malloc((size_t)n * sizeof *y2);
-    if (!order || !sorted.start || !sorted.ids.v || !y2 || !text2) {
-        free(order), free(y2), free(text2), token_rows_free(&sorted);
-        return fail(err, "out of memory", "lab text");
+/* Rows pick[0 .. B) as one batch [B, T] right-padded with <|endoftext|> (the pad token),
+ * their lengths into len; returns T, the longest. */
+static int pad_batch(const eval_rows *rows, const size_t *pick, int B, int *ids, int *len) {
+    int T = 1;
+    for (int b = 0; b < B; b++) {
+        len[b] = row_len(rows, pick[b]);
+        T = len[b] > T ? len[b] : T;
     }
-    for (int i = 0; i < n; i++)
-        order[i] = i;
-    sort_rows = rows;
-    qsort(order, (size_t)n, sizeof *order, by_length);
-    sorted.start[0] = 0;
-    for (int k = 0; k < n; k++) {
-        size_t len = (size_t)token_rows_len(rows, (size_t)order[k]);
-        memcpy(sorted.ids.v + sorted.start[k], rows->ids.v + rows->start[order[k]],
-               len * sizeof *sorted.ids.v);
-        sorted.start[k + 1] = sorted.start[k] + len;
-        y2[k] = set->y[order[k]];
-        text2[k] = set->text[order[k]];
-    }
-    sorted.ids.n = sorted.ids.cap = sorted.start[n];
-    memcpy(set->y, y2, (size_t)n * sizeof *y2);
-    memcpy(set->text, text2, (size_t)n * sizeof *text2);
-    free(order), free(y2), free(text2);
-    token_rows_free(rows);
-    *rows = sorted;
-    return 0;
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < T; i++)
+            ids[(size_t)b * T + i] =
+                i < len[b] ? rows->ids.v[rows->start[pick[b]] + (size_t)i] : BPE_BYTE_EOT;
+    return T;
 }
 
 static int tokenise(text_lab *L, acem_error *err) {
@@ -139,11 +101,13 @@ static int tokenise(text_lab *L, acem_error *err) {
         rc = bpe_encode(tok, L->data.doc[d], strlen(L->data.doc[d]), &L->corpus, err) ||
              (push_id(&L->corpus, BPE_BYTE_EOT) && fail(err, "out of memory", "lab text"));
     for (int t = 0; !rc && t < LAB_TEXT_TASKS; t++) {
-        lab_text_task *k = &L->data.task[t];
-        lab_text_set *sets[TEXT_SPLITS] = {&k->train, &k->val, &k->test};
-        for (int s = 0; !rc && s < TEXT_SPLITS; s++)
-            rc = tokenise_set(tok, sets[s], L->z.max_len, &L->rows[t][s], err) ||
-                 (s && sort_by_length(&L->rows[t][s], sets[s], err));
+        const lab_text_task *k = &L->data.task[t];
+        const lab_text_set *sets[TEXT_SPLITS] = {&k->train, &k->val, &k->test};
+        for (int s = 0; !rc && s < TEXT_SPLITS; s++) { /* as acem eval: cut to max_len */
+            size_t bad;
+            rc = eval_encode(tok, (const char *const *)sets[s]->text, NULL, (size_t)sets[s]->n,
+                             (size_t)L->z.max_len, &L->rows[t][s], &bad, err);
+        }
     }
     bpe_free(tok);
     return rc ? -1 : 0;
@@ -187,7 +151,7 @@ static int pretrain(text_lab *L, gpt2_model *m, acem_error *err) {
 
 /* Every parameter fine-tuned on seeded minibatches of task t's training rows. */
 static int finetune(text_lab *L, gpt2_model *m, int t, acem_error *err) {
-    const token_rows *rows = &L->rows[t][0];
+    const eval_rows *rows = &L->rows[t][0];
     const int *y = L->data.task[t].train.y;
     int B = L->z.batch, T = L->z.max_len;
     int *ids = malloc((size_t)B * T * sizeof *ids), *len = malloc((size_t)B * sizeof *len);
@@ -196,17 +160,11 @@ static int finetune(text_lab *L, gpt2_model *m, int t, acem_error *err) {
     int rc = ids && len && labels && pick ? 0 : fail(err, "out of memory", "lab text");
     lab_rng rng = lab_rng_for(L->o->seed, "text-finetune", t);
     for (int step = 0; !rc && step < L->z.finetune_steps; step++) {
-        int Tb = 1;
         for (int b = 0; b < B; b++) {
             pick[b] = lab_rng_next(&rng) % rows->n;
-            len[b] = token_rows_len(rows, pick[b]);
             labels[b] = y[pick[b]];
-            Tb = len[b] > Tb ? len[b] : Tb;
         }
-        for (int b = 0; b < B; b++)
-            for (int i = 0; i < Tb; i++)
-                ids[(size_t)b * Tb + i] =
-                    i < len[b] ? rows->ids.v[rows->start[pick[b]] + (size_t)i] : BPE_BYTE_EOT;
+        int Tb = pad_batch(rows, pick, B, ids, len);
         gpt2_batch batch = {B, Tb, ids, len, labels};
         rc = train_step(m, &batch, L->z.finetune_lr, err);
     }
@@ -216,21 +174,17 @@ static int finetune(text_lab *L, gpt2_model *m, int t, acem_error *err) {
 
 /* ---- evaluation -------------------------------------------------------------------- */
 
-/* Accuracy of m on task t's split s, with expert t's score head put on m's backbone (as
- * acem eval --head does). */
+/* Accuracy of m on task t's split s (1 validation, 2 test) with acem eval's loop, after
+ * expert t's score head is put on m's backbone as acem eval --head does (own_head: m is
+ * the expert). */
 static int accuracy(text_lab *L, gpt2_model *m, int t, int s, bool own_head, double *acc,
                     acem_error *err) {
     const lab_text_task *k = &L->data.task[t];
     const lab_text_set *set = s == 1 ? &k->val : &k->test;
-    if (!own_head) {
-        size_t n;
-        if (gpt2_new_head(m, k->classes, 0, err)) return -1;
-        memcpy(gpt2_param(m, GPT2_SCORE, &n), L->head[t],
-               (size_t)k->classes * L->z.n_embd * sizeof(float));
-    }
+    if (!own_head && gpt2_load_head(m, L->expert[t], err)) return -1;
     int *pred = malloc((size_t)set->n * sizeof *pred);
     if (!pred) return fail(err, "out of memory", "lab text");
-    int rc = gpt2_classify(m, &L->rows[t][s], 32, pred, err), correct = 0;
+    int rc = eval_classify(m, &L->rows[t][s], EVAL_BATCH, pred, NULL, NULL, err), correct = 0;
     for (int i = 0; i < set->n; i++)
         correct += pred[i] == set->y[i];
     free(pred);
@@ -264,18 +218,21 @@ static int evaluate_merged(void *user, const char *path, bool validation, lab_ro
  * (real tokens only), into gx[layer] (in x in), and saved as regmean's Gram file. */
 static int input_grams(text_lab *L, gpt2_model *m, int t, const lab_cov_match *cov, double **gx,
                        acem_error *err) {
-    const token_rows *rows = &L->rows[t][0];
+    const eval_rows *rows = &L->rows[t][0];
     int B = L->z.batch, T = L->z.max_len, C = L->z.n_embd;
     int n = rows->n < GRAM_EXAMPLES ? (int)rows->n : GRAM_EXAMPLES;
     int *ids = malloc((size_t)B * T * sizeof *ids), *len = malloc((size_t)B * sizeof *len);
     double *x = malloc((size_t)B * T * 4 * C * sizeof *x);
+    size_t pick[GRAM_EXAMPLES];
+    for (int i = 0; i < n; i++)
+        pick[i] = (size_t)i;
     int rc = ids && len && x ? 0 : fail(err, "out of memory", "lab text grams");
     for (int l = 0; l < cov->layers; l++)
         memset(gx[l], 0, (size_t)cov->in[l] * cov->in[l] * sizeof(double));
     for (int i0 = 0; !rc && i0 < n; i0 += B) {
         int nb = n - i0 < B ? n - i0 : B;
         const float *logits;
-        int Tb = token_rows_batch(rows, (size_t)i0, nb, BPE_BYTE_EOT, ids, len);
+        int Tb = pad_batch(rows, pick + i0, nb, ids, len);
         gpt2_batch batch = {nb, Tb, ids, len, NULL};
         if ((rc = gpt2_forward(m, &batch, 1, &logits, err))) break;
         for (int l = 0; l < cov->layers; l++) {
@@ -430,16 +387,10 @@ static int train_models(text_lab *L, lab_results *r, acem_error *err) {
         lab_log(L->suite, "fine-tuning expert %s: %d steps, lr %.1e", k->name, L->z.finetune_steps,
                 L->z.finetune_lr);
         lab_rng head = lab_rng_for(L->o->seed, "text-head-init", t);
-        size_t n;
         if ((rc = gpt2_load(L->base, &m, err))) break;
         rc = gpt2_new_head(m, k->classes, lab_rng_next(&head), err) || finetune(L, m, t, err) ||
              gpt2_save(m, L->expert[t], err) || bpe_write_byte_vocab(L->expert[t], err) ||
              accuracy(L, m, t, 2, true, &individual->acc[t], err);
-        if (!rc && !(L->head[t] = malloc((size_t)k->classes * L->z.n_embd * sizeof(float))))
-            rc = fail(err, "out of memory", "lab text");
-        if (!rc)
-            memcpy(L->head[t], gpt2_param(m, GPT2_SCORE, &n),
-                   (size_t)k->classes * L->z.n_embd * sizeof(float));
         individual->avg += individual->acc[t] / LAB_TEXT_TASKS;
         gpt2_free(m);
     }
@@ -569,8 +520,7 @@ int lab_text_run(const lab_options *o, acem_error *err) {
     lab_text_free(&L->data);
     for (int t = 0; t < LAB_TEXT_TASKS; t++) {
         for (int k = 0; k < TEXT_SPLITS; k++)
-            token_rows_free(&L->rows[t][k]);
-        free(L->head[t]);
+            eval_rows_free(&L->rows[t][k]);
     }
     free(L->corpus.v);
     free(L), free(r), free(s);
