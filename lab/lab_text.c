@@ -3,7 +3,7 @@
  * a causal language model on the corpus of lab_text_data.c, seven experts fine-tuned from
  * it in full with a fresh score head each (FusionBench's GPT-2 protocol), merged by every
  * method with the gpt2 preset (lab_merge_all), each merged backbone evaluated with each
- * expert's own head by acem eval's classification loop (eval/classify.c). The design and
+ * expert's own head by acem eval's code (eval/evaluate.c, gpt2_load_head). The design and
  * the criterion (zero-shot Norm < 70, printed before any merge is evaluated) are fixed in
  * docs/lab.md, "The text suite".
  */
