@@ -9,6 +9,7 @@
 #include "formats/formats.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <pcre2.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -884,4 +885,52 @@ int bpe_encode(bpe_tokenizer *t, const char *text, size_t len, bpe_ids *ids, ace
         if (!ids_push(ids, a->id)) return oom(err, "encoding");
     }
     return from < len ? encode_segment(t, text + from, len - from, ids, err) : 0;
+}
+
+/* ---- a byte-only vocabulary -------------------------------------------------------- */
+
+static int write_whole(const char *path, const char *text, acem_error *err) {
+    FILE *f = fopen(path, "w");
+    if (!f) return acem_fail(err, "%s: cannot create: %s", path, strerror(errno));
+    bool ok = fputs(text, f) >= 0;
+    ok = (fclose(f) == 0) && ok;
+    return ok ? 0 : acem_fail(err, "%s: write failed", path);
+}
+
+int bpe_byte_token_id(unsigned char byte) {
+    unsigned cp[256];
+    bytes_to_unicode(cp);
+    int id = 0;
+    for (int b = 0; b < 256; b++)
+        id += cp[b] < cp[byte];
+    return id;
+}
+
+/* vocab.json: every byte's one-character token at bpe_byte_token_id, then <|endoftext|>;
+ * merges.txt: only its version line. */
+int bpe_write_byte_vocab(const char *dir, acem_error *err) {
+    unsigned cp[256];
+    bytes_to_unicode(cp);
+    cJSON *vocab = cJSON_CreateObject();
+    int byte_of[256];
+    for (int b = 0; b < 256; b++)
+        byte_of[bpe_byte_token_id((unsigned char)b)] = b;
+    for (int id = 0; vocab && id <= BPE_BYTE_EOT; id++) {
+        char u[3] = {0};
+        if (id < BPE_BYTE_EOT) put_utf8(u, cp[byte_of[id]]);
+        if (!cJSON_AddNumberToObject(vocab, id < BPE_BYTE_EOT ? u : "<|endoftext|>", id)) {
+            cJSON_Delete(vocab);
+            vocab = NULL;
+        }
+    }
+    char *text = vocab ? cJSON_PrintUnformatted(vocab) : NULL;
+    cJSON_Delete(vocab);
+    if (!text) return oom(err, "writing a vocabulary");
+    char path[4096];
+    int rc = snprintf(path, sizeof path, "%s/vocab.json", dir) >= (int)sizeof path
+                 ? acem_fail(err, "%s: path too long", dir)
+                 : write_whole(path, text, err);
+    free(text);
+    snprintf(path, sizeof path, "%s/merges.txt", dir);
+    return rc ? -1 : write_whole(path, "#version: 0.2\n", err);
 }

@@ -32,4 +32,12 @@ void bpe_free(bpe_tokenizer *t);
  * with err naming the byte offset of the first invalid sequence. NUL bytes are text. */
 int bpe_encode(bpe_tokenizer *t, const char *text, size_t len, bpe_ids *ids, acem_error *err);
 
+/* A byte-only vocabulary: GPT-2's 256 byte tokens (its bytes_to_unicode alphabet, in
+ * GPT-2's own id order, '!' = 0) and <|endoftext|> at BPE_BYTE_EOT, written into dir as
+ * vocab.json and an empty merges.txt, so that any GPT-2 tokenizer reads it. */
+#define BPE_BYTE_EOT 256
+int bpe_write_byte_vocab(const char *dir, acem_error *err);
+/* The id of byte's token in that vocabulary (and in GPT-2's own). */
+int bpe_byte_token_id(unsigned char byte);
+
 #endif

@@ -103,6 +103,12 @@ int gpt2_forward(gpt2_model *m, const gpt2_batch *b, int train, const float **lo
  * forward's logits are overwritten by their gradient. */
 int gpt2_backward(gpt2_model *m, const gpt2_batch *b, float *loss, acem_error *err);
 
+/* After a forward with train set: the input rows of layer l's matmul weight p, [B*T, its
+ * in-dimension] (GPT2_QKV_W: ln_1's output; GPT2_ATTPROJ_W: the attention's output before
+ * c_proj; GPT2_FC_W: ln_2's output; GPT2_FCPROJ_W: gelu_new's output), padded positions
+ * included; NULL for any other p, or without such a forward. */
+const float *gpt2_matmul_input(const gpt2_model *m, int p, int l);
+
 typedef struct gpt2_adamw {
     double lr, beta1, beta2, eps, weight_decay; /* Python floats, as torch takes them */
 } gpt2_adamw;

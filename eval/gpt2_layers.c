@@ -521,3 +521,15 @@ int gpt2_backward(gpt2_model *m, const gpt2_batch *b, float *loss, acem_error *e
                      b->B, b->T, C);
     return 0;
 }
+
+const float *gpt2_matmul_input(const gpt2_model *m, int p, int l) {
+    if (!m->has_acts || !m->train || l < 0 || l >= m->c.n_layer) return NULL;
+    gpt2_layer_acts a = layer_acts(m, l);
+    switch (p) {
+    case GPT2_QKV_W: return a.ln1;
+    case GPT2_ATTPROJ_W: return a.atty;
+    case GPT2_FC_W: return a.ln2;
+    case GPT2_FCPROJ_W: return a.fch_gelu;
+    default: return NULL;
+    }
+}

@@ -1,6 +1,7 @@
 /* lab.c — `acem lab`: build a suite, train base, experts and a multitask model, merge the
  * experts by every method, evaluate, write the tables. */
 #include "lab.h"
+#include "lab_text.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -45,7 +46,7 @@ void lab_log(const lab_suite *s, const char *fmt, ...) {
     va_end(ap);
 }
 
-static int make_dir(const char *dir, const char *sub, acem_error *err) {
+int lab_make_dir(const char *dir, const char *sub, acem_error *err) {
     char path[LAB_PATH];
     if (lab_path(path, sizeof path, dir, sub, err)) return -1;
     if (mkdir(sub[0] ? path : dir, 0755) == 0 || errno == EEXIST) return 0;
@@ -82,12 +83,18 @@ static int train_models(const lab_options *o, const lab_suite *s, lab_models *m,
 }
 
 /* Zero-shot, individual and multitask rows. */
-static int reference_rows(const lab_suite *s, const lab_models *m, lab_results *r,
-                          acem_error *err) {
+static int reference_rows(const lab_options *o, const lab_suite *s, const lab_models *m,
+                          lab_results *r, acem_error *err) {
     lab_row *zero = &r->row[0], *individual = &r->row[1], *multitask = &r->row[2];
     snprintf(zero->name, sizeof zero->name, "zero-shot");
     snprintf(individual->name, sizeof individual->name, "individual");
     snprintf(multitask->name, sizeof multitask->name, "multitask");
+    snprintf(zero->about, sizeof zero->about, "the base backbone with each task's own head");
+    snprintf(individual->about, sizeof individual->about, "each expert on its own task");
+    snprintf(multitask->about, sizeof multitask->about, "%s",
+             o->heads == LAB_HEADS_FROZEN
+                 ? "one backbone trained on all tasks jointly, the same frozen heads"
+                 : "one backbone trained on all tasks jointly, its own heads");
     if (lab_evaluate(&m->base, m->head, s, zero, err) ||
         lab_evaluate(&m->multitask, m->multitask_head, s, multitask, err))
         return -1;
@@ -102,7 +109,7 @@ static int reference_rows(const lab_suite *s, const lab_models *m, lab_results *
     return 0;
 }
 
-static void normalise(lab_results *r) {
+void lab_normalise(lab_results *r) {
     const lab_row *individual = &r->row[1];
     for (int i = 0; i < r->rows; i++) {
         r->row[i].norm = 0.0;
@@ -124,6 +131,7 @@ static void free_models(lab_models *m) {
 }
 
 int lab_run(const lab_options *o, acem_error *err) {
+    if (!strcmp(o->suite, "text")) return lab_text_run(o, err);
     lab_suite *s = calloc(1, sizeof *s);
     lab_models *m = calloc(1, sizeof *m);
     lab_results *r = calloc(1, sizeof *r);
@@ -135,24 +143,24 @@ int lab_run(const lab_options *o, acem_error *err) {
     else if (!strcmp(o->suite, "digits"))
         rc = lab_digits_suite(s, o->data, o->quick, o->seed, err);
     else {
-        snprintf(err->msg, sizeof err->msg, "lab: unknown suite \"%s\" (synthetic, digits)",
+        snprintf(err->msg, sizeof err->msg, "lab: unknown suite \"%s\" (synthetic, digits, text)",
                  o->suite);
         rc = -1;
     }
     if (!rc) {
         r->suite = s;
         /* Its files are regenerated in place by every run: the directory must be the lab's. */
-        rc = acem_workdir_claim(o->out, "acem lab", err) || make_dir(o->out, "experts", err) ||
-             make_dir(o->out, "grams", err) || make_dir(o->out, "merged", err) ||
+        rc = acem_workdir_claim(o->out, "acem lab", err) || lab_make_dir(o->out, "experts", err) ||
+             lab_make_dir(o->out, "grams", err) || lab_make_dir(o->out, "merged", err) ||
              lab_paths_init(&m->paths, o->out, s, err) || train_models(o, s, m, err) ||
-             reference_rows(s, m, r, err);
+             reference_rows(o, s, m, r, err);
     }
     if (!rc) {
         lab_log(s, "covariance match: X^T X of every layer's inputs on the training data");
         rc = lab_covariance_match(o, s, m, r, err) || lab_evaluate_merges(o, s, m, r, err);
     }
     if (!rc) {
-        normalise(r);
+        lab_normalise(r);
         rc = lab_write_reports(o->out, r, o, err);
         if (!rc)
             lab_log(s, "heads %s: wrote %s/results.md, results.csv, covariance.csv, results.svg",

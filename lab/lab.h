@@ -190,19 +190,33 @@ int lab_load_backbone(const char *path, lab_net *backbone, acem_error *err);
 
 typedef struct lab_row {
     char name[64];
+    char about[96];            /* the last column of results.md */
     double acc[LAB_MAX_TASKS]; /* test accuracy per task, in [0, 1] */
     double avg, norm;          /* mean accuracy; mean of acc / individual acc */
 } lab_row;
 
 /* How well the delta's Gram Dt^T Dt matches the layer's true input second moment
- * Xt^T Xt, as the cosine of the two matrices, per layer and task. */
+ * Xt^T Xt, as the cosine of the two matrices, per 2-D layer and task; and ACE's branch. */
+#define LAB_MAX_LAYERS 32
 typedef struct lab_cov_match {
-    double own[LAB_DEPTH][LAB_MAX_TASKS];    /* cos(Dt^T Dt, Xt^T Xt) */
-    double other[LAB_DEPTH][LAB_MAX_TASKS];  /* mean over s != t of cos(Dt^T Dt, Xs^T Xs) */
-    double random[LAB_DEPTH][LAB_MAX_TASKS]; /* cos(R^T R, Xt^T Xt), R Gaussian, D's shape */
-    double gamma[LAB_DEPTH];                 /* ACE's heterogeneity of the layer's deltas */
-    bool hetero[LAB_DEPTH];
+    int layers;
+    char name[LAB_MAX_LAYERS][64];                /* the checkpoint's tensor name */
+    int out[LAB_MAX_LAYERS], in[LAB_MAX_LAYERS];  /* the layer's map: in -> out */
+    double own[LAB_MAX_LAYERS][LAB_MAX_TASKS];    /* cos(Dt^T Dt, Xt^T Xt) */
+    double other[LAB_MAX_LAYERS][LAB_MAX_TASKS];  /* mean over s != t of cos(Dt^T Dt, Xs^T Xs) */
+    double random[LAB_MAX_LAYERS][LAB_MAX_TASKS]; /* cos(R^T R, Xt^T Xt), R Gaussian, D's shape */
+    double gamma[LAB_MAX_LAYERS];                 /* ACE's heterogeneity of the layer's deltas */
+    bool hetero[LAB_MAX_LAYERS];
 } lab_cov_match;
+
+/* G = A^T A for A (rows x n), full symmetric n x n. */
+void lab_gram(const double *A, int rows, int n, double *G);
+/* Layer l's cosines from every task's delta D[t] (out x in, the map's orientation) and
+ * input second moments gx[t] (in x in); scratch holds max(in, out) x in doubles. */
+void lab_cov_layer(lab_cov_match *cov, int l, int T, double *const *D, double *const *gx,
+                   uint64_t seed, double *scratch);
+/* ACE's gamma and branch of every layer named in cov, by acem_stats (threshold 0.3). */
+int lab_cov_branches(lab_cov_match *cov, const acem_merge_options *so, acem_error *err);
 
 /* Where the lab keeps its checkpoints, under --out. */
 #define LAB_PATH 1024
@@ -226,13 +240,37 @@ typedef struct lab_results {
     int rows;
     int references; /* the first rows: zero-shot, individual, multitask, regmean */
     double best_lambda;
+    const char *intro; /* the suite's description and tasks in results.md, or NULL (MLP) */
     lab_cov_match cov;
 } lab_results;
+
+/* Every row's Norm: mean over tasks of acc / the individual row's (row 1) acc. */
+void lab_normalise(lab_results *r);
 
 int lab_paths_init(lab_paths *p, const char *out, const lab_suite *s, acem_error *err);
 /* Test accuracy of backbone with heads[t] on every task, avg set; norm is left to the caller. */
 int lab_evaluate(const lab_net *backbone, const lab_net *heads, const lab_suite *s, lab_row *row,
                  acem_error *err);
+
+/* Every method's merge of a suite's experts, evaluated by the suite: evaluate(user, path,
+ * validation, row) scores the merged checkpoint at path on the test split (on the
+ * validation split when validation is set). Outputs go to merged_dir/METHOD (suffix appended:
+ * ".safetensors" for one file, "" for a folder). grams: each expert's X^T X file for the regmean
+ * reference row, or NULL to skip it (named in the log). */
+typedef int (*lab_merged_fn)(void *user, const char *path, bool validation, lab_row *row,
+                             acem_error *err);
+typedef struct lab_merge_job {
+    const lab_suite *suite; /* names and T, for the log */
+    const char *base, *merged_dir, *suffix, *preset;
+    const char *const *models, *const *grams;
+    int grams_input_axis; /* the Grams are over the weights' input axis (GPT-2's Conv1D) */
+    uint64_t seed;
+    int threads;
+    lab_merged_fn evaluate;
+    void *user;
+} lab_merge_job;
+int lab_merge_all(const lab_merge_job *j, lab_results *r, acem_error *err);
+
 int lab_evaluate_merges(const lab_options *o, const lab_suite *s, const lab_models *m,
                         lab_results *r, acem_error *err);
 int lab_covariance_match(const lab_options *o, const lab_suite *s, const lab_models *m,
@@ -244,6 +282,8 @@ int lab_write_reports(const char *dir, const lab_results *r, const lab_options *
 
 /* "lab: [suite] MESSAGE" on stderr. */
 void lab_log(const lab_suite *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Creates dir/sub (dir itself when sub is ""), or finds it there. */
+int lab_make_dir(const char *dir, const char *sub, acem_error *err);
 /* Joins dir and name into buf; an error if it does not fit. */
 int lab_path(char *buf, size_t len, const char *dir, const char *name, acem_error *err);
 

@@ -127,70 +127,58 @@ int lab_evaluate(const lab_net *backbone, const lab_net *heads, const lab_suite 
     return evaluate_on(backbone, heads, s, false, row, err);
 }
 
-/* Merges the experts with `method` into out and evaluates the result on test (and, when
- * val is not NULL, on validation). */
-static int merge_and_evaluate(const lab_options *o, const lab_suite *s, const lab_models *m,
-                              const char *method, double lambda, const char *out, lab_row *test,
-                              lab_row *val, acem_error *err) {
-    const char *models[LAB_MAX_TASKS], *grams[LAB_MAX_TASKS];
-    for (int t = 0; t < s->T; t++) {
-        models[t] = m->paths.expert[t];
-        grams[t] = m->paths.gram[t];
-    }
+/* Merges the experts with `method` into out and lets the suite evaluate the result. */
+static int merge_and_evaluate(const lab_merge_job *j, const char *method, double lambda,
+                              const char *out, bool validation, lab_row *row, acem_error *err) {
     acem_merge_options mo;
     acem_merge_options_init(&mo);
-    mo.base = m->paths.base;
-    mo.models = models;
-    mo.n_models = s->T;
+    mo.base = j->base;
+    mo.models = j->models;
+    mo.n_models = j->suite->T;
     mo.method = method;
     mo.lambda = lambda;
     mo.out = out;
     mo.force = 1;
-    mo.seed = o->seed;
-    mo.threads = o->threads;
-    mo.grams = strcmp(method, "regmean") ? NULL : grams;
+    mo.seed = j->seed;
+    mo.threads = j->threads;
+    mo.preset = j->preset;
+    mo.grams = strcmp(method, "regmean") ? NULL : j->grams;
+    mo.covariance_axis_input = mo.grams ? j->grams_input_axis : 0;
     acem_merge_summary summary;
-    lab_net merged;
-    if (acem_merge(&mo, &summary, err) || lab_net_clone(&merged, &m->base, err)) return -1;
-    int rc = lab_load_backbone(out, &merged, err) ||
-             evaluate_on(&merged, m->head, s, false, test, err) ||
-             (val && evaluate_on(&merged, m->head, s, true, val, err));
-    lab_net_free(&merged);
-    return rc ? -1 : 0;
+    return acem_merge(&mo, &summary, err) || j->evaluate(j->user, out, validation, row, err) ? -1
+                                                                                             : 0;
 }
 
-static int merged_path(char *buf, const lab_models *m, const char *name, acem_error *err) {
+static int merged_path(char *buf, const lab_merge_job *j, const char *name, acem_error *err) {
     char file[96];
-    snprintf(file, sizeof file, "%s.safetensors", name);
-    return lab_path(buf, LAB_PATH, m->paths.merged, file, err);
+    snprintf(file, sizeof file, "%s%s", name, j->suffix);
+    return lab_path(buf, LAB_PATH, j->merged_dir, file, err);
 }
 
 /* Task arithmetic at the lambda with the best mean validation accuracy (the first of
- * equals), as papers report it. */
-static int task_arithmetic_on_val(const lab_options *o, const lab_suite *s, const lab_models *m,
-                                  lab_row *row, double *best_lambda, acem_error *err) {
+ * equals), as papers report it: the sweep on validation, then that lambda on test. */
+static int task_arithmetic_on_val(const lab_merge_job *j, lab_row *row, double *best_lambda,
+                                  acem_error *err) {
     char out[LAB_PATH];
     double best_val = -1.0;
-    if (merged_path(out, m, "task_arithmetic_sweep", err)) return -1;
+    if (merged_path(out, j, "task_arithmetic_val", err)) return -1;
     for (int i = 1; i <= TA_SWEEP_STEPS; i++) {
         double lambda = (double)i / TA_SWEEP_STEPS;
-        lab_row test, val;
-        if (merge_and_evaluate(o, s, m, "task_arithmetic", lambda, out, &test, &val, err))
-            return -1;
+        lab_row val;
+        if (merge_and_evaluate(j, "task_arithmetic", lambda, out, true, &val, err)) return -1;
         if (val.avg > best_val) {
             best_val = val.avg;
             *best_lambda = lambda;
-            memcpy(row->acc, test.acc, sizeof row->acc);
-            row->avg = test.avg;
         }
     }
     snprintf(row->name, sizeof row->name, "task_arithmetic_val");
-    return remove(out) == 0 ? 0 : -1;
+    snprintf(row->about, sizeof row->about, "lambda chosen on validation");
+    return merge_and_evaluate(j, "task_arithmetic", *best_lambda, out, false, row, err);
 }
 
-int lab_evaluate_merges(const lab_options *o, const lab_suite *s, const lab_models *m,
-                        lab_results *r, acem_error *err) {
+int lab_merge_all(const lab_merge_job *j, lab_results *r, acem_error *err) {
     char out[LAB_PATH];
+    const lab_suite *s = j->suite;
     /* regmean with the true Gram matrices of the training inputs: the data-dependent
      * ceiling, a reference row; then every data-free method at its defaults. */
     for (int pass = 0; pass < 2; pass++)
@@ -202,26 +190,69 @@ int lab_evaluate_merges(const lab_options *o, const lab_suite *s, const lab_mode
                 lab_log(s, "skipping %s: it does not merge %d experts", method, s->T);
                 continue;
             }
+            if (reference && !j->grams) {
+                lab_log(s, "skipping regmean: this suite computes no Gram matrices");
+                continue;
+            }
             if (r->rows + 2 > LAB_MAX_ROWS) break;
             lab_row *row = &r->row[r->rows++];
             snprintf(row->name, sizeof row->name, "%s%s", method, reference ? "_true_grams" : "");
+            snprintf(row->about, sizeof row->about, "%s",
+                     reference ? "RegMean with each expert's true X^T X per layer (uses data)"
+                               : "default parameters");
             lab_log(s, "merging with %s", row->name);
-            if (merged_path(out, m, method, err) ||
-                merge_and_evaluate(o, s, m, method, NAN, out, row, NULL, err))
+            if (merged_path(out, j, method, err) ||
+                merge_and_evaluate(j, method, NAN, out, false, row, err))
                 return -1;
             if (!strcmp(method, "task_arithmetic")) {
                 lab_log(s, "task arithmetic, lambda 0.05 .. 1.0 on the validation split");
-                if (task_arithmetic_on_val(o, s, m, &r->row[r->rows++], &r->best_lambda, err))
-                    return -1;
+                if (task_arithmetic_on_val(j, &r->row[r->rows++], &r->best_lambda, err)) return -1;
             }
         }
     return 0;
 }
 
+/* The MLP suites' evaluation of a merged backbone file. */
+typedef struct mlp_eval {
+    const lab_suite *s;
+    const lab_models *m;
+} mlp_eval;
+
+static int evaluate_mlp(void *user, const char *path, bool validation, lab_row *row,
+                        acem_error *err) {
+    const mlp_eval *e = user;
+    lab_net merged;
+    if (lab_net_clone(&merged, &e->m->base, err)) return -1;
+    int rc = lab_load_backbone(path, &merged, err) ||
+             evaluate_on(&merged, e->m->head, e->s, validation, row, err);
+    lab_net_free(&merged);
+    return rc ? -1 : 0;
+}
+
+int lab_evaluate_merges(const lab_options *o, const lab_suite *s, const lab_models *m,
+                        lab_results *r, acem_error *err) {
+    const char *models[LAB_MAX_TASKS], *grams[LAB_MAX_TASKS];
+    for (int t = 0; t < s->T; t++) {
+        models[t] = m->paths.expert[t];
+        grams[t] = m->paths.gram[t];
+    }
+    mlp_eval e = {s, m};
+    lab_merge_job j = {.suite = s,
+                       .base = m->paths.base,
+                       .merged_dir = m->paths.merged,
+                       .suffix = ".safetensors",
+                       .models = models,
+                       .grams = grams,
+                       .seed = o->seed,
+                       .threads = o->threads,
+                       .evaluate = evaluate_mlp,
+                       .user = &e};
+    return lab_merge_all(&j, r, err);
+}
+
 /* ---- covariance match ----------------------------------------------------------- */
 
-/* G = A^T A for A (rows x n), full symmetric n x n. */
-static void gram(const double *A, int rows, int n, double *G) {
+void lab_gram(const double *A, int rows, int n, double *G) {
     cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, n, rows, 1.0, A, n, 0.0, G, n);
     for (int i = 0; i < n; i++)
         for (int j = 0; j < i; j++)
@@ -237,6 +268,40 @@ static double matrix_cosine(const double *A, const double *B, size_t len) {
         bb += B[i] * B[i];
     }
     return aa > 0.0 && bb > 0.0 ? ab / sqrt(aa * bb) : 0.0;
+}
+
+void lab_cov_layer(lab_cov_match *cov, int l, int T, double *const *D, double *const *gx,
+                   uint64_t seed, double *scratch) {
+    int out = cov->out[l], in = cov->in[l];
+    size_t nn = (size_t)in * in, size = (size_t)out * in;
+    double *gd = scratch, *R = scratch + nn;
+    for (int t = 0; t < T; t++) {
+        lab_gram(D[t], out, in, gd);
+        cov->own[l][t] = matrix_cosine(gd, gx[t], nn);
+        double other = 0.0;
+        for (int u = 0; u < T; u++)
+            if (u != t) other += matrix_cosine(gd, gx[u], nn) / (T - 1);
+        cov->other[l][t] = other;
+        lab_rng rng = lab_rng_for(seed, "random-floor", l * LAB_MAX_TASKS + t);
+        for (size_t i = 0; i < size; i++)
+            R[i] = lab_rng_normal(&rng);
+        lab_gram(R, out, in, gd);
+        cov->random[l][t] = matrix_cosine(gd, gx[t], nn);
+    }
+}
+
+static int on_stats(void *user, const acem_tensor_stats *st) {
+    lab_cov_match *cov = user;
+    for (int l = 0; l < cov->layers; l++)
+        if (!strcmp(st->name, cov->name[l])) {
+            cov->gamma[l] = st->gamma;
+            cov->hetero[l] = st->hetero != 0;
+        }
+    return 0;
+}
+
+int lab_cov_branches(lab_cov_match *cov, const acem_merge_options *so, acem_error *err) {
+    return acem_stats(so, ACE_THRESHOLD, on_stats, cov, err);
 }
 
 /* Xt^T Xt for every layer of expert t on task t's training inputs; saved as regmean's
@@ -256,7 +321,7 @@ static int input_grams(const lab_suite *s, const lab_models *m, int t, double **
     uint64_t shapes[LAB_DEPTH][2];
     for (int l = 0; l < net->layers; l++) {
         int n = net->layer[l].in;
-        gram(c.a[l], train->n, n, gx[l]);
+        lab_gram(c.a[l], train->n, n, gx[l]);
         snprintf(names[l], sizeof names[l], "backbone.%d.weight", l);
         shapes[l][0] = shapes[l][1] = (uint64_t)n;
         td[l] = (acem_tensor_data){names[l], ACEM_DT_F64, 2, shapes[l], gx[l]};
@@ -266,31 +331,28 @@ static int input_grams(const lab_suite *s, const lab_models *m, int t, double **
     return acem_save_safetensors(m->paths.gram[t], td, (size_t)net->layers, meta, 2, err);
 }
 
-static int on_stats(void *user, const acem_tensor_stats *st) {
-    lab_cov_match *cov = user;
-    int l;
-    if (sscanf(st->name, "backbone.%d.weight", &l) == 1 && l >= 0 && l < LAB_DEPTH) {
-        cov->gamma[l] = st->gamma;
-        cov->hetero[l] = st->hetero != 0;
-    }
-    return 0;
-}
-
 int lab_covariance_match(const lab_options *o, const lab_suite *s, const lab_models *m,
                          lab_results *r, acem_error *err) {
     const lab_net *base = &m->base;
     int T = s->T, rc = 0;
     size_t widest = 0;
+    lab_cov_match *cov = &r->cov;
+    cov->layers = base->layers;
     for (int l = 0; l < base->layers; l++) {
         size_t in = (size_t)base->layer[l].in, out = (size_t)base->layer[l].out;
         widest = in * (in > out ? in : out) > widest ? in * (in > out ? in : out) : widest;
+        snprintf(cov->name[l], sizeof cov->name[l], "backbone.%d.weight", l);
+        cov->in[l] = (int)in;
+        cov->out[l] = (int)out;
     }
-    double *gx[LAB_MAX_TASKS][LAB_DEPTH] = {{0}}, *gd = malloc(widest * sizeof *gd),
-           *D = malloc(widest * sizeof *D);
-    for (int t = 0; t < T; t++)
+    double *gx[LAB_MAX_TASKS][LAB_DEPTH] = {{0}}, *D[LAB_MAX_TASKS] = {0},
+           *scratch = malloc(2 * widest * sizeof *scratch);
+    for (int t = 0; t < T; t++) {
+        rc |= !(D[t] = malloc(widest * sizeof(double)));
         for (int l = 0; l < base->layers; l++)
             rc |= !(gx[t][l] = malloc(widest * sizeof(double)));
-    if (rc || !gd || !D) {
+    }
+    if (rc || !scratch) {
         snprintf(err->msg, sizeof err->msg, "lab: out of memory for Gram matrices");
         rc = -1;
     }
@@ -298,22 +360,13 @@ int lab_covariance_match(const lab_options *o, const lab_suite *s, const lab_mod
         rc = input_grams(s, m, t, gx[t], err);
     for (int l = 0; !rc && l < base->layers; l++) {
         const lab_dense *d = &base->layer[l];
-        size_t nn = (size_t)d->in * d->in, size = (size_t)d->out * d->in;
+        double *gxl[LAB_MAX_TASKS];
         for (int t = 0; t < T; t++) {
-            for (size_t i = 0; i < size; i++) /* Dt = Wt - W0 */
-                D[i] = m->expert[t].p[d->w + i] - base->p[d->w + i];
-            gram(D, d->out, d->in, gd);
-            r->cov.own[l][t] = matrix_cosine(gd, gx[t][l], nn);
-            double other = 0.0;
-            for (int u = 0; u < T; u++)
-                if (u != t) other += matrix_cosine(gd, gx[u][l], nn) / (T - 1);
-            r->cov.other[l][t] = other;
-            lab_rng rng = lab_rng_for(o->seed, "random-floor", l * LAB_MAX_TASKS + t);
-            for (size_t i = 0; i < size; i++)
-                D[i] = lab_rng_normal(&rng);
-            gram(D, d->out, d->in, gd);
-            r->cov.random[l][t] = matrix_cosine(gd, gx[t][l], nn);
+            gxl[t] = gx[t][l];
+            for (size_t i = 0; i < (size_t)d->out * d->in; i++) /* Dt = Wt - W0 */
+                D[t][i] = m->expert[t].p[d->w + i] - base->p[d->w + i];
         }
+        lab_cov_layer(cov, l, T, D, gxl, o->seed, scratch);
     }
     if (!rc) { /* which branch ACE takes on each layer: acem stats through the library */
         const char *models[LAB_MAX_TASKS];
@@ -325,12 +378,13 @@ int lab_covariance_match(const lab_options *o, const lab_suite *s, const lab_mod
         so.models = models;
         so.n_models = T;
         so.threads = o->threads;
-        rc = acem_stats(&so, ACE_THRESHOLD, on_stats, &r->cov, err);
+        rc = lab_cov_branches(cov, &so, err);
     }
-    for (int t = 0; t < T; t++)
+    for (int t = 0; t < T; t++) {
+        free(D[t]);
         for (int l = 0; l < base->layers; l++)
             free(gx[t][l]);
-    free(gd);
-    free(D);
+    }
+    free(scratch);
     return rc ? -1 : 0;
 }

@@ -39,24 +39,8 @@ static void command_line(FILE *f, const lab_results *r, const lab_options *o) {
     if (o->quick) fprintf(f, " --quick");
 }
 
-static const char *row_about(const lab_results *r, const lab_options *o, int i) {
-    static const char *refs[] = {"the base backbone with each task's own head",
-                                 "each expert on its own task",
-                                 "one backbone trained on all tasks jointly, its own heads",
-                                 "RegMean with each expert's true X^T X per layer (uses data)"};
-    if (i == 2 && o->heads == LAB_HEADS_FROZEN)
-        return "one backbone trained on all tasks jointly, the same frozen heads";
-    if (i < r->references) return refs[i];
-    if (!strcmp(r->row[i].name, "task_arithmetic_val")) return "lambda chosen on validation";
-    for (size_t k = 0; k < acem_method_count(); k++)
-        if (!strcmp(acem_method_name(k), r->row[i].name)) return "default parameters";
-    return "";
-}
-
-static int write_markdown(FILE *f, const lab_results *r, const lab_options *o) {
-    const lab_suite *s = r->suite;
-    fprintf(f, "# acem lab: %s suite\n\n`", s->name);
-    command_line(f, r, o);
+/* The MLP suites' description and tasks. */
+static void mlp_intro(FILE *f, const lab_suite *s, const lab_options *o) {
     static const char *const regime[] = {
         [LAB_HEADS_TUNED] = "then backbone + head",
         [LAB_HEADS_FROZEN] = "then the backbone alone: the probed heads are frozen, and "
@@ -74,6 +58,16 @@ static int write_markdown(FILE *f, const lab_results *r, const lab_options *o) {
         fprintf(f, "| %s | %s | %d / %d / %d | %d | %.2e |\n", k->name, k->about, k->train.n,
                 k->val.n, k->test.n, k->steps, k->lr);
     }
+}
+
+static int write_markdown(FILE *f, const lab_results *r, const lab_options *o) {
+    const lab_suite *s = r->suite;
+    fprintf(f, "# acem lab: %s suite\n\n`", s->name);
+    command_line(f, r, o);
+    if (r->intro)
+        fprintf(f, "`\n\n%s", r->intro);
+    else
+        mlp_intro(f, s, o);
     fprintf(f, "\n## Test accuracy (%%)\n\n| method |");
     for (int t = 0; t < s->T; t++)
         fprintf(f, " %s |", s->task[t].name);
@@ -87,8 +81,7 @@ static int write_markdown(FILE *f, const lab_results *r, const lab_options *o) {
                 i < r->references ? "*" : "");
         for (int t = 0; t < s->T; t++)
             fprintf(f, " %.1f |", 100.0 * row->acc[t]);
-        fprintf(f, " %.1f | %.1f | %s |\n", 100.0 * row->avg, 100.0 * row->norm,
-                row_about(r, o, i));
+        fprintf(f, " %.1f | %.1f | %s |\n", 100.0 * row->avg, 100.0 * row->norm, row->about);
     }
     fprintf(
         f,
@@ -103,11 +96,10 @@ static int write_markdown(FILE *f, const lab_results *r, const lab_options *o) {
                "| layer | shape | ACE gamma | ACE branch | own task | other tasks | random R |\n"
                "|---|---|---|---|---|---|---|\n");
     const lab_cov_match *c = &r->cov;
-    for (int l = 0; l < LAB_DEPTH; l++) {
+    for (int l = 0; l < c->layers; l++) {
         const double *cols[3] = {c->own[l], c->other[l], c->random[l]};
-        int in = l == 0 ? s->d : s->sizes.hidden;
-        fprintf(f, "| backbone.%d.weight | %d x %d | %.3f | %s |", l, s->sizes.hidden, in,
-                c->gamma[l], c->hetero[l] ? "heterogeneous" : "homogeneous");
+        fprintf(f, "| %s | %d x %d | %.3f | %s |", c->name[l], c->out[l], c->in[l], c->gamma[l],
+                c->hetero[l] ? "heterogeneous" : "homogeneous");
         for (int k = 0; k < 3; k++) {
             double lo = 1.0, hi = -1.0, mean = 0.0;
             for (int t = 0; t < s->T; t++) {
@@ -139,11 +131,11 @@ static int write_csv(FILE *f, const lab_results *r, const lab_options *o) {
 
 static int write_covariance_csv(FILE *f, const lab_results *r, const lab_options *o) {
     fprintf(f, "layer,task,heads,gamma,hetero,cos_own,cos_other,cos_random\n");
-    for (int l = 0; l < LAB_DEPTH; l++)
+    for (int l = 0; l < r->cov.layers; l++)
         for (int t = 0; t < r->suite->T; t++)
-            fprintf(f, "backbone.%d.weight,%s,%s,%.4f,%d,%.4f,%.4f,%.4f\n", l,
-                    r->suite->task[t].name, lab_heads_name(o->heads), r->cov.gamma[l],
-                    r->cov.hetero[l], r->cov.own[l][t], r->cov.other[l][t], r->cov.random[l][t]);
+            fprintf(f, "%s,%s,%s,%.4f,%d,%.4f,%.4f,%.4f\n", r->cov.name[l], r->suite->task[t].name,
+                    lab_heads_name(o->heads), r->cov.gamma[l], r->cov.hetero[l], r->cov.own[l][t],
+                    r->cov.other[l][t], r->cov.random[l][t]);
     return 0;
 }
 

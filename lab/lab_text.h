@@ -53,4 +53,8 @@ int lab_text_load(lab_text_data *d, const char *root, lab_text_sizes sizes, uint
                   acem_error *err);
 void lab_text_free(lab_text_data *d);
 
+/* `acem lab --suite text` (lab_text.c): options as lab_run's (heads must be tuned). */
+typedef struct lab_options lab_options;
+int lab_text_run(const lab_options *o, acem_error *err);
+
 #endif
