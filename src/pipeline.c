@@ -1128,8 +1128,8 @@ static int finish_writer(merge_run *r, acem_error *err) {
 }
 
 /* Before the output is committed it is read back as any reader would (every header rule
- * checked) and must hold exactly the tensors the plan declared, each with its name, shape
- * and stored type. */
+ * checked) and must hold exactly the tensors the plan declared and the conversion generated,
+ * each with its name, shape and stored type. */
 static int verify_output(const merge_run *r, const output *out, const st_out_tensor *tensors,
                          acem_error *err) {
     acem_checkpoint *ck = NULL;
