@@ -653,21 +653,22 @@ def test_llama3(d):
 def test_llama3_refusals(d):
     paths, _ = write_models(d, llama_config(), llama_shapes(), {}, True)
     without = {k: v for k, v in LLAMA3_ROPE.items() if k != "low_freq_factor"}
-    cases = [("without low_freq_factor", "llama", without, ['"low_freq_factor" is missing']),
-             ("with a factor below 1", "llama", dict(LLAMA3_ROPE, factor=0.5),
-              ["a factor below 1"]),
-             ("with high_freq_factor not above low_freq_factor", "llama",
-              dict(LLAMA3_ROPE, high_freq_factor=1.0), ["high_freq_factor"]),
-             ("with a context of 32.5", "llama",
-              dict(LLAMA3_ROPE, original_max_position_embeddings=32.5),
+    rope = lambda **kw: {"rope_scaling": dict(LLAMA3_ROPE, **kw)}  # noqa: E731
+    cases = [("without low_freq_factor", {"rope_scaling": without},
+              ['"low_freq_factor" is missing']),
+             ("with a factor below 1", rope(factor=0.5), ["a factor below 1"]),
+             ("with high_freq_factor not above low_freq_factor", rope(high_freq_factor=1.0),
+              ["high_freq_factor"]),
+             ("with a context of 32.5", rope(original_max_position_embeddings=32.5),
               ['"original_max_position_embeddings" is not a positive integer']),
-             ("with a string factor", "llama", dict(LLAMA3_ROPE, factor="8"),
-              ['"factor" is not a positive number']),
-             ("on qwen2 (the converter makes rope_freqs for Llama only)", "qwen2", LLAMA3_ROPE,
-              ["rope_scaling llama3 is not one acem converts"])]
-    for label, mt, rs, phrases in cases:
+             ("with a string factor", rope(factor="8"), ['"factor" is not a positive number']),
+             ("on qwen2 (the converter makes rope_freqs for Llama only)",
+              dict(rope(), model_type="qwen2"), ["rope_scaling llama3 is not one acem converts"]),
+             ("with an odd head dimension", dict(rope(), head_dim=63),
+              ["even head dimension, not 63"])]
+    for label, change, phrases in cases:
         with open(os.path.join(paths[0], "config.json"), "w") as f:
-            json.dump(dict(llama_config(), model_type=mt, rope_scaling=rs), f)
+            json.dump(dict(llama_config(), **change), f)
         r = merge(paths, os.path.join(d, "x.gguf"), None)
         check("llama3 rope_scaling %s: one error line" % label,
               one_error_line(r, "config.json", *phrases) and not os.path.exists(
