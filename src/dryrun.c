@@ -23,11 +23,14 @@ static void file_line(const acem_merge_options *o, const char *dir, const char *
 static void tensor_lines(const dryrun_facts *f, const size_t *shard_of, size_t shards,
                          const uint64_t *bytes, acem_merge_summary *s) {
     const acem_merge_options *o = f->o;
-    for (size_t i = 0; i < f->plan->n; i++) {
-        const plan_entry *e = &f->plan->entries[i];
+    for (size_t i = 0; i < f->n_tensors; i++) {
+        const plan_entry *e = i < f->plan->n ? &f->plan->entries[i] : NULL;
         const st_out_tensor *t = &f->tensors[i];
         char action[256], name[64];
-        plan_describe(e, s->method, f->matrix_only, action, sizeof action);
+        if (e)
+            plan_describe(e, s->method, f->matrix_only, action, sizeof action);
+        else
+            snprintf(action, sizeof action, "generated: %s", f->plan->hf->gen[i - f->plan->n].what);
         const acem_quant q = out_tensor_quant(t);
         const char *type = q ? acem_quant_name(q) : acem_dtype_name(out_tensor_dtype(t));
         st_shard_name(shard_of[i], shards, name, sizeof name);
@@ -36,8 +39,8 @@ static void tensor_lines(const dryrun_facts *f, const size_t *shard_of, size_t s
                             bytes[i]};
         line(o, &l);
         free(path);
-        s->tensors_merged += e->action == PLAN_MERGE;
-        s->tensors_copied += e->action == PLAN_COPY;
+        s->tensors_merged += e && e->action == PLAN_MERGE;
+        s->tensors_copied += e && e->action == PLAN_COPY;
         s->bytes_written += bytes[i];
     }
 }
@@ -54,7 +57,7 @@ static void directory_lines(const dryrun_facts *f, size_t shards) {
 }
 
 int dryrun_report(const dryrun_facts *f, acem_merge_summary *s, acem_error *err) {
-    const size_t n = f->plan->n;
+    const size_t n = f->n_tensors;
     uint64_t *bytes = acem_alloc(n + 1, sizeof *bytes, "the plan", err);
     size_t *shard_of = bytes ? acem_alloc(n + 1, sizeof *shard_of, "the plan", err) : NULL;
     if (!shard_of) {

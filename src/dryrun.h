@@ -11,6 +11,7 @@ typedef struct dryrun_facts {
     const acem_merge_options *o;
     const plan *plan;
     const st_out_tensor *tensors; /* the output's tensors, as the writer would get them */
+    size_t n_tensors;             /* the plan's, then the conversion's generated ones */
     output_kind kind;
     uint64_t shard_size;    /* of a directory output (0: one file) */
     bool matrix_only;       /* the method merges 2-D tensors, and gives others the mean */

@@ -1056,10 +1056,20 @@ static uint64_t shard_size(const merge_run *r) {
     return largest;
 }
 
+/* The output's tensors: the plan's, then those the Hugging Face conversion generates. */
+static size_t out_count(const merge_run *r) {
+    return r->plan.n + (r->plan.hf ? r->plan.hf->n_gen : 0);
+}
+
 /* The output's tensors as the writer takes them: names, shapes and each one's type (and, for
- * a Hugging Face base written as GGUF, llama.cpp's names, shapes and layouts). */
+ * a Hugging Face base written as GGUF, llama.cpp's names, shapes and layouts, and the
+ * generated tensors, F32 as the conversion computed them). */
 static void out_tensors(const merge_run *r, st_out_tensor *tensors) {
     const hf_gguf *hf = r->plan.hf;
+    for (size_t i = r->plan.n; i < out_count(r); i++) {
+        const hf_generated *g = &hf->gen[i - r->plan.n];
+        tensors[i] = (st_out_tensor){g->name, 1, g->shape, ACEM_OUT_F32, NULL, OUT_AS_FED, 0};
+    }
     for (size_t i = 0; i < r->plan.n; i++) {
         const plan_entry *e = &r->plan.entries[i];
         const acem_tensor *as = hf ? &hf->view[i] : e->base;
@@ -1094,7 +1104,7 @@ static int open_writer(merge_run *r, const output *out, const acem_merge_summary
         {"config", r->config_yaml}, {"gram_fallbacks", fallbacks}};
     size_t grams = r->method->uses_grams ? 1 : 0;
     if (output_is_gguf(out->final_path))
-        return gguf_writer_open(out->tmp_path, tensors, r->plan.n,
+        return gguf_writer_open(out->tmp_path, tensors, out_count(r),
                                 r->plan.hf ? &r->plan.hf->kv : acem_checkpoint_gguf(r->base),
                                 r->plan.llama_ftype ? (int64_t)r->plan.llama_ftype : -1, gguf_meta,
                                 5 + grams, &r->gguf, err);
@@ -1103,13 +1113,23 @@ static int open_writer(merge_run *r, const output *out, const acem_merge_summary
                           r->plan.n, file ? 0 : shard_size(r), meta, 6 + grams, &r->writer, err);
 }
 
+/* The tensors the conversion generates follow the plan's, their values as computed (the
+ * writer stores F32 as fed; plan.hf is set for a GGUF output only). */
+static int write_generated(merge_run *r, acem_error *err) {
+    for (size_t i = 0; r->plan.hf && i < r->plan.hf->n_gen; i++) {
+        const hf_generated *g = &r->plan.hf->gen[i];
+        if (gguf_writer_write(r->gguf, g->data, g->shape[0] * sizeof *g->data, err)) return -1;
+    }
+    return 0;
+}
+
 static int finish_writer(merge_run *r, acem_error *err) {
     return r->gguf ? gguf_writer_finish(r->gguf, err) : st_writer_finish(r->writer, err);
 }
 
 /* Before the output is committed it is read back as any reader would (every header rule
- * checked) and must hold exactly the tensors the plan declared, each with its name, shape
- * and stored type. */
+ * checked) and must hold exactly the tensors the plan declared and the conversion generated,
+ * each with its name, shape and stored type. */
 static int verify_output(const merge_run *r, const output *out, const st_out_tensor *tensors,
                          acem_error *err) {
     acem_checkpoint *ck = NULL;
@@ -1122,7 +1142,7 @@ static int verify_output(const merge_run *r, const output *out, const st_out_ten
                          inner);
     }
     size_t n_written = 0;
-    for (size_t i = 0; i < r->plan.n; i++)
+    for (size_t i = 0; i < out_count(r); i++)
         n_written += tensors[i].layout != OUT_DROPPED;
     int rc = acem_checkpoint_count(ck) == n_written
                  ? 0
@@ -1131,7 +1151,7 @@ static int verify_output(const merge_run *r, const output *out, const st_out_ten
                              "nothing was committed",
                              r->o->out, acem_checkpoint_count(ck), n_written);
     const bool gguf = output_is_gguf(out->final_path);
-    for (size_t i = 0; i < r->plan.n && !rc; i++) {
+    for (size_t i = 0; i < out_count(r) && !rc; i++) {
         const st_out_tensor *want = &tensors[i];
         if (want->layout == OUT_DROPPED) continue;
         const acem_tensor *got = acem_checkpoint_find(ck, want->name);
@@ -1331,24 +1351,22 @@ int acem_merge(const acem_merge_options *o, acem_merge_summary *s, acem_error *e
     s->gram_fallbacks = r.gram_fallbacks;
     s->input_warnings = r.warnings.n;
     size_buffers(&r, s);
-    if (!(tensors = acem_alloc(r.plan.n, sizeof *tensors, "output descriptors", err))) goto done;
+    if (!(tensors = acem_alloc(out_count(&r), sizeof *tensors, "output descriptors", err)))
+        goto done;
     out_tensors(&r, tensors);
     if (o->dry_run) {
-        const dryrun_facts f = {o,
-                                &r.plan,
-                                tensors,
-                                model->kind,
-                                shard_size(&r),
-                                r.method->matrix,
-                                (const char *const *)r.aux,
-                                r.n_aux};
+        const dryrun_facts f = {
+            o,           &r.plan,        tensors,          out_count(&r),
+            model->kind, shard_size(&r), r.method->matrix, (const char *const *)r.aux,
+            r.n_aux};
         rc = dryrun_report(&f, s, err);
         goto done;
     }
     if (alloc_buffers(&r, err)) goto done;
     if (o->report_path) r.report_tensors = cJSON_CreateArray();
     if (!(r.config_yaml = card_config_yaml(o, s, err)) || open_writer(&r, model, s, tensors, err) ||
-        run_plan(&r, s, err) || finish_writer(&r, err) || verify_output(&r, model, tensors, err) ||
+        run_plan(&r, s, err) || write_generated(&r, err) || finish_writer(&r, err) ||
+        verify_output(&r, model, tensors, err) ||
         output_copy_aux_files(model, o->base, tok_skipped_aux(&r.tok, o->base), false, NULL, NULL,
                               err) ||
         tok_write_files(&r.tok, model, o->base, false, err) ||

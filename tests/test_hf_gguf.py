@@ -277,11 +277,12 @@ def attention(q, k, v):
     return np.einsum("hts,shd->thd", s, v).reshape(n, -1)
 
 
-def hf_llama_forward(w, tokens):
+def hf_llama_forward(w, tokens, inv=None):
     """transformers' LlamaForCausalLM (and Qwen2ForCausalLM: q/k/v biases): rotate_half
-    rotary embeddings (halves, not pairs)."""
+    rotary embeddings (halves, not pairs), of frequencies inv (default: theta 10000)."""
     n, dim = len(tokens), E // HEADS
-    inv = 10000.0 ** (-np.arange(0, dim, 2) / dim)
+    if inv is None:
+        inv = 10000.0 ** (-np.arange(0, dim, 2) / dim)
     ang = np.concatenate([np.arange(n)[:, None] * inv] * 2, -1)[:, None, :]
 
     def rope(x):
@@ -303,6 +304,21 @@ def hf_llama_forward(w, tokens):
         x = x + (g / (1 + np.exp(-g)) * (h @ w[p + "mlp.up_proj.weight"].T)) @ \
             w[p + "mlp.down_proj.weight"].T
     return rms(x, w["model.norm.weight"]) @ w["lm_head.weight"].T
+
+
+def llama3_inv_freq(rs, theta=10000.0, dim=E // HEADS):
+    """transformers' _compute_llama3_parameters (modeling_rope_utils.py) in float64: each
+    wavelength 2 pi / inv_freq against original_max_position_embeddings / {low,high}_freq_factor:
+    long ones divided by factor, short ones kept, those between smoothed."""
+    inv = theta ** (-np.arange(0, dim, 2) / dim)
+    old, low, high = rs["original_max_position_embeddings"], rs["low_freq_factor"], \
+        rs["high_freq_factor"]
+    wavelen = 2 * np.pi / inv
+    scaled = np.where(wavelen > old / low, inv / rs["factor"], inv)
+    smooth = (old / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / rs["factor"] + smooth * scaled
+    medium = ~(wavelen < old / high) & ~(wavelen > old / low)
+    return np.where(medium, smoothed, scaled)
 
 
 def gelu_ggml(x):
@@ -574,6 +590,90 @@ def test_qwen2(d):
           "one by one)", encode(SAMPLE, VOCAB, MERGES, QWEN2_RE) != encode(SAMPLE, VOCAB, MERGES))
     compare("qwen2 F32", out, hf_llama_forward(merged, TOKENS), TOL, QWEN2_RE)
 
+# Llama 3.1's rope_scaling with a context of 32 (not 8192) against the tiny model's 64: at
+# head dimension 64 and theta 1e4 the 32 frequencies fall in all three bands (1 kept, 5
+# smoothed, 26 divided by 8), and at 8 positions the angles differ from unscaled rope's.
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+
+
+def test_llama3(d):
+    """Llama 3.1 / 3.2 rope scaling: the rope_freqs.weight tensor convert_hf_to_gguf.py adds
+    (LlamaModel.generate_extra_tensors), F32 under every --dtype, run by llama.cpp against
+    transformers' scaled frequencies."""
+    cfg = dict(llama_config(), rope_scaling=LLAMA3_ROPE)
+    paths, merged = write_models(d, cfg, llama_shapes(), {}, True, seed=7, split=LLAMA3_RE)
+    inv = llama3_inv_freq(LLAMA3_ROPE)
+    plain = 10000.0 ** (-np.arange(0, E // HEADS, 2) / (E // HEADS))
+    bands = (np.sum(inv == plain), np.sum(np.isclose(inv, plain / 8, rtol=1e-12)))
+    check("llama3: the tiny config puts frequencies in every band (kept %d, divided %d, "
+          "smoothed %d)" % (bands[0], bands[1], len(inv) - sum(bands)),
+          min(bands[0], bands[1], len(inv) - sum(bands)) > 0)
+    out = os.path.join(d, "f32.gguf")
+    r = merge(paths, out, "f32")
+    check("llama3: HF directories with llama3 rope scaling merged to GGUF", r.returncode == 0,
+          r.stderr)
+    if r.returncode:
+        return
+    _, kv, ts, _ = G.read(out)
+    want_names = {n for n, _ in LL.shapes((E, FF))} | {"rope_freqs.weight"}
+    check("llama3: llama.cpp's tensors and rope_freqs.weight", set(ts) == want_names,
+          sorted(set(ts) ^ want_names))
+    f = ts.get("rope_freqs.weight")
+    got = G.values(f) if f is not None else np.zeros(0)
+    check("llama3: rope_freqs.weight F32 [%d], inv_freq / transformers' llama3 inv_freq "
+          "(max relative error %.1e)" % (len(got), np.abs(got / (plain / inv) - 1).max()
+                                         if len(got) == len(inv) else np.nan),
+          f is not None and f.dtype.str == "<f4" and f.shape == (E // HEADS // 2,)
+          and np.allclose(got, plain / inv, rtol=2e-7, atol=0))
+    check("llama3: no rope.scaling key-values (the converter writes none for llama3)",
+          not [k for k in kv if "rope.scaling" in k], [k for k in kv if "rope.scaling" in k])
+    want = hf_llama_forward(merged, TOKENS, inv)
+    unscaled = hf_llama_forward(merged, TOKENS)
+    check("llama3: the scaling moves the oracle's logits (relative %.1e)"
+          % (np.abs(want - unscaled).max() / np.abs(want).max()),
+          np.abs(want - unscaled).max() > 100 * TOL * np.abs(want).max())
+    compare("llama3 F32", out, want, TOL, LLAMA3_RE)
+    out = os.path.join(d, "q4km.gguf")
+    r = merge(paths, out, "Q4_K_M")
+    ts = G.read(out)[2] if r.returncode == 0 else {}
+    f = ts.get("rope_freqs.weight")
+    check("llama3: merged to Q4_K_M, rope_freqs.weight left F32 as llama-quantize leaves 1-D "
+          "tensors", f is not None and not isinstance(f, G.Quant) and f.dtype.str == "<f4"
+          and np.array_equal(G.values(f), got), r.stderr)
+    if f is not None:
+        compare("llama3 Q4_K_M", out, LL.forward(out, TOKENS, inv_freq=inv), TOL_Q, LLAMA3_RE)
+    r = run("merge", "--dry-run", "-b", paths[0], "-m", paths[1], "-m", paths[2], "-M",
+            "task_arithmetic", "-o", os.path.join(d, "dry.gguf"))
+    check("llama3: --dry-run lists rope_freqs.weight as generated",
+          r.returncode == 0 and any("rope_freqs.weight" in ln and "generated" in ln
+                                    for ln in r.stdout.splitlines()), r.stdout[-600:])
+
+
+def test_llama3_refusals(d):
+    paths, _ = write_models(d, llama_config(), llama_shapes(), {}, True)
+    without = {k: v for k, v in LLAMA3_ROPE.items() if k != "low_freq_factor"}
+    rope = lambda **kw: {"rope_scaling": dict(LLAMA3_ROPE, **kw)}  # noqa: E731
+    cases = [("without low_freq_factor", {"rope_scaling": without},
+              ['"low_freq_factor" is missing']),
+             ("with a factor below 1", rope(factor=0.5), ["a factor below 1"]),
+             ("with high_freq_factor not above low_freq_factor", rope(high_freq_factor=1.0),
+              ["high_freq_factor"]),
+             ("with a context of 32.5", rope(original_max_position_embeddings=32.5),
+              ['"original_max_position_embeddings" is not a positive integer']),
+             ("with a string factor", rope(factor="8"), ['"factor" is not a positive number']),
+             ("on qwen2 (the converter makes rope_freqs for Llama only)",
+              dict(rope(), model_type="qwen2"), ["rope_scaling llama3 is not one acem converts"]),
+             ("with an odd head dimension", dict(rope(), head_dim=63),
+              ["even head dimension, not 63"])]
+    for label, change, phrases in cases:
+        with open(os.path.join(paths[0], "config.json"), "w") as f:
+            json.dump(dict(llama_config(), **change), f)
+        r = merge(paths, os.path.join(d, "x.gguf"), None)
+        check("llama3 rope_scaling %s: one error line" % label,
+              one_error_line(r, "config.json", *phrases) and not os.path.exists(
+                  os.path.join(d, "x.gguf")), r.stderr)
+
 # ---- SentencePiece (tokenizer.model) ------------------------------------------------------------
 
 def train_spm(model_type):
@@ -802,7 +902,8 @@ def test_peak_rss(d):
 def main():
     if not HAVE_LLAMACPP:
         print("SKIP llama.cpp checks: node-llama-cpp is not installed under %s" % NLC)
-    return run_groups([test_llama, test_gpt2, test_qwen2, test_spm, test_spm_refusals,
+    return run_groups([test_llama, test_llama3, test_llama3_refusals, test_gpt2, test_qwen2,
+                       test_spm, test_spm_refusals,
                        test_refusals, test_peak_rss],
                       "acem-hfgguf-", sys.argv[2:])
 

@@ -8,6 +8,7 @@
 #include "hf_spm.h"
 
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -195,10 +196,65 @@ typedef struct hparams {
     long n_layer, n_head, n_head_kv, n_embd, vocab;
 } hparams;
 
+/* A positive number of rope_scaling, or a refusal naming it. */
+static int rope_number(const char *path, const cJSON *rs, const char *key, bool integer, double *v,
+                       acem_error *err) {
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(rs, key);
+    if (!cJSON_IsNumber(x) || !(x->valuedouble > 0) || x->valuedouble > 1e9 ||
+        (integer && x->valuedouble != (double)(long)x->valuedouble))
+        return acem_fail(err, "%s: rope_scaling \"%s\" is %s", path, key,
+                         x ? (integer ? "not a positive integer" : "not a positive number")
+                           : "missing (llama3 rope scaling needs it)");
+    *v = x->valuedouble;
+    return 0;
+}
+
+/* rope_type llama3 (Llama 3.1 / 3.2): llama.cpp scales each rotary frequency by the factor in
+ * rope_freqs.weight (n_rot/2 values, F32), which LlamaModel.generate_extra_tensors computes
+ * as transformers' _compute_llama3_parameters (modeling_rope_utils.py) does: with wavelength
+ * w = 2 pi / theta^(-2i/n_rot) and L = original_max_position_embeddings, frequencies with
+ * w < L / high_freq_factor are kept (1), those with w > L / low_freq_factor divided by factor,
+ * and between them s = (L / w - low) / (high - low) gives 1 / ((1 - s) / factor + s), the
+ * inverse of transformers' smoothed (1 - s) inv_freq / factor + s inv_freq. No key-value
+ * marks it: llama.cpp reads the tensor. Fields transformers requires are required here. */
+static int llama3_freqs(hf_gguf *h, const char *path, const cJSON *rs, double theta, long n_rot,
+                        acem_error *err) {
+    double factor = 0, low = 0, high = 0, orig = 0;
+    if (rope_number(path, rs, "factor", false, &factor, err) ||
+        rope_number(path, rs, "low_freq_factor", false, &low, err) ||
+        rope_number(path, rs, "high_freq_factor", false, &high, err) ||
+        rope_number(path, rs, "original_max_position_embeddings", true, &orig, err))
+        return -1;
+    if (factor < 1 || high <= low)
+        return acem_fail(err, "%s: rope_scaling has %s", path,
+                         factor < 1 ? "a factor below 1"
+                                    : "a high_freq_factor not above its low_freq_factor");
+    if (n_rot < 2 || n_rot % 2)
+        return acem_fail(err, "%s: llama3 rope scaling needs an even head dimension, not %ld", path,
+                         n_rot);
+    if (!(h->gen = acem_alloc(1, sizeof *h->gen, "the rope factors", err))) return -1;
+    hf_generated *g = &h->gen[h->n_gen++];
+    *g = (hf_generated){"rope_freqs.weight",
+                        "llama3 rope scaling factors",
+                        {(uint64_t)n_rot / 2},
+                        acem_alloc((size_t)n_rot / 2, sizeof(float), "the rope factors", err)};
+    if (!g->data) return -1;
+    const double pi = 3.14159265358979323846;
+    for (long i = 0; i < n_rot / 2; i++) {
+        double wavelen = 2 * pi * pow(theta, 2.0 * (double)i / (double)n_rot);
+        double s = (orig / wavelen - low) / (high - low);
+        g->data[i] = (float)(wavelen < orig / high  ? 1
+                             : wavelen > orig / low ? factor
+                                                    : 1 / ((1 - s) / factor + s));
+    }
+    return 0;
+}
+
 /* rope_scaling (or rope_parameters) as TextModel.set_gguf_parameters writes it: linear and
- * yarn; llama3 and longrope scale through an extra tensor (rope_freqs) acem does not make. */
-static int rope_kvs(kv_builder *b, const char *path, const cJSON *cfg, const char *arch,
-                    acem_error *err) {
+ * yarn as key-values; llama3 as the rope_freqs tensor, for LlamaModel (n_rot > 0) only, as
+ * the converter does; longrope and dynamic are refused. */
+static int rope_kvs(kv_builder *b, hf_gguf *h, const char *path, const cJSON *cfg, const char *arch,
+                    long n_rot, acem_error *err) {
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(cfg, "rope_scaling");
     if (!rs || cJSON_IsNull(rs)) rs = cJSON_GetObjectItemCaseSensitive(cfg, "rope_parameters");
     const cJSON *type = rs ? cJSON_GetObjectItemCaseSensitive(rs, "rope_type") : NULL;
@@ -213,6 +269,9 @@ static int rope_kvs(kv_builder *b, const char *path, const cJSON *cfg, const cha
     if (!type || cJSON_IsNull(type) ||
         (cJSON_IsString(type) && !strcmp(type->valuestring, "default")))
         return 0;
+    if (n_rot && cJSON_IsString(type) && !strcasecmp(type->valuestring, "llama3"))
+        return llama3_freqs(h, path, rs, cJSON_IsNumber(theta) ? theta->valuedouble : 10000.0,
+                            n_rot, err);
     const cJSON *factor = cJSON_GetObjectItemCaseSensitive(rs, "factor");
     const cJSON *orig = cJSON_GetObjectItemCaseSensitive(rs, "original_max_position_embeddings");
     bool linear = cJSON_IsString(type) && !strcmp(type->valuestring, "linear");
@@ -220,7 +279,8 @@ static int rope_kvs(kv_builder *b, const char *path, const cJSON *cfg, const cha
     if ((!linear && !yarn) || !cJSON_IsNumber(factor) || (yarn && !cJSON_IsNumber(orig)))
         return acem_fail(err,
                          "%s: rope_scaling %s is not one acem converts (linear or yarn with a "
-                         "factor); convert with llama.cpp's convert_hf_to_gguf.py",
+                         "factor, llama3 for Llama); convert with llama.cpp's "
+                         "convert_hf_to_gguf.py",
                          path, cJSON_IsString(type) ? type->valuestring : "of an unknown type");
     snprintf(key, sizeof key, "%s.rope.scaling.type", arch);
     kv_string(b, key, type->valuestring);
@@ -263,8 +323,8 @@ static int gpt2_kvs(kv_builder *b, const char *path, const cJSON *cfg, hparams *
 }
 
 /* TextModel.set_gguf_parameters, and LlamaModel's additions for the llama architecture. */
-static int llama_kvs(kv_builder *b, const char *path, const cJSON *cfg, const arch_def *a,
-                     hparams *hp, acem_error *err) {
+static int llama_kvs(kv_builder *b, hf_gguf *h, const char *path, const cJSON *cfg,
+                     const arch_def *a, hparams *hp, acem_error *err) {
     long n_ctx, n_ff, head_dim;
     bool has_eps;
     double eps = 0;
@@ -283,7 +343,8 @@ static int llama_kvs(kv_builder *b, const char *path, const cJSON *cfg, const ar
     arch_u32(b, a->arch, "feed_forward_length", n_ff);
     arch_u32(b, a->arch, "attention.head_count", hp->n_head);
     arch_u32(b, a->arch, "attention.head_count_kv", hp->n_head_kv);
-    if (rope_kvs(b, path, cfg, a->arch, err)) return -1;
+    const long n_rot = head_dim ? head_dim : hp->n_embd / hp->n_head;
+    if (rope_kvs(b, h, path, cfg, a->arch, a->llama ? n_rot : 0, err)) return -1;
     char key[96];
     snprintf(key, sizeof key, "%s.attention.layer_norm_rms_epsilon", a->arch);
     if (has_eps) kv_f32(b, key, eps);
@@ -292,7 +353,7 @@ static int llama_kvs(kv_builder *b, const char *path, const cJSON *cfg, const ar
     if (!hp->n_head_kv) hp->n_head_kv = hp->n_head;
     if (a->llama) {
         arch_u32(b, a->arch, "vocab_size", hp->vocab);
-        arch_u32(b, a->arch, "rope.dimension_count", head_dim ? head_dim : hp->n_embd / hp->n_head);
+        arch_u32(b, a->arch, "rope.dimension_count", n_rot);
     }
     return 0;
 }
@@ -886,7 +947,7 @@ static int convert(hf_gguf *h, const char *dir, const char *cfg_path, const char
     kv_string(&b, "general.architecture", a->arch);
     general_kvs(&b, out_path, err);
     if ((a->gpt2 ? gpt2_kvs(&b, cfg_path, cfg, &hp, err)
-                 : llama_kvs(&b, cfg_path, cfg, a, &hp, err)) ||
+                 : llama_kvs(&b, h, cfg_path, cfg, a, &hp, err)) ||
         b.failed || tokenizer_kvs(&b, dir, cfg, a, &hp, err) || b.failed)
         return -1;
     h->kv.kv_at[h->kv.n_meta] = h->kv.kv_len;
@@ -929,6 +990,9 @@ void hf_gguf_free(hf_gguf *h) {
         free(h->kv.meta_keys[i]);
         free(h->kv.meta_values[i]);
     }
+    for (size_t i = 0; i < h->n_gen; i++)
+        free(h->gen[i].data);
+    free(h->gen);
     free(h->view);
     free(h->layout);
     free(h->n_head);

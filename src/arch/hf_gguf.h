@@ -7,6 +7,16 @@
 
 #include "../formats/formats.h"
 
+/* A tensor the converter makes that the checkpoint does not hold (generate_extra_tensors):
+ * written after the base's tensors, F32 whatever --dtype says (llama-quantize leaves 1-D
+ * tensors as they are), from values computed here. */
+typedef struct hf_generated {
+    const char *name; /* llama.cpp's */
+    const char *what; /* why it exists, for the plan: "llama3 rope scaling factors" */
+    uint64_t shape[1];
+    float *data; /* shape[0] values, owned */
+} hf_generated;
+
 typedef struct hf_gguf {
     const char *arch; /* general.architecture: "llama", "qwen2" or "gpt2" */
     /* per tensor of the base, in its order: llama.cpp's name and the stored shape (a dropped
@@ -15,6 +25,8 @@ typedef struct hf_gguf {
     out_layout *layout;
     uint32_t *n_head;
     size_t n;
+    hf_generated *gen; /* n_gen tensors, owned */
+    size_t n_gen;
     st_header kv; /* the key-values, encoded as a GGUF stores them (kv_raw, kv_at, meta_*) */
 } hf_gguf;
 

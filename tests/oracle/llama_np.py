@@ -148,11 +148,13 @@ def _q5_1_mins(t):
     return b[:, 2:4].copy().view("<f2").astype(np.float64).reshape(t.shape[0], -1)
 
 
-def forward(path, tokens, emulate=True, jitter=None):
+def forward(path, tokens, emulate=True, jitter=None, inv_freq=None):
     """Logits [len(tokens), VOCAB] in float64 of the weights `path` stores. jitter=(eps,
     seed): each product's input is first multiplied by 1 + eps * N(0, 1) (float32-size noise,
     to measure how much the rounding of activations that lie near a rounding boundary, which
-    float32 and float64 arithmetic may round apart, can move the logits)."""
+    float32 and float64 arithmetic may round apart, can move the logits). inv_freq: the
+    rotary frequencies (dim / 2) to use instead of freq_base's (a scaled rope, computed by
+    the caller and not read from the file)."""
     rng = np.random.default_rng(jitter[1]) if jitter else None
     _, kv, ts, _ = G.read(path)
     w = {n: G.values(t).reshape(t.shape) for n, t in ts.items()}
@@ -178,7 +180,9 @@ def forward(path, tokens, emulate=True, jitter=None):
     def rms(x, name):
         return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps) * w[name]
 
-    ang = np.arange(n)[:, None] * hp("rope.freq_base") ** (-np.arange(0, dim, 2) / dim)
+    if inv_freq is None:
+        inv_freq = hp("rope.freq_base") ** (-np.arange(0, dim, 2) / dim)
+    ang = np.arange(n)[:, None] * inv_freq
     cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
 
     def rope(x):  # [n, heads, dim], pairs (2i, 2i + 1)
