@@ -142,7 +142,8 @@ def one_case(d, inputs, base, dtype, method):
                       and not isinstance(t, G.Quant) and t.dtype.str in ("<f2", "<u2")]
         last = err.strip().splitlines()[-1] if err.strip() else "exit %d" % rc
         if base.endswith("safetensors"):
-            why, ok = "not loadable (no architecture keys; issue 14 item 3)", "architecture" in err
+            why, ok = ("not loadable (a bare .safetensors file: no config.json names the "
+                       "architecture)"), "architecture" in err
         elif half_norms:
             why = "%d norm weights stored %s: ggml's CPU backend aborts (binary_op: unsupported " \
                   "types)" % (len(half_norms), "BF16" if "BF16" in base else "F16")
