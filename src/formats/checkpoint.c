@@ -334,7 +334,7 @@ char *acem_read_small_file(const char *path, uint64_t limit, size_t *len, acem_e
         acem_fail(err, "%s: not a regular file", path);
     else if ((uint64_t)st.st_size > limit)
         acem_fail(err, "%s: larger than the %llu-byte limit", path, (unsigned long long)limit);
-    else if ((buf = acem_alloc((size_t)st.st_size + 1, 1, "an index file", err)) &&
+    else if ((buf = acem_alloc((size_t)st.st_size + 1, 1, path, err)) &&
              acem_pread_full(fd, path, buf, (uint64_t)st.st_size, 0, err)) {
         free(buf);
         buf = NULL;
