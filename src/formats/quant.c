@@ -280,10 +280,10 @@ static void quant_q8_0(const float *x, unsigned char *b) {
         b[2 + j] = (unsigned char)(signed char)roundf(finite_or_zero(x[j] * id));
 }
 
-/* The first of the 32 values of largest magnitude, with its sign. */
-static float signed_absmax(const float *x) {
+/* The first of the n values of largest magnitude, with its sign (ggml's amax / max scan). */
+static float signed_absmax(int n, const float *x) {
     float amax = 0.0f, max = 0.0f;
-    for (int j = 0; j < 32; j++)
+    for (int j = 0; j < n; j++)
         if (fabsf(x[j]) > amax) {
             amax = fabsf(x[j]);
             max = x[j];
@@ -293,7 +293,7 @@ static float signed_absmax(const float *x) {
 
 /* d = (the value of largest magnitude) / -8, nibble = min(15, trunc(x / d + 8.5)). */
 static void quant_q4_0(const float *x, unsigned char *b) {
-    float d = signed_absmax(x) / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    float d = signed_absmax(32, x) / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
     put_half(b, d);
     for (int j = 0; j < 16; j++) {
         int lo = (int)finite_or_zero(x[j] * id + 8.5f),
@@ -317,7 +317,7 @@ static void put_q5_codes(const uint8_t *L, unsigned char *qh, unsigned char *qs)
 /* d = (the value of largest magnitude) / -16, q = min(31, (int8) (x / d + 16.5)). */
 static void quant_q5_0(const float *x, unsigned char *b) {
     uint8_t L[32];
-    float d = signed_absmax(x) / -16.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    float d = signed_absmax(32, x) / -16.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
     put_half(b, d);
     for (int j = 0; j < 32; j++) {
         int v = (int)(int8_t)finite_or_zero(x[j] * id + 16.5f);
@@ -370,12 +370,7 @@ static void symmetric_trial(int n, int nmax, const float *x, float iscale, float
  * make_qx_quants with rmse_type 1). Returns the scale, negative when the value of largest
  * magnitude is positive (codes run against the sign, as in ggml). */
 static float symmetric_codes(int n, int nmax, const float *x, int8_t *L) {
-    float amax = 0.0f, max = 0.0f, sumlx, suml2;
-    for (int i = 0; i < n; i++)
-        if (fabsf(x[i]) > amax) {
-            amax = fabsf(x[i]);
-            max = x[i];
-        }
+    float max = signed_absmax(n, x), amax = fabsf(max), sumlx, suml2;
     if (amax < KQ_EPS) {
         memset(L, 0, (size_t)n);
         return 0.0f;
@@ -571,12 +566,7 @@ static void quant_q6_k(const float *x, unsigned char *b) {
  * sum w x l / sum w l^2; an all-zero group gets codes 0 (not 4) and scale 0, as in ggml. */
 static float q3_codes(const float *x, int8_t *L) {
     const int n = 16, nmax = 4;
-    float amax = 0.0f, max = 0.0f, sumlx, suml2;
-    for (int i = 0; i < n; i++)
-        if (fabsf(x[i]) > amax) {
-            amax = fabsf(x[i]);
-            max = x[i];
-        }
+    float max = signed_absmax(n, x), amax = fabsf(max), sumlx, suml2;
     if (amax < KQ_EPS) {
         memset(L, 0, (size_t)n);
         return 0.0f;
@@ -684,12 +674,7 @@ static void quant_q3_k(const float *x, unsigned char *b) {
  * round(x / d)), bsums the sums of each 16 codes (quantize_row_q8_K_ref). For an all-zero
  * block ggml leaves bsums as they were; acem writes them 0, the sums of its codes. */
 static void quant_q8_k(const float *x, unsigned char *b) {
-    float amax = 0.0f, max = 0.0f;
-    for (int j = 0; j < 256; j++)
-        if (fabsf(x[j]) > amax) {
-            amax = fabsf(x[j]);
-            max = x[j];
-        }
+    float max = signed_absmax(256, x), amax = fabsf(max);
     memset(b, 0, 292);
     if (amax == 0.0f) return;
     float iscale = -127.0f / max, d = 1 / iscale;
